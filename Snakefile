@@ -1,0 +1,24 @@
+# saesuite: Gemma-Scope-style JumpReLU SAE suites from configuration.
+# Run `snakemake -n` to review the plan, `snakemake --cores 2` to run it.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# The embedded default applies only when no --configfile is given: Snakemake would
+# otherwise merge a suite's models into the default's instead of replacing them.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
+
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/activations.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,54 @@
+# Tokens → activation cache: chunks (all sites in one forward pass), manifest, and
+# the normalisation scalar C per site.
+
+
+rule extract:
+    input:
+        tokens=paths.tokens(ROOT, "{model}")["train"],
+        model=paths.model_info(ROOT, "{model}"),
+    output:
+        data=paths.chunk(ROOT, "{model}", "{chunk}")["data"],
+        info=paths.chunk(ROOT, "{model}", "{chunk}")["info"],
+    params:
+        model_cfg=lambda w: config["models"][w.model],
+        cache_root=CACHE,
+        sites=lambda w: [s.name for s in model_sites(config, w.model)],
+        seqs_per_chunk=seqs_per_chunk(config),
+        activations=config["activations"],
+        identity=lambda w: paths.activation_identity(config, w.model),
+    # The forward pass uses every core it gets; chunks run one after another locally.
+    threads: workflow.cores
+    log:
+        f"{ROOT}/logs/extract/{{model}}/{{chunk}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/extract/{{model}}/{{chunk}}.tsv"
+    script:
+        "scripts/extract.py"
+
+
+rule manifest:
+    input:
+        # The data files too: a deleted chunk is then recomputed (alone).
+        data=lambda w: chunk_files(w, "data"),
+        info=lambda w: chunk_files(w, "info"),
+    output:
+        paths.manifest(ROOT, "{model}"),
+    params:
+        identity=lambda w: paths.activation_identity(config, w.model),
+    log:
+        f"{ROOT}/logs/manifest/{{model}}.log",
+    script:
+        "scripts/manifest.py"
+
+
+rule normalize:
+    input:
+        paths.manifest(ROOT, "{model}"),
+    output:
+        paths.normalization(ROOT, "{model}"),
+    params:
+        sites=lambda w: [s.name for s in model_sites(config, w.model)],
+    log:
+        f"{ROOT}/logs/normalize/{{model}}.log",
+    script:
+        "scripts/normalize.py"

@@ -1,0 +1,35 @@
+# Config validation, wildcard constraints and the input functions of every rule.
+from snakemake.utils import validate
+
+from saesuite import paths
+from saesuite.config import check_config, model_sites, n_chunks, seqs_per_chunk
+
+# Types first (clean messages), then again to fill the schema's defaults.
+validate(config, "../config/schema.yaml", set_default=False)
+validate(config, "../config/schema.yaml")
+check_config(config)
+
+ROOT = config["output_root"]
+CACHE = config["cache_root"] or f"{ROOT}/cache"
+MODELS = list(config["models"])
+
+
+wildcard_constraints:
+    model="|".join(MODELS),
+    chunk=r"\d{5}",
+
+
+def chunk_indices():
+    return [f"{i:05d}" for i in range(n_chunks(config))]
+
+
+def chunk_files(wildcards, kind):
+    return [paths.chunk(ROOT, wildcards.model, c)[kind] for c in chunk_indices()]
+
+
+def final_outputs():
+    out = [paths.normalization(ROOT, m) for m in MODELS]
+    # The cache itself is a target, so a deleted chunk is recomputed (only that one:
+    # Snakemake skips jobs whose outputs exist, however old the targets downstream).
+    out += [paths.chunk(ROOT, m, c)["data"] for m in MODELS for c in chunk_indices()]
+    return out

@@ -1,0 +1,46 @@
+# Text → tokens: the corpus (shared by all models) and each model's token splits.
+
+
+rule corpus:
+    output:
+        jsonl=paths.corpus(ROOT)["jsonl"],
+        info=paths.corpus(ROOT)["info"],
+    params:
+        sources=config["data"]["sources"],
+        shuffle=config["data"]["shuffle_documents"],
+        seed=config["seed"],
+        max_chars=paths.corpus_chars(config),
+    log:
+        f"{ROOT}/logs/corpus/corpus.log",
+    script:
+        "scripts/corpus.py"
+
+
+rule model:
+    output:
+        paths.model_info(ROOT, "{model}"),
+    params:
+        model_cfg=lambda w: config["models"][w.model],
+        cache_root=CACHE,
+    log:
+        f"{ROOT}/logs/model/{{model}}.log",
+    script:
+        "scripts/model.py"
+
+
+rule tokens:
+    input:
+        corpus=rules.corpus.output.jsonl,
+        model=paths.model_info(ROOT, "{model}"),
+    output:
+        train=paths.tokens(ROOT, "{model}")["train"],
+        eval=paths.tokens(ROOT, "{model}")["eval"],
+        info=paths.tokens(ROOT, "{model}")["info"],
+    params:
+        model_cfg=lambda w: config["models"][w.model],
+        cache_root=CACHE,
+        data=config["data"],
+    log:
+        f"{ROOT}/logs/tokens/{{model}}.log",
+    script:
+        "scripts/tokens.py"

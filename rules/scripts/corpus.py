@@ -1,0 +1,15 @@
+# Adapter: rule corpus → saesuite.corpus.build_corpus
+from saesuite.corpus import build_corpus
+from saesuite.logs import job_log
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+with job_log(sm.log[0]):
+    info = build_corpus(
+        sm.params.sources,
+        sm.output.jsonl,
+        sm.output.info,
+        max_chars=sm.params.max_chars,
+        shuffle=sm.params.shuffle,
+        seed=sm.params.seed,
+    )
+    print(f"{info['documents']} documents, {info['characters']} characters")

@@ -1,0 +1,14 @@
+# Adapter: rule tokens → saesuite.tokens.tokenize_splits
+from saesuite.tokens import make_tokens
+from saesuite.logs import job_log
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+with job_log(sm.log[0], sm.threads):
+    make_tokens(
+        corpus=sm.input.corpus,
+        model_info=sm.input.model,
+        model_cfg=sm.params.model_cfg,
+        cache_root=sm.params.cache_root,
+        data=sm.params.data,
+        out=dict(sm.output.items()),
+    )

@@ -1,0 +1,265 @@
+"""Configuration: validation against config/schema.yaml, semantic checks, and the
+suite expansion (config → the list of SAEs and the sites each model must cache).
+
+The Snakefile calls `snakemake.utils.validate` itself and then `check_config`;
+tests and the CLI call `load_config`, which does both. Nothing here imports torch,
+so planning a suite stays fast.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from saesuite.known_models import known_shape
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
+SITES = ("res", "att", "mlp", "mlp_in")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the offending key."""
+
+
+def load_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """Read (if a path), validate against the schema with defaults filled, and check."""
+    from jsonschema.exceptions import ValidationError
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    if isinstance(source, dict):
+        config = copy.deepcopy(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        config = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(config, dict):
+        raise ConfigError("the config must be a mapping of keys to values")
+    try:
+        # Types first: snakemake's default-filling validator assumes objects are dicts.
+        validate(config, str(SCHEMA_PATH), set_default=False)
+        validate(config, str(SCHEMA_PATH))
+    except WorkflowError as err:
+        # snakemake wraps the jsonschema error (raised inside its `except`) as context
+        cause = err.__context__
+        if isinstance(cause, ValidationError):
+            raise ConfigError(describe_validation_error(cause)) from None
+        raise ConfigError(str(err)) from None
+    return check_config(config)
+
+
+def describe_validation_error(err: Any) -> str:
+    """One line naming the key path and the problem, e.g. `models.m.dtype: ...`."""
+    where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+    return f"config key '{where}': {err.message}"
+
+
+def check_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Checks the schema cannot express; returns the config unchanged."""
+    models = config["models"]
+    for key, m in models.items():
+        if m["base"] is not None:
+            if m["base"] not in models:
+                raise ConfigError(
+                    f"config key 'models.{key}.base': '{m['base']}' is not a model key "
+                    f"(known: {sorted(models)})"
+                )
+            if models[m["base"]]["role"] != "pt" or m["role"] != "it":
+                raise ConfigError(
+                    f"config key 'models.{key}.base': a base pairs an 'it' model with "
+                    "a 'pt' model"
+                )
+    for gi, group in enumerate(config["suite"]):
+        for mk in group["models"] or []:
+            if mk not in models:
+                raise ConfigError(
+                    f"config key 'suite.{gi}.models': '{mk}' is not a model key "
+                    f"(known: {sorted(models)})"
+                )
+        rng = group["layers"]
+        if isinstance(rng, dict) and rng["stop"] <= rng["start"]:
+            raise ConfigError(f"config key 'suite.{gi}.layers': stop must exceed start")
+    for si, src in enumerate(config["data"]["sources"]):
+        need = {"files": "paths", "hub": "id"}.get(src["type"])
+        if need and need not in src:
+            raise ConfigError(
+                f"config key 'data.sources.{si}.{need}' is required for type "
+                f"'{src['type']}'"
+            )
+    data = config["data"]
+    for split in ("train_tokens", "eval_tokens"):
+        if data[split] < data["context_size"]:
+            raise ConfigError(
+                f"config key 'data.{split}' ({data[split]}) is smaller than one "
+                f"sequence (data.context_size = {data['context_size']})"
+            )
+    for key in models:
+        for layer in model_layers(config, key):
+            n = n_layers(config, key)
+            if n is not None and layer >= n:
+                raise ConfigError(
+                    f"layer {layer} requested for model '{key}', which has {n} layers "
+                    f"(0..{n - 1}); check 'suite.*.layers'"
+                )
+    return config
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Stable short hash of a validated config (recorded in every output)."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def n_layers(config: dict[str, Any], model_key: str) -> int | None:
+    """Decoder layer count: from the config, the known-model table, or a local config."""
+    m = config["models"][model_key]
+    if m["n_layers"]:
+        return m["n_layers"]
+    shape = known_shape(m["source"])
+    if shape:
+        return shape.n_layers
+    local = Path(m["source"])
+    cfg_json = local / "config.json" if local.is_dir() else None
+    if cfg_json and cfg_json.is_file():
+        cfg = json.loads(cfg_json.read_text())
+        cfg = cfg.get("text_config", cfg)
+        return int(cfg["num_hidden_layers"])
+    return None
+
+
+def group_layers(config: dict[str, Any], gi: int, model_key: str) -> list[int]:
+    spec = config["suite"][gi]["layers"]
+    if spec == "all":
+        n = n_layers(config, model_key)
+        if n is None:
+            raise ConfigError(
+                f"config key 'suite.{gi}.layers' is 'all' but the layer count of model "
+                f"'{model_key}' is unknown offline: set 'models.{model_key}.n_layers'"
+            )
+        return list(range(n))
+    if isinstance(spec, dict):
+        return list(range(spec["start"], spec["stop"], spec.get("step", 1)))
+    return sorted(spec)
+
+
+def group_models(config: dict[str, Any], gi: int) -> list[str]:
+    return config["suite"][gi]["models"] or list(config["models"])
+
+
+def model_layers(config: dict[str, Any], model_key: str) -> list[int]:
+    layers: set[int] = set()
+    for gi in range(len(config["suite"])):
+        if model_key in group_models(config, gi):
+            layers.update(group_layers(config, gi, model_key))
+    return sorted(layers)
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """One hook point of a model: `kind` in SITES at decoder layer `layer`."""
+
+    layer: int
+    kind: str
+
+    @property
+    def name(self) -> str:
+        return f"layer_{self.layer}.{self.kind}"
+
+    @classmethod
+    def parse(cls, name: str) -> Site:
+        head, kind = name.split(".")
+        return cls(int(head.removeprefix("layer_")), kind)
+
+
+@dataclass(frozen=True, order=True)
+class SAESpec:
+    """One SAE of the suite."""
+
+    model: str
+    layer: int
+    site: str
+    width: int
+    penalty: str  # "l0" (λ·L0) or "target_l0" (quadratic toward L0*)
+    value: float  # λ for "l0", L0* for "target_l0"
+    coefficient: float  # λ of the quadratic penalty (equals value for "l0")
+    tokens: int
+
+    @property
+    def label(self) -> str:
+        return f"lambda_{self.value:g}" if self.penalty == "l0" else f"l0_{self.value:g}"
+
+    @property
+    def path(self) -> str:
+        """Relative path of this SAE's folder under <output_root>/<model>/saes/."""
+        return f"layer_{self.layer}/{self.site}/width_{self.width}/{self.label}"
+
+
+def default_tokens(width: int) -> int:
+    """Gemma Scope's budget: 4B tokens for 16.4K latents, 16B for 1M, 8B otherwise."""
+    if width <= 2**14:
+        return 4 * 10**9
+    if width >= 2**20:
+        return 16 * 10**9
+    return 8 * 10**9
+
+
+def expand_suite(config: dict[str, Any]) -> list[SAESpec]:
+    """Every SAE of the suite, deduplicated and sorted."""
+    out: set[SAESpec] = set()
+    for gi, g in enumerate(config["suite"]):
+        sp = g["sparsity"]
+        if "lambdas" in sp:
+            ladder = [("l0", v, v) for v in sp["lambdas"]]
+        else:
+            ladder = [("target_l0", v, sp["lambda"]) for v in sp["target_l0"]]
+        for mk in group_models(config, gi):
+            for layer in group_layers(config, gi, mk):
+                for site in g["sites"]:
+                    for width in g["widths"]:
+                        tokens = g["tokens"] or default_tokens(width)
+                        for pen, val, coef in ladder:
+                            out.add(
+                                SAESpec(
+                                    mk, layer, site, width, pen, val, coef, tokens
+                                )
+                            )
+    return sorted(out)
+
+
+def model_sites(config: dict[str, Any], model_key: str) -> list[Site]:
+    """Every site the model's activation cache must hold."""
+    return sorted(
+        {Site(s.layer, s.site) for s in expand_suite(config) if s.model == model_key}
+    )
+
+
+def sequences(config: dict[str, Any], split: str) -> int:
+    """Number of whole sequences in a split ("train" or "eval")."""
+    data = config["data"]
+    return data[f"{split}_tokens"] // data["context_size"]
+
+
+def seqs_per_chunk(config: dict[str, Any]) -> int:
+    ctx = config["data"]["context_size"]
+    return max(1, config["activations"]["chunk_tokens"] // ctx)
+
+
+def n_chunks(config: dict[str, Any]) -> int:
+    return math.ceil(sequences(config, "train") / seqs_per_chunk(config))
+
+
+def output_root(config: dict[str, Any]) -> Path:
+    return Path(config["output_root"])
+
+
+def cache_root(config: dict[str, Any]) -> Path:
+    return Path(config["cache_root"] or Path(config["output_root"]) / "cache")

@@ -1,0 +1,129 @@
+"""Activation extraction (rule `extract`): one chunk of training sequences through the
+model, every requested site captured in the same forward pass, which stops after the
+deepest requested layer (the LM head is never computed).
+
+Usage from a rule: `extract_chunk(...)`; `cache_plan` is the disk pre-flight check
+every extraction job runs before it loads the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from saesuite.config import Site
+from saesuite.models import DTYPES, load_model
+from saesuite.sites import capture
+from saesuite.store import write_chunk
+from saesuite.tokens import load_tokens
+
+log = logging.getLogger(__name__)
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def cache_plan(
+    site_widths: dict[str, int],
+    n_tokens: int,
+    dtype: str,
+) -> dict[str, int]:
+    """Bytes the cache takes per site (plus token ids and mask)."""
+    plan = {name: n_tokens * d * BYTES[dtype] for name, d in site_widths.items()}
+    plan["input_ids+mask"] = n_tokens * 5
+    return plan
+
+
+def check_disk(
+    plan: dict[str, int],
+    present: int,
+    out_dir: str | Path,
+    min_free_gb: float,
+    model: str,
+) -> None:
+    """Print the cache size per site; refuse if the disk lacks room for what is left."""
+    total = sum(plan.values())
+    lines = [f"activation cache for model '{model}': {total / 1e9:.3f} GB"]
+    lines += [f"  {name:<24} {b / 1e9:10.3f} GB" for name, b in plan.items()]
+    print("\n".join(lines), flush=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out_dir).free
+    need = total - present + int(min_free_gb * 1e9)
+    if need > free:
+        raise OSError(
+            f"not enough disk under {out_dir} for model '{model}': need "
+            f"{need / 1e9:.2f} GB (cache {total / 1e9:.2f} GB − {present / 1e9:.2f} GB "
+            f"already written + activations.min_free_gb {min_free_gb}), free "
+            f"{free / 1e9:.2f} GB: {(need - free) / 1e9:.2f} GB missing"
+        )
+
+
+def extract_chunk(
+    *,
+    model_cfg: dict[str, Any],
+    cache_root: str | Path,
+    tokens_path: str | Path,
+    chunk: int,
+    seqs_per_chunk: int,
+    sites: list[str],
+    site_widths: dict[str, int],
+    dtype: str,
+    min_free_gb: float,
+    out: str | Path,
+    out_info: str | Path,
+    identity: dict[str, Any],
+) -> dict[str, Any]:
+    out = Path(out)
+    ids_all, mask_all = load_tokens(tokens_path)
+    s0 = chunk * seqs_per_chunk
+    s1 = min(s0 + seqs_per_chunk, ids_all.shape[0])
+    if s0 >= s1:
+        raise ValueError(f"chunk {chunk} is past the {ids_all.shape[0]} sequences")
+    ids, mask = ids_all[s0:s1].long(), mask_all[s0:s1]
+    n_seq, ctx = ids.shape
+
+    total_tokens = ids_all.numel()
+    widths = {s: site_widths[Site.parse(s).kind] for s in sites}
+    present = sum(
+        p.stat().st_size for p in out.parent.glob("chunk_*.safetensors") if p != out
+    )
+    check_disk(
+        cache_plan(widths, total_tokens, dtype),
+        present,
+        out.parent,
+        min_free_gb,
+        identity["model"],
+    )
+
+    model = load_model(model_cfg, cache_root)
+    device = next(model.parameters()).device
+    site_objs = [Site.parse(s) for s in sites]
+    acts = {s: torch.empty(n_seq * ctx, widths[s], dtype=DTYPES[dtype]) for s in sites}
+    batch = model_cfg.get("batch_size", 8)
+    start = time.perf_counter()
+    with tqdm(
+        total=n_seq * ctx, unit="tok", unit_scale=True, desc=f"chunk {chunk}"
+    ) as bar:
+        for b0 in range(0, n_seq, batch):
+            b1 = min(b0 + batch, n_seq)
+            got = capture(model, ids[b0:b1].to(device), site_objs)
+            for site in site_objs:
+                rows = slice(b0 * ctx, b1 * ctx)
+                acts[site.name][rows] = got[site].reshape(-1, widths[site.name]).to(
+                    "cpu", DTYPES[dtype]
+                )
+            bar.update((b1 - b0) * ctx)
+    elapsed = time.perf_counter() - start
+
+    tensors = {**acts, "input_ids": ids.reshape(-1).int(), "mask": mask.reshape(-1)}
+    meta = {"model": identity["model"], "identity": identity["hash"], "chunk": chunk}
+    # Timing stays out of the files so that they are byte-reproducible.
+    info = write_chunk(out, out_info, tensors, {**meta, "sequences": [s0, s1]})
+    rate = n_seq * ctx / elapsed
+    log.info("chunk %d: %d tokens at %.0f tok/s", chunk, n_seq * ctx, rate)
+    return info

@@ -1,0 +1,45 @@
+"""Shapes of well-known models, so a suite can be planned without downloading them.
+
+Used by `saesuite.config` (to expand `layers: all` offline) and by the planner.
+Values are from the models' published `config.json` files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    n_layers: int
+    d_model: int
+    n_heads: int
+    head_dim: int
+    d_mlp: int
+    n_params: float  # total parameters, for FLOP estimates
+
+
+KNOWN: dict[str, ModelShape] = {
+    "gemma-2-2b": ModelShape(26, 2304, 8, 256, 9216, 2.61e9),
+    "gemma-2-9b": ModelShape(42, 3584, 16, 256, 14336, 9.24e9),
+    "gemma-2-27b": ModelShape(46, 4608, 32, 128, 36864, 27.2e9),
+    "gemma-3-270m": ModelShape(18, 640, 4, 256, 2048, 0.268e9),
+    "gemma-3-1b": ModelShape(26, 1152, 4, 256, 6912, 1.0e9),
+    "gemma-3-4b": ModelShape(34, 2560, 8, 256, 10240, 3.88e9),
+    "gemma-3-12b": ModelShape(48, 3840, 16, 256, 15360, 11.8e9),
+    "gemma-3-27b": ModelShape(62, 5376, 32, 128, 21504, 27.0e9),
+}
+
+EMBEDDED_NAME = "gemma-3-270m"
+
+
+def known_shape(source: str) -> ModelShape | None:
+    """The shape of `source` ("embedded", a Hub id, a path) if it names a known model."""
+    if source == "embedded":
+        return KNOWN[EMBEDDED_NAME]
+    name = source.rstrip("/").rsplit("/", 1)[-1].lower()
+    # Longest key first so "gemma-2-27b" is not taken for "gemma-2-2b".
+    for key in sorted(KNOWN, key=len, reverse=True):
+        if name == key or name.startswith(key + "-") or name.startswith(key + "_"):
+            return KNOWN[key]
+    return None

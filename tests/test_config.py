@@ -1,0 +1,135 @@
+"""Config validation (schema + semantic checks) and the suite expansion."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import make_config
+
+from saesuite.config import (
+    REPO_ROOT,
+    ConfigError,
+    SAESpec,
+    expand_suite,
+    load_config,
+    model_sites,
+    n_chunks,
+)
+
+MODEL = "google/gemma-2-2b"  # known shape: 26 layers, no download needed
+
+
+def test_default_config_validates_and_fills_defaults():
+    cfg = load_config(REPO_ROOT / "config" / "config.yaml")
+    assert cfg["models"]["gemma-3-270m"]["dtype"] == "float32"
+    assert cfg["models"]["gemma-3-270m"]["trust_remote_code"] is False
+    assert cfg["activations"]["min_free_gb"] == 1.0
+    specs = expand_suite(cfg)
+    # 4 layers × 3 sites × 1 width × 2 targets
+    assert len(specs) == 24
+    assert {s.site for s in specs} == {"res", "att", "mlp"}
+    assert len(model_sites(cfg, "gemma-3-270m")) == 12
+    assert n_chunks(cfg) == 4
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda c: c.update(bogus=1), "bogus"),
+        (lambda c: c["models"]["tiny"].update(dtype="float64"), "models.tiny.dtype"),
+        (lambda c: c["suite"][0].update(widths=["16k"]), "suite.0.widths.0"),
+        (lambda c: c["suite"][0].update(sites=["resid"]), "suite.0.sites.0"),
+        (lambda c: c["suite"][0].update(layers="most"), "suite.0.layers"),
+        (
+            lambda c: c["suite"][0].update(sparsity={"lambdas": [1e-3], "target_l0": [5]}),
+            "suite.0.sparsity",
+        ),
+        (lambda c: c["data"].update(context_size="1024"), "data.context_size"),
+        (lambda c: c["models"]["tiny"].update(trust_remote_code="yes"), "trust_remote"),
+        (lambda c: c["activations"].update(chunk_size=5), "activations"),
+        (lambda c: c.pop("suite"), "suite"),
+    ],
+)
+def test_schema_rejects_bad_config_naming_the_key(mutate, key):
+    cfg = make_config(MODEL)
+    mutate(cfg)
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert key in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (lambda c: c["suite"][0].update(layers=[30]), "layer 30"),
+        (lambda c: c["suite"][0].update(models=["nope"]), "suite.0.models"),
+        (
+            lambda c: c["models"].update(it={"source": MODEL, "role": "it", "base": "x"}),
+            "models.it.base",
+        ),
+        (lambda c: c["data"].update(train_tokens=10), "data.train_tokens"),
+        (lambda c: c["data"].update(sources=[{"type": "files"}]), "data.sources.0.paths"),
+        (
+            lambda c: c["models"].update(other={"source": "org/unknown-model"})
+            or c["suite"][0].update(layers="all"),
+            "models.other.n_layers",
+        ),
+    ],
+)
+def test_semantic_checks_name_the_key(mutate, needle):
+    cfg = make_config(MODEL)
+    mutate(cfg)
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert needle in str(err.value)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_layers_forms_and_union_of_groups():
+    cfg = make_config(
+        MODEL,
+        suite=[
+            {
+                "layers": "all",
+                "sites": ["res"],
+                "widths": [16384],
+                "sparsity": {"lambdas": [6e-4, 1e-3]},
+            },
+            {
+                "layers": {"start": 10, "stop": 16, "step": 2},
+                "sites": ["res", "att"],
+                "widths": [16384, 65536],
+                "sparsity": {"lambdas": [6e-4]},
+                "tokens": 1000,
+            },
+        ],
+    )
+    specs = expand_suite(load_config(cfg))
+    res16k = {s for s in specs if s.site == "res" and s.width == 16384}
+    # group 1: 26 layers × 2 λ; group 2 adds layers 10,12,14 with its own token budget
+    assert len({(s.layer, s.value) for s in res16k}) == 52
+    att = [s for s in specs if s.site == "att"]
+    assert sorted({s.layer for s in att}) == [10, 12, 14]
+    assert {s.width for s in att} == {16384, 65536}
+    first = next(s for s in specs if s.layer == 0)
+    assert first.tokens == 4 * 10**9  # Gemma Scope's budget for 16.4K latents
+    big = next(s for s in specs if s.width == 65536)
+    assert big.tokens == 1000 and big.label == "lambda_0.0006"
+
+
+def test_pt_it_pair_and_target_l0_labels():
+    cfg = make_config(MODEL)
+    cfg["models"]["it"] = {"source": "google/gemma-2-2b-it", "role": "it", "base": "tiny"}
+    cfg = load_config(cfg)
+    specs = expand_suite(cfg)
+    assert {s.model for s in specs} == {"tiny", "it"}
+    s = specs[0]
+    assert isinstance(s, SAESpec) and s.penalty == "target_l0"
+    assert s.path == f"layer_1/{s.site}/width_128/l0_8"
