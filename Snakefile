@@ -12,13 +12,12 @@ if not workflow.config_settings.configfiles:
     configfile: "config/config.yaml"
 
 
-
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/activations.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
-    default_target: True

@@ -9,6 +9,14 @@ rule extract:
     output:
         data=paths.chunk(ROOT, "{model}", "{chunk}")["data"],
         info=paths.chunk(ROOT, "{model}", "{chunk}")["info"],
+    conda:
+        "../envs/saesuite.yaml"
+    log:
+        f"{ROOT}/logs/extract/{{model}}/{{chunk}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/extract/{{model}}/{{chunk}}.tsv"
+    # The forward pass uses every core it gets; chunks run one after another locally.
+    threads: workflow.cores
     params:
         model_cfg=lambda w: config["models"][w.model],
         cache_root=CACHE,
@@ -16,12 +24,6 @@ rule extract:
         seqs_per_chunk=seqs_per_chunk(config),
         activations=config["activations"],
         identity=lambda w: paths.activation_identity(config, w.model),
-    # The forward pass uses every core it gets; chunks run one after another locally.
-    threads: workflow.cores
-    log:
-        f"{ROOT}/logs/extract/{{model}}/{{chunk}}.log",
-    benchmark:
-        f"{ROOT}/benchmarks/extract/{{model}}/{{chunk}}.tsv"
     script:
         "scripts/extract.py"
 
@@ -33,10 +35,12 @@ rule manifest:
         info=lambda w: chunk_files(w, "info"),
     output:
         paths.manifest(ROOT, "{model}"),
-    params:
-        identity=lambda w: paths.activation_identity(config, w.model),
+    conda:
+        "../envs/saesuite.yaml"
     log:
         f"{ROOT}/logs/manifest/{{model}}.log",
+    params:
+        identity=lambda w: paths.activation_identity(config, w.model),
     script:
         "scripts/manifest.py"
 
@@ -46,9 +50,11 @@ rule normalize:
         paths.manifest(ROOT, "{model}"),
     output:
         paths.normalization(ROOT, "{model}"),
-    params:
-        sites=lambda w: [s.name for s in model_sites(config, w.model)],
+    conda:
+        "../envs/saesuite.yaml"
     log:
         f"{ROOT}/logs/normalize/{{model}}.log",
+    params:
+        sites=lambda w: [s.name for s in model_sites(config, w.model)],
     script:
         "scripts/normalize.py"

@@ -5,13 +5,15 @@ rule corpus:
     output:
         jsonl=paths.corpus(ROOT)["jsonl"],
         info=paths.corpus(ROOT)["info"],
+    conda:
+        "../envs/saesuite.yaml"
+    log:
+        f"{ROOT}/logs/corpus/corpus.log",
     params:
         sources=config["data"]["sources"],
         shuffle=config["data"]["shuffle_documents"],
         seed=config["seed"],
         max_chars=paths.corpus_chars(config),
-    log:
-        f"{ROOT}/logs/corpus/corpus.log",
     script:
         "scripts/corpus.py"
 
@@ -19,11 +21,13 @@ rule corpus:
 rule model:
     output:
         paths.model_info(ROOT, "{model}"),
+    conda:
+        "../envs/saesuite.yaml"
+    log:
+        f"{ROOT}/logs/model/{{model}}.log",
     params:
         model_cfg=lambda w: config["models"][w.model],
         cache_root=CACHE,
-    log:
-        f"{ROOT}/logs/model/{{model}}.log",
     script:
         "scripts/model.py"
 
@@ -36,11 +40,13 @@ rule tokens:
         train=paths.tokens(ROOT, "{model}")["train"],
         eval=paths.tokens(ROOT, "{model}")["eval"],
         info=paths.tokens(ROOT, "{model}")["info"],
+    conda:
+        "../envs/saesuite.yaml"
+    log:
+        f"{ROOT}/logs/tokens/{{model}}.log",
     params:
         model_cfg=lambda w: config["models"][w.model],
         cache_root=CACHE,
         data=config["data"],
-    log:
-        f"{ROOT}/logs/tokens/{{model}}.log",
     script:
         "scripts/tokens.py"

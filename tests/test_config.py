@@ -40,7 +40,9 @@ def test_default_config_validates_and_fills_defaults():
         (lambda c: c["suite"][0].update(sites=["resid"]), "suite.0.sites.0"),
         (lambda c: c["suite"][0].update(layers="most"), "suite.0.layers"),
         (
-            lambda c: c["suite"][0].update(sparsity={"lambdas": [1e-3], "target_l0": [5]}),
+            lambda c: c["suite"][0].update(
+                sparsity={"lambdas": [1e-3], "target_l0": [5]}
+            ),
             "suite.0.sparsity",
         ),
         (lambda c: c["data"].update(context_size="1024"), "data.context_size"),
@@ -63,14 +65,21 @@ def test_schema_rejects_bad_config_naming_the_key(mutate, key):
         (lambda c: c["suite"][0].update(layers=[30]), "layer 30"),
         (lambda c: c["suite"][0].update(models=["nope"]), "suite.0.models"),
         (
-            lambda c: c["models"].update(it={"source": MODEL, "role": "it", "base": "x"}),
+            lambda c: c["models"].update(
+                it={"source": MODEL, "role": "it", "base": "x"}
+            ),
             "models.it.base",
         ),
         (lambda c: c["data"].update(train_tokens=10), "data.train_tokens"),
-        (lambda c: c["data"].update(sources=[{"type": "files"}]), "data.sources.0.paths"),
         (
-            lambda c: c["models"].update(other={"source": "org/unknown-model"})
-            or c["suite"][0].update(layers="all"),
+            lambda c: c["data"].update(sources=[{"type": "files"}]),
+            "data.sources.0.paths",
+        ),
+        (
+            lambda c: (
+                c["models"].update(other={"source": "org/unknown-model"})
+                or c["suite"][0].update(layers="all")
+            ),
             "models.other.n_layers",
         ),
     ],
@@ -126,7 +135,11 @@ def test_layers_forms_and_union_of_groups():
 
 def test_pt_it_pair_and_target_l0_labels():
     cfg = make_config(MODEL)
-    cfg["models"]["it"] = {"source": "google/gemma-2-2b-it", "role": "it", "base": "tiny"}
+    cfg["models"]["it"] = {
+        "source": "google/gemma-2-2b-it",
+        "role": "it",
+        "base": "tiny",
+    }
     cfg = load_config(cfg)
     specs = expand_suite(cfg)
     assert {s.model for s in specs} == {"tiny", "it"}

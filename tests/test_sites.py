@@ -27,7 +27,9 @@ def ids_batch(vocab: int) -> torch.Tensor:
 
 
 def all_sites(n_layers: int) -> list[Site]:
-    return [Site(L, k) for L in range(n_layers) for k in ("res", "att", "mlp", "mlp_in")]
+    return [
+        Site(L, k) for L in range(n_layers) for k in ("res", "att", "mlp", "mlp_in")
+    ]
 
 
 def test_res_equals_hidden_states(model):
@@ -62,10 +64,14 @@ def test_att_mlp_and_residual_decomposition(model):
             else layer.post_attention_layernorm
         )
         hooks.append(
-            mid.register_forward_pre_hook(lambda m, a, L=L: resid_mid.__setitem__(L, a[0]))
+            mid.register_forward_pre_hook(
+                lambda m, a, L=L: resid_mid.__setitem__(L, a[0])
+            )
         )
         hooks.append(
-            layer.register_forward_pre_hook(lambda m, a, L=L: layer_in.__setitem__(L, a[0]))
+            layer.register_forward_pre_hook(
+                lambda m, a, L=L: layer_in.__setitem__(L, a[0])
+            )
         )
     with torch.no_grad():
         model(input_ids=ids)
@@ -80,7 +86,10 @@ def test_att_mlp_and_residual_decomposition(model):
         torch.testing.assert_close(layer.self_attn.o_proj(att), attn_out[L])
         # residual after attention + mlp site = residual after the block
         torch.testing.assert_close(
-            resid_mid[L] + got[Site(L, "mlp")], got[Site(L, "res")], rtol=1e-5, atol=1e-5
+            resid_mid[L] + got[Site(L, "mlp")],
+            got[Site(L, "res")],
+            rtol=1e-5,
+            atol=1e-5,
         )
         if hasattr(layer, "post_attention_layernorm") and hasattr(
             layer, "pre_feedforward_layernorm"

@@ -86,7 +86,9 @@ def test_bucket_bounds_the_mixing(tmp_path):
 def test_scale_divides(tmp_path):
     man = make_store(tmp_path)
     plain = ActivationReader(man, "layer_0.res", batch_size=8, bucket=40, seed=0)
-    scaled = ActivationReader(man, "layer_0.res", batch_size=8, bucket=40, seed=0, scale=4.0)
+    scaled = ActivationReader(
+        man, "layer_0.res", batch_size=8, bucket=40, seed=0, scale=4.0
+    )
     torch.testing.assert_close(scaled.batch(3), plain.batch(3) / 4.0)
 
 
@@ -114,7 +116,9 @@ def test_truncated_chunk_is_named(tmp_path):
 
 def test_garbage_file_is_named(tmp_path):
     man = make_store(tmp_path)
-    (tmp_path / "chunk_00002.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    (tmp_path / "chunk_00002.safetensors").write_bytes(
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}"
+    )
     with pytest.raises(StoreError, match="chunk_00002.safetensors"):
         normalization_scalars(man, ["layer_0.res"])
 
@@ -129,7 +133,9 @@ def test_wrong_shape_or_dtype_is_named(tmp_path):
     from safetensors.torch import save_file
 
     save_file(bad, str(tmp_path / "chunk_00000.safetensors"))
-    with pytest.raises(StoreError, match=r"chunk_00000.safetensors: tensor 'layer_0.res'"):
+    with pytest.raises(
+        StoreError, match=r"chunk_00000.safetensors: tensor 'layer_0.res'"
+    ):
         normalization_scalars(man, ["layer_0.res"])
     bad["layer_0.res"] = torch.zeros(50, D, dtype=torch.float16)
     save_file(bad, str(tmp_path / "chunk_00000.safetensors"))

@@ -11,7 +11,9 @@ from saesuite.corpus import build_corpus, embedded_documents, read_corpus
 from saesuite.models import GEMMA_CHAT_TEMPLATE
 from saesuite.tokens import chat_wrap, document_tokens, pack, tokenize_splits
 
-DOCS = [f"Document number {i} talks about topic {i % 7} at some length." for i in range(60)]
+DOCS = [
+    f"Document number {i} talks about topic {i % 7} at some length." for i in range(60)
+]
 
 
 def test_sequences_start_with_bos_and_mask_specials(tokenizer):
@@ -55,7 +57,7 @@ def test_chat_mode_masks_user_prefix(tokenizer):
     prefix, suffix = chat_wrap(GEMMA_CHAT_TEMPLATE, tokenizer)
     assert prefix == "<start_of_turn>user\n"
     assert suffix == "<end_of_turn>\n<start_of_turn>model\n"
-    (ids, keep), = document_tokens(["hello there"], tokenizer, (prefix, suffix))
+    ((ids, keep),) = document_tokens(["hello there"], tokenizer, (prefix, suffix))
     n_prefix = len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
     assert keep[:n_prefix] == [False] * n_prefix
     assert all(keep[n_prefix:-1]) and keep[-1] is False  # the EOS
@@ -105,8 +107,16 @@ def test_file_sources(tmp_path):
     build_corpus(
         [
             {"type": "files", "paths": [str(tmp_path / "a.txt")]},
-            {"type": "files", "paths": [str(tmp_path / "*.jsonl")], "text_field": "body"},
-            {"type": "files", "paths": [str(tmp_path / "c.parquet")], "text_field": "body"},
+            {
+                "type": "files",
+                "paths": [str(tmp_path / "*.jsonl")],
+                "text_field": "body",
+            },
+            {
+                "type": "files",
+                "paths": [str(tmp_path / "c.parquet")],
+                "text_field": "body",
+            },
         ],
         tmp_path / "out.jsonl",
         tmp_path / "out.json",

@@ -97,14 +97,18 @@ def test_normalization_matches_an_independent_computation(run):
 def test_deleted_chunk_alone_is_recomputed_identically(run):
     work, _ = run
     act = work / "results" / "tiny" / "activations"
-    before = {p.name: (p.stat().st_mtime_ns, sha256_file(p)) for p in act.glob("chunk_*")}
+    before = {
+        p.name: (p.stat().st_mtime_ns, sha256_file(p)) for p in act.glob("chunk_*")
+    }
     (act / "chunk_00002.safetensors").unlink()
     again = snakemake(work, "--cores", "2")
     assert again.returncode == 0, again.stderr
     log = again.stdout + again.stderr
     assert len(re.findall(r"rule extract:", log)) == 1
     assert "chunk=00002" in log
-    after = {p.name: (p.stat().st_mtime_ns, sha256_file(p)) for p in act.glob("chunk_*")}
+    after = {
+        p.name: (p.stat().st_mtime_ns, sha256_file(p)) for p in act.glob("chunk_*")
+    }
     for name, (mtime, digest) in before.items():
         assert after[name][1] == digest, name  # same bytes, recomputed or not
         if "00002" not in name:

@@ -120,7 +120,7 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def n_layers(config: dict[str, Any], model_key: str) -> int | None:
-    """Decoder layer count: from the config, the known-model table, or a local config."""
+    """Decoder layer count: from the config, the known-model table, or config.json."""
     m = config["models"][model_key]
     if m["n_layers"]:
         return m["n_layers"]
@@ -195,7 +195,9 @@ class SAESpec:
 
     @property
     def label(self) -> str:
-        return f"lambda_{self.value:g}" if self.penalty == "l0" else f"l0_{self.value:g}"
+        return (
+            f"lambda_{self.value:g}" if self.penalty == "l0" else f"l0_{self.value:g}"
+        )
 
     @property
     def path(self) -> str:
@@ -228,9 +230,7 @@ def expand_suite(config: dict[str, Any]) -> list[SAESpec]:
                         tokens = g["tokens"] or default_tokens(width)
                         for pen, val, coef in ladder:
                             out.add(
-                                SAESpec(
-                                    mk, layer, site, width, pen, val, coef, tokens
-                                )
+                                SAESpec(mk, layer, site, width, pen, val, coef, tokens)
                             )
     return sorted(out)
 

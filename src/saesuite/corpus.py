@@ -128,7 +128,7 @@ def build_corpus(
     shuffle: bool,
     seed: int,
 ) -> dict[str, Any]:
-    """Write up to `max_chars` of documents as JSONL ({"text": ...}), plus provenance."""
+    """Write up to `max_chars` of documents as JSONL ({"text": ...}) and provenance."""
     docs: list[str] = []
     total = 0
     counts = []

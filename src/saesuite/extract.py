@@ -63,6 +63,34 @@ def check_disk(
         )
 
 
+def extract_batches(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    sites: list[str],
+    widths: dict[str, int],
+    dtype: str,
+    batch: int,
+    desc: str = "extract",
+) -> dict[str, torch.Tensor]:
+    """Activations (n_seq·ctx, d) of every site for sequences `ids` (n_seq, ctx), one
+    truncated forward pass per batch, written into preallocated tensors."""
+    n_seq, ctx = ids.shape
+    device = next(model.parameters()).device
+    site_objs = [Site.parse(s) for s in sites]
+    acts = {s: torch.empty(n_seq * ctx, widths[s], dtype=DTYPES[dtype]) for s in sites}
+    with tqdm(total=n_seq * ctx, unit="tok", unit_scale=True, desc=desc) as bar:
+        for b0 in range(0, n_seq, batch):
+            b1 = min(b0 + batch, n_seq)
+            rows = slice(b0 * ctx, b1 * ctx)
+
+            def sink(site: Site, act: torch.Tensor, rows: slice = rows) -> None:
+                acts[site.name][rows].copy_(act.reshape(-1, widths[site.name]))
+
+            capture(model, ids[b0:b1].to(device), site_objs, sink=sink)
+            bar.update((b1 - b0) * ctx)
+    return acts
+
+
 def extract_chunk(
     *,
     model_cfg: dict[str, Any],
@@ -101,23 +129,16 @@ def extract_chunk(
     )
 
     model = load_model(model_cfg, cache_root)
-    device = next(model.parameters()).device
-    site_objs = [Site.parse(s) for s in sites]
-    acts = {s: torch.empty(n_seq * ctx, widths[s], dtype=DTYPES[dtype]) for s in sites}
-    batch = model_cfg.get("batch_size", 8)
     start = time.perf_counter()
-    with tqdm(
-        total=n_seq * ctx, unit="tok", unit_scale=True, desc=f"chunk {chunk}"
-    ) as bar:
-        for b0 in range(0, n_seq, batch):
-            b1 = min(b0 + batch, n_seq)
-            got = capture(model, ids[b0:b1].to(device), site_objs)
-            for site in site_objs:
-                rows = slice(b0 * ctx, b1 * ctx)
-                acts[site.name][rows] = got[site].reshape(-1, widths[site.name]).to(
-                    "cpu", DTYPES[dtype]
-                )
-            bar.update((b1 - b0) * ctx)
+    acts = extract_batches(
+        model,
+        ids,
+        sites,
+        widths,
+        dtype,
+        model_cfg.get("batch_size", 8),
+        f"chunk {chunk}",
+    )
     elapsed = time.perf_counter() - start
 
     tensors = {**acts, "input_ids": ids.reshape(-1).int(), "mask": mask.reshape(-1)}

@@ -34,7 +34,7 @@ EMBEDDED_NAME = "gemma-3-270m"
 
 
 def known_shape(source: str) -> ModelShape | None:
-    """The shape of `source` ("embedded", a Hub id, a path) if it names a known model."""
+    """The shape of `source` ("embedded", a Hub id, a path) if it is a known model."""
     if source == "embedded":
         return KNOWN[EMBEDDED_NAME]
     name = source.rstrip("/").rsplit("/", 1)[-1].lower()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +13,11 @@ from pathlib import Path
 def job_log(path: str | Path, threads: int | None = None) -> Iterator[None]:
     """Redirect stdout/stderr and logging to `path`; pin torch's CPU threads."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", buffering=1) as f, contextlib.redirect_stdout(
-        f
-    ), contextlib.redirect_stderr(f):
+    with (
+        open(path, "a", buffering=1) as f,
+        contextlib.redirect_stdout(f),
+        contextlib.redirect_stderr(f),
+    ):
         handler = logging.StreamHandler(f)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
         root = logging.getLogger()

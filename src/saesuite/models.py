@@ -24,7 +24,11 @@ from saesuite.io import sha256_file
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 # Gemma's turn format, for tokenizers that ship without a chat template (the GGUF one).
 GEMMA_CHAT_TEMPLATE = (
@@ -99,7 +103,7 @@ def converted_dir(gguf: str | Path, cache_root: str | Path) -> Path:
             if not (tied and k == "lm_head.weight")
         }
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-        # The weights are dequantised now: the GGUF quantisation config no longer applies.
+        # The weights are dequantised now: the GGUF quantisation config is stale.
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config.save_pretrained(tmp)

@@ -13,7 +13,10 @@ CHARS_PER_TOKEN_BUDGET = 10  # corpus text kept per needed token: ~2.5× typical
 
 
 def corpus(root: str) -> dict[str, str]:
-    return {"jsonl": f"{root}/corpus/corpus.jsonl", "info": f"{root}/corpus/corpus.json"}
+    return {
+        "jsonl": f"{root}/corpus/corpus.jsonl",
+        "info": f"{root}/corpus/corpus.json",
+    }
 
 
 def model_info(root: str, model: str) -> str:

@@ -81,12 +81,14 @@ def site_hooks(
     sites: list[Site],
     *,
     captured: dict[Site, torch.Tensor] | None = None,
+    sink: Callable[[Site, torch.Tensor], None] | None = None,
     replace: Replace | None = None,
     stop_after_last: bool = False,
 ) -> Iterator[None]:
-    """Hooks that store each site's activation into `captured` (B, T, d) and/or
-    substitute `replace(site, act)` for it; with `stop_after_last`, raise
-    StopForward as soon as the deepest requested layer has run."""
+    """Hooks that store each site's activation (B, T, d) into `captured`, hand it to
+    `sink` (which must copy what it keeps), and/or substitute `replace(site, act)`
+    for it; with `stop_after_last`, raise StopForward as soon as the deepest
+    requested layer has run."""
     arch = arch_sites(model)
     layers = decoder_layers(model)
     for s in sites:
@@ -98,6 +100,8 @@ def site_hooks(
         new = replace(site, act) if replace is not None else None
         if captured is not None:
             captured[site] = act if new is None else new
+        if sink is not None:
+            sink(site, act if new is None else new)
         return new
 
     def out_hook(site: Site):
@@ -146,17 +150,27 @@ def capture(
     model: nn.Module,
     input_ids: torch.Tensor,
     sites: list[Site],
+    sink: Callable[[Site, torch.Tensor], None] | None = None,
 ) -> dict[Site, torch.Tensor]:
-    """All requested sites of one batch (B, T) in one truncated forward pass."""
+    """All requested sites of one batch (B, T) in one truncated forward pass.
+    With a `sink`, activations are handed over as they are computed and not kept
+    (the allocator can then reuse their memory, as in a plain forward pass)."""
     captured: dict[Site, torch.Tensor] = {}
-    with torch.no_grad(), site_hooks(
-        model, sites, captured=captured, stop_after_last=True
-    ):
+    seen: set[Site] = set()
+
+    def keep(site: Site, act: torch.Tensor) -> None:
+        seen.add(site)
+        if sink is None:
+            captured[site] = act
+        else:
+            sink(site, act)
+
+    with torch.no_grad(), site_hooks(model, sites, sink=keep, stop_after_last=True):
         try:
             model(input_ids=input_ids, use_cache=False)
         except StopForward:
             pass
-    missing = [s.name for s in sites if s not in captured]
+    missing = [s.name for s in sites if s not in seen]
     if missing:
         raise RuntimeError(f"sites not reached by the forward pass: {missing}")
     return captured

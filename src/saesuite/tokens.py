@@ -171,7 +171,9 @@ def make_tokens(
     tokenizer = load_tokenizer(model_cfg, cache_root)
     chat = None
     if model_cfg.get("chat"):
-        chat = chat_wrap(chat_template(tokenizer, model_cfg, info["model_type"]), tokenizer)
+        chat = chat_wrap(
+            chat_template(tokenizer, model_cfg, info["model_type"]), tokenizer
+        )
     ctx = data["context_size"]
     splits = tokenize_splits(
         read_corpus(corpus),
