@@ -139,3 +139,20 @@ def test_file_sources(tmp_path):
             shuffle=False,
             seed=0,
         )
+
+
+def test_hub_source_streams_through_datasets(tmp_path):
+    # A local folder stands in for a Hub dataset id: `datasets.load_dataset` takes the
+    # same streaming path for both, and nothing can be downloaded here.
+    data = tmp_path / "ds"
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"content": "first"}\n{"content": "second"}\n')
+    build_corpus(
+        [{"type": "hub", "id": str(data), "text_field": "content", "max_documents": 1}],
+        tmp_path / "h.jsonl",
+        tmp_path / "h.json",
+        max_chars=1000,
+        shuffle=False,
+        seed=0,
+    )
+    assert list(read_corpus(tmp_path / "h.jsonl")) == ["first"]
