@@ -9,12 +9,12 @@ rule extract:
     output:
         data=paths.chunk(ROOT, "{model}", "{chunk}")["data"],
         info=paths.chunk(ROOT, "{model}", "{chunk}")["info"],
-    conda:
-        "../envs/saesuite.yaml"
     log:
         f"{ROOT}/logs/extract/{{model}}/{{chunk}}.log",
     benchmark:
         f"{ROOT}/benchmarks/extract/{{model}}/{{chunk}}.tsv"
+    conda:
+        "../envs/saesuite.yaml"
     # The forward pass uses every core it gets; chunks run one after another locally.
     threads: workflow.cores
     params:
@@ -35,10 +35,10 @@ rule manifest:
         info=lambda w: chunk_files(w, "info"),
     output:
         paths.manifest(ROOT, "{model}"),
-    conda:
-        "../envs/saesuite.yaml"
     log:
         f"{ROOT}/logs/manifest/{{model}}.log",
+    conda:
+        "../envs/saesuite.yaml"
     params:
         identity=lambda w: paths.activation_identity(config, w.model),
     script:
@@ -50,10 +50,10 @@ rule normalize:
         paths.manifest(ROOT, "{model}"),
     output:
         paths.normalization(ROOT, "{model}"),
-    conda:
-        "../envs/saesuite.yaml"
     log:
         f"{ROOT}/logs/normalize/{{model}}.log",
+    conda:
+        "../envs/saesuite.yaml"
     params:
         sites=lambda w: [s.name for s in model_sites(config, w.model)],
     script:

@@ -5,10 +5,10 @@ rule corpus:
     output:
         jsonl=paths.corpus(ROOT)["jsonl"],
         info=paths.corpus(ROOT)["info"],
-    conda:
-        "../envs/saesuite.yaml"
     log:
         f"{ROOT}/logs/corpus/corpus.log",
+    conda:
+        "../envs/saesuite.yaml"
     params:
         sources=config["data"]["sources"],
         shuffle=config["data"]["shuffle_documents"],
@@ -21,10 +21,10 @@ rule corpus:
 rule model:
     output:
         paths.model_info(ROOT, "{model}"),
-    conda:
-        "../envs/saesuite.yaml"
     log:
         f"{ROOT}/logs/model/{{model}}.log",
+    conda:
+        "../envs/saesuite.yaml"
     params:
         model_cfg=lambda w: config["models"][w.model],
         cache_root=CACHE,
@@ -40,10 +40,10 @@ rule tokens:
         train=paths.tokens(ROOT, "{model}")["train"],
         eval=paths.tokens(ROOT, "{model}")["eval"],
         info=paths.tokens(ROOT, "{model}")["info"],
-    conda:
-        "../envs/saesuite.yaml"
     log:
         f"{ROOT}/logs/tokens/{{model}}.log",
+    conda:
+        "../envs/saesuite.yaml"
     params:
         model_cfg=lambda w: config["models"][w.model],
         cache_root=CACHE,
