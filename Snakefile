@@ -15,6 +15,7 @@ if not workflow.config_settings.configfiles:
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/activations.smk"
+include: "rules/train.smk"
 
 
 rule all:

@@ -2,7 +2,14 @@
 from snakemake.utils import validate
 
 from saesuite import paths
-from saesuite.config import check_config, model_sites, n_chunks, seqs_per_chunk
+from saesuite.config import (
+    check_config,
+    expand_suite,
+    known_site_width,
+    model_sites,
+    n_chunks,
+    seqs_per_chunk,
+)
 
 # Types first (clean messages), then again to fill the schema's defaults.
 validate(config, "../config/schema.yaml", set_default=False)
@@ -17,6 +24,8 @@ MODELS = list(config["models"])
 wildcard_constraints:
     model="|".join(MODELS),
     chunk=r"\d{5}",
+    layer=r"\d+",
+    kind="res|att|mlp|mlp_in",
 
 
 def chunk_indices():
@@ -27,8 +36,19 @@ def chunk_files(wildcards, kind):
     return [paths.chunk(ROOT, wildcards.model, c)[kind] for c in chunk_indices()]
 
 
+def site_summaries():
+    sites = {(s.model, s.layer, s.site) for s in expand_suite(config)}
+    return [paths.site_summary(ROOT, m, L, k) for m, L, k in sorted(sites)]
+
+
+def train_mem_mb(wildcards):
+    job = paths.train_job(config, wildcards.model, int(wildcards.layer), wildcards.kind)
+    d_in = known_site_width(config, wildcards.model, wildcards.kind)
+    return paths.train_mem_mb(config, job, d_in)
+
+
 def final_outputs():
-    out = [paths.normalization(ROOT, m) for m in MODELS]
+    out = site_summaries()
     # The cache itself is a target, so a deleted chunk is recomputed (only that one:
     # Snakemake skips jobs whose outputs exist, however old the targets downstream).
     out += [paths.chunk(ROOT, m, c)["data"] for m in MODELS for c in chunk_indices()]

@@ -117,6 +117,7 @@ BASE_CONFIG: dict[str, Any] = {
         "eval_tokens": 1024,
     },
     "activations": {"chunk_tokens": 1024, "shuffle_bucket": 1000},
+    "train": {"batch_size": 256, "lr": 1e-3, "checkpoint_every": 20, "log_every": 10},
 }
 
 

@@ -57,7 +57,7 @@ def test_dry_run_lists_the_plan(run):
     _, plan = run
     assert job_counts(plan) == {
         "corpus": 1, "model": 1, "tokens": 1, "extract": 4,
-        "manifest": 1, "normalize": 1, "all": 1, "total": 10,
+        "manifest": 1, "normalize": 1, "train": 6, "all": 1, "total": 16,
     }  # fmt: skip
 
 
@@ -113,6 +113,22 @@ def test_deleted_chunk_alone_is_recomputed_identically(run):
         assert after[name][1] == digest, name  # same bytes, recomputed or not
         if "00002" not in name:
             assert after[name][0] == mtime, name  # untouched
+
+
+def test_every_sae_of_the_suite_is_trained(run):
+    work, _ = run
+    saes = work / "results" / "tiny" / "saes"
+    for layer in (1, 2):
+        for kind in ("res", "att", "mlp"):
+            summary = read_json(saes / f"layer_{layer}" / kind / "site.json")
+            assert [s["value"] for s in summary["saes"]] == [8, 16]
+            for s in summary["saes"]:
+                folder = saes / s["path"]
+                assert (folder / "sae.safetensors").exists()
+                assert s["tokens"] == 20000 and s["steps"] == 78
+                lines = (folder / "train_log.jsonl").read_text().splitlines()
+                assert len(lines) >= 8
+    assert not list((work / "results" / "tiny" / "checkpoints").glob("*.pt"))
 
 
 def test_bad_config_fails_before_any_job(tmp_path, tiny_models):

@@ -136,6 +136,15 @@ def n_layers(config: dict[str, Any], model_key: str) -> int | None:
     return None
 
 
+def known_site_width(config: dict[str, Any], model_key: str, kind: str) -> int:
+    """d_in of a site from the known-model table (4096 if the model is unknown: only
+    used for resource estimates)."""
+    shape = known_shape(config["models"][model_key]["source"])
+    if shape is None:
+        return 4096
+    return shape.n_heads * shape.head_dim if kind == "att" else shape.d_model
+
+
 def group_layers(config: dict[str, Any], gi: int, model_key: str) -> list[int]:
     spec = config["suite"][gi]["layers"]
     if spec == "all":

@@ -7,7 +7,14 @@ import hashlib
 import json
 from typing import Any
 
-from saesuite.config import model_sites, seqs_per_chunk
+from saesuite.config import (
+    SAESpec,
+    Site,
+    config_hash,
+    expand_suite,
+    model_sites,
+    seqs_per_chunk,
+)
 
 CHARS_PER_TOKEN_BUDGET = 10  # corpus text kept per needed token: ~2.5× typical BPE
 
@@ -64,3 +71,70 @@ def activation_identity(config: dict[str, Any], model: str) -> dict[str, Any]:
 def corpus_chars(config: dict[str, Any]) -> int:
     data = config["data"]
     return (data["train_tokens"] + data["eval_tokens"]) * CHARS_PER_TOKEN_BUDGET
+
+
+def sae_dir(root: str, spec: SAESpec) -> str:
+    return f"{root}/{spec.model}/saes/{spec.path}"
+
+
+def site_summary(root: str, model: str, layer: int | str, kind: str) -> str:
+    return f"{root}/{model}/saes/layer_{layer}/{kind}/site.json"
+
+
+def checkpoint(root: str, model: str, site: str) -> str:
+    return f"{root}/{model}/checkpoints/{site}.pt"
+
+
+def train_job(config: dict[str, Any], model: str, layer: int, kind: str) -> dict[str, Any]:
+    """Everything the trainer needs for one site, as plain JSON."""
+    root = config["output_root"]
+    specs = [
+        s
+        for s in expand_suite(config)
+        if s.model == model and s.layer == layer and s.site == kind
+    ]
+    site = Site(layer, kind).name
+    m = config["models"][model]
+    return {
+        "model": model,
+        "site": site,
+        "manifest": manifest(root, model),
+        "normalization": normalization(root, model),
+        "checkpoint": checkpoint(root, model, site),
+        "seed": config["seed"],
+        "shuffle_bucket": config["activations"]["shuffle_bucket"],
+        "train": config["train"],
+        "identity": {
+            "model": model,
+            "source": m["source"],
+            "revision": m["revision"],
+            "config_hash": config_hash(config),
+            "activations": activation_identity(config, model)["hash"],
+        },
+        "saes": [
+            {
+                "layer": s.layer,
+                "kind": s.site,
+                "width": s.width,
+                "penalty": s.penalty,
+                "value": s.value,
+                "coefficient": s.coefficient,
+                "tokens": s.tokens,
+                "path": s.path,
+                "out_dir": sae_dir(root, s),
+            }
+            for s in specs
+        ],
+    }
+
+
+def train_mem_mb(config: dict[str, Any], job: dict[str, Any], d_in: int) -> int:
+    """Memory of a training job: the shuffle bucket, and per SAE its parameters with
+    gradients and Adam's two moments, plus the (batch, width) working tensors."""
+    t = config["train"]
+    bucket = config["activations"]["shuffle_bucket"] * d_in * 4
+    saes = sum(
+        16 * (2 * d_in * s["width"]) + 6 * 4 * t["batch_size"] * s["width"]
+        for s in job["saes"]
+    )
+    return int((bucket + saes) / 2**20 * 1.5) + 1024

@@ -1,0 +1,369 @@
+"""JumpReLU training for every SAE of one site (rule `train`): the sparsity ladder and
+widths of a site train in one job on the same batches, so the cache is read once.
+
+    python -m saesuite.train --job job.json                  # one process
+    torchrun --nproc_per_node 2 -m saesuite.train --job job.json   # data-parallel
+
+Schedule (Gemma Scope 1): Adam(β1=0, β2=0.999), lr warmed up along a cosine from
+0.1·lr to lr, λ warmed up linearly from 0; both warm-ups are capped at a share of the
+run so short runs still train (see config `train`). Checkpoints (weights, Adam state,
+step, dead-latent counters, RNG) are written atomically every `checkpoint_every` steps
+and on SIGTERM/SIGUSR1 (what SLURM sends before preemption), after which the job
+exits with status 75 so Snakemake retries; a restarted job resumes bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from saesuite.io import atomic_open, atomic_path, read_json, versions, write_json
+from saesuite.sae import JumpReLUSAE
+from saesuite.step import dense_step, sparse_step
+from saesuite.store import ActivationReader
+
+log = logging.getLogger(__name__)
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again"
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Preempted(SystemExit):
+    def __init__(self) -> None:
+        super().__init__(PREEMPTED_EXIT)
+
+
+@dataclass
+class Schedule:
+    total_steps: int
+    lr: float
+    lr_warmup: int
+    lam_warmup: int
+    decay: str
+    decay_steps: int
+
+    def lr_at(self, step: int) -> float:
+        if step < self.lr_warmup:  # cosine from 0.1·lr to lr
+            t = step / self.lr_warmup
+            return self.lr * (0.1 + 0.9 * 0.5 * (1 - math.cos(math.pi * t)))
+        start = self.total_steps - self.decay_steps
+        if self.decay != "none" and step >= start and self.decay_steps > 0:
+            t = (step - start) / self.decay_steps
+            f = 0.5 * (1 + math.cos(math.pi * t)) if self.decay == "cosine" else 1 - t
+            return self.lr * f
+        return self.lr
+
+    def lam_factor(self, step: int) -> float:
+        return 1.0 if self.lam_warmup == 0 else min(1.0, (step + 1) / self.lam_warmup)
+
+
+def make_schedule(tokens: int, cfg: dict[str, Any]) -> Schedule:
+    """Steps for a token budget; warm-ups capped at a share of the run."""
+    total = max(1, tokens // cfg["batch_size"])
+    return Schedule(
+        total_steps=total,
+        lr=cfg["lr"],
+        lr_warmup=min(cfg["lr_warmup_steps"], int(cfg["max_lr_warmup_fraction"] * total)),
+        lam_warmup=min(
+            cfg["lambda_warmup_steps"], int(cfg["max_lambda_warmup_fraction"] * total)
+        ),
+        decay=cfg["lr_decay"],
+        decay_steps=int(cfg["lr_decay_fraction"] * total),
+    )
+
+
+class Member:
+    """One SAE of the job with its optimiser, schedule and dead-latent counter."""
+
+    def __init__(self, spec: dict[str, Any], d_in: int, cfg: dict[str, Any], seed: int):
+        self.spec = spec
+        self.sae = JumpReLUSAE(
+            d_in,
+            spec["width"],
+            threshold_param=cfg["threshold_param"],
+            bandwidth=cfg["bandwidth"],
+            init_threshold=cfg["init_threshold"],
+            device=cfg["_device"],
+        )
+        self.sae.initialize(torch.Generator().manual_seed(seed))
+        self.sae.to(cfg["_device"])
+        self.opt = torch.optim.Adam(
+            self.sae.parameters(),
+            lr=cfg["lr"],
+            betas=(cfg["adam_beta1"], cfg["adam_beta2"]),
+            eps=cfg["adam_eps"],
+        )
+        self.schedule = make_schedule(spec["tokens"], cfg)
+        # tokens since each latent last fired
+        self.since_fired = torch.zeros(spec["width"], dtype=torch.int64)
+        self.last_l0 = float(spec["width"])
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _reduce_grads(sae: JumpReLUSAE, world: int) -> None:
+    if world == 1:
+        return
+    for p in sae.parameters():
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad /= world
+
+
+def _save_checkpoint(path: Path, step: int, members: list[Member]) -> None:
+    state = {
+        "step": step,
+        "members": [
+            {
+                "sae": m.sae.state_dict(),
+                "opt": m.opt.state_dict(),
+                "since_fired": m.since_fired,
+                "last_l0": m.last_l0,
+            }
+            for m in members
+        ],
+        "torch_rng": torch.get_rng_state(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path, members: list[Member]) -> int:
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    if len(state["members"]) != len(members):
+        raise RuntimeError(f"{path}: checkpoint holds {len(state['members'])} SAEs")
+    for m, s in zip(members, state["members"]):
+        m.sae.load_state_dict(s["sae"])
+        m.opt.load_state_dict(s["opt"])
+        m.since_fired = s["since_fired"]
+        m.last_l0 = s["last_l0"]
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] < step]
+    with atomic_open(path) as f:
+        f.write("".join(ln + "\n" for ln in keep))
+
+
+def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Train every SAE of `job["saes"]` on one site; write their outputs."""
+    cfg = dict(job["train"])
+    rank, world = _dist()
+    if cfg["batch_size"] % world:
+        raise ValueError(f"train.batch_size {cfg['batch_size']} not divisible by {world}")
+    device = cfg["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    cfg["_device"] = device
+
+    norm = read_json(job["normalization"])
+    scale = norm["scale"][job["site"]]
+    reader = ActivationReader(
+        job["manifest"],
+        job["site"],
+        batch_size=cfg["batch_size"],
+        bucket=job["shuffle_bucket"],
+        seed=job["seed"],
+        scale=scale,
+    )
+    members = [
+        Member(spec, reader.d_in, cfg, job["seed"] * 7919 + i)
+        for i, spec in enumerate(job["saes"])
+    ]
+    total = max(m.schedule.total_steps for m in members)
+    ckpt = Path(job["checkpoint"])
+    logs = [Path(s["out_dir"]) / "train_log.jsonl" for s in job["saes"]]
+    start = _load_checkpoint(ckpt, members) if ckpt.exists() else 0
+    if rank == 0:
+        for p in logs:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            _truncate_log(p, start)
+        if start:
+            log.info("resuming %s from step %d of %d", job["site"], start, total)
+
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    local = slice(rank * cfg["batch_size"] // world, (rank + 1) * cfg["batch_size"] // world)
+    files = [open(p, "a") for p in logs] if rank == 0 else []
+    bar = tqdm(
+        total=total * cfg["batch_size"],
+        initial=start * cfg["batch_size"],
+        unit="tok",
+        unit_scale=True,
+        desc=job["site"],
+        disable=rank != 0,
+    )
+    step = start
+    try:
+        for step in range(start, total):
+            x = reader.batch(step)[local].to(device)
+            for i, m in enumerate(members):
+                if step >= m.schedule.total_steps:
+                    continue
+                stats = _train_step(m, x, step, cfg, world)
+                if not math.isfinite(stats["loss"]):
+                    raise NonFiniteLoss(
+                        f"non-finite loss {stats['loss']} at step {step} for SAE "
+                        f"{m.spec['path']} (site {job['site']}); the last good "
+                        f"checkpoint {ckpt} is kept"
+                    )
+                if rank == 0 and (step % cfg["log_every"] == 0 or step == total - 1):
+                    files[i].write(json.dumps(stats) + "\n")
+                    files[i].flush()
+                if i == 0:
+                    bar.set_postfix(
+                        loss=f"{stats['loss']:.4g}", l0=f"{stats['l0']:.1f}",
+                        fvu=f"{stats['fvu']:.3f}",
+                    )  # fmt: skip
+            bar.update(cfg["batch_size"])
+            done = step + 1
+            if stop["signal"] is not None or done % cfg["checkpoint_every"] == 0:
+                if rank == 0 and done < total:
+                    _save_checkpoint(ckpt, done, members)
+                if stop["signal"] is not None:
+                    log.warning(
+                        "signal %d: checkpoint at step %d written; exiting %d to be retried",
+                        stop["signal"], done, PREEMPTED_EXIT,
+                    )  # fmt: skip
+                    raise Preempted()
+    finally:
+        bar.close()
+        for f in files:
+            f.close()
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+    results = []
+    if rank == 0:
+        for m in members:
+            results.append(write_outputs(m, job, scale, reader.n_valid))
+        ckpt.unlink(missing_ok=True)
+    return results
+
+
+def _train_step(m: Member, x: torch.Tensor, step: int, cfg: dict, world: int) -> dict:
+    spec, sched = m.spec, m.schedule
+    lr = sched.lr_at(step)
+    for group in m.opt.param_groups:
+        group["lr"] = lr
+    coef = spec["coefficient"] * sched.lam_factor(step)
+    mode = cfg["step"]
+    if mode == "auto":
+        mode = "sparse" if m.last_l0 < cfg["sparse_density"] * spec["width"] else "dense"
+    fn = sparse_step if mode == "sparse" else dense_step
+    target = spec["value"] if spec["penalty"] == "target_l0" else None
+    stats = fn(m.sae, x, penalty=spec["penalty"], coefficient=coef, target_l0=target)
+    fired = stats.fired
+    loss, l0, fvu, recon = stats.loss, stats.l0, stats.fvu, stats.reconstruction
+    if world > 1:
+        buf = torch.tensor([loss, l0, fvu, recon], dtype=torch.float64)
+        dist.all_reduce(buf)
+        loss, l0, fvu, recon = (buf / world).tolist()
+        fired_i = fired.to(torch.int32)
+        dist.all_reduce(fired_i, op=dist.ReduceOp.MAX)
+        fired = fired_i.bool()
+    _reduce_grads(m.sae, world)
+    m.sae.remove_parallel_decoder_grad()
+    m.opt.step()
+    m.opt.zero_grad(set_to_none=True)
+    m.sae.normalize_decoder()
+    if m.sae.threshold_param == "direct":  # θ must stay positive
+        with torch.no_grad():
+            m.sae.threshold_raw.clamp_(min=1e-6)
+    m.last_l0 = l0
+    m.since_fired += cfg["batch_size"]
+    m.since_fired[fired.cpu()] = 0
+    dead = int((m.since_fired >= cfg["dead_window_tokens"]).sum())
+    return {
+        "step": step,
+        "tokens": (step + 1) * cfg["batch_size"],
+        "loss": loss,
+        "reconstruction": recon,
+        "l0": l0,
+        "fvu": fvu,
+        "dead": dead,
+        "lr": lr,
+        "lambda": coef,
+        "path": mode,
+    }
+
+
+def write_outputs(m: Member, job: dict, scale: float, n_valid: int) -> dict[str, Any]:
+    """Per SAE: folded release weights, raw training state, and reproduction JSON."""
+    out = Path(m.spec["out_dir"])
+    sae = m.sae.to("cpu")
+    with atomic_path(out / "train_state.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in sae.state_dict().items()}, str(tmp))
+    released = sae.fold_normalization(scale)
+    with atomic_path(out / "sae.safetensors") as tmp:
+        save_file(released.release_tensors(), str(tmp))
+    info = {
+        **job["identity"],
+        "site": job["site"],
+        **{k: m.spec[k] for k in ("layer", "kind", "width", "penalty", "value",
+                                   "coefficient", "tokens", "path")},  # fmt: skip
+        "d_in": sae.d_in,
+        "steps": m.schedule.total_steps,
+        "schedule": {
+            "lr_warmup_steps": m.schedule.lr_warmup,
+            "lambda_warmup_steps": m.schedule.lam_warmup,
+            "lr_decay_steps": m.schedule.decay_steps if m.schedule.decay != "none" else 0,
+        },
+        "train": {k: v for k, v in job["train"].items() if not k.startswith("_")},
+        "seed": job["seed"],
+        "normalization_scale": scale,
+        "cache_tokens": n_valid,
+        "epochs": m.schedule.total_steps * job["train"]["batch_size"] / n_valid,
+        "versions": versions(),
+    }
+    write_json(out / "sae.json", info)
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--job", required=True, help="job JSON written by the train rule")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    try:
+        train_site(read_json(args.job))
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Training: schedule, learning on synthetic sparse data, outputs, kill -9 and signal
+resumption (bit for bit), non-finite loss, and data-parallel equality (gloo)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saesuite.config import REPO_ROOT
+from saesuite.io import read_json, write_json
+from saesuite.sae import JumpReLUSAE
+from saesuite.store import write_chunk, write_manifest, write_normalization
+from saesuite.train import NonFiniteLoss, make_schedule, train_site
+
+D, ATOMS = 16, 48
+TRAIN = {
+    "batch_size": 128, "lr": 3e-3, "lr_warmup_steps": 1000, "lr_decay": "none",
+    "lr_decay_fraction": 0.2, "adam_beta1": 0.0, "adam_beta2": 0.999, "adam_eps": 1e-8,
+    "lambda_warmup_steps": 10000, "max_lr_warmup_fraction": 0.05,
+    "max_lambda_warmup_fraction": 0.2, "bandwidth": 0.001, "init_threshold": 0.001,
+    "threshold_param": "direct", "step": "auto", "sparse_density": 0.3,
+    "checkpoint_every": 10, "log_every": 5, "dead_window_tokens": 5000,
+    "device": "cpu", "nproc": 1,
+}  # fmt: skip
+
+
+def sparse_data(n: int, seed: int = 0) -> torch.Tensor:
+    """Each token is a positive mix of ~3 of 48 random unit atoms (a true dictionary)."""
+    g = torch.Generator().manual_seed(seed)
+    atoms = torch.randn(ATOMS, D, generator=g)
+    atoms /= atoms.norm(dim=1, keepdim=True)
+    codes = (torch.rand(n, ATOMS, generator=g) < 3 / ATOMS) * torch.rand(n, ATOMS, generator=g)
+    return 5.0 * codes @ atoms
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    x = sparse_data(8192)
+    infos = []
+    for c in range(2):
+        part = x[c * 4096 : (c + 1) * 4096]
+        mask = torch.ones(4096, dtype=torch.bool)
+        mask[::64] = False
+        base = root / f"chunk_{c:05d}"
+        write_chunk(
+            f"{base}.safetensors", f"{base}.json",
+            {"layer_0.res": part, "input_ids": torch.zeros(4096, dtype=torch.int32),
+             "mask": mask},
+            {"chunk": c},
+        )  # fmt: skip
+        infos.append(f"{base}.json")
+    write_manifest(infos, root / "manifest.json", {"model": "synthetic"})
+    write_normalization(root / "manifest.json", ["layer_0.res"], root / "norm.json")
+    return root
+
+
+def make_job(store: Path, out: Path, tokens=128 * 60, **train) -> dict:
+    saes = [
+        {"layer": 0, "kind": "res", "width": 64, "penalty": "l0", "value": lam,
+         "coefficient": lam, "tokens": tokens, "path": f"lambda_{lam:g}",
+         "out_dir": str(out / f"lambda_{lam:g}")}
+        for lam in (1e-3, 3e-2)
+    ]  # fmt: skip
+    return {
+        "model": "synthetic", "site": "layer_0.res",
+        "manifest": str(store / "manifest.json"),
+        "normalization": str(store / "norm.json"),
+        "checkpoint": str(out / "ckpt.pt"), "seed": 3, "shuffle_bucket": 2048,
+        "train": {**TRAIN, **train}, "identity": {"model": "synthetic"}, "saes": saes,
+    }  # fmt: skip
+
+
+def test_schedule_scales_warmups_and_shapes():
+    cfg = {**TRAIN, "batch_size": 4096, "lr": 7e-5}
+    s = make_schedule(1_000_000, cfg)
+    assert s.total_steps == 244 and s.lr_warmup == 12 and s.lam_warmup == 48
+    assert s.lr_at(0) == pytest.approx(7e-6)
+    assert s.lr_at(6) == pytest.approx(7e-5 * 0.55)
+    assert s.lr_at(12) == s.lr_at(200) == 7e-5
+    assert s.lam_factor(23) == pytest.approx(0.5) and s.lam_factor(100) == 1.0
+    big = make_schedule(4 * 10**9, cfg)  # Gemma Scope's own run: nothing capped
+    assert (big.lr_warmup, big.lam_warmup) == (1000, 10000)
+    for decay in ("linear", "cosine"):
+        d = make_schedule(1_000_000, {**cfg, "lr_decay": decay})
+        assert d.lr_at(d.total_steps - d.decay_steps) == pytest.approx(7e-5)
+        assert d.lr_at(d.total_steps - 1) < 7e-5 * 0.05
+
+
+def test_training_learns_the_dictionary_and_writes_outputs(store, tmp_path):
+    job = make_job(store, tmp_path, tokens=128 * 300)
+    results = train_site(job)
+    assert len(results) == 2
+    logs = [
+        [json.loads(ln) for ln in (Path(s["out_dir"]) / "train_log.jsonl").open()]
+        for s in job["saes"]
+    ]
+    for lines in logs:
+        assert lines[0]["step"] == 0 and lines[-1]["step"] == 299
+        assert lines[-1]["fvu"] < 0.5 * lines[0]["fvu"]
+        assert {"loss", "reconstruction", "l0", "dead", "lr", "lambda"} <= set(lines[0])
+        assert lines[0]["path"] == "dense"  # θ starts tiny: half the latents fire
+    # the larger λ buys a smaller L0, and then trains on the sparse path
+    assert logs[1][-1]["l0"] < logs[0][-1]["l0"]
+    assert logs[1][-1]["l0"] < 0.3 * 64 and logs[1][-1]["path"] == "sparse"
+    info = read_json(Path(job["saes"][0]["out_dir"]) / "sae.json")
+    C = read_json(store / "norm.json")["scale"]["layer_0.res"]
+    assert info["normalization_scale"] == C and info["steps"] == 300
+    assert info["schedule"] == {
+        "lr_warmup_steps": 15, "lambda_warmup_steps": 60, "lr_decay_steps": 0
+    }
+    assert "torch" in info["versions"]
+    # the released SAE works on raw activations
+    out = Path(job["saes"][0]["out_dir"])
+    released = JumpReLUSAE.from_release(load_file(out / "sae.safetensors"))
+    state = load_file(out / "train_state.safetensors")
+    trained = JumpReLUSAE(D, 64)
+    trained.load_state_dict(state)
+    x = sparse_data(64, seed=9)
+    with torch.no_grad():
+        torch.testing.assert_close(released(x), C * trained(x / C), rtol=1e-4, atol=1e-4)
+        fvu = ((released(x) - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert fvu < 0.3
+    assert not Path(job["checkpoint"]).exists()  # removed once the outputs exist
+
+
+def run_cli(job: dict, path: Path) -> subprocess.Popen:
+    """The trainer's CLI in a subprocess; its output goes to <path>.log (a pipe
+    nobody reads would fill up and stall it)."""
+    write_json(path, job)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = open(f"{path}.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "saesuite.train", "--job", str(path)],
+        env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    proc.log = Path(f"{path}.log")  # type: ignore[attr-defined]
+    return proc
+
+
+def output(proc: subprocess.Popen, timeout: float = 300) -> str:
+    proc.wait(timeout)
+    return proc.log.read_text(errors="replace")
+
+
+def final_bytes(job: dict) -> list[bytes]:
+    return [
+        (Path(s["out_dir"]) / name).read_bytes()
+        for s in job["saes"]
+        for name in ("train_state.safetensors", "sae.safetensors")
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    job = make_job(store, out, tokens=128 * 1500)
+    p = run_cli(job, out / "job.json")
+    text = output(p)
+    assert p.returncode == 0, text
+    return final_bytes(job), job
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout=120):
+    t = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.log.read_text()
+        assert time.time() - t < timeout
+        time.sleep(0.02)
+
+
+def test_kill_9_then_resume_is_bit_identical(store, tmp_path, reference):
+    want, _ = reference
+    job = make_job(store, tmp_path, tokens=128 * 1500)
+    p = run_cli(job, tmp_path / "job.json")
+    wait_for(Path(job["checkpoint"]), p)
+    time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -9
+    resumed_from = torch.load(job["checkpoint"], weights_only=True)["step"]
+    assert 0 < resumed_from < 1500
+    again = run_cli(job, tmp_path / "job.json")
+    out = output(again)
+    assert again.returncode == 0, out
+    assert f"resuming layer_0.res from step {resumed_from}" in out
+    assert final_bytes(job) == want
+    lines = (Path(job["saes"][0]["out_dir"]) / "train_log.jsonl").read_text().splitlines()
+    steps = [json.loads(ln)["step"] for ln in lines]
+    assert steps == sorted(set(steps))  # no duplicated lines after the resume
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signal_checkpoints_and_exits_for_retry(store, tmp_path, reference, sig):
+    want, _ = reference
+    job = make_job(store, tmp_path, tokens=128 * 1500, checkpoint_every=1000)
+    p = run_cli(job, tmp_path / "job.json")
+    log0 = Path(job["saes"][0]["out_dir"]) / "train_log.jsonl"
+    wait_for(log0, p)
+    p.send_signal(sig)
+    out = output(p)
+    assert p.returncode == 75, out
+    step = torch.load(job["checkpoint"], weights_only=True)["step"]
+    assert 0 < step < 1500  # no periodic checkpoint was due: the signal wrote it
+    again = run_cli(job, tmp_path / "job.json")
+    text = output(again)
+    assert again.returncode == 0, text
+    assert final_bytes(job) == want
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path):
+    job = make_job(store, tmp_path, lr=1e35, checkpoint_every=1, lr_warmup_steps=0)
+    with pytest.raises(NonFiniteLoss, match="non-finite loss .* step"):
+        train_site(job)
+    state = torch.load(job["checkpoint"], weights_only=True)
+    assert state["step"] >= 1
+    for m in state["members"]:
+        assert all(torch.isfinite(v).all() for v in m["sae"].values())
+
+
+def test_two_gloo_processes_match_one(store, tmp_path):
+    # Few steps: over long runs float-order differences grow, as they would between
+    # any two reduction orders.
+    one = make_job(store, tmp_path / "one", tokens=128 * 80)
+    train_site(one)
+    job = make_job(store, tmp_path / "two", tokens=128 * 80)
+    write_json(tmp_path / "job.json", job)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node=2", "-m", "saesuite.train", "--job", str(tmp_path / "job.json")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    for a, b in zip(job["saes"], one["saes"]):
+        sa = load_file(Path(a["out_dir"]) / "train_state.safetensors")
+        sb = load_file(Path(b["out_dir"]) / "train_state.safetensors")
+        assert not torch.equal(sa["W_enc"], JumpReLUSAE(D, 64).W_enc)  # it trained
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
+    logs = [json.loads(ln) for ln in open(Path(job["saes"][0]["out_dir"]) / "train_log.jsonl")]
+    assert logs[-1]["step"] == 79 and math.isfinite(logs[-1]["loss"])
