@@ -17,6 +17,9 @@ validate(config, "../config/schema.yaml")
 check_config(config)
 
 ROOT = config["output_root"]
+# Effective dense-equivalent FLOP/s of one training job, for runtime requests: what
+# benchmarks/train.py measured on 2 CPU cores (~0.1 TFLOP/s); an H100 does ~100×.
+TRAIN_FLOPS = 1e13 if config["train"]["device"].startswith("cuda") else 1e11
 CACHE = config["cache_root"] or f"{ROOT}/cache"
 MODELS = list(config["models"])
 
@@ -41,10 +44,23 @@ def site_summaries():
     return [paths.site_summary(ROOT, m, L, k) for m, L, k in sorted(sites)]
 
 
-def train_mem_mb(wildcards):
+def _train_job(wildcards):
     job = paths.train_job(config, wildcards.model, int(wildcards.layer), wildcards.kind)
-    d_in = known_site_width(config, wildcards.model, wildcards.kind)
-    return paths.train_mem_mb(config, job, d_in)
+    return job, known_site_width(config, wildcards.model, wildcards.kind)
+
+
+def train_mem_mb(wildcards):
+    return paths.train_mem_mb(config, *_train_job(wildcards))
+
+
+def train_runtime(wildcards):
+    return paths.train_runtime_min(*_train_job(wildcards), TRAIN_FLOPS)
+
+
+def train_gpus():
+    return (
+        config["train"]["nproc"] if config["train"]["device"].startswith("cuda") else 0
+    )
 
 
 def final_outputs():

@@ -22,7 +22,9 @@ def grads(sae):
 
 
 @pytest.mark.parametrize("param", ["direct", "log"])
-@pytest.mark.parametrize("penalty, coef, target", [("l0", 0.3, None), ("target_l0", 0.7, 2.0)])
+@pytest.mark.parametrize(
+    "penalty, coef, target", [("l0", 0.3, None), ("target_l0", 0.7, 2.0)]
+)
 def test_sparse_step_equals_dense_autograd(param, penalty, coef, target):
     sae = sae64(d_in=5, d_sae=7, threshold_param=param)
     x = x_near_threshold(sae, n=16)
@@ -52,7 +54,7 @@ def test_sparse_step_on_a_realistic_shape():
     x = torch.randn(300, 32, dtype=torch.float64) / 32**0.5
     a = dense_step(sae, x, penalty="l0", coefficient=1e-2)
     ga = grads(sae)
-    b = sparse_step(sae, x, penalty="l0", coefficient=1e-2)
+    sparse_step(sae, x, penalty="l0", coefficient=1e-2)
     gb = grads(sae)
     assert 1 < a.l0 < 100, a.l0
     for name in ga:

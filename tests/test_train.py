@@ -35,11 +35,13 @@ TRAIN = {
 
 
 def sparse_data(n: int, seed: int = 0) -> torch.Tensor:
-    """Each token is a positive mix of ~3 of 48 random unit atoms (a true dictionary)."""
+    """Each token: a positive mix of ~3 of 48 random unit atoms (a true dictionary)."""
     g = torch.Generator().manual_seed(seed)
     atoms = torch.randn(ATOMS, D, generator=g)
     atoms /= atoms.norm(dim=1, keepdim=True)
-    codes = (torch.rand(n, ATOMS, generator=g) < 3 / ATOMS) * torch.rand(n, ATOMS, generator=g)
+    codes = (torch.rand(n, ATOMS, generator=g) < 3 / ATOMS) * torch.rand(
+        n, ATOMS, generator=g
+    )
     return 5.0 * codes @ atoms
 
 
@@ -117,7 +119,9 @@ def test_training_learns_the_dictionary_and_writes_outputs(store, tmp_path):
     C = read_json(store / "norm.json")["scale"]["layer_0.res"]
     assert info["normalization_scale"] == C and info["steps"] == 300
     assert info["schedule"] == {
-        "lr_warmup_steps": 15, "lambda_warmup_steps": 60, "lr_decay_steps": 0
+        "lr_warmup_steps": 15,
+        "lambda_warmup_steps": 60,
+        "lr_decay_steps": 0,
     }
     assert "torch" in info["versions"]
     # the released SAE works on raw activations
@@ -128,7 +132,9 @@ def test_training_learns_the_dictionary_and_writes_outputs(store, tmp_path):
     trained.load_state_dict(state)
     x = sparse_data(64, seed=9)
     with torch.no_grad():
-        torch.testing.assert_close(released(x), C * trained(x / C), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            released(x), C * trained(x / C), rtol=1e-4, atol=1e-4
+        )
         fvu = ((released(x) - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     assert fvu < 0.3
     assert not Path(job["checkpoint"]).exists()  # removed once the outputs exist
@@ -195,13 +201,17 @@ def test_kill_9_then_resume_is_bit_identical(store, tmp_path, reference):
     assert again.returncode == 0, out
     assert f"resuming layer_0.res from step {resumed_from}" in out
     assert final_bytes(job) == want
-    lines = (Path(job["saes"][0]["out_dir"]) / "train_log.jsonl").read_text().splitlines()
+    lines = (
+        (Path(job["saes"][0]["out_dir"]) / "train_log.jsonl").read_text().splitlines()
+    )
     steps = [json.loads(ln)["step"] for ln in lines]
     assert steps == sorted(set(steps))  # no duplicated lines after the resume
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
-def test_preemption_signal_checkpoints_and_exits_for_retry(store, tmp_path, reference, sig):
+def test_preemption_signal_checkpoints_and_exits_for_retry(
+    store, tmp_path, reference, sig
+):
     want, _ = reference
     job = make_job(store, tmp_path, tokens=128 * 1500, checkpoint_every=1000)
     p = run_cli(job, tmp_path / "job.json")
@@ -235,8 +245,17 @@ def test_two_gloo_processes_match_one(store, tmp_path):
     train_site(one)
     job = make_job(store, tmp_path / "two", tokens=128 * 80)
     write_json(tmp_path / "job.json", job)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc_per_node=2", "-m", "saesuite.train", "--job", str(tmp_path / "job.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "saesuite.train",
+        "--job",
+        str(tmp_path / "job.json"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True,
                          timeout=600)  # fmt: skip
@@ -247,5 +266,8 @@ def test_two_gloo_processes_match_one(store, tmp_path):
         assert not torch.equal(sa["W_enc"], JumpReLUSAE(D, 64).W_enc)  # it trained
         for k in sa:
             torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
-    logs = [json.loads(ln) for ln in open(Path(job["saes"][0]["out_dir"]) / "train_log.jsonl")]
+    logs = [
+        json.loads(ln)
+        for ln in open(Path(job["saes"][0]["out_dir"]) / "train_log.jsonl")
+    ]
     assert logs[-1]["step"] == 79 and math.isfinite(logs[-1]["loss"])

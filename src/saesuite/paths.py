@@ -85,7 +85,9 @@ def checkpoint(root: str, model: str, site: str) -> str:
     return f"{root}/{model}/checkpoints/{site}.pt"
 
 
-def train_job(config: dict[str, Any], model: str, layer: int, kind: str) -> dict[str, Any]:
+def train_job(
+    config: dict[str, Any], model: str, layer: int, kind: str
+) -> dict[str, Any]:
     """Everything the trainer needs for one site, as plain JSON."""
     root = config["output_root"]
     specs = [
@@ -138,3 +140,10 @@ def train_mem_mb(config: dict[str, Any], job: dict[str, Any], d_in: int) -> int:
         for s in job["saes"]
     )
     return int((bucket + saes) / 2**20 * 1.5) + 1024
+
+
+def train_runtime_min(job: dict[str, Any], d_in: int, flops_per_s: float) -> int:
+    """Wall-clock minutes to ask for: dense FLOPs (10·d·width per token) at the given
+    effective rate, times 2 for safety, at least 10 minutes."""
+    flops = sum(10 * d_in * s["width"] * s["tokens"] for s in job["saes"])
+    return max(10, int(2 * flops / flops_per_s / 60))

@@ -14,9 +14,8 @@ Both fill `.grad` of the SAE's parameters (accumulating, as autograd does) and r
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +48,9 @@ def dense_step(
     coefficient: float,
     target_l0: float | None = None,
 ) -> StepStats:
-    out = sae.training_loss(x, penalty=penalty, coefficient=coefficient, target_l0=target_l0)
+    out = sae.training_loss(
+        x, penalty=penalty, coefficient=coefficient, target_l0=target_l0
+    )
     out.loss.backward()
     err = (x - out.x_hat).pow(2).sum()
     return StepStats(
@@ -69,13 +70,21 @@ def _add_grad(p: torch.Tensor, g: torch.Tensor) -> None:
 
 
 def _bag_sum(
-    weight: torch.Tensor, index: torch.Tensor, bag_sizes: torch.Tensor, psw: torch.Tensor
+    weight: torch.Tensor,
+    index: torch.Tensor,
+    bag_sizes: torch.Tensor,
+    psw: torch.Tensor,
 ) -> torch.Tensor:
     """out[k] = Σ_{i in bag k} psw[i] · weight[index[i]] (bags are consecutive)."""
     offsets = torch.zeros_like(bag_sizes)
     offsets[1:] = bag_sizes.cumsum(0)[:-1]
     return F.embedding_bag(
-        index, weight, offsets, mode="sum", per_sample_weights=psw, include_last_offset=False
+        index,
+        weight,
+        offsets,
+        mode="sum",
+        per_sample_weights=psw,
+        include_last_offset=False,
     )
 
 

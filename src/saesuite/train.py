@@ -21,7 +21,6 @@ import math
 import os
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +78,9 @@ def make_schedule(tokens: int, cfg: dict[str, Any]) -> Schedule:
     return Schedule(
         total_steps=total,
         lr=cfg["lr"],
-        lr_warmup=min(cfg["lr_warmup_steps"], int(cfg["max_lr_warmup_fraction"] * total)),
+        lr_warmup=min(
+            cfg["lr_warmup_steps"], int(cfg["max_lr_warmup_fraction"] * total)
+        ),
         lam_warmup=min(
             cfg["lambda_warmup_steps"], int(cfg["max_lambda_warmup_fraction"] * total)
         ),
@@ -174,7 +175,9 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
     cfg = dict(job["train"])
     rank, world = _dist()
     if cfg["batch_size"] % world:
-        raise ValueError(f"train.batch_size {cfg['batch_size']} not divisible by {world}")
+        raise ValueError(
+            f"train.batch_size {cfg['batch_size']} not divisible by {world}"
+        )
     device = cfg["device"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -212,8 +215,12 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
     def on_signal(signum, _frame):
         stop["signal"] = signum
 
-    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    local = slice(rank * cfg["batch_size"] // world, (rank + 1) * cfg["batch_size"] // world)
+    handlers = {
+        s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)
+    }
+    local = slice(
+        rank * cfg["batch_size"] // world, (rank + 1) * cfg["batch_size"] // world
+    )
     files = [open(p, "a") for p in logs] if rank == 0 else []
     bar = tqdm(
         total=total * cfg["batch_size"],
@@ -242,9 +249,10 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
                     files[i].flush()
                 if i == 0:
                     bar.set_postfix(
-                        loss=f"{stats['loss']:.4g}", l0=f"{stats['l0']:.1f}",
+                        loss=f"{stats['loss']:.4g}",
+                        l0=f"{stats['l0']:.1f}",
                         fvu=f"{stats['fvu']:.3f}",
-                    )  # fmt: skip
+                    )
             bar.update(cfg["batch_size"])
             done = step + 1
             if stop["signal"] is not None or done % cfg["checkpoint_every"] == 0:
@@ -252,9 +260,11 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
                     _save_checkpoint(ckpt, done, members)
                 if stop["signal"] is not None:
                     log.warning(
-                        "signal %d: checkpoint at step %d written; exiting %d to be retried",
-                        stop["signal"], done, PREEMPTED_EXIT,
-                    )  # fmt: skip
+                        "signal %d: checkpoint at step %d written; exiting %d (retry)",
+                        stop["signal"],
+                        done,
+                        PREEMPTED_EXIT,
+                    )
                     raise Preempted()
     finally:
         bar.close()
@@ -279,7 +289,9 @@ def _train_step(m: Member, x: torch.Tensor, step: int, cfg: dict, world: int) ->
     coef = spec["coefficient"] * sched.lam_factor(step)
     mode = cfg["step"]
     if mode == "auto":
-        mode = "sparse" if m.last_l0 < cfg["sparse_density"] * spec["width"] else "dense"
+        mode = (
+            "sparse" if m.last_l0 < cfg["sparse_density"] * spec["width"] else "dense"
+        )
     fn = sparse_step if mode == "sparse" else dense_step
     target = spec["value"] if spec["penalty"] == "target_l0" else None
     stats = fn(m.sae, x, penalty=spec["penalty"], coefficient=coef, target_l0=target)
@@ -294,6 +306,8 @@ def _train_step(m: Member, x: torch.Tensor, step: int, cfg: dict, world: int) ->
         fired = fired_i.bool()
     _reduce_grads(m.sae, world)
     m.sae.remove_parallel_decoder_grad()
+    if cfg.get("max_grad_norm"):
+        torch.nn.utils.clip_grad_norm_(m.sae.parameters(), cfg["max_grad_norm"])
     m.opt.step()
     m.opt.zero_grad(set_to_none=True)
     m.sae.normalize_decoder()
@@ -330,14 +344,27 @@ def write_outputs(m: Member, job: dict, scale: float, n_valid: int) -> dict[str,
     info = {
         **job["identity"],
         "site": job["site"],
-        **{k: m.spec[k] for k in ("layer", "kind", "width", "penalty", "value",
-                                   "coefficient", "tokens", "path")},  # fmt: skip
+        **{
+            k: m.spec[k]
+            for k in (
+                "layer",
+                "kind",
+                "width",
+                "penalty",
+                "value",
+                "coefficient",
+                "tokens",
+                "path",
+            )
+        },
         "d_in": sae.d_in,
         "steps": m.schedule.total_steps,
         "schedule": {
             "lr_warmup_steps": m.schedule.lr_warmup,
             "lambda_warmup_steps": m.schedule.lam_warmup,
-            "lr_decay_steps": m.schedule.decay_steps if m.schedule.decay != "none" else 0,
+            "lr_decay_steps": m.schedule.decay_steps
+            if m.schedule.decay != "none"
+            else 0,
         },
         "train": {k: v for k, v in job["train"].items() if not k.startswith("_")},
         "seed": job["seed"],
