@@ -39,13 +39,17 @@ def chunk_files(wildcards, kind):
     return [paths.chunk(ROOT, wildcards.model, c)[kind] for c in chunk_indices()]
 
 
+SUITE = expand_suite(config)
+
+
 def site_summaries():
-    sites = {(s.model, s.layer, s.site) for s in expand_suite(config)}
+    sites = {(s.model, s.layer, s.site) for s in SUITE}
     return [paths.site_summary(ROOT, m, L, k) for m, L, k in sorted(sites)]
 
 
 def _train_job(wildcards):
-    job = paths.train_job(config, wildcards.model, int(wildcards.layer), wildcards.kind)
+    layer = int(wildcards.layer)
+    job = paths.train_job(config, wildcards.model, layer, wildcards.kind, SUITE)
     return job, known_site_width(config, wildcards.model, wildcards.kind)
 
 

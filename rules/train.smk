@@ -26,7 +26,7 @@ rule train:
         # one GPU per data-parallel process when train.device is cuda
         gpu=train_gpus(),
     params:
-        job=lambda w: paths.train_job(config, w.model, int(w.layer), w.kind),
+        job=lambda w: paths.train_job(config, w.model, int(w.layer), w.kind, SUITE),
         nproc=config["train"]["nproc"],
     script:
         "scripts/train.py"

@@ -271,3 +271,15 @@ def test_two_gloo_processes_match_one(store, tmp_path):
         for ln in open(Path(job["saes"][0]["out_dir"]) / "train_log.jsonl")
     ]
     assert logs[-1]["step"] == 79 and math.isfinite(logs[-1]["loss"])
+
+
+def test_resume_drops_log_lines_after_the_checkpoint_and_cut_lines(tmp_path):
+    from saesuite.train import _truncate_log, sae_seed
+
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"step": 0}\n{"step": 10}\n{"step": 20}\n{"step": 3')
+    _truncate_log(log, 20)
+    assert log.read_text() == '{"step": 0}\n{"step": 10}\n'
+    # an SAE's seed depends on its identity, not on its place in the ladder
+    assert sae_seed(0, "layer_1.res", "a") == sae_seed(0, "layer_1.res", "a")
+    assert sae_seed(0, "layer_1.res", "a") != sae_seed(0, "layer_1.res", "b")

@@ -10,7 +10,6 @@ from typing import Any
 from saesuite.config import (
     SAESpec,
     Site,
-    config_hash,
     expand_suite,
     model_sites,
     seqs_per_chunk,
@@ -86,13 +85,19 @@ def checkpoint(root: str, model: str, site: str) -> str:
 
 
 def train_job(
-    config: dict[str, Any], model: str, layer: int, kind: str
+    config: dict[str, Any],
+    model: str,
+    layer: int,
+    kind: str,
+    suite: list[SAESpec] | None = None,
 ) -> dict[str, Any]:
-    """Everything the trainer needs for one site, as plain JSON."""
+    """Everything the trainer needs for one site, as plain JSON. Only what shapes the
+    SAEs goes in: the rule passes it as params, and Snakemake reruns a job whose params
+    change (the whole config's hash is added by the job itself)."""
     root = config["output_root"]
     specs = [
         s
-        for s in expand_suite(config)
+        for s in (suite if suite is not None else expand_suite(config))
         if s.model == model and s.layer == layer and s.site == kind
     ]
     site = Site(layer, kind).name
@@ -110,7 +115,6 @@ def train_job(
             "model": model,
             "source": m["source"],
             "revision": m["revision"],
-            "config_hash": config_hash(config),
             "activations": activation_identity(config, model)["hash"],
         },
         "saes": [

@@ -9,12 +9,14 @@ Schedule (Gemma Scope 1): Adam(β1=0, β2=0.999), lr warmed up along a cosine fr
 run so short runs still train (see config `train`). Checkpoints (weights, Adam state,
 step, dead-latent counters, RNG) are written atomically every `checkpoint_every` steps
 and on SIGTERM/SIGUSR1 (what SLURM sends before preemption), after which the job
-exits with status 75 so Snakemake retries; a restarted job resumes bit for bit.
+exits with status 75 so Snakemake retries; a restarted job resumes bit for bit (on
+the CPU, with the same number of threads: float reductions depend on it).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -116,6 +118,12 @@ class Member:
         self.last_l0 = float(spec["width"])
 
 
+def sae_seed(seed: int, site: str, path: str) -> int:
+    """Initialisation seed of one SAE, stable when the ladder around it changes."""
+    digest = hashlib.sha256(f"{seed}/{site}/{path}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def _dist() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -165,7 +173,13 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] < step]
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:
+            if json.loads(ln)["step"] < step:
+                keep.append(ln)
+        except json.JSONDecodeError:  # a line cut short by kill -9
+            continue
     with atomic_open(path) as f:
         f.write("".join(ln + "\n" for ln in keep))
 
@@ -196,8 +210,8 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
         scale=scale,
     )
     members = [
-        Member(spec, reader.d_in, cfg, job["seed"] * 7919 + i)
-        for i, spec in enumerate(job["saes"])
+        Member(spec, reader.d_in, cfg, sae_seed(job["seed"], job["site"], spec["path"]))
+        for spec in job["saes"]
     ]
     total = max(m.schedule.total_steps for m in members)
     ckpt = Path(job["checkpoint"])
@@ -255,8 +269,10 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
                     )
             bar.update(cfg["batch_size"])
             done = step + 1
+            if done == total:
+                break
             if stop["signal"] is not None or done % cfg["checkpoint_every"] == 0:
-                if rank == 0 and done < total:
+                if rank == 0:
                     _save_checkpoint(ckpt, done, members)
                 if stop["signal"] is not None:
                     log.warning(
