@@ -194,6 +194,3 @@ def sparse_step(
         float(recon + sparse), float(recon), float(l0_f.mean()), _fvu(err_sq, x), fired
     )
 
-
-def choose_step(name: str):
-    return {"dense": dense_step, "sparse": sparse_step}[name]
