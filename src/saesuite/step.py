@@ -193,4 +193,3 @@ def sparse_step(
     return StepStats(
         float(recon + sparse), float(recon), float(l0_f.mean()), _fvu(err_sq, x), fired
     )
-

@@ -1,0 +1,112 @@
+"""Evaluation metrics against independent computations on a tiny Gemma 3: an identity
+"SAE" has delta loss, KL and FVU 0; a zero SAE has the zero-ablation loss; the mean
+predictor has FVU 1; spliced loss and KL match a direct computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import load_tiny
+
+from saesuite.config import Site
+from saesuite.evaluate import evaluate
+from saesuite.sae import JumpReLUSAE
+from saesuite.sites import capture, logits_with
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_models):
+    model = load_tiny(tiny_models["gemma3"])
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(6, model.config.vocab_size, (5, 16), generator=g)
+    ids[:, 0] = 2
+    ids[1, 7] = 1  # an EOS inside a sequence
+    mask = (ids != 2) & (ids != 1)
+    return model, ids, mask
+
+
+def identity_sae(d: int) -> JumpReLUSAE:
+    """f = [relu(x), relu(−x)], x̂ = relu(x) − relu(−x) = x exactly."""
+    sae = JumpReLUSAE(d, 2 * d, apply_b_dec_to_input=False)
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+        sae.threshold_raw.zero_()
+    return sae
+
+
+def const_sae(d: int, d_sae: int, b_dec: torch.Tensor) -> JumpReLUSAE:
+    """No latent ever fires; x̂ = b_dec."""
+    sae = JumpReLUSAE(d, d_sae, apply_b_dec_to_input=False)
+    with torch.no_grad():
+        sae.threshold_raw.fill_(1e9)
+        sae.b_dec.copy_(b_dec)
+    return sae
+
+
+def test_identity_zero_and_mean_saes(setup):
+    model, ids, mask = setup
+    site = Site(1, "res")
+    acts = torch.cat(
+        [capture(model, ids[i : i + 1].long(), [site])[site] for i in range(5)]
+    )
+    mean = acts[mask].double().mean(0).float()
+    saes = {
+        "id": (site, identity_sae(64)),
+        "zero": (site, const_sae(64, 32, torch.zeros(64))),
+        "mean": (site, const_sae(64, 32, mean)),
+    }
+    out = evaluate(model, ids, mask, saes, batch_size=2)
+    n_pred = int((mask[:, :-1] & mask[:, 1:]).sum())
+    assert out["id"]["tokens"] == int(mask.sum())
+    assert out["id"]["delta_loss"] == pytest.approx(0.0, abs=1e-6)
+    assert out["id"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert out["id"]["fvu"] == pytest.approx(0.0, abs=1e-9)
+    assert out["id"]["cosine"] == pytest.approx(1.0)
+    assert out["id"]["loss_recovered"] == pytest.approx(1.0, abs=1e-5)
+    z = out["zero"]
+    assert z["spliced_loss"] == pytest.approx(z["zero_ablation_loss"], rel=1e-6)
+    assert z["loss_recovered"] == pytest.approx(0.0, abs=1e-6)
+    assert z["dead"] == 32 and z["l0"] == 0 and z["delta_loss"] > 0.01
+    assert out["mean"]["fvu"] == pytest.approx(1.0, rel=1e-5)
+    assert len(out["id"]["delta_loss_by_position"]) == 16 and n_pred > 0
+
+
+def test_spliced_loss_and_kl_match_a_direct_computation(setup):
+    model, ids, mask = setup
+    site = Site(2, "mlp")
+    torch.manual_seed(0)
+    sae = JumpReLUSAE(64, 96, apply_b_dec_to_input=False).initialize()
+    with torch.no_grad():
+        sae.threshold_raw.fill_(0.05)
+    out = evaluate(model, ids, mask, {"s": (site, sae)}, batch_size=3)["s"]
+    ids_l = ids.long()
+    with torch.no_grad():
+        clean = model(input_ids=ids_l).logits
+
+    def splice(s, x):
+        return torch.where(mask[..., None], sae(x), x)
+
+    spliced = logits_with(model, ids_l, [site], splice)
+    pred = mask[:, :-1] & mask[:, 1:]
+
+    def ce(lg: torch.Tensor) -> torch.Tensor:
+        per_token = F.cross_entropy(
+            lg[:, :-1].transpose(1, 2), ids_l[:, 1:], reduction="none"
+        )
+        return per_token[pred].mean()
+
+    p, q = clean[:, :-1].log_softmax(-1), spliced[:, :-1].log_softmax(-1)
+    kl = F.kl_div(q, p, log_target=True, reduction="none").sum(-1)[pred].mean()
+    assert out["clean_loss"] == pytest.approx(float(ce(clean)), rel=1e-5)
+    assert out["delta_loss"] == pytest.approx(float(ce(spliced) - ce(clean)), abs=1e-5)
+    assert out["kl"] == pytest.approx(float(kl), rel=1e-4)
+    acts = capture(model, ids_l, [site])[site][mask]
+    with torch.no_grad():
+        f = sae.encode(acts)
+    assert out["l0"] == pytest.approx(float((f != 0).sum(1).float().mean()))
+    freq = (f != 0).double().mean(0)
+    assert out["dead"] == int((freq == 0).sum())
+    assert out["dense_latents"] == int((freq > 0.1).sum())
