@@ -283,3 +283,17 @@ def test_resume_drops_log_lines_after_the_checkpoint_and_cut_lines(tmp_path):
     # an SAE's seed depends on its identity, not on its place in the ladder
     assert sae_seed(0, "layer_1.res", "a") == sae_seed(0, "layer_1.res", "a")
     assert sae_seed(0, "layer_1.res", "a") != sae_seed(0, "layer_1.res", "b")
+
+
+def test_each_sae_logs_its_own_last_step(store, tmp_path):
+    job = make_job(store, tmp_path, tokens=128 * 30)
+    job["saes"][1]["tokens"] = 128 * 12  # a smaller budget in the same job
+    train_site(job)
+    last = [
+        json.loads(
+            (Path(s["out_dir"]) / "train_log.jsonl").read_text().splitlines()[-1]
+        )
+        for s in job["saes"]
+    ]
+    assert [x["step"] for x in last] == [29, 11]
+    assert read_json(Path(job["saes"][1]["out_dir"]) / "sae.json")["steps"] == 12

@@ -44,6 +44,7 @@ class ResolvedSource:
     kind: str  # "gguf", "local" or "hub"
     location: str  # path to the .gguf / directory, or the Hub id
     revision: str | None
+    digest: str | None = None  # sha256 of a GGUF, when already known
 
 
 def resolve_source(model_cfg: dict[str, Any], cache_root: str | Path) -> ResolvedSource:
@@ -63,7 +64,8 @@ def resolve_source(model_cfg: dict[str, Any], cache_root: str | Path) -> Resolve
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-        return ResolvedSource("gguf", str(path), None)
+        # assemble() verified the sha256, so later loads need not hash 242 MB again
+        return ResolvedSource("gguf", str(path), None, emb.EXPECTED_SHA256)
     if src.endswith(".gguf"):
         if not Path(src).is_file():
             raise FileNotFoundError(f"GGUF file {src} (models.*.source) does not exist")
@@ -78,10 +80,12 @@ def resolve_source(model_cfg: dict[str, Any], cache_root: str | Path) -> Resolve
     return ResolvedSource("hub", src, model_cfg.get("revision"))
 
 
-def converted_dir(gguf: str | Path, cache_root: str | Path) -> Path:
+def converted_dir(
+    gguf: str | Path, cache_root: str | Path, digest: str | None = None
+) -> Path:
     """Convert a GGUF file once into a transformers directory; return that directory."""
     gguf = Path(gguf)
-    digest = sha256_file(gguf)[:12]
+    digest = (digest or sha256_file(gguf))[:12]
     target = Path(cache_root) / "models" / f"{gguf.stem}-{digest}"
     if (target / "config.json").exists():
         return target
@@ -124,7 +128,7 @@ def _pretrained_args(
     src = resolve_source(model_cfg, cache_root)
     kwargs: dict[str, Any] = {"trust_remote_code": bool(model_cfg["trust_remote_code"])}
     if src.kind == "gguf":
-        return str(converted_dir(src.location, cache_root)), kwargs
+        return str(converted_dir(src.location, cache_root, src.digest)), kwargs
     if src.kind == "hub" and src.revision:
         kwargs["revision"] = src.revision
     return src.location, kwargs

@@ -258,7 +258,8 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
                         f"{m.spec['path']} (site {job['site']}); the last good "
                         f"checkpoint {ckpt} is kept"
                     )
-                if rank == 0 and (step % cfg["log_every"] == 0 or step == total - 1):
+                last = step == m.schedule.total_steps - 1
+                if rank == 0 and (step % cfg["log_every"] == 0 or last):
                     files[i].write(json.dumps(stats) + "\n")
                     files[i].flush()
                 if i == 0:
