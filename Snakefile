@@ -16,6 +16,8 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/activations.smk"
 include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/transfer.smk"
 
 
 rule all:

@@ -1,4 +1,7 @@
 # Config validation, wildcard constraints and the input functions of every rule.
+import dataclasses
+import re
+
 from snakemake.utils import validate
 
 from saesuite import paths
@@ -6,10 +9,12 @@ from saesuite.config import (
     check_config,
     expand_suite,
     known_site_width,
+    model_layers,
     model_sites,
     n_chunks,
     seqs_per_chunk,
 )
+from saesuite.transfer import evaluations, transfer_checks
 
 # Types first (clean messages), then again to fill the schema's defaults.
 validate(config, "../config/schema.yaml", set_default=False)
@@ -24,11 +29,18 @@ CACHE = config["cache_root"] or f"{ROOT}/cache"
 MODELS = list(config["models"])
 
 
+def one_of(names):
+    # A pattern that matches nothing when there are no names.
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
 wildcard_constraints:
-    model="|".join(MODELS),
+    model=one_of(MODELS),
+    lm=one_of(MODELS),
     chunk=r"\d{5}",
     layer=r"\d+",
     kind="res|att|mlp|mlp_in",
+    data="text|chat",
 
 
 def chunk_indices():
@@ -40,11 +52,39 @@ def chunk_files(wildcards, kind):
 
 
 SUITE = expand_suite(config)
+TRAINED = sorted({s.model for s in SUITE})
+EVALUATIONS = evaluations(config, SUITE)
+CHECKS = {c.name: c for c in transfer_checks(config, SUITE)}
+
+
+wildcard_constraints:
+    check=one_of(CHECKS),
 
 
 def site_summaries():
     sites = {(s.model, s.layer, s.site) for s in SUITE}
     return [paths.site_summary(ROOT, m, L, k) for m, L, k in sorted(sites)]
+
+
+def layer_site_summaries(model, layer):
+    kinds = sorted({s.site for s in SUITE if s.model == model and s.layer == layer})
+    return [paths.site_summary(ROOT, model, layer, k) for k in kinds]
+
+
+def eval_layers(evaluation):
+    e = evaluation
+    return [
+        paths.eval_layer(ROOT, e.trained_on, e.evaluated_on, e.data, L)
+        for L in model_layers(config, e.trained_on)
+    ]
+
+
+def transfer_inputs(name):
+    return [f for e in CHECKS[name].evaluations for f in eval_layers(e)]
+
+
+def check_params(name):
+    return dataclasses.asdict(CHECKS[name])
 
 
 def _train_job(wildcards):
@@ -71,5 +111,8 @@ def final_outputs():
     out = site_summaries()
     # The cache itself is a target, so a deleted chunk is recomputed (only that one:
     # Snakemake skips jobs whose outputs exist, however old the targets downstream).
-    out += [paths.chunk(ROOT, m, c)["data"] for m in MODELS for c in chunk_indices()]
+    out += [paths.chunk(ROOT, m, c)["data"] for m in TRAINED for c in chunk_indices()]
+    out += [paths.eval_table(ROOT, m)["csv"] for m in TRAINED]
+    out += [f for e in EVALUATIONS for f in eval_layers(e)]
+    out += [paths.transfer_outputs(ROOT, name)["plot"] for name in CHECKS]
     return out

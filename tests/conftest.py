@@ -92,6 +92,42 @@ def tiny_models(tmp_path_factory, tokenizer) -> dict[str, Path]:
     }
 
 
+def save_tiny_it_model(path: Path, pt_dir: Path, tokenizer, steps: int = 40) -> Path:
+    """An "instruction-tuned" tiny model: the PT one after a short fine-tune on
+    embedded documents in Gemma's chat format (its weights, and so its activations,
+    move away from the PT model's)."""
+    from saesuite.models import GEMMA_CHAT_TEMPLATE
+    from saesuite.tokens import chat_wrap
+
+    model = load_tiny(pt_dir).train()
+    prefix, suffix = chat_wrap(GEMMA_CHAT_TEMPLATE, tokenizer)
+    docs = list(itertools.islice(embedded_documents(), 64))
+    texts = [f"<bos>{prefix}{d[:80]}{suffix}{d[80:200]}<end_of_turn>" for d in docs]
+    batch = tokenizer(
+        texts, add_special_tokens=False, truncation=True, max_length=48,
+        padding="max_length", return_tensors="pt",
+    )  # fmt: skip
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for step in range(steps):
+        rows = torch.randint(0, len(texts), (8,))
+        ids, attn = batch["input_ids"][rows], batch["attention_mask"][rows]
+        labels = ids.masked_fill(attn == 0, -100)
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_it_model(tiny_models, tokenizer, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("it")
+    return save_tiny_it_model(root / "gemma3-it", tiny_models["gemma3"], tokenizer)
+
+
 def load_tiny(path: Path):
     from transformers import AutoModelForCausalLM
 
@@ -118,6 +154,8 @@ BASE_CONFIG: dict[str, Any] = {
     },
     "activations": {"chunk_tokens": 1024, "shuffle_bucket": 1000},
     "train": {"batch_size": 256, "lr": 1e-3, "checkpoint_every": 20, "log_every": 10},
+    "evaluate": {"loss_tokens": 256},
+    "transfer": {"tokens": 512, "batch_size": 16},
 }
 
 

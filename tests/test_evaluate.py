@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import load_tiny
 
 from saesuite.config import Site
-from saesuite.evaluate import evaluate
+from saesuite.evaluate import evaluate as evaluate_acc
 from saesuite.sae import JumpReLUSAE
 from saesuite.sites import capture, logits_with
 
@@ -24,6 +24,10 @@ def setup(tiny_models):
     ids[1, 7] = 1  # an EOS inside a sequence
     mask = (ids != 2) & (ids != 1)
     return model, ids, mask
+
+
+def evaluate(*args, **kwargs) -> dict[str, dict]:
+    return {k: a.metrics() for k, a in evaluate_acc(*args, **kwargs).items()}
 
 
 def identity_sae(d: int) -> JumpReLUSAE:
@@ -110,3 +114,35 @@ def test_spliced_loss_and_kl_match_a_direct_computation(setup):
     freq = (f != 0).double().mean(0)
     assert out["dead"] == int((freq == 0).sum())
     assert out["dense_latents"] == int((freq > 0.1).sum())
+    hist = out["log10_frequency_histogram"]
+    assert sum(hist["counts"]) + hist["below_range"] + out["dead"] == 96
+
+
+def test_loss_subset_and_layer_zero(setup):
+    """Loss metrics on the first 2 sequences equal a run on those 2 alone; the
+    reconstruction metrics still cover all 5; a layer-0 site (no layer to resume
+    after) gives the same numbers through the full pass."""
+    model, ids, mask = setup
+    torch.manual_seed(1)
+    saes = {
+        f"{L}": (Site(L, "att"), JumpReLUSAE(64, 80, apply_b_dec_to_input=False))
+        for L in (0, 3)
+    }
+    for _, sae in saes.values():
+        sae.initialize()
+        with torch.no_grad():
+            sae.threshold_raw.fill_(0.02)
+    sub = evaluate(model, ids, mask, saes, loss_sequences=2, batch_size=2)
+    first = evaluate(model, ids[:2], mask[:2], saes)
+    full = evaluate(model, ids, mask, saes)
+    for k in saes:
+        assert sub[k]["tokens"] == int(mask.sum()) == full[k]["tokens"]
+        assert sub[k]["fvu"] == pytest.approx(full[k]["fvu"], rel=1e-9)
+        assert sub[k]["l0"] == pytest.approx(full[k]["l0"], rel=1e-9)
+        assert sub[k]["loss_tokens"] == first[k]["loss_tokens"]
+        assert sub[k]["loss_tokens"] < full[k]["loss_tokens"]
+        for name in ("delta_loss", "kl", "zero_ablation_loss"):
+            assert sub[k][name] == pytest.approx(first[k][name], rel=1e-6)
+    none = evaluate(model, ids, mask, saes, loss_sequences=0)
+    assert "delta_loss" not in none["0"]
+    assert none["0"]["fvu"] == pytest.approx(full["0"]["fvu"], rel=1e-12)

@@ -134,3 +134,30 @@ def test_capture_stops_before_the_lm_head(model):
 def test_capture_rejects_missing_layer(model):
     with pytest.raises(ValueError, match="layers"):
         capture(model, ids_batch(model.config.vocab_size), [Site(99, "res")])
+
+
+def test_resume_after_a_layer_gives_the_full_pass_logits(model):
+    """A spliced pass that replays layer L−1's kept output and runs only layers ≥ L
+    equals the full spliced pass (same replacement at the same site)."""
+    from saesuite.sites import layer_outputs, logits_from
+
+    ids = ids_batch(model.config.vocab_size)
+    n = model.config.num_hidden_layers
+    kept: dict[int, object] = {}
+    with torch.no_grad(), layer_outputs(model, list(range(n)), kept):
+        clean = model(input_ids=ids, use_cache=False).logits
+
+    def halve(_s, act):
+        return act * 0.5
+
+    for L in range(1, n):
+        for kind in ("res", "att", "mlp"):
+            site = [Site(L, kind)]
+            full = logits_with(model, ids, site, halve)
+            fast = logits_from(model, ids, site, halve, resume=(L - 1, kept[L - 1]))
+            torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+            assert not torch.allclose(full, clean)  # the splice did something
+    # The layers' own forward comes back after the context.
+    torch.testing.assert_close(model(input_ids=ids).logits, clean, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="site lies before"):
+        logits_from(model, ids, [Site(0, "res")], halve, resume=(0, kept[0]))

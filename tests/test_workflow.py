@@ -1,7 +1,9 @@
 """The DAG end to end on a tiny Gemma 3 model, through real Snakemake runs:
 dry-run plan, corpus → tokens → activation chunks → manifest → normalisation,
 checked against an independent forward pass; one deleted chunk is recomputed alone
-and byte-identical; a bad config fails before any job runs."""
+and byte-identical; every SAE trained, evaluated (FVU and L0 against an independent
+computation) and put through the format-shift check; a bad config fails before any
+job runs."""
 
 from __future__ import annotations
 
@@ -57,7 +59,9 @@ def test_dry_run_lists_the_plan(run):
     _, plan = run
     assert job_counts(plan) == {
         "corpus": 1, "model": 1, "tokens": 1, "extract": 4,
-        "manifest": 1, "normalize": 1, "train": 6, "all": 1, "total": 16,
+        "manifest": 1, "normalize": 1, "train": 6, "evaluate": 4,
+        "transfer_rollouts": 1, "eval_table": 1, "transfer_table": 1,
+        "all": 1, "total": 23,
     }  # fmt: skip
 
 
@@ -140,3 +144,58 @@ def test_bad_config_fails_before_any_job(tmp_path, tiny_models):
     assert "float64" in res.stderr + res.stdout
     assert "dtype" in res.stderr + res.stdout
     assert not (tmp_path / "results").exists()
+
+
+def test_eval_table_matches_an_independent_computation(run, tiny_models):
+    """FVU and L0 of one SAE in the table equal a direct computation: the released
+    SAE on the held-out split's activations from the tiny model."""
+    import pandas as pd
+
+    from saesuite.config import Site
+    from saesuite.evaluate import load_released
+    from saesuite.sites import capture
+
+    work, _ = run
+    out = work / "results" / "tiny"
+    table = pd.read_csv(out / "eval" / "table.csv")
+    assert len(table) == 12 and (table["data"] == "text").all()
+    assert set(table["evaluated_on"]) == {"tiny"}
+    for col in ("layer", "site", "width", "value", "l0", "fvu", "delta_loss", "kl",
+                "loss_recovered", "dead", "dense_latents", "cosine"):  # fmt: skip
+        assert col in table and table[col].notna().all(), col
+    parquet = pd.read_parquet(out / "eval" / "table.parquet")
+    pd.testing.assert_frame_equal(parquet, table, check_dtype=False)
+
+    row = table[(table.layer == 2) & (table.site == "mlp") & (table.value == 8)]
+    tokens = load_file(out / "tokens" / "eval.safetensors")
+    ids, mask = tokens["input_ids"].long(), tokens["mask"]
+    site = Site(2, "mlp")
+    x = capture(load_tiny(tiny_models["gemma3"]), ids, [site])[site][mask].double()
+    sae = load_released(out / "saes" / "layer_2/mlp/width_128/l0_8").double()
+    with torch.no_grad():
+        f = sae.encode(x)
+        x_hat = sae.decode(f)
+    fvu = (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert float(row.fvu.iloc[0]) == pytest.approx(float(fvu), rel=1e-4)
+    l0 = (f != 0).sum(1).double().mean()
+    assert float(row.l0.iloc[0]) == pytest.approx(float(l0))
+    sae_json = read_json(
+        out / "eval" / "tiny" / "text" / "layer_2/mlp/width_128/l0_8.json"
+    )
+    assert sae_json["metrics"]["tokens"] == int(mask.sum())
+    assert len(sae_json["metrics"]["delta_loss_by_position"]) == 32
+
+
+def test_format_shift_check_is_labelled_as_such(run):
+    import pandas as pd
+
+    work, _ = run
+    base = work / "results" / "transfer" / "tiny-format-shift"
+    table = pd.read_csv(base / "table.csv")
+    assert (table["check"] == "format-shift").all()
+    assert table["check_label"].str.contains("not PT→IT").all()
+    assert sorted(table["data"].unique()) == ["chat", "text"]
+    assert (table["evaluated_on"] == "tiny").all() and len(table) == 24
+    assert (base / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rollouts = read_json(work / "results" / "tiny" / "rollouts" / "rollouts.json")
+    assert rollouts["model"] == "tiny" and rollouts["sequences"] == 16

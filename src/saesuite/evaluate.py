@@ -1,30 +1,46 @@
-"""Evaluation metrics of SAEs on the held-out split (issue 4, first increment: the
-metric core, not yet the rule).
+"""Evaluation metrics of SAEs (the `evaluate` rule's core).
 
 Per SAE: L0, MSE, FVU (Σ‖x − x̂‖² / Σ‖x − mean x‖² over all evaluation tokens), mean
 cosine similarity, next-token loss with the reconstruction spliced in at its site
 (delta loss against the clean pass), the loss with the site zero-ablated and the
 fraction of loss recovered, the KL divergence from the clean next-token distribution,
-latent firing counts (dead latents, latents firing on > 10 % of tokens), and
-reconstruction and delta loss by position.
+latent firing frequencies (dead latents, latents firing on > 10 % of tokens, a
+log10-frequency histogram), and reconstruction and delta loss by position.
 
 Masking: positions whose mask is False (BOS, EOS, pad, chat user prefix) keep their
 clean activation in every spliced pass and leave every mean; a next-token prediction
 counts only where both its input and its target position are unmasked.
-The clean pass runs once per batch and is shared by every SAE; the zero-ablated pass
-once per site per batch.
+
+Cost: the language-model head dominates small models (~3× the body of gemma-3-270m),
+so the loss metrics run on the first `loss_sequences` sequences and the
+reconstruction metrics, which need no head, on all of them. Per batch of loss
+sequences the clean pass runs once and is shared by every SAE; each zero-ablated
+(per site) and spliced (per SAE) pass replays the clean output of the layer before
+its site and computes only the layers from the site on.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from saesuite.config import Site
+from saesuite.io import atomic_path, versions, write_json
 from saesuite.sae import JumpReLUSAE
-from saesuite.sites import logits_with, site_hooks
+from saesuite.sites import capture, layer_outputs, logits_from, site_hooks
+
+DENSE_FREQUENCY = 0.1
+HIST_EDGES = np.linspace(-10.0, 0.0, 41)  # log10 frequency, 0.25 wide
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,15 +55,15 @@ class Accumulator:
     err: float = 0.0
     sq: float = 0.0
     cos: float = 0.0
-    total: torch.Tensor = field(init=False)
-    fired: torch.Tensor = field(init=False)
-    pos_err: torch.Tensor = field(init=False)
-    pos_n: torch.Tensor = field(init=False)
     n_pred: int = 0
     loss: float = 0.0
     clean: float = 0.0
     zero: float = 0.0
     kl: float = 0.0
+    total: torch.Tensor = field(init=False)
+    fired: torch.Tensor = field(init=False)
+    pos_err: torch.Tensor = field(init=False)
+    pos_n: torch.Tensor = field(init=False)
     pos_delta: torch.Tensor = field(init=False)
     pos_pred: torch.Tensor = field(init=False)
 
@@ -59,29 +75,81 @@ class Accumulator:
         self.pos_delta = torch.zeros(self.ctx, dtype=torch.float64)
         self.pos_pred = torch.zeros(self.ctx, dtype=torch.int64)
 
-    def metrics(self) -> dict[str, object]:
+    def add_reconstruction(
+        self, x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor, m: torch.Tensor
+    ) -> None:
+        xs, xh, fs = x[m].double(), x_hat[m].double(), f[m]
+        pos = torch.arange(self.ctx, device=m.device).expand_as(m)[m].cpu()
+        err_tok = (xs - xh).pow(2).sum(-1)
+        self.n += len(xs)
+        self.l0 += float((fs != 0).sum())
+        self.err += float(err_tok.sum())
+        self.sq += float(xs.pow(2).sum())
+        self.total += xs.sum(0).cpu()
+        self.cos += float(F.cosine_similarity(xs, xh, dim=-1).sum())
+        self.fired += (fs != 0).sum(0).cpu()
+        self.pos_err.index_add_(0, pos, err_tok.cpu())
+        self.pos_n.index_add_(0, pos, torch.ones_like(pos))
+
+    def add_loss(
+        self,
+        pred: torch.Tensor,
+        loss: torch.Tensor,
+        clean: torch.Tensor,
+        zero: torch.Tensor,
+        kl: torch.Tensor,
+    ) -> None:
+        self.n_pred += int(pred.sum())
+        self.loss += float(loss[pred].double().sum())
+        self.clean += float(clean[pred].double().sum())
+        self.zero += float(zero[pred].double().sum())
+        self.kl += float(kl[pred].double().sum())
+        pos = torch.arange(self.ctx - 1, device=pred.device).expand_as(pred)[pred].cpu()
+        self.pos_delta.index_add_(0, pos, (loss - clean)[pred].double().cpu())
+        self.pos_pred.index_add_(0, pos, torch.ones_like(pos))
+
+    def frequencies(self) -> torch.Tensor:
+        """Share of evaluation tokens each latent fired on."""
+        return self.fired.double() / max(self.n, 1)
+
+    def metrics(self) -> dict[str, Any]:
+        if self.n == 0:
+            raise ValueError("no unmasked evaluation tokens")
         mean = self.total / self.n
         var = self.sq - self.n * float(mean.pow(2).sum())
-        freq = self.fired.double() / self.n
-        clean, loss, zero = (
-            v / self.n_pred for v in (self.clean, self.loss, self.zero)
-        )
-        return {
+        freq = self.frequencies()
+        live = freq[freq > 0].log10().numpy()
+        counts, _ = np.histogram(live, bins=HIST_EDGES)
+        out: dict[str, Any] = {
             "tokens": self.n,
             "l0": self.l0 / self.n,
             "mse": self.err / self.n,
             "fvu": self.err / var,
             "cosine": self.cos / self.n,
+            "dead": int((self.fired == 0).sum()),
+            "dense_latents": int((freq > DENSE_FREQUENCY).sum()),
+            "log10_frequency_histogram": {
+                "edges": HIST_EDGES.tolist(),
+                "counts": counts.tolist(),
+                "below_range": int((live < HIST_EDGES[0]).sum()),
+            },
+            "mse_by_position": (self.pos_err / self.pos_n.clamp_min(1)).tolist(),
+            "loss_tokens": self.n_pred,
+        }
+        if self.n_pred == 0:
+            return out
+        clean, loss, zero = (
+            v / self.n_pred for v in (self.clean, self.loss, self.zero)
+        )
+        recovered = (zero - loss) / (zero - clean) if zero != clean else 1.0
+        return {
+            **out,
             "clean_loss": clean,
             "spliced_loss": loss,
             "delta_loss": loss - clean,
             "zero_ablation_loss": zero,
-            "loss_recovered": (zero - loss) / (zero - clean) if zero != clean else 1.0,
+            "loss_recovered": recovered,
             "kl": self.kl / self.n_pred,
-            "dead": int((self.fired == 0).sum()),
-            "dense_latents": int((freq > 0.1).sum()),
-            "log10_frequency": torch.log10(freq.clamp_min(1e-10)).tolist(),
-            "mse_by_position": (self.pos_err / self.pos_n.clamp_min(1)).tolist(),
             "delta_loss_by_position": (
                 self.pos_delta / self.pos_pred.clamp_min(1)
             ).tolist(),
@@ -96,72 +164,173 @@ def _token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     ).view(B, T - 1)
 
 
+def _encode(sae: JumpReLUSAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        f = sae.encode(x.to(sae.W_enc.dtype))
+        return f, sae.decode(f).to(x.dtype)
+
+
 def evaluate(
     model: torch.nn.Module,
     ids: torch.Tensor,
     mask: torch.Tensor,
     saes: dict[str, tuple[Site, JumpReLUSAE]],
-    batch_size: int = 2,
-) -> dict[str, dict[str, object]]:
-    """Metrics for every SAE in `saes` ({key: (site, released SAE on raw input)}) on
-    sequences `ids` (N, T) with `mask` (N, T)."""
-    ctx = ids.shape[1]
+    *,
+    batch_size: int = 8,
+    loss_sequences: int | None = None,
+    loss_batch_size: int = 2,
+    progress: Any = None,
+    resume: bool = True,
+) -> dict[str, Accumulator]:
+    """Accumulated metrics of every SAE in `saes` ({key: (site, released SAE on raw
+    input)}) on sequences `ids` (N, T) with `mask` (N, T): reconstruction on all N,
+    loss on the first `loss_sequences` (None = all). `progress(n)` is told of every
+    finished batch of n sequences. `resume=False` recomputes the layers before
+    each site in its spliced passes (for benchmarks)."""
+    n_seq, ctx = ids.shape
+    n_loss = n_seq if loss_sequences is None else min(loss_sequences, n_seq)
     sites = sorted({site for site, _ in saes.values()})
     acc = {k: Accumulator(s.d_in, s.d_sae, ctx) for k, (_, s) in saes.items()}
     device = next(model.parameters()).device
-    for b0 in range(0, len(ids), batch_size):
-        x_ids = ids[b0 : b0 + batch_size].long().to(device)
-        m = mask[b0 : b0 + batch_size].to(device)
+    resume_layers = sorted({s.layer - 1 for s in sites if s.layer > 0 and resume})
+
+    def after(site: Site, kept: dict[int, Any]) -> tuple[int, Any] | None:
+        return (
+            (site.layer - 1, kept[site.layer - 1]) if site.layer - 1 in kept else None
+        )
+
+    for b0 in range(0, n_loss, loss_batch_size):
+        x_ids = ids[b0 : b0 + loss_batch_size].long().to(device)
+        m = mask[b0 : b0 + loss_batch_size].to(device)
         pred = m[:, :-1] & m[:, 1:]  # (B, T−1): input and target both unmasked
         captured: dict[Site, torch.Tensor] = {}
-        with torch.no_grad(), site_hooks(model, sites, captured=captured):
+        kept: dict[int, Any] = {}
+        with (
+            torch.no_grad(),
+            site_hooks(model, sites, captured=captured),
+            layer_outputs(model, resume_layers, kept),
+        ):
             clean_logits = model(input_ids=x_ids, use_cache=False).logits
         clean_loss = _token_loss(clean_logits, x_ids)
         clean_logp = clean_logits[:, :-1].float().log_softmax(-1)
         del clean_logits
-        zero_loss = {}
-        for site in sites:
 
-            def zero(s: Site, x: torch.Tensor) -> torch.Tensor:
-                return torch.where(m[..., None], torch.zeros_like(x), x)
+        def masked(new: torch.Tensor):
+            def replace(_s: Site, act: torch.Tensor) -> torch.Tensor:
+                return torch.where(m[..., None], new.to(act.dtype), act)
 
-            zero_loss[site] = _token_loss(
-                logits_with(model, x_ids, [site], zero), x_ids
+            return replace
+
+        zero_loss = {
+            site: _token_loss(
+                logits_from(
+                    model,
+                    x_ids,
+                    [site],
+                    masked(torch.zeros_like(captured[site])),
+                    after(site, kept),
+                ),
+                x_ids,
             )
-
+            for site in sites
+        }
         for key, (site, sae) in saes.items():
-            a = acc[key]
-            x = captured[site]
-            with torch.no_grad():
-                f = sae.encode(x)
-                x_hat = sae.decode(f)
-            xs, xh, fs = x[m].double(), x_hat[m].double(), f[m]
-            a.n += len(xs)
-            a.l0 += float((fs != 0).sum())
-            err_tok = (xs - xh).pow(2).sum(-1)
-            a.err += float(err_tok.sum())
-            a.sq += float(xs.pow(2).sum())
-            a.total += xs.sum(0).cpu()
-            a.cos += float(F.cosine_similarity(xs, xh, dim=-1).sum())
-            a.fired += (fs != 0).sum(0).cpu()
-            pos = torch.arange(ctx, device=device).expand_as(m)[m]
-            a.pos_err.index_add_(0, pos.cpu(), err_tok.cpu())
-            a.pos_n.index_add_(0, pos.cpu(), torch.ones_like(pos.cpu()))
-
-            def splice(s: Site, act: torch.Tensor, x_hat=x_hat) -> torch.Tensor:
-                return torch.where(m[..., None], x_hat.to(act.dtype), act)
-
-            logits = logits_with(model, x_ids, [site], splice)
+            f, x_hat = _encode(sae, captured[site])
+            acc[key].add_reconstruction(captured[site], x_hat, f, m)
+            logits = logits_from(model, x_ids, [site], masked(x_hat), after(site, kept))
             loss = _token_loss(logits, x_ids)
             logq = logits[:, :-1].float().log_softmax(-1)
-            kl = (clean_logp.exp() * (clean_logp - logq)).sum(-1)
-            del logits, logq
-            a.n_pred += int(pred.sum())
-            a.loss += float(loss[pred].double().sum())
-            a.clean += float(clean_loss[pred].double().sum())
-            a.zero += float(zero_loss[site][pred].double().sum())
-            a.kl += float(kl[pred].double().sum())
-            ppos = torch.arange(ctx - 1, device=device).expand_as(pred)[pred].cpu()
-            a.pos_delta.index_add_(0, ppos, (loss - clean_loss)[pred].double().cpu())
-            a.pos_pred.index_add_(0, ppos, torch.ones_like(ppos))
-    return {k: a.metrics() for k, a in acc.items()}
+            del logits
+            kl = F.kl_div(logq, clean_logp, log_target=True, reduction="none").sum(-1)
+            del logq
+            acc[key].add_loss(pred, loss, clean_loss, zero_loss[site], kl)
+        if progress:
+            progress(len(x_ids))
+
+    for b0 in range(n_loss, n_seq, batch_size):
+        x_ids = ids[b0 : b0 + batch_size].long().to(device)
+        m = mask[b0 : b0 + batch_size].to(device)
+        captured = capture(model, x_ids, sites)
+        for key, (site, sae) in saes.items():
+            f, x_hat = _encode(sae, captured[site])
+            acc[key].add_reconstruction(captured[site], x_hat, f, m)
+        if progress:
+            progress(len(x_ids))
+    return acc
+
+
+def load_released(sae_dir: str | Path) -> JumpReLUSAE:
+    """A trained SAE as released (folded: it takes raw activations)."""
+    return JumpReLUSAE.from_release(load_file(str(Path(sae_dir) / "sae.safetensors")))
+
+
+def evaluate_layer(
+    job: dict[str, Any],
+    *,
+    data_path: str | Path,
+    cache_root: str | Path,
+    out: str | Path,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Rule `evaluate`: every SAE of one layer on one model and data set. Writes a
+    JSON and a per-latent frequency file per SAE, then the layer summary `out`."""
+    from saesuite.models import load_model
+    from saesuite.sites import site_width
+    from saesuite.tokens import load_tokens
+
+    ev = job["evaluate"]
+    ids, mask = load_tokens(data_path)
+    ctx = ids.shape[1]
+    n_seq = len(ids) if ev["tokens"] is None else max(1, ev["tokens"] // ctx)
+    n_loss = n_seq if ev["loss_tokens"] is None else max(1, ev["loss_tokens"] // ctx)
+    ids, mask = ids[:n_seq], mask[:n_seq]
+    saes = {
+        s["key"]: (
+            Site(s["identity"]["layer"], s["identity"]["site"]),
+            load_released(s["dir"]),
+        )
+        for s in job["saes"]
+    }
+    model = load_model(job["model_cfg"], cache_root)
+    for key, (site, sae) in saes.items():
+        want = site_width(model, site.kind)
+        if sae.d_in != want:
+            raise ValueError(
+                f"SAE {key} has d_in {sae.d_in}, but site {site.name} of model "
+                f"'{job['identity']['evaluated_on']}' is {want} wide"
+            )
+    device = next(model.parameters()).device
+    saes = {k: (site, sae.to(device)) for k, (site, sae) in saes.items()}
+    start = time.perf_counter()
+    with tqdm(total=n_seq, unit="seq", desc="evaluate") as bar:
+        acc = evaluate(
+            model,
+            ids,
+            mask,
+            saes,
+            batch_size=ev["batch_size"],
+            loss_sequences=n_loss,
+            loss_batch_size=ev["loss_batch_size"],
+            progress=bar.update,
+        )
+    elapsed = time.perf_counter() - start
+    meta = {**job["identity"], **(extra or {}), "data_path": str(data_path)}
+    summary = []
+    for s in job["saes"]:
+        metrics = acc[s["key"]].metrics()
+        freq = acc[s["key"]].frequencies().float()
+        with atomic_path(Path(s["out"]).with_suffix(".frequencies.safetensors")) as tmp:
+            save_file({"frequency": freq}, str(tmp))
+        write_json(
+            s["out"],
+            {"identity": s["identity"], "evaluation": meta, "metrics": metrics},
+        )
+        scalars = {k: v for k, v in metrics.items() if not isinstance(v, list | dict)}
+        summary.append({"key": s["key"], "json": s["out"], **scalars})
+    log.info(
+        "%d SAEs on %d sequences (%d with loss metrics) in %.1f s",
+        len(saes), n_seq, min(n_loss, n_seq), elapsed,
+    )  # fmt: skip
+    result = {**meta, "versions": versions(), "saes": summary}
+    write_json(out, result)
+    return result

@@ -151,3 +151,79 @@ def train_runtime_min(job: dict[str, Any], d_in: int, flops_per_s: float) -> int
     effective rate, times 2 for safety, at least 10 minutes."""
     flops = sum(10 * d_in * s["width"] * s["tokens"] for s in job["saes"])
     return max(10, int(2 * flops / flops_per_s / 60))
+
+
+def eval_dir(root: str, sae_model: str, lm: str, data: str) -> str:
+    """Evaluations of `sae_model`'s SAEs run through model `lm` on `data` ("text":
+    lm's held-out split, "chat": lm's rollouts)."""
+    return f"{root}/{sae_model}/eval/{lm}/{data}"
+
+
+def eval_layer(root: str, sae_model: str, lm: str, data: str, layer: int | str) -> str:
+    return f"{eval_dir(root, sae_model, lm, data)}/layer_{layer}.json"
+
+
+def eval_table(root: str, model: str) -> dict[str, str]:
+    base = f"{root}/{model}/eval/table"
+    return {"csv": f"{base}.csv", "parquet": f"{base}.parquet"}
+
+
+def rollouts(root: str, model: str) -> dict[str, str]:
+    base = f"{root}/{model}/rollouts/rollouts"
+    return {"data": f"{base}.safetensors", "info": f"{base}.json"}
+
+
+def eval_data(root: str, lm: str, data: str) -> str:
+    return tokens(root, lm)["eval"] if data == "text" else rollouts(root, lm)["data"]
+
+
+def transfer_outputs(root: str, name: str) -> dict[str, str]:
+    base = f"{root}/transfer/{name}"
+    return {
+        "csv": f"{base}/table.csv",
+        "parquet": f"{base}/table.parquet",
+        "plot": f"{base}/transfer.png",
+    }
+
+
+def eval_job(
+    config: dict[str, Any],
+    sae_model: str,
+    lm: str,
+    data: str,
+    layer: int,
+    suite: list[SAESpec] | None = None,
+) -> dict[str, Any]:
+    """Everything one evaluation job needs (every SAE of `sae_model` at `layer`, run
+    through `lm` on `data`), as plain JSON."""
+    root = config["output_root"]
+    specs = [
+        s
+        for s in (suite if suite is not None else expand_suite(config))
+        if s.model == sae_model and s.layer == layer
+    ]
+    out = eval_dir(root, sae_model, lm, data)
+    return {
+        "identity": {"trained_on": sae_model, "evaluated_on": lm, "data": data},
+        "model_cfg": config["models"][lm],
+        "evaluate": config["evaluate"],
+        "saes": [
+            {
+                "key": s.path,
+                "dir": sae_dir(root, s),
+                "out": f"{out}/{s.path}.json",
+                "identity": {
+                    "model": s.model,
+                    "layer": s.layer,
+                    "site": s.site,
+                    "width": s.width,
+                    "penalty": s.penalty,
+                    "value": s.value,
+                    "coefficient": s.coefficient,
+                    "train_tokens": s.tokens,
+                    "path": s.path,
+                },
+            }
+            for s in specs
+        ],
+    }

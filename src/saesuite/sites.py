@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -185,3 +186,63 @@ def logits_with(
     """Logits (B, T, vocab) with `replace` applied at every site in `sites`."""
     with torch.no_grad(), site_hooks(model, sites, replace=replace):
         return model(input_ids=input_ids, use_cache=False).logits
+
+
+@contextlib.contextmanager
+def layer_outputs(model: nn.Module, layers: list[int], store: dict[int, Any]):
+    """Keep the output (whatever the layer returns) of each decoder layer in `layers`:
+    `resume_after` replays it so a later pass can skip the layers before."""
+    mods = decoder_layers(model)
+
+    def keep(index: int):
+        def hook(_mod, _args, out):
+            store[index] = out
+
+        return hook
+
+    handles = [mods[i].register_forward_hook(keep(i)) for i in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def resume_after(model: nn.Module, layer: int, output: Any):
+    """Within this context a forward pass skips decoder layers 0..layer and takes
+    `output` (kept by `layer_outputs` from a pass over the same input ids) as what
+    layer `layer` returned. Embedding, masks and rotary tables are still computed
+    (cheap); everything after runs as usual, so hooks and logit soft-capping apply."""
+    mods = decoder_layers(model)
+
+    def replay(*_args: Any, **_kwargs: Any) -> Any:
+        # Every skipped layer returns the kept output, whatever its structure (a
+        # tensor, or a tuple the model's loop unpacks): the last one is what counts.
+        return output
+
+    for i in range(layer + 1):
+        # An instance attribute shadows the class's forward for nn.Module.__call__.
+        mods[i].forward = replay
+    try:
+        yield
+    finally:
+        for i in range(layer + 1):
+            del mods[i].forward
+
+
+def logits_from(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    sites: list[Site],
+    replace: Replace,
+    resume: tuple[int, Any] | None = None,
+) -> torch.Tensor:
+    """`logits_with`, starting after layer resume[0] from its kept output resume[1]
+    (every site must lie after that layer)."""
+    if resume is None:
+        return logits_with(model, input_ids, sites, replace)
+    if any(s.layer <= resume[0] for s in sites):
+        raise ValueError(f"cannot resume after layer {resume[0]}: a site lies before")
+    with resume_after(model, *resume):
+        return logits_with(model, input_ids, sites, replace)

@@ -1,0 +1,40 @@
+# Trained SAEs → metrics: one job per (SAEs' model, layer, model run through, data);
+# the clean pass of each batch is shared by every SAE of the layer.
+
+
+rule evaluate:
+    input:
+        sites=lambda w: layer_site_summaries(w.model, int(w.layer)),
+        model=paths.model_info(ROOT, "{lm}"),
+        data=lambda w: paths.eval_data(ROOT, w.lm, w.data),
+    output:
+        paths.eval_layer(ROOT, "{model}", "{lm}", "{data}", "{layer}"),
+    log:
+        f"{ROOT}/logs/evaluate/{{model}}/{{lm}}.{{data}}.layer_{{layer}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/evaluate/{{model}}/{{lm}}.{{data}}.layer_{{layer}}.tsv"
+    conda:
+        "../envs/saesuite.yaml"
+    threads: workflow.cores
+    params:
+        job=lambda w: paths.eval_job(config, w.model, w.lm, w.data, int(w.layer), SUITE),
+        cache_root=CACHE,
+    script:
+        "scripts/evaluate.py"
+
+
+rule eval_table:
+    input:
+        lambda w: [
+            paths.eval_layer(ROOT, w.model, w.model, "text", L)
+            for L in model_layers(config, w.model)
+        ],
+    output:
+        csv=paths.eval_table(ROOT, "{model}")["csv"],
+        parquet=paths.eval_table(ROOT, "{model}")["parquet"],
+    log:
+        f"{ROOT}/logs/eval_table/{{model}}.log",
+    conda:
+        "../envs/saesuite.yaml"
+    script:
+        "scripts/eval_table.py"

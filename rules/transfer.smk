@@ -1,0 +1,38 @@
+# PT→IT transfer (or, without an IT model, the format-shift check): chat rollouts of
+# the model the SAEs run through, then one table and plot per check.
+
+
+rule transfer_rollouts:
+    input:
+        paths.model_info(ROOT, "{model}"),
+    output:
+        data=paths.rollouts(ROOT, "{model}")["data"],
+        info=paths.rollouts(ROOT, "{model}")["info"],
+    log:
+        f"{ROOT}/logs/transfer_rollouts/{{model}}.log",
+    conda:
+        "../envs/saesuite.yaml"
+    threads: workflow.cores
+    params:
+        model_cfg=lambda w: config["models"][w.model],
+        cache_root=CACHE,
+        ctx=config["data"]["context_size"],
+        transfer=config["transfer"],
+        seed=config["seed"],
+    script:
+        "scripts/transfer_rollouts.py"
+
+
+rule transfer_table:
+    input:
+        lambda w: transfer_inputs(w.check),
+    output:
+        **paths.transfer_outputs(ROOT, "{check}"),
+    log:
+        f"{ROOT}/logs/transfer_table/{{check}}.log",
+    conda:
+        "../envs/saesuite.yaml"
+    params:
+        check=lambda w: check_params(w.check),
+    script:
+        "scripts/transfer_table.py"

@@ -1,0 +1,42 @@
+"""Evaluation tables (rule `eval_table`): one row per SAE × evaluation, with the SAE's
+identity and every scalar metric; the by-position curves and frequency histograms
+stay in each SAE's JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from saesuite.io import atomic_path, read_json
+
+IDENTITY = ["model", "layer", "site", "width", "penalty", "value", "coefficient"]
+EVALUATION = ["trained_on", "evaluated_on", "data"]
+
+
+def eval_frame(layer_jsons: Iterable[str | Path]) -> pd.DataFrame:
+    """Rows of every SAE listed in the given evaluate-rule outputs, sorted."""
+    rows = []
+    for layer_json in layer_jsons:
+        for entry in read_json(layer_json)["saes"]:
+            sae = read_json(entry["json"])
+            scalars = {
+                k: v
+                for k, v in sae["metrics"].items()
+                if not isinstance(v, list | dict)
+            }
+            ev = {k: sae["evaluation"][k] for k in EVALUATION}
+            rows.append({**ev, **sae["identity"], **scalars})
+    if not rows:
+        raise ValueError("no evaluated SAEs to tabulate")
+    df = pd.DataFrame(rows)
+    keys = EVALUATION + ["layer", "site", "width", "penalty", "value"]
+    return df.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def write_table(df: pd.DataFrame, csv: str | Path, parquet: str | Path) -> None:
+    with atomic_path(csv) as tmp:
+        df.to_csv(tmp, index=False)
+    with atomic_path(parquet) as tmp:
+        df.to_parquet(tmp, index=False)

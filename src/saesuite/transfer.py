@@ -1,0 +1,335 @@
+"""PT→IT transfer checks (rules `transfer_rollouts` and `transfer_table`).
+
+For every IT model with a `base`, the base's SAEs run through the IT model on two
+data sets: its held-out text split and chat rollouts it generates (prompts wrapped in
+its chat template, sampled at temperature 1.0 as Gemma Scope did). Where the IT model
+has SAEs of its own they are evaluated on the same data, side by side. A PT model
+that no IT model names gets the same code run on itself as a *format-shift* check:
+its own SAEs on chat-formatted rollouts it generated. That is what the embedded
+default can do offline; it is labelled so in every table and plot, never as PT→IT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saesuite.config import SAESpec
+from saesuite.io import versions, write_json
+from saesuite.tokens import chat_wrap, save_tokens, special_ids
+
+log = logging.getLogger(__name__)
+PROMPTS = Path(__file__).parent / "data" / "prompts.txt"
+PT_TO_IT = "pt->it"
+FORMAT_SHIFT = "format-shift"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """SAEs of `trained_on`, run through model `evaluated_on`, on `data`."""
+
+    trained_on: str
+    evaluated_on: str
+    data: str  # "text" (held-out split) or "chat" (rollouts)
+
+
+@dataclass(frozen=True)
+class TransferCheck:
+    name: str  # folder under <output_root>/transfer/
+    kind: str  # PT_TO_IT or FORMAT_SHIFT
+    base: str  # the PT model whose SAEs are checked
+    target: str  # the model they run through
+    evaluations: tuple[Evaluation, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TransferCheck:
+        evals = tuple(Evaluation(**e) for e in d["evaluations"])
+        return cls(d["name"], d["kind"], d["base"], d["target"], evals)
+
+
+def models_with_saes(suite: list[SAESpec]) -> set[str]:
+    return {s.model for s in suite}
+
+
+def transfer_checks(
+    config: dict[str, Any], suite: list[SAESpec]
+) -> list[TransferCheck]:
+    trained = models_with_saes(suite)
+    checks = []
+    paired = set()
+    for it, m in config["models"].items():
+        base = m["base"]
+        if base is None or base not in trained:
+            continue
+        paired.add(base)
+        evals = [Evaluation(base, base, "text")]  # the reference: PT SAEs on PT
+        for data in ("text", "chat"):
+            evals.append(Evaluation(base, it, data))
+            if it in trained:
+                evals.append(Evaluation(it, it, data))
+        checks.append(
+            TransferCheck(f"{base}-to-{it}", PT_TO_IT, base, it, tuple(evals))
+        )
+    if config["transfer"]["format_shift"]:
+        for pt in sorted(trained - paired):
+            if config["models"][pt]["role"] != "pt":
+                continue
+            evals = (Evaluation(pt, pt, "text"), Evaluation(pt, pt, "chat"))
+            checks.append(
+                TransferCheck(f"{pt}-format-shift", FORMAT_SHIFT, pt, pt, evals)
+            )
+    return checks
+
+
+def evaluations(config: dict[str, Any], suite: list[SAESpec]) -> list[Evaluation]:
+    """Every evaluation the workflow runs: each model's SAEs on its own held-out
+    split, and those the transfer checks add."""
+    out = {Evaluation(m, m, "text") for m in models_with_saes(suite)}
+    for check in transfer_checks(config, suite):
+        out.update(check.evaluations)
+    return sorted(out, key=lambda e: (e.trained_on, e.evaluated_on, e.data))
+
+
+def load_prompts(path: str | Path | None) -> list[str]:
+    """Prompts from a .txt file (one per line) or .jsonl ("prompt" field); None = the
+    set shipped with saesuite."""
+    path = Path(path) if path else PROMPTS
+    if not path.is_file():
+        raise FileNotFoundError(f"config key 'transfer.prompts': no file {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        prompts = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                row = json.loads(line)
+                if not isinstance(row.get("prompt"), str):
+                    raise ValueError(f"{path}:{i}: no string field 'prompt'")
+                prompts.append(row["prompt"])
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"config key 'transfer.prompts': {path} holds no prompts")
+    return prompts
+
+
+def _seed(seed: int, batch: int) -> int:
+    blob = f"rollouts/{seed}/{batch}".encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
+
+
+def generate_rollouts(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    template: str,
+    prompts: list[str],
+    *,
+    n_seqs: int,
+    ctx: int,
+    temperature: float,
+    batch_size: int,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """n_seqs sequences (prompts cycled) of ctx tokens: BOS, user prefix (masked),
+    prompt, model-turn opening, then the model's sampled reply until it ends its
+    turn, right-padded (masked). Returns (ids int32, mask bool, stats)."""
+    from transformers import GenerationConfig
+
+    prefix, suffix = chat_wrap(template, tokenizer)
+    pre = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    suf = tokenizer(suffix, add_special_tokens=False)["input_ids"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    specials = special_ids(tokenizer)
+    end_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    stops = [eos] + (
+        [end_turn]
+        if isinstance(end_turn, int) and end_turn != tokenizer.unk_token_id
+        else []
+    )
+    # A prompt may take at most half the context, so there is room for a reply.
+    bodies = [
+        tokenizer(p, add_special_tokens=False)["input_ids"][
+            : max(1, ctx // 2 - len(pre) - len(suf) - 1)
+        ]
+        for p in prompts
+    ]
+    ids = torch.full((n_seqs, ctx), pad, dtype=torch.int32)
+    mask = torch.zeros(n_seqs, ctx, dtype=torch.bool)
+    device = next(model.parameters()).device
+    reply_lens = []
+    for bi, b0 in enumerate(range(0, n_seqs, batch_size)):
+        rows = range(b0, min(b0 + batch_size, n_seqs))
+        heads = [[bos] + pre + bodies[r % len(bodies)] + suf for r in rows]
+        width = max(map(len, heads))
+        # Left padding, so every prompt ends where generation starts.
+        x = torch.tensor([[pad] * (width - len(h)) + h for h in heads], device=device)
+        attn = torch.tensor(
+            [[0] * (width - len(h)) + [1] * len(h) for h in heads], device=device
+        )
+        gen = GenerationConfig(
+            do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+            max_new_tokens=ctx - min(map(len, heads)), eos_token_id=stops,
+            pad_token_id=pad, bos_token_id=bos,
+        )  # fmt: skip
+        torch.manual_seed(_seed(seed, bi))
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=x, attention_mask=attn, generation_config=gen
+            )
+        for j, r in enumerate(rows):
+            head = heads[j]
+            reply = out[j, width:].tolist()
+            for k, t in enumerate(reply):
+                if t in stops:
+                    reply = reply[: k + 1]
+                    break
+            seq = (head + reply)[:ctx]
+            keep = [False] * (1 + len(pre)) + [
+                t not in specials for t in seq[1 + len(pre) :]
+            ]
+            ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.int32)
+            mask[r, : len(seq)] = torch.tensor(keep[: len(seq)])
+            reply_lens.append(max(0, len(seq) - len(head)))
+    stats = {
+        "sequences": n_seqs,
+        "tokens": n_seqs * ctx,
+        "unmasked_tokens": int(mask.sum()),
+        "mean_reply_tokens": sum(reply_lens) / max(len(reply_lens), 1),
+        "prompts": len(prompts),
+    }
+    return ids, mask, stats
+
+
+def make_rollouts(
+    *,
+    model_key: str,
+    model_cfg: dict[str, Any],
+    model_type: str,
+    cache_root: str | Path,
+    ctx: int,
+    transfer: dict[str, Any],
+    seed: int,
+    out: dict[str, str],
+) -> dict[str, Any]:
+    """Rule `transfer_rollouts`: chat rollouts of one model, saved as a token file."""
+    from saesuite.models import chat_template, load_model, load_tokenizer
+
+    prompts = load_prompts(transfer["prompts"])
+    tokenizer = load_tokenizer(model_cfg, cache_root)
+    template = chat_template(tokenizer, model_cfg, model_type)
+    model = load_model(model_cfg, cache_root)
+    ids, mask, stats = generate_rollouts(
+        model,
+        tokenizer,
+        template,
+        prompts,
+        n_seqs=max(1, transfer["tokens"] // ctx),
+        ctx=ctx,
+        temperature=transfer["temperature"],
+        batch_size=transfer["batch_size"],
+        seed=seed,
+    )
+    save_tokens(out["data"], ids, mask)
+    info = {
+        "model": model_key,
+        "role": model_cfg["role"],
+        "prompts": str(transfer["prompts"] or "saesuite:data/prompts.txt"),
+        "temperature": transfer["temperature"],
+        "seed": seed,
+        "context_size": ctx,
+        **stats,
+        "versions": versions(),
+    }
+    write_json(out["info"], info)
+    log.info(
+        "%d rollouts, mean reply %.1f tokens",
+        stats["sequences"],
+        stats["mean_reply_tokens"],
+    )
+    return info
+
+
+def check_label(kind: str) -> str:
+    if kind == FORMAT_SHIFT:
+        return (
+            "format-shift check (PT SAEs on chat-formatted text through the PT "
+            "model; not PT→IT)"
+        )
+    return "PT→IT transfer"
+
+
+def transfer_frame(check: TransferCheck, layer_jsons: list[str | Path]):
+    """One row per SAE × evaluation of the check, labelled with what it is."""
+    from saesuite.tables import eval_frame
+
+    df = eval_frame(layer_jsons)
+    df.insert(0, "check", check.kind)
+    df.insert(1, "check_label", check_label(check.kind))
+    trained = df["trained_on"].map(
+        lambda m: "PT-trained" if m == check.base else "IT-trained"
+    )
+    df.insert(2, "saes", trained)
+    return df
+
+
+def plot_transfer(df, check: TransferCheck, out: str | Path) -> None:
+    """Delta loss and FVU against L0, one panel row per data set; a series per
+    (SAEs, model they run through), a marker per site kind."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from saesuite.io import atomic_path
+
+    datas = [d for d in ("text", "chat") if d in set(df["data"])]
+    fig, axes = plt.subplots(
+        len(datas), 2, figsize=(10, 3.6 * len(datas)), squeeze=False
+    )
+    markers = {"res": "o", "att": "s", "mlp": "^", "mlp_in": "v"}
+    groups = df.groupby(["trained_on", "evaluated_on"], sort=True)
+    for row, data in enumerate(datas):
+        for col, metric in enumerate(("delta_loss", "fvu")):
+            ax = axes[row][col]
+            for gi, ((trained_on, evaluated_on), g) in enumerate(groups):
+                g = g[g["data"] == data]
+                for site, gs in g.groupby("site"):
+                    if metric not in gs or gs[metric].isna().all():
+                        continue
+                    ax.scatter(
+                        gs["l0"], gs[metric], marker=markers.get(site, "x"),
+                        color=f"C{gi}", alpha=0.8,
+                        label=f"{trained_on} SAEs on {evaluated_on} ({site})",
+                    )  # fmt: skip
+            ax.set_xscale("log")
+            ax.set_xlabel("L0")
+            ax.set_ylabel(metric.replace("_", " "))
+            ax.set_title(f"{metric.replace('_', ' ')} on {data} data")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{check.name}: {check_label(check.kind)}", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def transfer_table(
+    check: TransferCheck | dict[str, Any],
+    layer_jsons: list[str | Path],
+    out: dict[str, str],
+) -> None:
+    """Rule `transfer_table`: the check's table (CSV, parquet) and plot."""
+    from saesuite.tables import write_table
+
+    if isinstance(check, dict):
+        check = TransferCheck.from_dict(check)
+    df = transfer_frame(check, layer_jsons)
+    write_table(df, out["csv"], out["parquet"])
+    plot_transfer(df, check, out["plot"])
