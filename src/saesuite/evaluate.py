@@ -156,12 +156,23 @@ class Accumulator:
         }
 
 
-def _token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy (B, T−1)."""
-    B, T, V = logits.shape
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, V).float(), ids[:, 1:].reshape(-1), reduction="none"
-    ).view(B, T - 1)
+class NextToken:
+    """Next-token statistics of one pass's logits (B, T, V), computed without any
+    further (B, T, V) temporary: over a 262k vocabulary those passes over memory,
+    not the head's matmul, would dominate the cost of a spliced pass."""
+
+    def __init__(self, logits: torch.Tensor, ids: torch.Tensor) -> None:
+        self.logits = logits.float()
+        self.lse = torch.logsumexp(self.logits, -1)  # (B, T)
+        target = self.logits[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+        self.loss = self.lse[:, :-1] - target  # cross-entropy, (B, T−1)
+
+    def kl_from(self, p: torch.Tensor, neg_entropy: torch.Tensor) -> torch.Tensor:
+        """KL(p ‖ q) = Σ p log p − Σ p·logits + lse, with q this pass's
+        distribution and p (B, T, V) a clean one; (B, T−1)."""
+        B, T, V = self.logits.shape
+        dot = torch.bmm(p.view(B * T, 1, V), self.logits.view(B * T, V, 1))
+        return (neg_entropy - dot.view(B, T) + self.lse)[:, :-1]
 
 
 def _encode(sae: JumpReLUSAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,10 +221,14 @@ def evaluate(
             site_hooks(model, sites, captured=captured),
             layer_outputs(model, resume_layers, kept),
         ):
-            clean_logits = model(input_ids=x_ids, use_cache=False).logits
-        clean_loss = _token_loss(clean_logits, x_ids)
-        clean_logp = clean_logits[:, :-1].float().log_softmax(-1)
-        del clean_logits
+            clean = NextToken(model(input_ids=x_ids, use_cache=False).logits, x_ids)
+        # The clean distribution p and Σ p log p, kept for every SAE's KL.
+        logp = clean.logits.sub_(clean.lse[..., None])  # in place
+        p = logp.exp()
+        V = p.shape[-1]
+        neg_entropy = torch.bmm(p.view(-1, 1, V), logp.view(-1, V, 1))
+        neg_entropy = neg_entropy.view(p.shape[:2])
+        del clean.logits, logp
 
         def masked(new: torch.Tensor):
             def replace(_s: Site, act: torch.Tensor) -> torch.Tensor:
@@ -222,7 +237,7 @@ def evaluate(
             return replace
 
         zero_loss = {
-            site: _token_loss(
+            site: NextToken(
                 logits_from(
                     model,
                     x_ids,
@@ -231,19 +246,19 @@ def evaluate(
                     after(site, kept),
                 ),
                 x_ids,
-            )
+            ).loss
             for site in sites
         }
         for key, (site, sae) in saes.items():
             f, x_hat = _encode(sae, captured[site])
             acc[key].add_reconstruction(captured[site], x_hat, f, m)
-            logits = logits_from(model, x_ids, [site], masked(x_hat), after(site, kept))
-            loss = _token_loss(logits, x_ids)
-            logq = logits[:, :-1].float().log_softmax(-1)
-            del logits
-            kl = F.kl_div(logq, clean_logp, log_target=True, reduction="none").sum(-1)
-            del logq
-            acc[key].add_loss(pred, loss, clean_loss, zero_loss[site], kl)
+            spliced = NextToken(
+                logits_from(model, x_ids, [site], masked(x_hat), after(site, kept)),
+                x_ids,
+            )
+            kl = spliced.kl_from(p, neg_entropy)
+            acc[key].add_loss(pred, spliced.loss, clean.loss, zero_loss[site], kl)
+            del spliced
         if progress:
             progress(len(x_ids))
 
