@@ -18,6 +18,7 @@ include: "rules/activations.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/transfer.smk"
+include: "rules/release.smk"
 
 
 rule all:

@@ -14,6 +14,7 @@ from saesuite.config import (
     n_chunks,
     seqs_per_chunk,
 )
+from saesuite.release import folder_name, release_groups, release_job
 from saesuite.transfer import evaluations, transfer_checks
 
 # Types first (clean messages), then again to fill the schema's defaults.
@@ -55,10 +56,15 @@ SUITE = expand_suite(config)
 TRAINED = sorted({s.model for s in SUITE})
 EVALUATIONS = evaluations(config, SUITE)
 CHECKS = {c.name: c for c in transfer_checks(config, SUITE)}
+RELEASES = {
+    folder_name(repo): release_job(config, repo, specs)
+    for repo, specs in release_groups(config, SUITE).items()
+}
 
 
 wildcard_constraints:
     check=one_of(CHECKS),
+    release=one_of(RELEASES),
 
 
 def site_summaries():
@@ -81,6 +87,13 @@ def eval_layers(evaluation):
 
 def transfer_inputs(name):
     return [f for e in CHECKS[name].evaluations for f in eval_layers(e)]
+
+
+def release_inputs(name):
+    job = RELEASES[name]
+    layers = sorted({s["spec"]["layer"] for s in job["saes"]})
+    m = job["model"]
+    return [paths.eval_layer(ROOT, m, m, "text", L) for L in layers]
 
 
 def check_params(name):
@@ -115,4 +128,5 @@ def final_outputs():
     out += [paths.eval_table(ROOT, m)["csv"] for m in TRAINED]
     out += [f for e in EVALUATIONS for f in eval_layers(e)]
     out += [paths.transfer_outputs(ROOT, name)["plot"] for name in CHECKS]
+    out += [paths.release_dir(ROOT, name) for name in RELEASES]
     return out

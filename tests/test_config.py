@@ -82,6 +82,10 @@ def test_schema_rejects_bad_config_naming_the_key(mutate, key):
             ),
             "models.other.n_layers",
         ),
+        (
+            lambda c: c.update(transfer={"prompts": "/nonexistent/prompts.txt"}),
+            "transfer.prompts",
+        ),
     ],
 )
 def test_semantic_checks_name_the_key(mutate, needle):

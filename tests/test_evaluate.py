@@ -146,3 +146,41 @@ def test_loss_subset_and_layer_zero(setup):
     none = evaluate(model, ids, mask, saes, loss_sequences=0)
     assert "delta_loss" not in none["0"]
     assert none["0"]["fvu"] == pytest.approx(full["0"]["fvu"], rel=1e-12)
+
+
+def test_an_sae_of_the_wrong_width_is_named_before_any_pass(tiny_models, tmp_path):
+    from conftest import make_config
+    from safetensors.torch import save_file
+
+    from saesuite.config import load_config
+    from saesuite.evaluate import evaluate_layer
+    from saesuite.tokens import save_tokens
+
+    cfg = load_config(make_config(tiny_models["gemma3"]))
+    sae_dir = tmp_path / "sae"
+    sae_dir.mkdir()
+    tensors = JumpReLUSAE(32, 48, apply_b_dec_to_input=False).release_tensors()
+    save_file(tensors, str(sae_dir / "sae.safetensors"))
+    ids = torch.full((2, 16), 7, dtype=torch.int32)
+    save_tokens(tmp_path / "eval.safetensors", ids, torch.ones(2, 16, dtype=torch.bool))
+    job = {
+        "identity": {"trained_on": "other", "evaluated_on": "tiny", "data": "text"},
+        "model_cfg": cfg["models"]["tiny"],
+        "evaluate": cfg["evaluate"],
+        "saes": [
+            {
+                "key": "layer_1/res/width_48/l0_8",
+                "dir": str(sae_dir),
+                "out": str(tmp_path / "out" / "sae.json"),
+                "identity": {"layer": 1, "site": "res"},
+            }
+        ],
+    }
+    with pytest.raises(ValueError, match=r"width_48/l0_8 has d_in 32.*'tiny'.* 64"):
+        evaluate_layer(
+            job,
+            data_path=tmp_path / "eval.safetensors",
+            cache_root=tmp_path,
+            out=tmp_path / "out" / "layer_1.json",
+        )
+    assert not (tmp_path / "out").exists()

@@ -61,7 +61,7 @@ def test_dry_run_lists_the_plan(run):
         "corpus": 1, "model": 1, "tokens": 1, "extract": 4,
         "manifest": 1, "normalize": 1, "train": 6, "evaluate": 4,
         "transfer_rollouts": 1, "eval_table": 1, "transfer_table": 1,
-        "all": 1, "total": 23,
+        "release": 3, "all": 1, "total": 26,
     }  # fmt: skip
 
 
@@ -199,3 +199,26 @@ def test_format_shift_check_is_labelled_as_such(run):
     assert (base / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rollouts = read_json(work / "results" / "tiny" / "rollouts" / "rollouts.json")
     assert rollouts["model"] == "tiny" and rollouts["sequences"] == 16
+
+
+def test_release_folders_carry_the_measured_saes(run):
+    work, _ = run
+    rel = work / "results" / "release"
+    assert sorted(p.name for p in rel.iterdir()) == [
+        f"saesuite--saesuite-tiny-{k}" for k in ("att", "mlp", "res")
+    ]
+    res = rel / "saesuite--saesuite-tiny-res"
+    index = read_json(res / "index.json")
+    assert index["layout"] == "gemma-scope-2" and len(index["saes"]) == 4
+    for row in index["saes"]:
+        assert (res / row["path"] / "params.safetensors").exists()
+        evaluated = read_json(
+            work / "results" / "tiny" / "eval" / "tiny" / "text"
+            / f"{row['trained_as']}.json"
+        )  # fmt: skip
+        assert row["l0"] == evaluated["metrics"]["l0"]
+        assert row["path"].endswith(f"_l0_{round(row['l0'])}")
+    assert sum(r["canonical"] for r in index["saes"]) == 2  # one per layer
+    manifest = read_json(res / "release_manifest.json")
+    for name, f in manifest["files"].items():
+        assert sha256_file(res / name) == f["sha256"], name

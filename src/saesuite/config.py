@@ -88,6 +88,13 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
         rng = group["layers"]
         if isinstance(rng, dict) and rng["stop"] <= rng["start"]:
             raise ConfigError(f"config key 'suite.{gi}.layers': stop must exceed start")
+    if config["transfer"]["prompts"] is not None:
+        from saesuite.transfer import load_prompts  # a cycle at import time
+
+        try:
+            load_prompts(config["transfer"]["prompts"])
+        except (OSError, ValueError) as err:
+            raise ConfigError(str(err)) from None
     for si, src in enumerate(config["data"]["sources"]):
         need = {"files": "paths", "hub": "id"}.get(src["type"])
         if need and need not in src:

@@ -227,3 +227,8 @@ def eval_job(
             for s in specs
         ],
     }
+
+
+def release_dir(root: str, name: str) -> str:
+    """A release folder: the Hub repo `name` (org--repo) as it will be uploaded."""
+    return f"{root}/release/{name}"

@@ -107,9 +107,15 @@ def load_prompts(path: str | Path | None) -> list[str]:
         prompts = []
         for i, line in enumerate(text.splitlines(), 1):
             if line.strip():
-                row = json.loads(line)
-                if not isinstance(row.get("prompt"), str):
-                    raise ValueError(f"{path}:{i}: no string field 'prompt'")
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{i}: not JSON ({err.msg})") from None
+                if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                    raise ValueError(
+                        f"config key 'transfer.prompts': {path}:{i}: no string "
+                        "field 'prompt'"
+                    )
                 prompts.append(row["prompt"])
     else:
         prompts = [line.strip() for line in text.splitlines() if line.strip()]

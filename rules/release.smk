@@ -1,0 +1,17 @@
+# Evaluated SAEs → release folders, one per Hub repo, in the configured layout.
+
+
+rule release:
+    input:
+        evals=lambda w: release_inputs(w.release),
+        model=lambda w: paths.model_info(ROOT, RELEASES[w.release]["model"]),
+    output:
+        directory(paths.release_dir(ROOT, "{release}")),
+    log:
+        f"{ROOT}/logs/release/{{release}}.log",
+    conda:
+        "../envs/saesuite.yaml"
+    params:
+        job=lambda w: RELEASES[w.release],
+    script:
+        "scripts/release.py"

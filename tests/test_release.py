@@ -1,0 +1,269 @@
+"""Release folders in every layout, loaded by SAELens itself: its own loader for the
+saelens layout and its Gemma Scope 1 and 2 loaders for theirs, reading from a local
+Hugging Face cache; SAELens's reconstruction of random activations equals ours.
+Also width labels, the canonical SAE, hook points, folder collisions, the manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from saesuite.io import read_json, sha256_file
+from saesuite.release import (
+    LAYOUTS,
+    Entry,
+    build_release,
+    canonical,
+    hf_hook_point,
+    width_label,
+)
+from saesuite.sae import JumpReLUSAE
+
+REPO = "someone/saesuite-tiny-res"
+
+
+def test_width_labels_follow_gemma_scope():
+    labels = {w: width_label(w) for w in (4096, 16384, 65536, 131072, 262144, 2**20)}
+    assert labels == {
+        4096: "4k",
+        16384: "16k",
+        65536: "65k",
+        131072: "131k",
+        262144: "262k",
+        2**20: "1m",
+    }
+
+
+def test_hook_points():
+    assert hf_hook_point("gemma3_text", 12, "res") == "model.layers.12.output"
+    assert hf_hook_point("gemma2", 3, "att") == "model.layers.3.self_attn.o_proj.input"
+    assert (
+        hf_hook_point("gemma3_text", 5, "mlp")
+        == "model.layers.5.post_feedforward_layernorm.output"
+    )
+    assert hf_hook_point("llama", 1, "mlp") == "model.layers.1.mlp.output"
+
+
+def entry(tmp_path, layer: int, value: float, l0: float, d_in=64, width=128, seed=0):
+    torch.manual_seed(seed)
+    sae = JumpReLUSAE(d_in, width, apply_b_dec_to_input=False).initialize()
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.5)
+        sae.threshold_raw.uniform_(0.05, 0.3)
+    folder = tmp_path / "trained" / f"{layer}_{value}"
+    folder.mkdir(parents=True)
+    save_file(sae.release_tensors(), str(folder / "sae.safetensors"))
+    spec = {
+        "layer": layer,
+        "site": "res",
+        "width": width,
+        "penalty": "target_l0",
+        "value": value,
+        "path": f"layer_{layer}/res/width_{width}/l0_{value:g}",
+    }
+    metrics = {
+        "l0": l0,
+        "fvu": 0.2,
+        "delta_loss": 0.1,
+        "loss_recovered": 0.9,
+        "tokens": 1000,
+        "loss_tokens": 100,
+    }
+    return Entry(spec, str(folder), metrics), sae
+
+
+def meta(n_layers: int = 4) -> dict:
+    return {
+        "model": "tiny",
+        "hub_model": "google/gemma-3-270m",
+        "model_type": "gemma3_text",
+        "n_layers": n_layers,
+        "site_widths": {"res": 64, "att": 64, "mlp": 64},
+        "release_layers": [1, 2],
+        "context_size": 32,
+        "config_hash": "abc",
+        "code": "0.1.0+test",
+        "versions": {"saesuite": "0.1.0"},
+        "data": {
+            "sources": [{"type": "embedded"}],
+            "context_size": 32,
+            "train_tokens": 4096,
+            "eval_tokens": 1024,
+        },
+        "seed": 0,
+        "train": {"lr": 1e-3},
+        "license": "apache-2.0",
+        "canonical_l0": 100,
+        "source_note": None,
+        "evaluate": {"tokens": 1000, "loss_tokens": 100},
+    }
+
+
+def test_canonical_is_closest_to_the_target(tmp_path):
+    es = [
+        entry(tmp_path, 1, v, l0, seed=i)[0]
+        for i, (v, l0) in enumerate([(20, 18.0), (80, 91.0), (150, 140.0)])
+    ]
+    es.append(entry(tmp_path, 2, 20, 30.0, seed=9)[0])
+    assert canonical(es, 100) == {
+        "layer_1/res/width_128/l0_80",
+        "layer_2/res/width_128/l0_20",
+    }
+    assert canonical(es, 150) == {
+        "layer_1/res/width_128/l0_150",
+        "layer_2/res/width_128/l0_20",
+    }
+
+
+def test_saes_with_the_same_rounded_l0_get_distinct_folders(tmp_path):
+    a, _ = entry(tmp_path, 1, 20, 20.4)
+    b, _ = entry(tmp_path, 1, 21, 19.6, seed=1)
+    c, _ = entry(tmp_path, 2, 20, 19.6, seed=2)
+    out = tmp_path / "release"
+    build_release(repo=REPO, layout="gemma-scope", entries=[a, b, c], meta=meta(),
+                  canonical_l0=100, out_dir=out)  # fmt: skip
+    paths = sorted(r["path"] for r in read_json(out / "index.json")["saes"])
+    assert paths == [
+        "layer_1/width_128/average_l0_20_target_20",
+        "layer_1/width_128/average_l0_20_target_21",
+        "layer_2/width_128/average_l0_20",
+    ]
+    assert not list(tmp_path.glob(".release.*"))  # the build folder is gone
+
+
+def test_a_failed_build_leaves_no_folder(tmp_path):
+    a, _ = entry(tmp_path, 1, 20, 20.4)
+    b, _ = entry(tmp_path, 2, 20, 19.6, seed=1)
+    (Path(b.sae_dir) / "sae.safetensors").unlink()  # fails after a's files exist
+    out = tmp_path / "release"
+    with pytest.raises(FileNotFoundError):
+        build_release(repo=REPO, layout="saelens", entries=[a, b], meta=meta(),
+                      canonical_l0=100, out_dir=out)  # fmt: skip
+    assert not out.exists() and not list(tmp_path.glob(".release.*"))
+    with pytest.raises(ValueError, match="release.layout"):
+        build_release(repo=REPO, layout="npz", entries=[a], meta=meta(),
+                      canonical_l0=100, out_dir=out)  # fmt: skip
+
+
+def hub_cache(tmp_path, repo: str, folder, monkeypatch):
+    """A local Hugging Face cache holding `folder` as the snapshot of `repo`, served
+    offline: it stands in for the Hub, which cannot be reached from here."""
+    import shutil
+
+    import huggingface_hub.constants as hc
+
+    cache = tmp_path / "hub"
+    snap = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    shutil.copytree(folder, snap)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+
+    # SAELens reads a safetensors header from the Hub with HTTP range requests: the
+    # stand-in reads it from the cached file.
+    import sae_lens.loading.pretrained_sae_loaders as loaders
+
+    def shapes(repo_id: str, filename: str) -> dict[str, list[int]]:
+        from safetensors import safe_open
+
+        with safe_open(str(snap / filename), "pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+
+    monkeypatch.setattr(loaders, "get_safetensors_tensor_shapes", shapes)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_saelens_loads_every_layout_and_reconstructs_like_us(
+    layout, tmp_path, monkeypatch
+):
+    pytest.importorskip("sae_lens")
+    from sae_lens import SAE
+    from sae_lens.loading.pretrained_sae_loaders import (
+        gemma_2_sae_huggingface_loader,
+        gemma_3_sae_huggingface_loader,
+    )
+
+    # SAELens's Gemma Scope 1 loader reads the model size from the repo id and only
+    # knows Gemma 2's (2b, 9b, 27b); d_in comes from the registry entry's overrides.
+    repo = "someone/saesuite-gemma-2-2b-res" if layout == "gemma-scope" else REPO
+    made = [
+        entry(tmp_path, L, v, l0, seed=i)
+        for i, (L, v, l0) in enumerate([(1, 20, 21.3), (1, 80, 77.8), (2, 20, 19.6)])
+    ]
+    out = tmp_path / "release"
+    manifest = build_release(
+        repo=repo,
+        layout=layout,
+        entries=[e for e, _ in made],
+        meta=meta(),
+        canonical_l0=100,
+        out_dir=out,
+    )
+    index = read_json(out / "index.json")["saes"]
+    assert [r["canonical"] for r in index] == [False, True, True]
+    assert {r["path"] for r in index} == {
+        "gemma-scope": {
+            "layer_1/width_128/average_l0_21",
+            "layer_1/width_128/average_l0_78",
+            "layer_2/width_128/average_l0_20",
+        },
+        "gemma-scope-2": {
+            "resid_post/layer_1_width_128_l0_21",
+            "resid_post/layer_1_width_128_l0_78",
+            "resid_post/layer_2_width_128_l0_20",
+        },
+        "saelens": {
+            "layer_1_res_width_128_l0_21",
+            "layer_1_res_width_128_l0_78",
+            "layer_2_res_width_128_l0_20",
+        },
+    }[layout]
+    # The manifest lists every other file with its sha256.
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == files - {"release_manifest.json"}
+    for name, f in manifest["files"].items():
+        assert sha256_file(out / name) == f["sha256"]
+    registry = yaml.safe_load((out / "pretrained_saes.yaml").read_text())
+    reg = registry[repo.split("/")[1]]
+    assert reg["repo_id"] == repo and len(reg["saes"]) == 3
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlicense: apache-2.0\nlibrary_name: saelens\n")
+    assert all(r["path"] in card for r in index)
+
+    if layout != "saelens":
+        hub_cache(tmp_path, repo, out, monkeypatch)
+    x = torch.randn(50, 64) * 2
+    for (e, ours), row in zip(
+        made, sorted(index, key=lambda r: r["trained_as"]), strict=True
+    ):
+        assert row["trained_as"] == e.spec["path"]
+        if layout == "saelens":
+            sae = SAE.load_from_disk(out / row["path"])
+        elif layout == "gemma-scope-2":
+            sae = SAE.from_pretrained(
+                repo, row["path"], converter=gemma_3_sae_huggingface_loader
+            )
+        else:
+            overrides = reg["config_overrides"]
+
+            def gs1(**kw):
+                kw["cfg_overrides"] = {**kw["cfg_overrides"], **overrides}
+                return gemma_2_sae_huggingface_loader(**kw)
+
+            sae = SAE.from_pretrained(repo, row["path"], converter=gs1)
+        with torch.no_grad():
+            theirs = sae.decode(sae.encode(x))
+            mine = ours(x)
+            assert (ours.encode(x) != 0).any()
+        torch.testing.assert_close(theirs, mine, rtol=1e-5, atol=1e-5)
+        assert sae.cfg.d_in == 64 and sae.cfg.d_sae == 128
+    if layout == "gemma-scope-2":
+        cfg = json.loads((out / index[0]["path"] / "config.json").read_text())
+        assert cfg["hf_hook_point_in"] == "model.layers.1.output"
