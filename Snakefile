@@ -19,6 +19,7 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/transfer.smk"
 include: "rules/release.smk"
+include: "rules/publish.smk"
 
 
 rule all:

@@ -7,6 +7,8 @@ from snakemake.utils import validate
 from saesuite import paths
 from saesuite.config import (
     check_config,
+    cli_booleans,
+    config_hash,
     expand_suite,
     known_site_width,
     model_layers,
@@ -18,6 +20,7 @@ from saesuite.release import folder_name, release_groups, release_job
 from saesuite.transfer import evaluations, transfer_checks
 
 # Types first (clean messages), then again to fill the schema's defaults.
+cli_booleans(config)
 validate(config, "../config/schema.yaml", set_default=False)
 validate(config, "../config/schema.yaml")
 check_config(config)
@@ -94,6 +97,17 @@ def release_inputs(name):
     layers = sorted({s["spec"]["layer"] for s in job["saes"]})
     m = job["model"]
     return [paths.eval_layer(ROOT, m, m, "text", L) for L in layers]
+
+
+def publish_job(name):
+    job = RELEASES[name]
+    pub = config["publish"]
+    return {
+        "repo_id": job["repo"],
+        **{k: pub[k] for k in ("upload", "private", "delete_extra", "revision")},
+        "message": f"saesuite: {job['repo']} ({len(job['saes'])} SAEs of "
+        f"{job['model']}, config {config_hash(config)})",
+    }
 
 
 def check_params(name):

@@ -222,3 +222,35 @@ def test_release_folders_carry_the_measured_saes(run):
     manifest = read_json(res / "release_manifest.json")
     for name, f in manifest["files"].items():
         assert sha256_file(res / name) == f["sha256"], name
+
+
+def test_publish_plans_offline_and_upload_is_opt_in(run):
+    """`snakemake publish_all` writes a dry-run plan per repo (the Hub switched off,
+    as it is unreachable from here); the upload switch on the command line changes
+    the targets to upload records."""
+    import os
+
+    work, _ = run
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_TOKEN", None)
+    cmd = [
+        sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile"),
+        "--directory", str(work), "--configfile", str(work / "config.yaml"),
+        "--cores", "1", "publish_all",
+    ]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr
+    plan = read_json(work / "results/publish/saesuite--saesuite-tiny-res.plan.json")
+    assert plan["mode"] == "dry-run" and plan["remote"].startswith("unreachable")
+    release = work / "results/release/saesuite--saesuite-tiny-res"
+    assert (
+        plan["upload_files"]
+        == len(read_json(release / "release_manifest.json")["files"]) + 1
+    )
+    assert "publish dry-run saesuite/saesuite-tiny-res" in res.stderr
+    up = subprocess.run(
+        [*cmd, "-n", "--config", "publish={upload: true}"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert "saesuite--saesuite-tiny-res.upload.json" in up.stdout

@@ -57,6 +57,17 @@ def load_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
     return check_config(config)
 
 
+def cli_booleans(config: dict[str, Any]) -> dict[str, Any]:
+    """`snakemake --config 'publish={upload: true}'` hands nested values over as
+    strings: turn the publish section's "true"/"false" into booleans."""
+    section = config.get("publish")
+    if isinstance(section, dict):
+        for key, value in section.items():
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                section[key] = value.lower() == "true"
+    return config
+
+
 def describe_validation_error(err: Any) -> str:
     """One line naming the key path and the problem, e.g. `models.m.dtype: ...`."""
     where = ".".join(str(p) for p in err.absolute_path) or "<top level>"

@@ -232,3 +232,8 @@ def eval_job(
 def release_dir(root: str, name: str) -> str:
     """A release folder: the Hub repo `name` (org--repo) as it will be uploaded."""
     return f"{root}/release/{name}"
+
+
+def publish_record(root: str, name: str, upload: bool) -> str:
+    """What rule publish did for one release: its plan (dry-run) or upload record."""
+    return f"{root}/publish/{name}.{'upload' if upload else 'plan'}.json"

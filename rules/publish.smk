@@ -1,0 +1,23 @@
+# Release folders → the Hugging Face Hub: a dry-run plan per repo by default, the
+# upload of what the Hub does not hold yet with publish.upload. Not part of `all`:
+# run `snakemake publish_all` (add --forcerun publish to re-plan later).
+
+
+rule publish:
+    input:
+        paths.release_dir(ROOT, "{release}"),
+    output:
+        paths.publish_record(ROOT, "{release}", config["publish"]["upload"]),
+    log:
+        f"{ROOT}/logs/publish/{{release}}.log",
+    conda:
+        "../envs/saesuite.yaml"
+    params:
+        job=lambda w: publish_job(w.release),
+    script:
+        "scripts/publish.py"
+
+
+rule publish_all:
+    input:
+        [paths.publish_record(ROOT, r, config["publish"]["upload"]) for r in RELEASES],

@@ -1,0 +1,13 @@
+# Adapter: rule publish → saesuite.publish.publish_release (a summary line on stderr)
+import sys
+
+from saesuite.logs import job_log
+from saesuite.publish import publish_release
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+with job_log(sm.log[0], sm.threads):
+    r = publish_release(sm.params.job, folder=sm.input[0], out=sm.output[0])
+verb = "sent" if r["mode"] == "upload" else "to send"
+print(f"publish {r['mode']} {r['repo_id']}: {r['upload_files']} of {len(r['files'])} "
+      f"files ({r['upload_bytes'] / 1e6:.1f} MB) {verb}; remote {r['remote']}; "
+      f"plan in {sm.output[0]}", file=sys.stderr)  # fmt: skip
