@@ -86,6 +86,11 @@ def test_schema_rejects_bad_config_naming_the_key(mutate, key):
             lambda c: c.update(transfer={"prompts": "/nonexistent/prompts.txt"}),
             "transfer.prompts",
         ),
+        (
+            lambda c: c.update(release={"layout": "gemma-scope", "repo": "o/{model}"}),
+            "release.repo",
+        ),
+        (lambda c: c.update(release={"repo": "o/{model}-{layer}"}), "release.repo"),
     ],
 )
 def test_semantic_checks_name_the_key(mutate, needle):

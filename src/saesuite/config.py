@@ -99,6 +99,19 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
         rng = group["layers"]
         if isinstance(rng, dict) and rng["stop"] <= rng["start"]:
             raise ConfigError(f"config key 'suite.{gi}.layers': stop must exceed start")
+    rel = config["release"]
+    if rel["layout"] == "gemma-scope" and "{site}" not in rel["repo"]:
+        raise ConfigError(
+            "config key 'release.repo': the gemma-scope layout has no site in its "
+            "folder names, so the pattern must contain {site} (one repo per site)"
+        )
+    try:
+        rel["repo"].format(org="o", prefix="p", model="m", site="s")
+    except (KeyError, IndexError, ValueError) as err:
+        raise ConfigError(
+            f"config key 'release.repo': '{rel['repo']}' is not a pattern over "
+            f"{{org}}, {{prefix}}, {{model}}, {{site}} ({err})"
+        ) from None
     if config["transfer"]["prompts"] is not None:
         from saesuite.transfer import load_prompts  # a cycle at import time
 

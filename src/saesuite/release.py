@@ -141,7 +141,12 @@ def folder_paths(
             continue
         log.warning("%d SAEs measure the same L0 at %s: suffixing", len(group), p)
         for e in group:
-            out[f"{p}_{sparsity_suffix(e)}"] = e
+            q = f"{p}_{sparsity_suffix(e)}"
+            if q in out:
+                raise ValueError(
+                    f"SAEs {out[q].spec['path']} and {e.spec['path']} both map to {q}"
+                )
+            out[q] = e
     return out
 
 
