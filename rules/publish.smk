@@ -1,6 +1,6 @@
 # Release folders → the Hugging Face Hub: a dry-run plan per repo by default, the
 # upload of what the Hub does not hold yet with publish.upload. Not part of `all`:
-# run `snakemake publish_all` (add --forcerun publish to re-plan later).
+# run `snakemake publish_all` (Snakefile; add --forcerun publish to re-plan later).
 
 
 rule publish:
@@ -16,8 +16,3 @@ rule publish:
         job=lambda w: publish_job(w.release),
     script:
         "scripts/publish.py"
-
-
-rule publish_all:
-    input:
-        [paths.publish_record(ROOT, r, config["publish"]["upload"]) for r in RELEASES],

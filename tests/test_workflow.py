@@ -7,6 +7,7 @@ job runs."""
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import sys
@@ -254,3 +255,28 @@ def test_publish_plans_offline_and_upload_is_opt_in(run):
     )  # fmt: skip
     assert up.returncode == 0, up.stderr
     assert "saesuite--saesuite-tiny-res.upload.json" in up.stdout
+
+
+def test_the_cli_lists_and_shows_the_run(run, capsys):
+    import pandas as pd
+
+    from saesuite.cli import main
+
+    work, _ = run
+    results = work / "results"
+    main(["ls", str(results), "--csv"])
+    listed = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    table = pd.read_csv(results / "tiny" / "eval" / "table.csv")
+    assert len(listed) == len(table) == 12
+    merged = listed.merge(table, on=["layer", "site", "width", "value"])
+    assert (merged["l0_x"] == merged["l0_y"]).all()
+    folder = results / "tiny/saes/layer_2/mlp/width_128/l0_8"
+    main(["show", str(folder)])
+    out = capsys.readouterr().out
+    row = table[(table.layer == 2) & (table.site == "mlp") & (table.value == 8)]
+    assert f"{float(row.fvu.iloc[0]):.6g}" in out and "trained on 20000 tokens" in out
+    with pytest.raises(SystemExit, match="holds no sae.json"):
+        main(["show", str(results)])
+    with pytest.raises(SystemExit) as err:
+        main(["ls", "--help"])
+    assert err.value.code == 0 and "--model" in capsys.readouterr().out

@@ -1,0 +1,116 @@
+"""The `saesuite` command: what users do outside Snakemake.
+
+saesuite ls RESULTS [--model M] [--csv]   the SAEs of a run, with their metrics
+saesuite show SAE_DIR                      one SAE: how it was trained, how it scored
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from saesuite.io import read_json
+
+COLUMNS = ["model", "layer", "site", "width", "penalty", "value", "l0", "fvu",
+           "delta_loss", "loss_recovered", "dead"]  # fmt: skip
+
+
+def find_saes(results: Path) -> pd.DataFrame:
+    """Every trained SAE under `results`, joined with its held-out metrics."""
+    rows = []
+    for sae_json in sorted(results.glob("*/saes/layer_*/*/width_*/*/sae.json")):
+        sae = read_json(sae_json)
+        row = {k: sae[k] for k in ("model", "layer", "width", "penalty", "value")}
+        row["site"] = sae["kind"]
+        row["path"] = str(sae_json.parent)
+        ev = (
+            results
+            / sae["model"]
+            / "eval"
+            / sae["model"]
+            / "text"
+            / f"{sae['path']}.json"
+        )
+        if ev.is_file():
+            row.update(read_json(ev)["metrics"])
+        rows.append(row)
+    if not rows:
+        raise SystemExit(
+            f"saesuite ls: no trained SAEs under {results} (run snakemake)"
+        )
+    df = pd.DataFrame(rows)
+    return df.sort_values(["model", "layer", "site", "width", "value"]).reset_index(
+        drop=True
+    )
+
+
+def cmd_ls(args: argparse.Namespace) -> None:
+    df = find_saes(Path(args.results))
+    if args.model:
+        df = df[df["model"] == args.model]
+    cols = [c for c in COLUMNS if c in df] + ["path"]
+    if args.csv:
+        df[cols].to_csv(sys.stdout, index=False)
+    else:
+        print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    folder = Path(args.sae)
+    if not (folder / "sae.json").is_file():
+        raise SystemExit(
+            f"saesuite show: {folder} holds no sae.json (an SAE folder is "
+            "<results>/<model>/saes/layer_L/<site>/width_W/<label>)"
+        )
+    sae = read_json(folder / "sae.json")
+    print(
+        f"{sae['model']} {sae['site']} width {sae['width']} "
+        f"({sae['penalty']} {sae['value']:g}), trained on {sae['tokens']} tokens "
+        f"in {sae['steps']} steps; source {sae['source']}, "
+        f"config {sae['config_hash']}"
+    )
+    results = folder.parents[5]  # <results>/<model>/saes/layer_L/<site>/width_W
+    ev = results / sae["model"] / "eval" / sae["model"] / "text" / f"{sae['path']}.json"
+    if not ev.is_file():
+        print("not evaluated yet (run snakemake)")
+        return
+    metrics = read_json(ev)["metrics"]
+    for key, value in metrics.items():
+        if not isinstance(value, list | dict):
+            print(
+                f"  {key:<20} {value:.6g}"
+                if isinstance(value, float)
+                else f"  {key:<20} {value}"
+            )
+    print("training:")
+    for key, value in sorted(sae["train"].items()):
+        print(f"  {key:<20} {value}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="saesuite", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("ls", help="list the SAEs of a run with their metrics")
+    ls.add_argument("results", help="a run's output_root, e.g. results")
+    ls.add_argument("--model", help="only this model key")
+    ls.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    ls.set_defaults(func=cmd_ls)
+    show = sub.add_parser("show", help="one SAE's training and metrics")
+    show.add_argument(
+        "sae", help="an SAE folder, e.g. results/m/saes/layer_9/res/width_4096/l0_20"
+    )
+    show.set_defaults(func=cmd_show)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except BrokenPipeError:  # `saesuite ls results | head`
+        sys.stderr.close()
+
+
+if __name__ == "__main__":
+    main()
