@@ -90,11 +90,40 @@ def cmd_show(args: argparse.Namespace) -> None:
         print(f"  {key:<20} {value}")
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from saesuite.config import REPO_ROOT, ConfigError, load_config
+    from saesuite.plan import format_plan, preflight
+
+    path = args.configfile or REPO_ROOT / "config" / "config.yaml"
+    try:
+        config = load_config(path)
+    except ConfigError as err:
+        raise SystemExit(f"saesuite plan: {err}") from None
+    df = preflight(config, args.tflops)
+    print(f"plan for {path}")
+    print(format_plan(df, args.tflops))
+    if args.csv:
+        from saesuite.io import atomic_path
+
+        with atomic_path(args.csv) as tmp:
+            df.to_csv(tmp, index=False)
+        print(f"written to {args.csv}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="saesuite", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    plan = sub.add_parser("plan", help="SAEs, tokens, cache, FLOPs, GPU-hours")
+    plan.add_argument("--configfile", help="a config (default: config/config.yaml)")
+    plan.add_argument(
+        "--tflops", type=float, default=200.0,
+        help="effective device throughput in TFLOP/s (default 200: an H100 at "
+        "~50%% of its dense TF32/bf16 peak; this 2-core CPU does ~0.1)",
+    )  # fmt: skip
+    plan.add_argument("--csv", help="also write the plan as CSV here")
+    plan.set_defaults(func=cmd_plan)
     ls = sub.add_parser("ls", help="list the SAEs of a run with their metrics")
     ls.add_argument("results", help="a run's output_root, e.g. results")
     ls.add_argument("--model", help="only this model key")

@@ -1,0 +1,140 @@
+"""The pre-flight plan (`saesuite plan --configfile …`): per model and stage, before
+anything runs, how many SAEs, how many tokens, how many bytes of activation cache and
+how many FLOPs — and the GPU-hours those FLOPs take at a given effective throughput.
+
+FLOP model (estimates, stated so they can be checked):
+- extract: a forward pass to the deepest site, 2·N_params·(L_max + 1)/n_layers per
+  token (embedding and head left out);
+- train: the dense-equivalent JumpReLU step, 10·d_in·width per token per SAE (the
+  sparse step does less once L0 ≪ width: BENCHMARKS.md);
+- evaluate: per evaluation a truncated pass over `evaluate.tokens` and, over
+  `evaluate.loss_tokens`, one full pass (2·N_params per token) per SAE plus the clean
+  and the zero-ablation passes;
+- rollouts: 2·N_params per generated token.
+Shapes come from saesuite's table of known models; an unknown model gets no FLOPs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from saesuite.config import SAESpec, expand_suite, model_layers, sequences
+from saesuite.known_models import known_shape
+from saesuite.transfer import evaluations, transfer_checks
+
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _widths(shape: Any) -> dict[str, int]:
+    d = shape.d_model
+    return {"res": d, "mlp": d, "mlp_in": d, "att": shape.n_heads * shape.head_dim}
+
+
+def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
+    """One row per model × stage: saes, tokens, cache_bytes, flops, gpu_hours."""
+    suite = expand_suite(config)
+    data, ev = config["data"], config["evaluate"]
+    ctx = data["context_size"]
+    train_tok = sequences(config, "train") * ctx
+    eval_tok = sequences(config, "eval") * ctx
+    rows = []
+
+    def add(model: str, stage: str, saes: int, tokens: int, cache: int, flops):
+        rows.append({"model": model, "stage": stage, "saes": saes, "tokens": tokens,
+                     "cache_bytes": cache, "flops": flops})  # fmt: skip
+
+    for model in sorted({s.model for s in suite}):
+        specs: list[SAESpec] = [s for s in suite if s.model == model]
+        shape = known_shape(config["models"][model]["source"])
+        sites = sorted({(s.layer, s.site) for s in specs})
+        last = max(model_layers(config, model))
+        width = _widths(shape) if shape else {}
+        cache = None
+        if shape:
+            per_token = (
+                sum(width[k] for _, k in sites) * BYTES[config["activations"]["dtype"]]
+            )
+            cache = train_tok * (per_token + 5)  # + input id (int32) and mask (bool)
+        fwd = 2 * shape.n_params if shape else None
+        depth = (last + 1) / shape.n_layers if shape else None
+        add(
+            model,
+            "extract",
+            0,
+            train_tok,
+            cache,
+            fwd * depth * train_tok if shape else None,
+        )
+        train_flops = (
+            sum(10 * width[s.site] * s.width * s.tokens for s in specs)
+            if shape
+            else None
+        )
+        add(model, "train", len(specs), sum(s.tokens for s in specs), None, train_flops)
+    for e in evaluations(config, suite):
+        specs = [s for s in suite if s.model == e.trained_on]
+        shape = known_shape(config["models"][e.evaluated_on]["source"])
+        n_tok = ev["tokens"] or (
+            eval_tok if e.data == "text" else config["transfer"]["tokens"]
+        )
+        loss_tok = min(ev["loss_tokens"] or n_tok, n_tok)
+        n_sites = len({(s.layer, s.site) for s in specs})
+        flops = None
+        if shape:
+            flops = 2 * shape.n_params * (n_tok + loss_tok * (len(specs) + n_sites + 1))
+        stage = (
+            "evaluate"
+            if e.trained_on == e.evaluated_on and e.data == "text"
+            else "transfer"
+        )
+        add(e.evaluated_on, f"{stage} ({e.trained_on} SAEs, {e.data})", len(specs),
+            n_tok, None, flops)  # fmt: skip
+    rollout_models = {c.target for c in transfer_checks(config, suite)}
+    for model in sorted(rollout_models):
+        shape = known_shape(config["models"][model]["source"])
+        tok = config["transfer"]["tokens"]
+        add(
+            model, "rollouts", 0, tok, None, 2 * shape.n_params * tok if shape else None
+        )
+    df = pd.DataFrame(rows)
+    df["gpu_hours"] = df["flops"] / (tflops * 1e12) / 3600
+    return df
+
+
+def format_plan(df: pd.DataFrame, tflops: float) -> str:
+    def num(v: Any, unit: str = "") -> str:
+        if v is None or pd.isna(v):
+            return "?"
+        for div, suffix in (
+            (1e15, "P"),
+            (1e12, "T"),
+            (1e9, "G"),
+            (1e6, "M"),
+            (1e3, "k"),
+        ):
+            if abs(v) >= div:
+                return f"{v / div:.3g} {suffix}{unit}"
+        return f"{v:.3g} {unit}".strip()
+
+    lines = [
+        "| model | stage | SAEs | tokens | cache | FLOPs "
+        f"| GPU-hours at {tflops:g} TFLOP/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in df.itertuples():
+        lines.append(
+            f"| {r.model} | {r.stage} | {r.saes or ''} | {num(r.tokens)} "
+            f"| {'' if pd.isna(r.cache_bytes) else num(r.cache_bytes, 'B')} "
+            f"| {num(r.flops)} "
+            f"| {'?' if pd.isna(r.gpu_hours) else f'{r.gpu_hours:.3g}'} |"
+        )
+    total = df["gpu_hours"].sum(min_count=1)
+    lines.append(
+        f"| **total** | | {int(df['saes'][df['stage'] == 'train'].sum())} | | "
+        f"{num(df['cache_bytes'].sum(min_count=1), 'B')} "
+        f"| {num(df['flops'].sum(min_count=1))} "
+        f"| {'?' if pd.isna(total) else f'{total:.3g}'} |"
+    )
+    return "\n".join(lines)
