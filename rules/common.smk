@@ -84,7 +84,7 @@ def eval_layers(evaluation):
     e = evaluation
     return [
         paths.eval_layer(ROOT, e.trained_on, e.evaluated_on, e.data, L)
-        for L in model_layers(config, e.trained_on)
+        for L in (e.layers or model_layers(config, e.trained_on))
     ]
 
 

@@ -27,8 +27,10 @@ def pair_config(it_trained: bool, format_shift: bool = True) -> dict:
     cfg = make_config("pt-dir", transfer={"format_shift": format_shift})
     cfg["models"]["tiny-it"] = {"source": "it-dir", "role": "it", "base": "tiny"}
     cfg["models"]["other"] = {"source": "other-dir"}
-    cfg["suite"][0]["models"] = ["tiny", "other"] + (["tiny-it"] if it_trained else [])
-    cfg["suite"][0]["layers"] = [1]
+    cfg["suite"][0]["models"] = ["tiny", "other"]
+    cfg["suite"][0]["layers"] = [1, 2]
+    if it_trained:  # the IT model gets SAEs at layer 1 only
+        cfg["suite"].append({**cfg["suite"][0], "models": ["tiny-it"], "layers": [1]})
     return load_config(cfg)
 
 
@@ -55,10 +57,14 @@ def test_it_saes_sit_beside_pt_saes_on_the_same_data():
     suite = expand_suite(cfg)
     checks = transfer_checks(cfg, suite)
     assert [c.name for c in checks] == ["tiny-to-tiny-it"]
-    evals = set(checks[0].evaluations)
-    for data in ("text", "chat"):
-        assert Evaluation("tiny", "tiny-it", data) in evals
-        assert Evaluation("tiny-it", "tiny-it", data) in evals
+    # Compared where the IT model has SAEs (layer 1), not at every PT layer.
+    assert set(checks[0].evaluations) == {
+        Evaluation("tiny", "tiny", "text", (1,)),
+        Evaluation("tiny", "tiny-it", "text", (1,)),
+        Evaluation("tiny", "tiny-it", "chat", (1,)),
+        Evaluation("tiny-it", "tiny-it", "text", (1,)),
+        Evaluation("tiny-it", "tiny-it", "chat", (1,)),
+    }
     # Every trained model is also evaluated on its own held-out split.
     planned = set(evaluations(cfg, suite))
     for m in ("tiny", "tiny-it", "other"):

@@ -74,7 +74,8 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
         )
         add(model, "train", len(specs), sum(s.tokens for s in specs), None, train_flops)
     for e in evaluations(config, suite):
-        specs = [s for s in suite if s.model == e.trained_on]
+        specs = [s for s in suite if s.model == e.trained_on
+                 and (e.layers is None or s.layer in e.layers)]  # fmt: skip
         shape = known_shape(config["models"][e.evaluated_on]["source"])
         n_tok = ev["tokens"] or (
             eval_tok if e.data == "text" else config["transfer"]["tokens"]
@@ -108,6 +109,7 @@ def format_plan(df: pd.DataFrame, tflops: float) -> str:
         if v is None or pd.isna(v):
             return "?"
         for div, suffix in (
+            (1e18, "E"),
             (1e15, "P"),
             (1e12, "T"),
             (1e9, "G"),

@@ -37,6 +37,7 @@ class Evaluation:
     trained_on: str
     evaluated_on: str
     data: str  # "text" (held-out split) or "chat" (rollouts)
+    layers: tuple[int, ...] | None = None  # None: every layer with SAEs
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,10 @@ class TransferCheck:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TransferCheck:
-        evals = tuple(Evaluation(**e) for e in d["evaluations"])
+        evals = tuple(
+            Evaluation(**{**e, "layers": e["layers"] and tuple(e["layers"])})
+            for e in d["evaluations"]
+        )
         return cls(d["name"], d["kind"], d["base"], d["target"], evals)
 
 
@@ -68,11 +72,18 @@ def transfer_checks(
         if base is None or base not in trained:
             continue
         paired.add(base)
-        evals = [Evaluation(base, base, "text")]  # the reference: PT SAEs on PT
+        # With SAEs of its own, the IT model is compared at its layers only (as the
+        # paper did); otherwise the base's SAEs run through it at every layer.
+        layers = None
+        if it in trained:
+            base_layers = {s.layer for s in suite if s.model == base}
+            own = {s.layer for s in suite if s.model == it}
+            layers = tuple(sorted(own & base_layers)) or None
+        evals = [Evaluation(base, base, "text", layers)]  # PT SAEs on PT: reference
         for data in ("text", "chat"):
-            evals.append(Evaluation(base, it, data))
+            evals.append(Evaluation(base, it, data, layers))
             if it in trained:
-                evals.append(Evaluation(it, it, data))
+                evals.append(Evaluation(it, it, data, layers))
         checks.append(
             TransferCheck(f"{base}-to-{it}", PT_TO_IT, base, it, tuple(evals))
         )
@@ -92,7 +103,9 @@ def evaluations(config: dict[str, Any], suite: list[SAESpec]) -> list[Evaluation
     split, and those the transfer checks add."""
     out = {Evaluation(m, m, "text") for m in models_with_saes(suite)}
     for check in transfer_checks(config, suite):
-        out.update(check.evaluations)
+        # The reference (PT SAEs on PT text) is part of the full evaluation already.
+        out.update(e for e in check.evaluations if e.trained_on != e.evaluated_on
+                   or e.data != "text")  # fmt: skip
     return sorted(out, key=lambda e: (e.trained_on, e.evaluated_on, e.data))
 
 
