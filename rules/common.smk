@@ -7,7 +7,7 @@ from snakemake.utils import validate
 from saesuite import paths
 from saesuite.config import (
     check_config,
-    cli_booleans,
+    coerce_cli_strings,
     config_hash,
     expand_suite,
     known_site_width,
@@ -20,7 +20,7 @@ from saesuite.release import folder_name, release_groups, release_job
 from saesuite.transfer import evaluations, transfer_checks
 
 # Types first (clean messages), then again to fill the schema's defaults.
-cli_booleans(config)
+coerce_cli_strings(config)
 validate(config, "../config/schema.yaml", set_default=False)
 validate(config, "../config/schema.yaml")
 check_config(config)

@@ -155,3 +155,27 @@ def test_pt_it_pair_and_target_l0_labels():
     s = specs[0]
     assert isinstance(s, SAESpec) and s.penalty == "target_l0"
     assert s.path == f"layer_1/{s.site}/width_128/l0_8"
+
+
+def test_nested_command_line_strings_take_their_schema_types():
+    """What `snakemake --config 'evaluate={loss_tokens: 1024}'` hands over: strings
+    become numbers and booleans only where the schema admits no string."""
+    from saesuite.config import coerce_cli_strings
+
+    cfg = make_config("123")
+    cfg["models"]["tiny"]["revision"] = "12345"  # a string is allowed: kept
+    cfg["evaluate"] = {"loss_tokens": "1024", "batch_size": "4"}
+    cfg["publish"] = {"upload": "true", "private": "False", "revision": "main"}
+    cfg["train"]["lr"] = "3e-4"
+    out = load_config(coerce_cli_strings(cfg))
+    assert out["evaluate"]["loss_tokens"] == 1024 and out["evaluate"]["batch_size"] == 4
+    assert out["publish"]["upload"] is True and out["publish"]["private"] is False
+    assert out["models"]["tiny"]["source"] == "123"
+    assert out["models"]["tiny"]["revision"] == "12345"
+    assert out["train"]["lr"] == 3e-4
+    with pytest.raises(ConfigError, match="evaluate.loss_tokens"):
+        load_config(
+            coerce_cli_strings(
+                {**make_config("x"), "evaluate": {"loss_tokens": "lots"}}
+            )
+        )

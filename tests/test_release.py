@@ -6,6 +6,7 @@ Also width labels, the canonical SAE, hook points, folder collisions, the manife
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -185,10 +186,6 @@ def test_saelens_loads_every_layout_and_reconstructs_like_us(
 ):
     pytest.importorskip("sae_lens")
     from sae_lens import SAE
-    from sae_lens.loading.pretrained_sae_loaders import (
-        gemma_2_sae_huggingface_loader,
-        gemma_3_sae_huggingface_loader,
-    )
 
     # SAELens's Gemma Scope 1 loader reads the model size from the repo id and only
     # knows Gemma 2's (2b, 9b, 27b); d_in comes from the registry entry's overrides.
@@ -237,33 +234,27 @@ def test_saelens_loads_every_layout_and_reconstructs_like_us(
     assert card.startswith("---\nlicense: apache-2.0\nlibrary_name: saelens\n")
     assert all(r["path"] in card for r in index)
 
-    if layout != "saelens":
-        hub_cache(tmp_path, repo, out, monkeypatch)
+    # The model card's loading snippet, run as a user would (for each SAE's path).
+    hub_cache(tmp_path, repo, out, monkeypatch)
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    shown = next(r for r in index if r["canonical"])["path"]
     x = torch.randn(50, 64) * 2
     for (e, ours), row in zip(
         made, sorted(index, key=lambda r: r["trained_as"]), strict=True
     ):
         assert row["trained_as"] == e.spec["path"]
-        if layout == "saelens":
-            sae = SAE.load_from_disk(out / row["path"])
-        elif layout == "gemma-scope-2":
-            sae = SAE.from_pretrained(
-                repo, row["path"], converter=gemma_3_sae_huggingface_loader
-            )
-        else:
-            overrides = reg["config_overrides"]
-
-            def gs1(**kw):
-                kw["cfg_overrides"] = {**kw["cfg_overrides"], **overrides}
-                return gemma_2_sae_huggingface_loader(**kw)
-
-            sae = SAE.from_pretrained(repo, row["path"], converter=gs1)
-        with torch.no_grad():
-            theirs = sae.decode(sae.encode(x))
-            mine = ours(x)
-            assert (ours.encode(x) != 0).any()
-        torch.testing.assert_close(theirs, mine, rtol=1e-5, atol=1e-5)
-        assert sae.cfg.d_in == 64 and sae.cfg.d_sae == 128
+        scope: dict = {}
+        exec(snippet.replace(f'"{shown}"', f'"{row["path"]}"'), scope)
+        loaded = [scope["sae"]]
+        if layout == "saelens":  # and from the folder itself
+            loaded.append(SAE.load_from_disk(out / row["path"]))
+        for sae in loaded:
+            with torch.no_grad():
+                theirs = sae.decode(sae.encode(x))
+                mine = ours(x)
+                assert (ours.encode(x) != 0).any()
+            torch.testing.assert_close(theirs, mine, rtol=1e-5, atol=1e-5)
+            assert sae.cfg.d_in == 64 and sae.cfg.d_sae == 128
     if layout == "gemma-scope-2":
         cfg = json.loads((out / index[0]["path"] / "config.json").read_text())
         assert cfg["hf_hook_point_in"] == "model.layers.1.output"

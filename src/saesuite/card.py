@@ -7,18 +7,6 @@ from typing import Any
 
 import yaml
 
-LOADERS = {
-    "saelens": "",
-    "gemma-scope-2": (
-        "from sae_lens.loading.pretrained_sae_loaders import "
-        "gemma_3_sae_huggingface_loader\n"
-    ),
-    "gemma-scope": (
-        "from functools import partial\n"
-        "from sae_lens.loading.pretrained_sae_loaders import "
-        "gemma_2_sae_huggingface_loader\n"
-    ),
-}
 WEIGHTS = {
     "saelens": ("sae_weights.safetensors", "W_enc, W_dec, b_enc, b_dec, threshold"),
     "gemma-scope-2": ("params.safetensors", "w_enc, w_dec, b_enc, b_dec, threshold"),
@@ -26,17 +14,31 @@ WEIGHTS = {
 }
 
 
-def _converter(layout: str, row: dict[str, Any], meta: dict[str, Any]) -> str:
-    if layout == "gemma-scope-2":
-        return ", converter=gemma_3_sae_huggingface_loader"
-    if layout == "gemma-scope":
-        extra = {"d_in": row["d_in"], "model_name": meta["hub_model"]}
+def loading_snippet(
+    layout: str, repo: str, path: str, overrides: dict[str, Any] | None
+) -> str:
+    """Python that loads one SAE of the release with SAELens (tests run it)."""
+    if layout == "saelens":
         return (
-            ",\n    converter=lambda **kw: gemma_2_sae_huggingface_loader(\n"
-            "        **{**kw, 'cfg_overrides': {**kw['cfg_overrides'], "
-            f"**{extra!r}}}}}),"
+            f'from sae_lens import SAE\n\nsae = SAE.from_pretrained("{repo}", "{path}")'
         )
-    return ""
+    if layout == "gemma-scope-2":
+        return (
+            "from sae_lens import SAE\n"
+            "from sae_lens.loading.pretrained_sae_loaders import "
+            "gemma_3_sae_huggingface_loader\n\n"
+            f'sae = SAE.from_pretrained("{repo}", "{path}", '
+            "converter=gemma_3_sae_huggingface_loader)"
+        )
+    return (
+        "from sae_lens import SAE\n"
+        "from sae_lens.loading.pretrained_sae_loaders import "
+        "gemma_2_sae_huggingface_loader\n\n\n"
+        "def converter(**kw):  # SAELens infers these for Gemma 2 repos only\n"
+        f'    kw["cfg_overrides"] = {{**kw["cfg_overrides"], **{overrides!r}}}\n'
+        "    return gemma_2_sae_huggingface_loader(**kw)\n\n\n"
+        f'sae = SAE.from_pretrained("{repo}", "{path}", converter=converter)'
+    )
 
 
 def _fmt(v: Any) -> str:
@@ -44,7 +46,11 @@ def _fmt(v: Any) -> str:
 
 
 def model_card(
-    repo: str, layout: str, index: list[dict[str, Any]], meta: dict[str, Any]
+    repo: str,
+    layout: str,
+    index: list[dict[str, Any]],
+    meta: dict[str, Any],
+    overrides: dict[str, Any] | None = None,
 ) -> str:
     header = {
         "license": meta["license"],
@@ -87,10 +93,7 @@ def model_card(
         "## Loading",
         "",
         "```python",
-        "from sae_lens import SAE",
-        LOADERS[layout].rstrip("\n"),
-        f'sae = SAE.from_pretrained("{repo}", "{first["path"]}"'
-        f"{_converter(layout, first, meta)})",
+        loading_snippet(layout, repo, first["path"], overrides),
         "```",
         "",
         f"Or without SAELens: each SAE folder holds `{weights}` with {keys} "
@@ -159,14 +162,9 @@ def model_card(
 
 def pareto_plot(index: list[dict[str, Any]], repo: str, out: str | Path) -> None:
     """Delta loss and FVU against L0, a series per site × width."""
-    import matplotlib
+    from saesuite.plots import save_png, subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from saesuite.io import atomic_path
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = subplots(1, 2, figsize=(10, 3.8))
     series: dict[tuple, list[dict[str, Any]]] = {}
     for r in index:
         series.setdefault((r["site"], r["width"], r["layer"]), []).append(r)
@@ -186,6 +184,4 @@ def pareto_plot(index: list[dict[str, Any]], repo: str, out: str | Path) -> None
     axes[0].legend(fontsize=6, ncol=2)
     fig.suptitle(repo, fontsize=9)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    save_png(fig, out)

@@ -12,10 +12,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from saesuite import paths
+from saesuite.evaluate import scalar_metrics
 from saesuite.io import read_json
 
 COLUMNS = ["model", "layer", "site", "width", "penalty", "value", "l0", "fvu",
            "delta_loss", "loss_recovered", "dead"]  # fmt: skip
+
+
+def held_out_eval(results: Path, sae: dict) -> str:
+    """The evaluation JSON of a trained SAE (its sae.json) on its model's text."""
+    m = sae["model"]
+    return paths.sae_eval(str(results), m, m, "text", sae["path"])
 
 
 def find_saes(results: Path) -> pd.DataFrame:
@@ -26,16 +34,9 @@ def find_saes(results: Path) -> pd.DataFrame:
         row = {k: sae[k] for k in ("model", "layer", "width", "penalty", "value")}
         row["site"] = sae["kind"]
         row["path"] = str(sae_json.parent)
-        ev = (
-            results
-            / sae["model"]
-            / "eval"
-            / sae["model"]
-            / "text"
-            / f"{sae['path']}.json"
-        )
+        ev = Path(held_out_eval(results, sae))
         if ev.is_file():
-            row.update(read_json(ev)["metrics"])
+            row.update(scalar_metrics(read_json(ev)["metrics"]))
         rows.append(row)
     if not rows:
         raise SystemExit(
@@ -73,18 +74,13 @@ def cmd_show(args: argparse.Namespace) -> None:
         f"config {sae['config_hash']}"
     )
     results = folder.parents[5]  # <results>/<model>/saes/layer_L/<site>/width_W
-    ev = results / sae["model"] / "eval" / sae["model"] / "text" / f"{sae['path']}.json"
+    ev = Path(held_out_eval(results, sae))
     if not ev.is_file():
         print("not evaluated yet (run snakemake)")
         return
-    metrics = read_json(ev)["metrics"]
-    for key, value in metrics.items():
-        if not isinstance(value, list | dict):
-            print(
-                f"  {key:<20} {value:.6g}"
-                if isinstance(value, float)
-                else f"  {key:<20} {value}"
-            )
+    for key, value in scalar_metrics(read_json(ev)["metrics"]).items():
+        shown = f"{value:.6g}" if isinstance(value, float) else value
+        print(f"  {key:<20} {shown}")
     print("training:")
     for key, value in sorted(sae["train"].items()):
         print(f"  {key:<20} {value}")

@@ -57,14 +57,41 @@ def load_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
     return check_config(config)
 
 
-def cli_booleans(config: dict[str, Any]) -> dict[str, Any]:
-    """`snakemake --config 'publish={upload: true}'` hands nested values over as
-    strings: turn the publish section's "true"/"false" into booleans."""
-    section = config.get("publish")
-    if isinstance(section, dict):
-        for key, value in section.items():
-            if isinstance(value, str) and value.lower() in ("true", "false"):
-                section[key] = value.lower() == "true"
+def coerce_cli_strings(config: dict[str, Any]) -> dict[str, Any]:
+    """`snakemake --config 'evaluate={loss_tokens: 1024}'` hands nested values over
+    as strings. Where the schema admits no string, turn a string into the YAML value
+    it spells ("1024" → 1024, "true" → True); strings the schema allows stay."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+
+    def resolve(sch: dict[str, Any]) -> dict[str, Any]:
+        ref = sch.get("$ref", "")
+        return schema["$defs"][ref.rsplit("/", 1)[-1]] if ref else sch
+
+    def walk(value: Any, sch: Any) -> Any:
+        if not isinstance(sch, dict):
+            return value
+        sch = resolve(sch)
+        if isinstance(value, dict):
+            props, extra = sch.get("properties", {}), sch.get("additionalProperties")
+            return {k: walk(v, props.get(k, extra)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, sch.get("items")) for v in value]
+        types = sch.get("type", [])
+        types = [types] if isinstance(types, str) else types
+        if isinstance(value, str) and types and "string" not in types:
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value  # the validator then names the key
+            if isinstance(parsed, str) and "number" in types:
+                try:
+                    return float(parsed)  # YAML 1.1 reads "3e-4" as a string
+                except ValueError:
+                    return value
+            return parsed
+        return value
+
+    config.update(walk(config, schema))
     return config
 
 
@@ -173,7 +200,7 @@ def known_site_width(config: dict[str, Any], model_key: str, kind: str) -> int:
     shape = known_shape(config["models"][model_key]["source"])
     if shape is None:
         return 4096
-    return shape.n_heads * shape.head_dim if kind == "att" else shape.d_model
+    return shape.site_width(kind)
 
 
 def group_layers(config: dict[str, Any], gi: int, model_key: str) -> list[int]:

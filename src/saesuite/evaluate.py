@@ -156,6 +156,11 @@ class Accumulator:
         }
 
 
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics that fit a table cell (not the by-position curves, histograms)."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, list | dict)}
+
+
 class NextToken:
     """Next-token statistics of one pass's logits (B, T, V), computed without any
     further (B, T, V) temporary: over a 262k vocabulary those passes over memory,
@@ -340,8 +345,7 @@ def evaluate_layer(
             s["out"],
             {"identity": s["identity"], "evaluation": meta, "metrics": metrics},
         )
-        scalars = {k: v for k, v in metrics.items() if not isinstance(v, list | dict)}
-        summary.append({"key": s["key"], "json": s["out"], **scalars})
+        summary.append({"key": s["key"], "json": s["out"], **scalar_metrics(metrics)})
     log.info(
         "%d SAEs on %d sequences (%d with loss metrics) in %.1f s",
         len(saes), n_seq, min(n_loss, n_seq), elapsed,

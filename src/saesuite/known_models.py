@@ -18,6 +18,10 @@ class ModelShape:
     d_mlp: int
     n_params: float  # total parameters, for FLOP estimates
 
+    def site_width(self, kind: str) -> int:
+        """d_in of an SAE at this kind of site (heads × head_dim for `att`)."""
+        return self.n_heads * self.head_dim if kind == "att" else self.d_model
+
 
 KNOWN: dict[str, ModelShape] = {
     "gemma-2-2b": ModelShape(26, 2304, 8, 256, 9216, 2.61e9),

@@ -163,6 +163,12 @@ def eval_layer(root: str, sae_model: str, lm: str, data: str, layer: int | str) 
     return f"{eval_dir(root, sae_model, lm, data)}/layer_{layer}.json"
 
 
+def sae_eval(root: str, sae_model: str, lm: str, data: str, sae_path: str) -> str:
+    """One SAE's evaluation JSON (`sae_path` as in SAESpec.path); its per-latent
+    frequencies sit beside it with the suffix .frequencies.safetensors."""
+    return f"{eval_dir(root, sae_model, lm, data)}/{sae_path}.json"
+
+
 def eval_table(root: str, model: str) -> dict[str, str]:
     base = f"{root}/{model}/eval/table"
     return {"csv": f"{base}.csv", "parquet": f"{base}.parquet"}
@@ -202,7 +208,6 @@ def eval_job(
         for s in (suite if suite is not None else expand_suite(config))
         if s.model == sae_model and s.layer == layer
     ]
-    out = eval_dir(root, sae_model, lm, data)
     return {
         "identity": {"trained_on": sae_model, "evaluated_on": lm, "data": data},
         "model_cfg": config["models"][lm],
@@ -211,7 +216,7 @@ def eval_job(
             {
                 "key": s.path,
                 "dir": sae_dir(root, s),
-                "out": f"{out}/{s.path}.json",
+                "out": sae_eval(root, sae_model, lm, data, s.path),
                 "identity": {
                     "model": s.model,
                     "layer": s.layer,

@@ -21,15 +21,9 @@ from typing import Any
 import pandas as pd
 
 from saesuite.config import SAESpec, expand_suite, model_layers, sequences
+from saesuite.extract import cache_plan
 from saesuite.known_models import known_shape
 from saesuite.transfer import evaluations, transfer_checks
-
-BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-def _widths(shape: Any) -> dict[str, int]:
-    d = shape.d_model
-    return {"res": d, "mlp": d, "mlp_in": d, "att": shape.n_heads * shape.head_dim}
 
 
 def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
@@ -50,25 +44,15 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
         shape = known_shape(config["models"][model]["source"])
         sites = sorted({(s.layer, s.site) for s in specs})
         last = max(model_layers(config, model))
-        width = _widths(shape) if shape else {}
-        cache = None
+        cache = flops = None
         if shape:
-            per_token = (
-                sum(width[k] for _, k in sites) * BYTES[config["activations"]["dtype"]]
-            )
-            cache = train_tok * (per_token + 5)  # + input id (int32) and mask (bool)
-        fwd = 2 * shape.n_params if shape else None
-        depth = (last + 1) / shape.n_layers if shape else None
-        add(
-            model,
-            "extract",
-            0,
-            train_tok,
-            cache,
-            fwd * depth * train_tok if shape else None,
-        )
+            widths = {f"{L}.{k}": shape.site_width(k) for L, k in sites}
+            dtype = config["activations"]["dtype"]
+            cache = sum(cache_plan(widths, train_tok, dtype).values())
+            flops = 2 * shape.n_params * (last + 1) / shape.n_layers * train_tok
+        add(model, "extract", 0, train_tok, cache, flops)
         train_flops = (
-            sum(10 * width[s.site] * s.width * s.tokens for s in specs)
+            sum(10 * shape.site_width(s.site) * s.width * s.tokens for s in specs)
             if shape
             else None
         )

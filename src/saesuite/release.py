@@ -282,15 +282,14 @@ def build_release(
             "base_model": meta["hub_model"], "canonical_l0": canonical_l0,
             "saes": index,
         })  # fmt: skip
+        registry = registry_entry(repo, layout, index, meta)
         with atomic_path(tmp / "pretrained_saes.yaml") as f:
-            f.write_text(
-                yaml.safe_dump(
-                    registry_entry(repo, layout, index, meta), sort_keys=False
-                )
-            )
+            f.write_text(yaml.safe_dump(registry, sort_keys=False))
+        overrides = next(iter(registry.values())).get("config_overrides")
         pareto_plot(index, repo, tmp / "pareto.png")
         with atomic_path(tmp / "README.md") as f:
-            f.write_text(model_card(repo, layout, index, meta), encoding="utf-8")
+            card = model_card(repo, layout, index, meta, overrides)
+            f.write_text(card, encoding="utf-8")
         files = {
             str(f.relative_to(tmp)): {
                 "sha256": sha256_file(f),
@@ -365,7 +364,6 @@ def release_job(
         )
     model = models.pop()
     root = config["output_root"]
-    edir = paths.eval_dir(root, model, model, "text")
     rel = config["release"]
     return {
         "repo": repo,
@@ -388,7 +386,7 @@ def release_job(
                     "path": s.path,
                 },
                 "sae_dir": paths.sae_dir(root, s),
-                "eval": f"{edir}/{s.path}.json",
+                "eval": paths.sae_eval(root, model, model, "text", s.path),
             }  # fmt: skip
             for s in sorted(specs)
         ],
@@ -403,6 +401,7 @@ def make_release(
     out_dir: str | Path,
 ) -> dict[str, Any]:
     """Rule `release`: one repo's folder from trained and evaluated SAEs."""
+    from saesuite.evaluate import scalar_metrics
     from saesuite.io import read_json
 
     info = read_json(model_info)
@@ -410,10 +409,7 @@ def make_release(
     for s in job["saes"]:
         ev = read_json(s["eval"])
         evals.append(ev)
-        scalars = {
-            k: v for k, v in ev["metrics"].items() if not isinstance(v, list | dict)
-        }
-        entries.append(Entry(s["spec"], s["sae_dir"], scalars))
+        entries.append(Entry(s["spec"], s["sae_dir"], scalar_metrics(ev["metrics"])))
     meta = {
         "model": job["model"],
         "hub_model": hub_model_id(job["model_cfg"]),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from saesuite.evaluate import scalar_metrics
 from saesuite.io import atomic_path, read_json
 
 IDENTITY = ["model", "layer", "site", "width", "penalty", "value", "coefficient"]
@@ -21,11 +22,7 @@ def eval_frame(layer_jsons: Iterable[str | Path]) -> pd.DataFrame:
     for layer_json in layer_jsons:
         for entry in read_json(layer_json)["saes"]:
             sae = read_json(entry["json"])
-            scalars = {
-                k: v
-                for k, v in sae["metrics"].items()
-                if not isinstance(v, list | dict)
-            }
+            scalars = scalar_metrics(sae["metrics"])
             ev = {k: sae["evaluation"][k] for k in EVALUATION}
             rows.append({**ev, **sae["identity"], **scalars})
     if not rows:

@@ -300,17 +300,10 @@ def transfer_frame(check: TransferCheck, layer_jsons: list[str | Path]):
 def plot_transfer(df, check: TransferCheck, out: str | Path) -> None:
     """Delta loss and FVU against L0, one panel row per data set; a series per
     (SAEs, model they run through), a marker per site kind."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from saesuite.io import atomic_path
+    from saesuite.plots import save_png, subplots
 
     datas = [d for d in ("text", "chat") if d in set(df["data"])]
-    fig, axes = plt.subplots(
-        len(datas), 2, figsize=(10, 3.6 * len(datas)), squeeze=False
-    )
+    fig, axes = subplots(len(datas), 2, figsize=(10, 3.6 * len(datas)), squeeze=False)
     markers = {"res": "o", "att": "s", "mlp": "^", "mlp_in": "v"}
     groups = df.groupby(["trained_on", "evaluated_on"], sort=True)
     for row, data in enumerate(datas):
@@ -334,9 +327,7 @@ def plot_transfer(df, check: TransferCheck, out: str | Path) -> None:
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{check.name}: {check_label(check.kind)}", fontsize=9)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
+    save_png(fig, out)
 
 
 def transfer_table(
