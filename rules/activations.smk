@@ -7,8 +7,8 @@ rule extract:
         tokens=paths.tokens(ROOT, "{model}")["train"],
         model=paths.model_info(ROOT, "{model}"),
     output:
-        data=paths.chunk(ROOT, "{model}", "{chunk}")["data"],
-        info=paths.chunk(ROOT, "{model}", "{chunk}")["info"],
+        data=paths.chunk(SCRATCH, "{model}", "{chunk}")["data"],
+        info=paths.chunk(SCRATCH, "{model}", "{chunk}")["info"],
     log:
         f"{ROOT}/logs/extract/{{model}}/{{chunk}}.log",
     benchmark:
@@ -16,7 +16,9 @@ rule extract:
     conda:
         "../envs/saesuite.yaml"
     # The forward pass uses every core it gets; chunks run one after another locally.
-    threads: workflow.cores
+    threads: job_threads("extract")
+    resources:
+        **resources_of("extract"),
     params:
         model_cfg=lambda w: config["models"][w.model],
         cache_root=CACHE,
@@ -34,11 +36,13 @@ rule manifest:
         data=lambda w: chunk_files(w, "data"),
         info=lambda w: chunk_files(w, "info"),
     output:
-        paths.manifest(ROOT, "{model}"),
+        paths.manifest(SCRATCH, "{model}"),
     log:
         f"{ROOT}/logs/manifest/{{model}}.log",
     conda:
         "../envs/saesuite.yaml"
+    resources:
+        **resources_of("manifest"),
     params:
         identity=lambda w: paths.activation_identity(config, w.model),
     script:
@@ -47,13 +51,15 @@ rule manifest:
 
 rule normalize:
     input:
-        paths.manifest(ROOT, "{model}"),
+        paths.manifest(SCRATCH, "{model}"),
     output:
-        paths.normalization(ROOT, "{model}"),
+        paths.normalization(SCRATCH, "{model}"),
     log:
         f"{ROOT}/logs/normalize/{{model}}.log",
     conda:
         "../envs/saesuite.yaml"
+    resources:
+        **resources_of("normalize"),
     params:
         sites=lambda w: [s.name for s in model_sites(config, w.model)],
     script:

@@ -1,6 +1,8 @@
 # Config validation, wildcard constraints and the input functions of every rule.
 import dataclasses
+import os
 import re
+import signal
 
 from snakemake.utils import validate
 
@@ -17,6 +19,7 @@ from saesuite.config import (
     seqs_per_chunk,
 )
 from saesuite.release import folder_name, release_groups, release_job
+from saesuite import resources as res
 from saesuite.transfer import evaluations, transfer_checks
 
 # Types first (clean messages), then again to fill the schema's defaults.
@@ -26,10 +29,21 @@ validate(config, "../config/schema.yaml")
 check_config(config)
 
 ROOT = config["output_root"]
-# Effective dense-equivalent FLOP/s of one training job, for runtime requests: what
-# benchmarks/train.py measured on 2 CPU cores (~0.1 TFLOP/s); an H100 does ~100×.
-TRAIN_FLOPS = 1e13 if config["train"]["device"].startswith("cuda") else 1e11
 CACHE = config["cache_root"] or f"{ROOT}/cache"
+# Activation caches and checkpoints: large and regenerable (a shared scratch on clusters).
+SCRATCH = config["scratch_root"] or ROOT
+# Retries belong to the submitting Snakemake: inside a cluster job a retry would resume
+# in the same allocation, which the time limit is about to end.
+RETRIES = 0 if workflow.remote_exec else config["resources"]["retries"]
+
+# SLURM's preemption warning (USR1, resources.preempt_signal_s) reaches every process
+# of a job step, Snakemake's own included, whose default action for it is to exit.
+# Snakemake ignores it, so only the trainer (which installs a handler) acts on it.
+if os.environ.get("SLURM_JOB_ID"):
+    try:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
 MODELS = list(config["models"])
 
 
@@ -52,7 +66,7 @@ def chunk_indices():
 
 
 def chunk_files(wildcards, kind):
-    return [paths.chunk(ROOT, wildcards.model, c)[kind] for c in chunk_indices()]
+    return [paths.chunk(SCRATCH, wildcards.model, c)[kind] for c in chunk_indices()]
 
 
 SUITE = expand_suite(config)
@@ -114,31 +128,87 @@ def check_params(name):
     return dataclasses.asdict(CHECKS[name])
 
 
-def _train_job(wildcards):
-    layer = int(wildcards.layer)
-    job = paths.train_job(config, wildcards.model, layer, wildcards.kind, SUITE)
-    return job, known_site_width(config, wildcards.model, wildcards.kind)
+def _train_specs(wildcards):
+    layer, kind = int(wildcards.layer), wildcards.kind
+    specs = [s for s in SUITE
+             if s.model == wildcards.model and s.layer == layer and s.site == kind]  # fmt: skip
+    return specs, known_site_width(config, wildcards.model, kind)
 
 
-def train_mem_mb(wildcards):
-    return paths.train_mem_mb(config, *_train_job(wildcards))
-
-
-def train_runtime(wildcards):
-    return paths.train_runtime_min(*_train_job(wildcards), TRAIN_FLOPS)
-
-
-def train_gpus():
-    return (
-        config["train"]["nproc"] if config["train"]["device"].startswith("cuda") else 0
+def train_params(wildcards):
+    job = paths.train_job(
+        config, wildcards.model, int(wildcards.layer), wildcards.kind, SUITE
     )
+    return {k: v for k, v in job.items() if k not in paths.LOCATION_KEYS}
+
+
+def train_nproc(wildcards):
+    return res.train_nproc(config, [s.width for s in _train_specs(wildcards)[0]])
+
+
+def _sites(model):
+    return sorted({(s.layer, s.site) for s in SUITE if s.model == model})
+
+
+def _estimate(stage, w):
+    """One job's resources (a dict) for `stage` and the job's wildcards."""
+    if stage in ("corpus", "model", "tokens"):
+        return res.data_request(config, stage, getattr(w, "model", None))
+    if stage == "extract":
+        return res.request(
+            config, stage, *res.extract_estimate(config, w.model, _sites(w.model))
+        )
+    if stage in ("manifest", "normalize"):
+        # hashing, then one pass per site over the chunks, at ~200 MB/s
+        n = res.cache_bytes(config, w.model, _sites(w.model))
+        return res.io_request(config, stage, n * (1 if stage == "manifest" else 2), 2e8)
+    if stage == "train":
+        specs, d_in = _train_specs(w)
+        return res.request(config, stage, res.train_mem_mb(config, specs, d_in),
+                           res.train_flops(specs, d_in), train_nproc(w))  # fmt: skip
+    if stage == "evaluate":
+        specs = [s for s in SUITE if s.model == w.model and s.layer == int(w.layer)]
+        return res.request(
+            config, stage, *res.evaluate_estimate(config, w.lm, w.data, specs)
+        )
+    if stage == "transfer_rollouts":
+        return res.request(config, stage, *res.rollouts_estimate(config, w.model))
+    if stage == "publish":
+        return res.io_request(config, stage, release_bytes(w.release), 2e7)
+    # tables and release folders: small files
+    return res.request(config, stage, 2 * res.BASE_MB, minutes=res.BASE_MB / 1e3)
+
+
+def release_bytes(name):
+    job = RELEASES[name]
+    return sum(
+        2
+        * known_site_width(config, job["model"], s["spec"]["site"])
+        * s["spec"]["width"]
+        * 4
+        for s in job["saes"]
+    )
+
+
+def job_threads(stage):
+    """Threads of a compute-heavy rule: every core of a local run; on a cluster (no
+    --cores) the CPUs the job asks for."""
+    return workflow._cores or res.request(config, stage, 0)["cpus_per_task"]
+
+
+def resources_of(stage):
+    """The `resources:` of a rule: each key a function of the job's wildcards."""
+    keys = res.request(config, stage, 0, 0.0, 1).keys()
+    return {k: (lambda w, k=k: _estimate(stage, w)[k]) for k in keys}
 
 
 def final_outputs():
     out = site_summaries()
     # The cache itself is a target, so a deleted chunk is recomputed (only that one:
     # Snakemake skips jobs whose outputs exist, however old the targets downstream).
-    out += [paths.chunk(ROOT, m, c)["data"] for m in TRAINED for c in chunk_indices()]
+    out += [
+        paths.chunk(SCRATCH, m, c)["data"] for m in TRAINED for c in chunk_indices()
+    ]
     out += [paths.eval_table(ROOT, m)["csv"] for m in TRAINED]
     out += [f for e in EVALUATIONS for f in eval_layers(e)]
     out += [paths.transfer_outputs(ROOT, name)["plot"] for name in CHECKS]

@@ -9,6 +9,8 @@ rule corpus:
         f"{ROOT}/logs/corpus/corpus.log",
     conda:
         "../envs/saesuite.yaml"
+    resources:
+        **resources_of("corpus"),
     params:
         sources=config["data"]["sources"],
         shuffle=config["data"]["shuffle_documents"],
@@ -25,6 +27,8 @@ rule model:
         f"{ROOT}/logs/model/{{model}}.log",
     conda:
         "../envs/saesuite.yaml"
+    resources:
+        **resources_of("model"),
     params:
         model_cfg=lambda w: config["models"][w.model],
         cache_root=CACHE,
@@ -44,6 +48,8 @@ rule tokens:
         f"{ROOT}/logs/tokens/{{model}}.log",
     conda:
         "../envs/saesuite.yaml"
+    resources:
+        **resources_of("tokens"),
     params:
         model_cfg=lambda w: config["models"][w.model],
         cache_root=CACHE,

@@ -15,7 +15,9 @@ rule evaluate:
         f"{ROOT}/benchmarks/evaluate/{{model}}/{{lm}}.{{data}}.layer_{{layer}}.tsv"
     conda:
         "../envs/saesuite.yaml"
-    threads: workflow.cores
+    threads: job_threads("evaluate")
+    resources:
+        **resources_of("evaluate"),
     params:
         job=lambda w: paths.eval_job(config, w.model, w.lm, w.data, int(w.layer), SUITE),
         cache_root=CACHE,
@@ -36,5 +38,7 @@ rule eval_table:
         f"{ROOT}/logs/eval_table/{{model}}.log",
     conda:
         "../envs/saesuite.yaml"
+    resources:
+        **resources_of("eval_table"),
     script:
         "scripts/eval_table.py"

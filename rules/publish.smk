@@ -12,6 +12,8 @@ rule publish:
         f"{ROOT}/logs/publish/{{release}}.log",
     conda:
         "../envs/saesuite.yaml"
+    resources:
+        **resources_of("publish"),
     params:
         job=lambda w: publish_job(w.release),
     script:

@@ -11,6 +11,8 @@ rule release:
         f"{ROOT}/logs/release/{{release}}.log",
     conda:
         "../envs/saesuite.yaml"
+    resources:
+        **resources_of("release"),
     params:
         job=lambda w: RELEASES[w.release],
     script:

@@ -4,29 +4,27 @@
 
 rule train:
     input:
-        manifest=paths.manifest(ROOT, "{model}"),
-        normalization=paths.normalization(ROOT, "{model}"),
+        manifest=paths.manifest(SCRATCH, "{model}"),
+        normalization=paths.normalization(SCRATCH, "{model}"),
     output:
         paths.site_summary(ROOT, "{model}", "{layer}", "{kind}"),
     log:
         f"{ROOT}/logs/train/{{model}}/layer_{{layer}}.{{kind}}.log",
     benchmark:
         f"{ROOT}/benchmarks/train/{{model}}/layer_{{layer}}.{{kind}}.tsv"
-    # A preempted or killed job resumes from its checkpoint when retried.
-    retries: 1
+    # A preempted or killed job resumes from its checkpoint when retried; a job longer
+    # than resources.max_runtime continues over retries.
+    retries: RETRIES
     conda:
         "../envs/saesuite.yaml"
     # Torch's CPU matmuls use every core they get; on GPUs this is the data loader.
-    threads: workflow.cores
+    threads: job_threads("train")
+    # mem_mb, runtime, cpus_per_task, the GRES for train.nproc GPUs (more for wide
+    # SAEs: resources.nproc_by_width) and the preemption signal: saesuite.resources
     resources:
-        # bucket + per SAE: weights, grads, Adam moments, (batch, width) work tensors
-        mem_mb=lambda w: train_mem_mb(w),
-        # dense-equivalent FLOPs at the rate measured in BENCHMARKS.md, ×2
-        runtime=lambda w: train_runtime(w),
-        # one GPU per data-parallel process when train.device is cuda
-        gpu=train_gpus(),
+        **resources_of("train"),
     params:
-        job=lambda w: paths.train_job(config, w.model, int(w.layer), w.kind, SUITE),
-        nproc=config["train"]["nproc"],
+        job=train_params,
+        nproc=train_nproc,
     script:
         "scripts/train.py"

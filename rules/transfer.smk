@@ -12,7 +12,9 @@ rule transfer_rollouts:
         f"{ROOT}/logs/transfer_rollouts/{{model}}.log",
     conda:
         "../envs/saesuite.yaml"
-    threads: workflow.cores
+    threads: job_threads("transfer_rollouts")
+    resources:
+        **resources_of("transfer_rollouts"),
     params:
         model_cfg=lambda w: config["models"][w.model],
         cache_root=CACHE,
@@ -32,6 +34,8 @@ rule transfer_table:
         f"{ROOT}/logs/transfer_table/{{check}}.log",
     conda:
         "../envs/saesuite.yaml"
+    resources:
+        **resources_of("transfer_table"),
     params:
         check=lambda w: check_params(w.check),
     script:

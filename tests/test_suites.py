@@ -4,6 +4,8 @@ Gemma Scope's token budgets, and the dry-run plans Snakemake makes of them."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from test_workflow import job_counts
 
@@ -54,3 +56,23 @@ def test_dry_run_plans_the_expected_training_jobs(name, tmp_path):
     counts = job_counts(res.stdout)
     assert counts["train"] == EXPECTED[name][2]
     assert counts["extract"] == counts["manifest"] * 16  # 2^28 / 2^24 tokens
+    # Every job asks for memory, time and CPUs; the model and training stages for
+    # GPUs (the suites set resources.gpu), 8 of them for a site with 2^20 latents.
+    jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$",
+                      res.stdout, re.MULTILINE)  # fmt: skip
+    assert len(jobs) == counts["total"] - 1  # all but `all`
+    for rule, line in jobs:
+        r = dict(kv.split("=", 1) for kv in line.split(", "))
+        assert int(r["mem_mb"]) > 0 and 10 <= int(r["runtime"]) <= 2880, (rule, r)
+        gpu = rule in ("extract", "train", "evaluate", "transfer_rollouts")
+        assert ("gres" in r) == gpu, (rule, r)
+        if gpu:
+            n = int(r["gres"].removeprefix("gpu:"))
+            assert int(r["cpus_per_task"]) == 8 * n
+        if rule == "train":
+            assert r["slurm_extra"] == "--signal=USR1@600"
+    wide = {int(r.split("gres=gpu:")[1].split(",")[0]) for rule, r in jobs
+            if rule == "train"}  # fmt: skip
+    has_1m = any(s.width >= 2**20 for s in expand_suite(load_config(
+        SUITES / f"{name}.yaml")))  # fmt: skip
+    assert wide == ({1, 8} if has_1m else {1})

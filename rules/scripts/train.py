@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+from saesuite import paths
 from saesuite.config import config_hash
 from saesuite.io import read_json, write_json
 from saesuite.logs import job_log
@@ -10,6 +11,7 @@ from saesuite.train import train_site
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):
     job = sm.params.job
+    paths.locate_train_job(job, sm.input.manifest, sm.input.normalization)
     job["identity"]["config_hash"] = config_hash(sm.config)
     if sm.params.nproc > 1:
         job_file = sm.output[0] + ".job.json"

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from saesuite.config import Site
 from saesuite.io import atomic_path, versions, write_json
+from saesuite.logs import progress_interval
 from saesuite.sae import JumpReLUSAE
 from saesuite.sites import capture, layer_outputs, logits_from, site_hooks
 
@@ -322,7 +323,9 @@ def evaluate_layer(
     device = next(model.parameters()).device
     saes = {k: (site, sae.to(device)) for k, (site, sae) in saes.items()}
     start = time.perf_counter()
-    with tqdm(total=n_seq, unit="seq", desc="evaluate") as bar:
+    with tqdm(
+        total=n_seq, unit="seq", desc="evaluate", mininterval=progress_interval()
+    ) as bar:
         acc = evaluate(
             model,
             ids,

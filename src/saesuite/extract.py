@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from saesuite.config import Site
+from saesuite.logs import progress_interval
 from saesuite.models import DTYPES, load_model
 from saesuite.sites import capture
 from saesuite.store import write_chunk
@@ -78,7 +79,13 @@ def extract_batches(
     device = next(model.parameters()).device
     site_objs = [Site.parse(s) for s in sites]
     acts = {s: torch.empty(n_seq * ctx, widths[s], dtype=DTYPES[dtype]) for s in sites}
-    with tqdm(total=n_seq * ctx, unit="tok", unit_scale=True, desc=desc) as bar:
+    with tqdm(
+        total=n_seq * ctx,
+        unit="tok",
+        unit_scale=True,
+        desc=desc,
+        mininterval=progress_interval(),
+    ) as bar:
         for b0 in range(0, n_seq, batch):
             b1 = min(b0 + batch, n_seq)
             rows = slice(b0 * ctx, b1 * ctx)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import PurePosixPath
 from typing import Any
 
 from saesuite.config import (
@@ -84,6 +85,19 @@ def checkpoint(root: str, model: str, site: str) -> str:
     return f"{root}/{model}/checkpoints/{site}.pt"
 
 
+# Where the activations are (scratch_root) only reaches a training job through its
+# inputs, so moving the scratch filesystem does not change the job's params (a rerun).
+LOCATION_KEYS = ("manifest", "normalization", "checkpoint")
+
+
+def locate_train_job(job: dict[str, Any], manifest_path: str, norm_path: str) -> None:
+    """Fill in a training job's inputs and its checkpoint, beside the activations."""
+    scratch = str(PurePosixPath(manifest_path).parent.parent.parent)
+    job["manifest"] = manifest_path
+    job["normalization"] = norm_path
+    job["checkpoint"] = checkpoint(scratch, job["model"], job["site"])
+
+
 def train_job(
     config: dict[str, Any],
     model: str,
@@ -95,6 +109,7 @@ def train_job(
     SAEs goes in: the rule passes it as params, and Snakemake reruns a job whose params
     change (the whole config's hash is added by the job itself)."""
     root = config["output_root"]
+    scratch = config.get("scratch_root") or root
     specs = [
         s
         for s in (suite if suite is not None else expand_suite(config))
@@ -105,9 +120,9 @@ def train_job(
     return {
         "model": model,
         "site": site,
-        "manifest": manifest(root, model),
-        "normalization": normalization(root, model),
-        "checkpoint": checkpoint(root, model, site),
+        "manifest": manifest(scratch, model),
+        "normalization": normalization(scratch, model),
+        "checkpoint": checkpoint(scratch, model, site),
         "seed": config["seed"],
         "shuffle_bucket": config["activations"]["shuffle_bucket"],
         "train": config["train"],
@@ -132,25 +147,6 @@ def train_job(
             for s in specs
         ],
     }
-
-
-def train_mem_mb(config: dict[str, Any], job: dict[str, Any], d_in: int) -> int:
-    """Memory of a training job: the shuffle bucket, and per SAE its parameters with
-    gradients and Adam's two moments, plus the (batch, width) working tensors."""
-    t = config["train"]
-    bucket = config["activations"]["shuffle_bucket"] * d_in * 4
-    saes = sum(
-        16 * (2 * d_in * s["width"]) + 6 * 4 * t["batch_size"] * s["width"]
-        for s in job["saes"]
-    )
-    return int((bucket + saes) / 2**20 * 1.5) + 1024
-
-
-def train_runtime_min(job: dict[str, Any], d_in: int, flops_per_s: float) -> int:
-    """Wall-clock minutes to ask for: dense FLOPs (10·d·width per token) at the given
-    effective rate, times 2 for safety, at least 10 minutes."""
-    flops = sum(10 * d_in * s["width"] * s["tokens"] for s in job["saes"])
-    return max(10, int(2 * flops / flops_per_s / 60))
 
 
 def eval_dir(root: str, sae_model: str, lm: str, data: str) -> str:

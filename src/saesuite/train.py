@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from saesuite.io import atomic_open, atomic_path, read_json, versions, write_json
+from saesuite.logs import progress_interval
 from saesuite.sae import JumpReLUSAE
 from saesuite.step import dense_step, sparse_step
 from saesuite.store import ActivationReader
@@ -237,6 +238,7 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
     )
     files = [open(p, "a") for p in logs] if rank == 0 else []
     bar = tqdm(
+        mininterval=progress_interval(),
         total=total * cfg["batch_size"],
         initial=start * cfg["batch_size"],
         unit="tok",

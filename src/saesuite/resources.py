@@ -1,0 +1,192 @@
+"""What each job asks a scheduler for: memory, runtime, CPUs and GPUs (a GRES), from
+the config (`resources`) and the size of the model and SAEs involved.
+
+Estimates, stated so they can be checked (requests are twice the compute estimate,
+clamped to [min_runtime, max_runtime] minutes; memory has a 1.5× margin):
+- a model in memory takes N_params × bytes of its dtype; loading may briefly hold a
+  second copy, so model jobs ask for 2× that;
+- extract: one chunk's activations (cache_plan) twice (GPU → host → file) and the
+  model; FLOPs 2·N·(L_max + 1)/n_layers per token;
+- train: the shuffle bucket plus per SAE its weights, gradients and Adam moments and
+  the (batch, width) work tensors; FLOPs 10·d_in·width per token per SAE;
+- evaluate: the model and the layer's SAEs; FLOPs as in the pre-flight plan;
+- transfer_rollouts: the model; decoding runs ~10× below the dense rate.
+An unknown model (not in known_models) gets conservative fixed requests.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from saesuite.config import SAESpec, sequences
+from saesuite.extract import BYTES, cache_plan
+from saesuite.known_models import ModelShape, known_shape
+
+GPU_STAGES = frozenset({"extract", "train", "evaluate", "transfer_rollouts"})
+WEIGHT_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt"}
+BASE_MB = 2048  # interpreter, torch, transformers
+
+
+def _shape(config: dict[str, Any], model: str) -> ModelShape | None:
+    return known_shape(config["models"][model]["source"])
+
+
+def model_mb(config: dict[str, Any], model: str) -> int:
+    """Host memory to load `model` in its configured dtype (2 copies while loading).
+    A model of unknown shape in a local folder or file: 4× its weight files (a
+    quantised GGUF or bf16 weights grow when loaded as float32); elsewhere
+    resources.unknown_model_mb."""
+    shape = _shape(config, model)
+    if shape is not None:
+        return int(2 * shape.n_params * BYTES[config["models"][model]["dtype"]] / 2**20)
+    src = Path(config["models"][model]["source"])
+    files = [src] if src.is_file() else list(src.glob("*")) if src.is_dir() else []
+    weights = sum(f.stat().st_size for f in files if f.suffix in WEIGHT_SUFFIXES)
+    if weights:
+        return int(4 * weights / 2**20)
+    return config["resources"]["unknown_model_mb"]
+
+
+def uses_gpu(config: dict[str, Any], stage: str) -> bool:
+    return config["resources"]["gpu"] and stage in GPU_STAGES
+
+
+def train_nproc(config: dict[str, Any], widths: list[int]) -> int:
+    """Data-parallel processes of a training job: train.nproc, or more for wide SAEs
+    (resources.nproc_by_width)."""
+    n = config["train"]["nproc"]
+    for min_width, nproc in config["resources"]["nproc_by_width"].items():
+        if max(widths, default=0) >= int(min_width):
+            n = max(n, nproc)
+    return n
+
+
+def runtime_min(config: dict[str, Any], stage: str, flops: float | None) -> int:
+    """Minutes to ask for: twice the FLOPs at the stage's effective rate, clamped."""
+    r = config["resources"]
+    if flops is None:
+        return r["max_runtime"]
+    rate = (r["gpu_tflops"] if uses_gpu(config, stage) else r["cpu_tflops"]) * 1e12
+    return min(
+        r["max_runtime"], max(r["min_runtime"], math.ceil(2 * flops / rate / 60))
+    )
+
+
+def train_mem_mb(config: dict[str, Any], specs: list[SAESpec], d_in: int) -> int:
+    t = config["train"]
+    bucket = config["activations"]["shuffle_bucket"] * d_in * 4
+    saes = sum(
+        16 * (2 * d_in * s.width) + 6 * 4 * t["batch_size"] * s.width for s in specs
+    )
+    return int((bucket + saes) / 2**20 * 1.5) + BASE_MB
+
+
+def train_flops(specs: list[SAESpec], d_in: int) -> float:
+    return float(sum(10 * d_in * s.width * s.tokens for s in specs))
+
+
+def extract_estimate(config: dict[str, Any], model: str, sites: list[tuple[int, str]]):
+    """(mem_mb, flops) of one extract job (one chunk)."""
+    shape = _shape(config, model)
+    if shape is None:
+        return model_mb(config, model) + BASE_MB, None
+    tokens = config["activations"]["chunk_tokens"]
+    widths = {f"{L}.{k}": shape.site_width(k) for L, k in sites}
+    chunk = sum(cache_plan(widths, tokens, config["activations"]["dtype"]).values())
+    mem = model_mb(config, model) + int(2 * chunk / 2**20 * 1.5) + BASE_MB
+    last = max(L for L, _ in sites)
+    return mem, 2 * shape.n_params * (last + 1) / shape.n_layers * tokens
+
+
+def evaluate_estimate(
+    config: dict[str, Any], lm: str, data: str, specs: list[SAESpec]
+) -> tuple[int, float | None]:
+    """(mem_mb, flops) of one evaluate job: one layer's SAEs (`specs`) through lm."""
+    shape = _shape(config, lm)
+    ev = config["evaluate"]
+    d = max((shape.site_width(s.site) for s in specs), default=0) if shape else 4096
+    sae_mb = sum(2 * d * s.width * 4 for s in specs) / 2**20
+    mem = model_mb(config, lm) + int(1.5 * sae_mb) + BASE_MB
+    if shape is None:
+        return mem, None
+    n_tok = ev["tokens"] or (
+        sequences(config, "eval") * config["data"]["context_size"]
+        if data == "text"
+        else config["transfer"]["tokens"]
+    )
+    loss_tok = min(ev["loss_tokens"] or n_tok, n_tok)
+    n_sites = len({s.site for s in specs})
+    return mem, 2 * shape.n_params * (n_tok + loss_tok * (len(specs) + n_sites + 1))
+
+
+def rollouts_estimate(config: dict[str, Any], model: str) -> tuple[int, float | None]:
+    shape = _shape(config, model)
+    mem = model_mb(config, model) + BASE_MB
+    if shape is None:
+        return mem, None
+    return mem, 10 * 2 * shape.n_params * config["transfer"]["tokens"]
+
+
+def request(
+    config: dict[str, Any],
+    stage: str,
+    mem_mb: int,
+    flops: float | None = None,
+    gpus: int = 1,
+    minutes: float | None = None,
+) -> dict[str, Any]:
+    """Snakemake resources of one job, by the SLURM plugin's names. Runtime comes from
+    `flops` at the stage's rate, or from `minutes` (stages without a FLOP model)."""
+    r = config["resources"]
+    if minutes is not None:
+        runtime = min(r["max_runtime"], max(r["min_runtime"], math.ceil(2 * minutes)))
+    else:
+        runtime = runtime_min(config, stage, flops)
+    out: dict[str, Any] = {"mem_mb": int(mem_mb), "runtime": runtime}
+    if uses_gpu(config, stage):
+        out["gres"] = r["gres"].format(n=gpus)
+        out["cpus_per_task"] = r["cpus_per_gpu"] * gpus
+    else:
+        out["cpus_per_task"] = r["cpus"]
+    if stage == "train" and r["preempt_signal_s"]:
+        # USR1 to the job's steps (not the batch shell) before the limit: the trainer
+        # checkpoints and exits, and Snakemake's retry resumes it. The lead time is
+        # added to the request, so that a job that fits is never signalled.
+        out["slurm_extra"] = f"--signal=USR1@{r['preempt_signal_s']}"
+        out["runtime"] = min(
+            r["max_runtime"], runtime + math.ceil(r["preempt_signal_s"] / 60)
+        )
+    return out
+
+
+def cache_bytes(
+    config: dict[str, Any], model: str, sites: list[tuple[int, str]]
+) -> int:
+    """Bytes of a model's whole activation cache (0 for an unknown model)."""
+    shape = _shape(config, model)
+    if shape is None:
+        return 0
+    tokens = sequences(config, "train") * config["data"]["context_size"]
+    widths = {f"{L}.{k}": shape.site_width(k) for L, k in sites}
+    return sum(cache_plan(widths, tokens, config["activations"]["dtype"]).values())
+
+
+def data_request(config: dict[str, Any], stage: str, model: str | None = None):
+    """corpus, model, tokens: CPU stages sized by the corpus or the model."""
+    data = config["data"]
+    tokens = data["train_tokens"] + data["eval_tokens"]
+    if stage == "corpus":
+        # streaming text at ~1 MB/s (Hub) with ~4 characters per token
+        return request(config, stage, BASE_MB * 2, minutes=4 * tokens / 1e6 / 60)
+    if stage == "model":
+        return request(config, stage, model_mb(config, model) + BASE_MB, minutes=30)
+    # tokenising at ~200k tokens/s; the splits as int32, three copies at most
+    mem = BASE_MB + 12 * tokens / 2**20
+    return request(config, stage, mem, minutes=tokens / 2e5 / 60)
+
+
+def io_request(config: dict[str, Any], stage: str, n_bytes: int, rate: float):
+    """Stages that read or send files (manifest hashes, normalisation, publish)."""
+    return request(config, stage, BASE_MB * 2, minutes=n_bytes / rate / 60)

@@ -1,0 +1,95 @@
+"""What jobs ask a scheduler for (saesuite.resources), against hand computations."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import make_config
+
+from saesuite.config import expand_suite, load_config
+from saesuite.known_models import KNOWN
+from saesuite.resources import (
+    BASE_MB,
+    evaluate_estimate,
+    model_mb,
+    request,
+    runtime_min,
+    train_flops,
+    train_mem_mb,
+    train_nproc,
+)
+
+
+def cfg(**resources):
+    c = make_config("google/gemma-2-2b", resources=resources)
+    c["models"]["tiny"]["dtype"] = "bfloat16"
+    return load_config(c)
+
+
+def test_gpu_requests_follow_the_config():
+    off, on = cfg(), cfg(gpu=True, gres="gpu:h100:{n}", cpus_per_gpu=4)
+    assert request(off, "train", 1000, 0.0) == {
+        "mem_mb": 1000, "runtime": 10 + 10, "cpus_per_task": 2,
+        "slurm_extra": "--signal=USR1@600",
+    }  # fmt: skip
+    r = request(on, "train", 1000, 0.0, gpus=4)
+    assert (r["gres"], r["cpus_per_task"]) == ("gpu:h100:4", 16)
+    # CPU-only stages never ask for GPUs, and only training gets the signal
+    assert "gres" not in request(on, "eval_table", 1000, 0.0)
+    assert "slurm_extra" not in request(on, "extract", 1000, 0.0)
+    assert "slurm_extra" not in request(cfg(preempt_signal_s=0), "train", 1, 0.0)
+
+
+def test_runtime_is_twice_the_estimate_clamped():
+    c = cfg(gpu=True, gpu_tflops=50, min_runtime=10, max_runtime=600)
+    assert runtime_min(c, "extract", 1e12) == 10  # 0.04 s of work
+    flops = 50e12 * 60 * 100  # 100 minutes at 50 TFLOP/s
+    assert runtime_min(c, "extract", flops) == 200
+    assert runtime_min(c, "extract", flops * 10) == 600
+    assert runtime_min(c, "eval_table", 0.1e12 * 60) == 10  # CPU rate
+    assert runtime_min(c, "extract", None) == 600  # unknown model: the maximum
+
+
+def test_train_estimates_match_hand_computation():
+    c = cfg()
+    specs = [s for s in expand_suite(c) if s.layer == 1 and s.site == "res"]
+    d = 2304
+    bucket = 1000 * d * 4  # shuffle_bucket × d_in × float32
+    per_sae = 16 * 2 * d * 128 + 6 * 4 * 256 * 128
+    assert train_mem_mb(c, specs, d) == int((bucket + 2 * per_sae) / 2**20 * 1.5) + 2048
+    assert train_flops(specs, d) == 2 * 10 * d * 128 * 20000
+
+
+def test_wide_saes_train_on_more_gpus():
+    c = cfg(nproc_by_width={"262144": 2, "1048576": 8})
+    assert train_nproc(c, [16384, 65536]) == 1
+    assert train_nproc(c, [16384, 262144]) == 2
+    assert train_nproc(c, [2**20]) == 8
+
+
+def test_model_memory(tmp_path):
+    c = cfg()
+    assert model_mb(c, "tiny") == int(2 * KNOWN["gemma-2-2b"].n_params * 2 / 2**20)
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 2**20)
+    (tmp_path / "config.json").write_text("{}")
+    c["models"]["tiny"]["source"] = str(tmp_path)
+    assert model_mb(c, "tiny") == 4  # 4 × the weight files
+    c["models"]["tiny"]["source"] = "someone/unknown-model"
+    assert model_mb(c, "tiny") == c["resources"]["unknown_model_mb"]
+
+
+def test_evaluate_estimate_counts_the_passes():
+    c = cfg()
+    specs = [s for s in expand_suite(c) if s.layer == 2]  # 3 sites × 2 SAEs
+    mem, flops = evaluate_estimate(c, "tiny", "text", specs)
+    n = KNOWN["gemma-2-2b"].n_params
+    # reconstruction over 1,024 tokens; loss over 256 for 6 SAEs + 3 zero-ablations
+    # + the clean pass
+    assert flops == 2 * n * (1024 + 256 * (6 + 3 + 1))
+    sae_mb = 6 * 2 * 2304 * 128 * 4 / 2**20
+    assert mem == model_mb(c, "tiny") + int(1.5 * sae_mb) + BASE_MB
+
+
+@pytest.mark.parametrize("bad", [{"gres": "gpu"}, {"nproc_by_width": {"wide": 2}}])
+def test_bad_resource_settings_name_the_key(bad):
+    with pytest.raises(Exception, match="resources"):
+        cfg(**bad)
