@@ -151,7 +151,18 @@ def _sites(model):
 
 
 def _estimate(stage, w):
-    """One job's resources (a dict) for `stage` and the job's wildcards."""
+    """One job's resources (a dict) for `stage` and the job's wildcards, computed once
+    per job (Snakemake asks key by key)."""
+    key = (stage, tuple(sorted(dict(w).items())))
+    if key not in _ESTIMATES:
+        _ESTIMATES[key] = _compute_estimate(stage, w)
+    return _ESTIMATES[key]
+
+
+_ESTIMATES = {}
+
+
+def _compute_estimate(stage, w):
     if stage in ("corpus", "model", "tokens"):
         return res.data_request(config, stage, getattr(w, "model", None))
     if stage == "extract":

@@ -56,6 +56,10 @@ def test_train_estimates_match_hand_computation():
     bucket = 1000 * d * 4  # shuffle_bucket × d_in × float32
     per_sae = 16 * 2 * d * 128 + 6 * 4 * 256 * 128
     assert train_mem_mb(c, specs, d) == int((bucket + 2 * per_sae) / 2**20 * 1.5) + 2048
+    # on GPUs the host keeps the bucket and a checkpoint's weights + 2 Adam moments
+    on_gpu = cfg(gpu=True)
+    host = bucket + 2 * 3 * (2 * d * 128 * 4)
+    assert train_mem_mb(on_gpu, specs, d) == int(host / 2**20 * 1.5) + 2048
     assert train_flops(specs, d) == 2 * 10 * d * 128 * 20000
 
 

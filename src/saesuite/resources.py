@@ -75,11 +75,17 @@ def runtime_min(config: dict[str, Any], stage: str, flops: float | None) -> int:
 
 
 def train_mem_mb(config: dict[str, Any], specs: list[SAESpec], d_in: int) -> int:
+    """Host memory of a training job. On CPU the SAEs train there; on GPUs the host
+    holds the bucket and, while a checkpoint is written, the weights and Adam's two
+    moments (GPU memory is not requested: a GRES is whole GPUs)."""
     t = config["train"]
     bucket = config["activations"]["shuffle_bucket"] * d_in * 4
-    saes = sum(
-        16 * (2 * d_in * s.width) + 6 * 4 * t["batch_size"] * s.width for s in specs
-    )
+    params = sum(2 * d_in * s.width * 4 for s in specs)
+    if uses_gpu(config, "train"):
+        saes = 3 * params
+    else:
+        work = sum(6 * 4 * t["batch_size"] * s.width for s in specs)
+        saes = 4 * params + work  # weights, gradients, two moments
     return int((bucket + saes) / 2**20 * 1.5) + BASE_MB
 
 
