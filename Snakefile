@@ -12,6 +12,10 @@ if not workflow.config_settings.configfiles:
     configfile: "config/config.yaml"
 
 
+# `snakemake --report results/report.html` after a run: figures, tables, provenance.
+report: "rules/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/activations.smk"
@@ -20,6 +24,7 @@ include: "rules/evaluate.smk"
 include: "rules/transfer.smk"
 include: "rules/release.smk"
 include: "rules/publish.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -8,6 +8,7 @@ from snakemake.utils import validate
 
 from saesuite import paths
 from saesuite.config import (
+    SITE_NAMES,
     check_config,
     coerce_cli_strings,
     config_hash,
@@ -87,6 +88,15 @@ wildcard_constraints:
 def site_summaries():
     sites = {(s.model, s.layer, s.site) for s in SUITE}
     return [paths.site_summary(ROOT, m, L, k) for m, L, k in sorted(sites)]
+
+
+def model_site_summaries(model):
+    sites = {(s.layer, s.site) for s in SUITE if s.model == model}
+    return [paths.site_summary(ROOT, model, L, k) for L, k in sorted(sites)]
+
+
+def site_title(kind):
+    return SITE_NAMES.get(kind, kind)
 
 
 def layer_site_summaries(model, layer):
@@ -223,5 +233,8 @@ def final_outputs():
     out += [paths.eval_table(ROOT, m)["csv"] for m in TRAINED]
     out += [f for e in EVALUATIONS for f in eval_layers(e)]
     out += [paths.transfer_outputs(ROOT, name)["plot"] for name in CHECKS]
+    out += [
+        paths.report_dirs(ROOT, m)[k] for m in TRAINED for k in ("figures", "tables")
+    ]
     out += [paths.release_dir(ROOT, name) for name in RELEASES]
     return out

@@ -29,7 +29,23 @@ rule transfer_table:
     input:
         lambda w: transfer_inputs(w.check),
     output:
-        **paths.transfer_outputs(ROOT, "{check}"),
+        csv=paths.transfer_outputs(ROOT, "{check}")["csv"],
+        parquet=paths.transfer_outputs(ROOT, "{check}")["parquet"],
+        svg=paths.transfer_outputs(ROOT, "{check}")["svg"],
+        html=report(
+            paths.transfer_outputs(ROOT, "{check}")["html"],
+            caption="report/transfer_table.rst",
+            category="transfer",
+            subcategory="{check}",
+            labels={"check": "{check}", "item": "table"},
+        ),
+        plot=report(
+            paths.transfer_outputs(ROOT, "{check}")["plot"],
+            caption="report/transfer_plot.rst",
+            category="transfer",
+            subcategory="{check}",
+            labels={"check": "{check}", "item": "delta loss and FVU vs L0"},
+        ),
     log:
         f"{ROOT}/logs/transfer_table/{{check}}.log",
     conda:

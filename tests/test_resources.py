@@ -10,6 +10,7 @@ from saesuite.known_models import KNOWN
 from saesuite.resources import (
     BASE_MB,
     evaluate_estimate,
+    extract_estimate,
     model_mb,
     request,
     runtime_min,
@@ -91,6 +92,24 @@ def test_evaluate_estimate_counts_the_passes():
     assert flops == 2 * n * (1024 + 256 * (6 + 3 + 1))
     sae_mb = 6 * 2 * 2304 * 128 * 4 / 2**20
     assert mem == model_mb(c, "tiny") + int(1.5 * sae_mb) + BASE_MB
+
+
+def test_extract_memory_is_one_batch_whatever_the_chunk():
+    """The chunk streams to its file: memory is a batch of every site's activations
+    (float32 + bfloat16), the split's ids and mask, and the model."""
+    c = cfg()
+    c["activations"]["dtype"] = "bfloat16"
+    sites = [(0, "res"), (0, "att"), (3, "mlp")]
+    mem, flops = extract_estimate(c, "tiny", sites)
+    batch = c["models"]["tiny"]["batch_size"] * c["data"]["context_size"]
+    acts = batch * (2304 + 2048 + 2304) * (4 + 2)
+    ids = 5 * c["data"]["train_tokens"]
+    assert mem == model_mb(c, "tiny") + int((acts + ids) / 2**20 * 1.5) + BASE_MB
+    shape = KNOWN["gemma-2-2b"]
+    tokens = c["activations"]["chunk_tokens"]
+    assert flops == 2 * shape.n_params * 4 / shape.n_layers * tokens
+    c["activations"]["chunk_tokens"] *= 64
+    assert extract_estimate(c, "tiny", sites)[0] == mem
 
 
 @pytest.mark.parametrize("bad", [{"gres": "gpu"}, {"nproc_by_width": {"wide": 2}}])

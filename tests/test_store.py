@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 
+from saesuite.io import read_json, sha256_file
 from saesuite.store import (
     ActivationReader,
+    ChunkWriter,
     StoreError,
     normalization_scalars,
     write_chunk,
@@ -179,3 +181,58 @@ def test_manifest_lists_chunks_relative(tmp_path):
     ]
     assert man["n_valid"] == 120 and man["n_tokens"] == 150
     assert all(len(c["sha256"]) == 64 for c in man["chunks"])
+
+
+def test_chunk_written_row_by_row_reads_back_with_safetensors(tmp_path):
+    """ChunkWriter's own header and layout, written in out-of-order row blocks, is what
+    the safetensors library reads; its sidecar counts come from the mask."""
+    from safetensors.torch import load_file
+
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(40, 7, generator=g).bfloat16()  # odd width: alignment matters
+    ids = torch.arange(40, dtype=torch.int32)
+    mask = torch.rand(40, generator=g) > 0.3
+    specs = {
+        "mask": ((40,), torch.bool),
+        "layer_1.res": ((40, 7), torch.bfloat16),
+        "input_ids": ((40,), torch.int32),
+    }
+    out = tmp_path / "c.safetensors"
+    with ChunkWriter(out, tmp_path / "c.json", specs, {"chunk": 3}) as w:
+        for r0 in (24, 0, 8, 16, 32):
+            w.write("layer_1.res", r0, acts[r0 : r0 + 8])
+        w.write("mask", 0, mask)
+        w.write("input_ids", 0, ids)
+    back = load_file(str(out))
+    assert torch.equal(back["layer_1.res"], acts)
+    assert torch.equal(back["input_ids"], ids) and torch.equal(back["mask"], mask)
+    info = read_json(tmp_path / "c.json")
+    assert info["n_valid"] == int(mask.sum()) and info["n_tokens"] == 40
+    assert info["tensors"]["layer_1.res"] == {"shape": [40, 7], "dtype": "bfloat16"}
+    assert info["sha256"] == sha256_file(out) and info["chunk"] == 3
+
+
+def test_chunk_writer_refuses_bad_rows_and_leaves_nothing_on_error(tmp_path):
+    specs = {"mask": ((4,), torch.bool), "x": ((4, 2), torch.float32)}
+    out = tmp_path / "c.safetensors"
+    with pytest.raises(ValueError, match="'x': rows 3..5 past 4"):
+        with ChunkWriter(out, tmp_path / "c.json", specs, {}) as w:
+            w.write("x", 0, torch.zeros(3, 2))
+            w.write("x", 3, torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="'x': got torch.float16"):
+        with ChunkWriter(out, tmp_path / "c.json", specs, {}) as w:
+            w.write("x", 0, torch.zeros(4, 2, dtype=torch.float16))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_chunk_bytes_are_reproducible(tmp_path):
+    tensors = {
+        "layer_0.res": torch.arange(12.0).reshape(4, 3),
+        "input_ids": torch.arange(4, dtype=torch.int32),
+        "mask": torch.tensor([True, False, True, True]),
+    }
+    for name in ("a", "b"):
+        write_chunk(
+            tmp_path / f"{name}.st", tmp_path / f"{name}.json", tensors, {"k": 1}
+        )
+    assert (tmp_path / "a.st").read_bytes() == (tmp_path / "b.st").read_bytes()

@@ -280,3 +280,105 @@ def test_the_cli_lists_and_shows_the_run(run, capsys):
     with pytest.raises(SystemExit) as err:
         main(["ls", "--help"])
     assert err.value.code == 0 and "--model" in capsys.readouterr().out
+
+
+REPORT_FIGURES = [
+    f"{site}/{name}"
+    for site in ("att", "mlp", "res")
+    for name in (
+        "pareto_delta_loss_width_128", "pareto_fvu_width_128", "layers_width_128",
+        "frequency_layer_1_width_128", "position_layer_1_width_128",
+        "training_layer_1_width_128",
+    )
+]  # fmt: skip
+
+
+def test_report_figures_and_tables_are_written(run):
+    """Every figure (PNG for the report, SVG beside it) and table is a readable,
+    non-blank file, titled with the model."""
+    from matplotlib.image import imread
+
+    work, _ = run
+    figures = work / "results/tiny/report/figures"
+    found = sorted(
+        str(p.relative_to(figures).with_suffix("")) for p in figures.rglob("*.png")
+    )
+    assert found == sorted(REPORT_FIGURES)
+    for name in REPORT_FIGURES:
+        png = imread(figures / f"{name}.png")
+        assert png.shape[0] >= 400 and png.shape[1] >= 600, name
+        assert png[..., :3].std() > 0.05, f"{name}: blank"
+        svg = (figures / f"{name}.svg").read_text()
+        assert "<svg" in svg and "tiny · " in svg, name
+    table = (work / "results/tiny/report/tables/evaluation.html").read_text()
+    assert table.count("</tr>") == 1 + 12  # the header and 12 SAEs
+
+
+@pytest.fixture(scope="module")
+def report(run):
+    work, _ = run
+    out = snakemake(work, "--report", "results/report.html")
+    assert out.returncode == 0, out.stderr
+    return work / "results/report.html"
+
+
+def embedded(html: str, path: str) -> bytes:
+    """The bytes of `path` as the report embeds it (a base64 data URI)."""
+    import base64
+
+    at = html.index(f'"{path}": {{"name"')
+    uri = html.index('"data_uri": "data:', at)
+    payload = html[html.index(";base64,", uri) + 8 : html.index('"', uri + 13)]
+    return base64.b64decode(payload)
+
+
+def test_report_embeds_every_figure_and_table(report):
+    html = report.read_text()
+    results = report.parent
+    files = [f"tiny/report/figures/{name}.png" for name in REPORT_FIGURES]
+    files += ["tiny/report/tables/evaluation.html"]
+    files += [f"transfer/tiny-format-shift/{f}" for f in ("transfer.png", "table.html")]
+    for f in files:
+        data = embedded(html, f"results/{f}")
+        assert data and data == (results / f).read_bytes(), f
+    assert html.count('"data_uri": "data:image/png') == len(REPORT_FIGURES) + 1
+
+
+def chromium() -> str:
+    import os
+    import shutil
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        why = "no chromium (Debian's chromium package; .ci/system-deps installs it)"
+        if os.environ.get("SAESUITE_REQUIRE_CHROMIUM"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return exe
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    """The report is a JavaScript app: Chromium runs it, and the rendered page (the
+    DOM after scripts, and a screenshot) shows the navigation with both categories."""
+    from matplotlib.image import imread
+
+    flags = [
+        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+        "--virtual-time-budget=10000",
+    ]  # fmt: skip
+    url = report.resolve().as_uri()
+    shot = tmp_path / "report.png"
+    for i, action in enumerate([f"--screenshot={shot}", "--dump-dom"]):
+        profile = f"--user-data-dir={tmp_path / f'profile{i}'}"
+        done = subprocess.run([*flags, profile, action, url], capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+    rendered = done.stdout.split('id="app"', 1)[1]
+    for label in ("Workflow", "Statistics", "tiny", "transfer"):
+        assert f"<span>{label}</span>" in rendered, label
+    pixels = imread(shot)[..., :3]
+    assert pixels.shape[:2] == (1000, 1400)
+    ink = (pixels.mean(axis=2) < 0.5).mean()  # dark text, lines and graph nodes
+    assert ink > 0.005, f"screenshot nearly blank ({ink:.2%} dark pixels)"

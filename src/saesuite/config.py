@@ -23,6 +23,12 @@ from saesuite.known_models import known_shape
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
 SITES = ("res", "att", "mlp", "mlp_in")
+SITE_NAMES = {
+    "res": "residual stream",
+    "att": "attention output",
+    "mlp": "MLP output",
+    "mlp_in": "MLP input",
+}
 
 
 class ConfigError(ValueError):

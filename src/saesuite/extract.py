@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from saesuite.config import Site
 from saesuite.logs import progress_interval
 from saesuite.models import DTYPES, load_model
 from saesuite.sites import capture
-from saesuite.store import write_chunk
+from saesuite.store import ChunkWriter
 from saesuite.tokens import load_tokens
 
 log = logging.getLogger(__name__)
@@ -64,21 +65,21 @@ def check_disk(
         )
 
 
-def extract_batches(
+def extract_into(
     model: torch.nn.Module,
     ids: torch.Tensor,
     sites: list[str],
     widths: dict[str, int],
     dtype: str,
     batch: int,
+    put: Callable[[str, int, torch.Tensor], None],
     desc: str = "extract",
-) -> dict[str, torch.Tensor]:
-    """Activations (n_seq·ctx, d) of every site for sequences `ids` (n_seq, ctx), one
-    truncated forward pass per batch, written into preallocated tensors."""
+) -> None:
+    """One truncated forward pass per batch of sequences `ids` (n_seq, ctx); each
+    site's activations (batch·ctx, d) in `dtype` go to `put(site, first_row, rows)`."""
     n_seq, ctx = ids.shape
     device = next(model.parameters()).device
     site_objs = [Site.parse(s) for s in sites]
-    acts = {s: torch.empty(n_seq * ctx, widths[s], dtype=DTYPES[dtype]) for s in sites}
     with tqdm(
         total=n_seq * ctx,
         unit="tok",
@@ -88,13 +89,32 @@ def extract_batches(
     ) as bar:
         for b0 in range(0, n_seq, batch):
             b1 = min(b0 + batch, n_seq)
-            rows = slice(b0 * ctx, b1 * ctx)
 
-            def sink(site: Site, act: torch.Tensor, rows: slice = rows) -> None:
-                acts[site.name][rows].copy_(act.reshape(-1, widths[site.name]))
+            def sink(site: Site, act: torch.Tensor, row: int = b0 * ctx) -> None:
+                rows = act.reshape(-1, widths[site.name]).to(DTYPES[dtype])
+                put(site.name, row, rows)
 
             capture(model, ids[b0:b1].to(device), site_objs, sink=sink)
             bar.update((b1 - b0) * ctx)
+
+
+def extract_batches(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    sites: list[str],
+    widths: dict[str, int],
+    dtype: str,
+    batch: int,
+    desc: str = "extract",
+) -> dict[str, torch.Tensor]:
+    """Activations (n_seq·ctx, d) of every site in memory (benchmarks, small runs)."""
+    n = ids.numel()
+    acts = {s: torch.empty(n, widths[s], dtype=DTYPES[dtype]) for s in sites}
+
+    def put(site: str, row: int, rows: torch.Tensor) -> None:
+        acts[site][row : row + len(rows)].copy_(rows)
+
+    extract_into(model, ids, sites, widths, dtype, batch, put, desc)
     return acts
 
 
@@ -136,22 +156,27 @@ def extract_chunk(
     )
 
     model = load_model(model_cfg, cache_root)
-    start = time.perf_counter()
-    acts = extract_batches(
-        model,
-        ids,
-        sites,
-        widths,
-        dtype,
-        model_cfg.get("batch_size", 8),
-        f"chunk {chunk}",
-    )
-    elapsed = time.perf_counter() - start
-
-    tensors = {**acts, "input_ids": ids.reshape(-1).int(), "mask": mask.reshape(-1)}
     meta = {"model": identity["model"], "identity": identity["hash"], "chunk": chunk}
-    # Timing stays out of the files so that they are byte-reproducible.
-    info = write_chunk(out, out_info, tensors, {**meta, "sequences": [s0, s1]})
+    n = n_seq * ctx
+    specs = {s: ((n, widths[s]), DTYPES[dtype]) for s in sites}
+    specs |= {"input_ids": ((n,), torch.int32), "mask": ((n,), torch.bool)}
+    start = time.perf_counter()
+    # Timing stays out of the files so that they are byte-reproducible. Rows go to
+    # the file batch by batch: memory is one batch, whatever the chunk's size.
+    with ChunkWriter(out, out_info, specs, {**meta, "sequences": [s0, s1]}) as w:
+        w.write("input_ids", 0, ids.reshape(-1).int())
+        w.write("mask", 0, mask.reshape(-1))
+        extract_into(
+            model,
+            ids,
+            sites,
+            widths,
+            dtype,
+            model_cfg.get("batch_size", 8),
+            w.write,
+            f"chunk {chunk}",
+        )
+    elapsed = time.perf_counter() - start
     rate = n_seq * ctx / elapsed
     log.info("chunk %d: %d tokens at %.0f tok/s", chunk, n_seq * ctx, rate)
-    return info
+    return w.info

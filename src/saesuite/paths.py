@@ -184,7 +184,17 @@ def transfer_outputs(root: str, name: str) -> dict[str, str]:
     return {
         "csv": f"{base}/table.csv",
         "parquet": f"{base}/table.parquet",
+        "html": f"{base}/table.html",
         "plot": f"{base}/transfer.png",
+        "svg": f"{base}/transfer.svg",
+    }
+
+
+def report_dirs(root: str, model: str) -> dict[str, str]:
+    """The report's figures (PNG + SVG per site) and tables of one model's SAEs."""
+    return {
+        "figures": f"{root}/{model}/report/figures",
+        "tables": f"{root}/{model}/report/tables",
     }
 
 

@@ -5,8 +5,9 @@ Estimates, stated so they can be checked (requests are twice the compute estimat
 clamped to [min_runtime, max_runtime] minutes; memory has a 1.5× margin):
 - a model in memory takes N_params × bytes of its dtype; loading may briefly hold a
   second copy, so model jobs ask for 2× that;
-- extract: one chunk's activations (cache_plan) twice (GPU → host → file) and the
-  model; FLOPs 2·N·(L_max + 1)/n_layers per token;
+- extract: a batch of every site's activations (float32 and the cache dtype; the
+  chunk streams to its file), the split's token ids and the model; FLOPs
+  2·N·(L_max + 1)/n_layers per token;
 - train: the shuffle bucket plus per SAE its weights, gradients and Adam moments and
   the (batch, width) work tensors; FLOPs 10·d_in·width per token per SAE;
 - evaluate: the model and the layer's SAEs; FLOPs as in the pre-flight plan;
@@ -94,14 +95,18 @@ def train_flops(specs: list[SAESpec], d_in: int) -> float:
 
 
 def extract_estimate(config: dict[str, Any], model: str, sites: list[tuple[int, str]]):
-    """(mem_mb, flops) of one extract job (one chunk)."""
+    """(mem_mb, flops) of one extract job (one chunk, streamed to its file)."""
     shape = _shape(config, model)
     if shape is None:
         return model_mb(config, model) + BASE_MB, None
     tokens = config["activations"]["chunk_tokens"]
-    widths = {f"{L}.{k}": shape.site_width(k) for L, k in sites}
-    chunk = sum(cache_plan(widths, tokens, config["activations"]["dtype"]).values())
-    mem = model_mb(config, model) + int(2 * chunk / 2**20 * 1.5) + BASE_MB
+    # A batch of every site's activations in float32 and in the cache dtype, and the
+    # train split's token ids and mask (int32 + bool), read whole.
+    batch = config["models"][model]["batch_size"] * config["data"]["context_size"]
+    d_sum = sum(shape.site_width(k) for _, k in sites)
+    acts = batch * d_sum * (4 + BYTES[config["activations"]["dtype"]])
+    ids = 5 * sequences(config, "train") * config["data"]["context_size"]
+    mem = model_mb(config, model) + int((acts + ids) / 2**20 * 1.5) + BASE_MB
     last = max(L for L, _ in sites)
     return mem, 2 * shape.n_params * (last + 1) / shape.n_layers * tokens
 

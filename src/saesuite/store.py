@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from saesuite.io import atomic_path, read_json, sha256_file, write_json
 
@@ -82,32 +81,112 @@ def check_chunk(path: str | Path, expect: dict[str, dict[str, Any]]) -> None:
             )
 
 
+TORCH_TO_SAFETENSORS = {
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.bool: "BOOL",
+    torch.int32: "I32",
+    torch.int64: "I64",
+}
+
+
+class ChunkWriter:
+    """A chunk written in place: the safetensors header first, then each tensor's rows
+    as they come (`write`), so that memory stays at one batch however large the chunk.
+
+    Use as a context manager: on a clean exit the file is fsynced and renamed onto
+    `path`, and its sidecar JSON (shapes, dtypes, token counts, sha256) is written; on
+    an exception nothing is left behind. The layout is a pure function of the specs, so
+    the bytes are a pure function of the specs, the metadata and the rows written.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        info_path: str | Path,
+        specs: dict[str, tuple[tuple[int, ...], torch.dtype]],
+        meta: dict[str, Any],
+    ):
+        self.path, self.info_path, self.meta = Path(path), Path(info_path), meta
+        self.specs = specs
+        self.offsets: dict[str, int] = {}
+        # One metadata key, sorted: the bytes must not depend on dict order.
+        blob = json.dumps(meta, sort_keys=True)
+        header: dict[str, Any] = {"__metadata__": {"saesuite": blob}}
+        pos = 0
+        # Widest dtypes first: every tensor then starts aligned to its element size.
+        for name in sorted(specs, key=lambda k: -specs[k][1].itemsize):
+            shape, dtype = specs[name]
+            size = math.prod(shape) * dtype.itemsize
+            header[name] = {
+                "dtype": TORCH_TO_SAFETENSORS[dtype],
+                "shape": list(shape),
+                "data_offsets": [pos, pos + size],
+            }
+            self.offsets[name] = pos
+            pos += size
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the data then starts 8-byte aligned
+        self._header = struct.pack("<Q", len(raw)) + raw
+        self._size = len(self._header) + pos
+        self.valid = 0
+
+    def __enter__(self) -> ChunkWriter:
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self._f = open(tmp, "r+b")
+        self._f.write(self._header)
+        self._f.truncate(self._size)  # sparse until written; a short write is visible
+        return self
+
+    def write(self, name: str, row: int, t: torch.Tensor) -> None:
+        """Rows `row`.. of tensor `name` (its dtype and trailing shape)."""
+        shape, dtype = self.specs[name]
+        if t.dtype != dtype or tuple(t.shape[1:]) != tuple(shape[1:]):
+            raise ValueError(f"'{name}': got {t.dtype}{list(t.shape)} for {shape}")
+        if row + t.shape[0] > shape[0]:
+            raise ValueError(
+                f"'{name}': rows {row}..{row + t.shape[0]} past {shape[0]}"
+            )
+        if name == "mask":
+            self.valid += int(t.sum())
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        self._f.seek(len(self._header) + self.offsets[name] + row * row_bytes)
+        self._f.write(t.detach().cpu().contiguous().view(torch.uint8).numpy().data)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._f.close()
+        self._atomic.__exit__(*exc)
+        if exc[0] is not None:
+            return
+        info = {
+            **self.meta,
+            "n_tokens": self.specs["mask"][0][0],
+            "n_valid": self.valid,
+            "tensors": {
+                k: {"shape": list(s), "dtype": str(d).removeprefix("torch.")}
+                for k, (s, d) in self.specs.items()
+            },
+            "sha256": sha256_file(self.path),
+            "bytes": self.path.stat().st_size,
+        }
+        write_json(self.info_path, info)
+        self.info = info
+
+
 def write_chunk(
     path: str | Path,
     info_path: str | Path,
     tensors: dict[str, torch.Tensor],
     meta: dict[str, Any],
 ) -> dict[str, Any]:
-    """Write a chunk atomically, then its sidecar JSON (shapes, dtypes, sha256)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        # One key: safetensors writes its metadata map in random order, which would
-        # make otherwise identical chunks differ byte for byte.
-        blob = json.dumps(meta, sort_keys=True)
-        save_file(tensors, str(tmp), metadata={"saesuite": blob})
-    info = {
-        **meta,
-        "n_tokens": int(tensors["mask"].numel()),
-        "n_valid": int(tensors["mask"].sum()),
-        "tensors": {
-            k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
-            for k, v in tensors.items()
-        },
-        "sha256": sha256_file(path),
-        "bytes": path.stat().st_size,
-    }
-    write_json(info_path, info)
-    return info
+    """Write a chunk held in memory (tests, small caches) through ChunkWriter."""
+    specs = {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}
+    with ChunkWriter(path, info_path, specs, meta) as w:
+        for k, v in tensors.items():
+            w.write(k, 0, v)
+    return w.info
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from saesuite.config import SAESpec
-from saesuite.io import versions, write_json
+from saesuite.io import atomic_path, versions, write_json
 from saesuite.tokens import chat_wrap, save_tokens, special_ids
 
 log = logging.getLogger(__name__)
@@ -297,10 +297,11 @@ def transfer_frame(check: TransferCheck, layer_jsons: list[str | Path]):
     return df
 
 
-def plot_transfer(df, check: TransferCheck, out: str | Path) -> None:
+def plot_transfer(df, check: TransferCheck, out: str | Path, svg: str | Path) -> None:
     """Delta loss and FVU against L0, one panel row per data set; a series per
     (SAEs, model they run through), a marker per site kind."""
-    from saesuite.plots import save_png, subplots
+    from saesuite.plots import save_png, save_svg, subplots
+    from saesuite.report import METRICS
 
     datas = [d for d in ("text", "chat") if d in set(df["data"])]
     fig, axes = subplots(len(datas), 2, figsize=(10, 3.6 * len(datas)), squeeze=False)
@@ -320,13 +321,14 @@ def plot_transfer(df, check: TransferCheck, out: str | Path) -> None:
                         label=f"{trained_on} SAEs on {evaluated_on} ({site})",
                     )  # fmt: skip
             ax.set_xscale("log")
-            ax.set_xlabel("L0")
-            ax.set_ylabel(metric.replace("_", " "))
+            ax.set_xlabel("L0 (active latents per token, log scale)")
+            ax.set_ylabel(METRICS[metric])
             ax.set_title(f"{metric.replace('_', ' ')} on {data} data")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{check.name}: {check_label(check.kind)}", fontsize=9)
     fig.tight_layout()
+    save_svg(fig, svg)
     save_png(fig, out)
 
 
@@ -335,11 +337,14 @@ def transfer_table(
     layer_jsons: list[str | Path],
     out: dict[str, str],
 ) -> None:
-    """Rule `transfer_table`: the check's table (CSV, parquet) and plot."""
+    """Rule `transfer_table`: the check's table (CSV, parquet, HTML) and plot."""
+    from saesuite.report import html_table
     from saesuite.tables import write_table
 
     if isinstance(check, dict):
         check = TransferCheck.from_dict(check)
     df = transfer_frame(check, layer_jsons)
     write_table(df, out["csv"], out["parquet"])
-    plot_transfer(df, check, out["plot"])
+    with atomic_path(out["html"]) as tmp:
+        tmp.write_text(html_table(df, f"{check.name}: {check_label(check.kind)}"))
+    plot_transfer(df, check, out["plot"], out["svg"])

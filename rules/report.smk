@@ -1,0 +1,40 @@
+# Evaluations and training logs → the figures and tables of `snakemake --report`:
+# per model, a folder of figures (PNG for the report, SVG beside) per site and the
+# evaluation table as HTML.
+
+
+rule report_figures:
+    input:
+        table=paths.eval_table(ROOT, "{model}")["csv"],
+        layers=lambda w: [
+            paths.eval_layer(ROOT, w.model, w.model, "text", L)
+            for L in model_layers(config, w.model)
+        ],
+        sites=lambda w: model_site_summaries(w.model),
+    output:
+        figures=report(
+            directory(paths.report_dirs(ROOT, "{model}")["figures"]),
+            patterns=["{site}/{name}.png"],
+            caption="report/figure.rst",
+            category="{model}",
+            subcategory=lambda w: site_title(w.site),
+            labels={"figure": "{name}"},
+        ),
+        tables=report(
+            directory(paths.report_dirs(ROOT, "{model}")["tables"]),
+            patterns=["{name}.html"],
+            caption="report/table.rst",
+            category="{model}",
+            subcategory="tables",
+            labels={"table": "{name}"},
+        ),
+    log:
+        f"{ROOT}/logs/report_figures/{{model}}.log",
+    conda:
+        "../envs/saesuite.yaml"
+    resources:
+        **resources_of("report_figures"),
+    params:
+        target_l0=config["report"]["target_l0"],
+    script:
+        "scripts/report_figures.py"

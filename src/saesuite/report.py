@@ -1,0 +1,284 @@
+"""The report's figures and tables for one model (rule `report_figures`), read by
+`snakemake --report` from `<output_root>/<model>/report/`:
+
+- `figures/<site>/<name>.png` (and `.svg`), one per (site, width) and kind:
+  Pareto curves of delta loss and FVU against L0 (one line per layer; and one line
+  per width at the layer with the most widths), per-layer bars at the L0 nearest
+  `report.target_l0`, and, at that site's representative layer, latent-frequency
+  histograms, metrics by sequence position and training curves;
+- `tables/<name>.html`: the evaluation table.
+
+Every function takes the evaluation table (`tables.eval_frame`) or the files it
+names, and returns figures; `write_report` writes them atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from saesuite.config import SITE_NAMES
+from saesuite.io import atomic_path, read_json
+from saesuite.plots import save_png, save_svg, subplots
+
+METRICS = {
+    "delta_loss": "delta loss (nats/token)",
+    "fvu": "fraction of variance unexplained",
+}
+
+
+def _title(model: str, site: str, rest: str) -> str:
+    return f"{model} · {SITE_NAMES.get(site, site)} · {rest}"
+
+
+def _width(w: int) -> str:
+    """16384 → 16K, 2^20 → 1M (the release names); other widths as they are."""
+    if w % 2**20 == 0:
+        return f"{w // 2**20}M"
+    return f"{w // 1024}K" if w % 1024 == 0 else str(w)
+
+
+def representative_layer(layers: list[int]) -> int:
+    """The middle one: the paper's single-layer figures use a middle layer."""
+    return sorted(layers)[(len(layers) - 1) // 2]
+
+
+def nearest_l0(df: pd.DataFrame, target: float) -> pd.DataFrame:
+    """Per (layer, site, width) the SAE whose L0 is nearest `target` in log ratio."""
+    gap = (np.log(df["l0"].clip(lower=1e-3)) - np.log(target)).abs()
+    keys = ["layer", "site", "width"]
+    return df.loc[gap.groupby([df[k] for k in keys]).idxmin().to_numpy()]
+
+
+def pareto(df: pd.DataFrame, model: str, site: str, metric: str, by: str, at: int):
+    """`metric` against L0, one line per layer (at width `at`: by="layer") or per
+    width (at layer `at`: by="width")."""
+    fixed = "width" if by == "layer" else "layer"
+    sub = df[(df["site"] == site) & (df[fixed] == at)]
+    fig, ax = subplots(figsize=(6.4, 4.4))
+    groups = sorted(sub[by].unique())
+    colours = _colours(len(groups))
+    for colour, g in zip(colours, groups, strict=True):
+        line = sub[sub[by] == g].sort_values("l0")
+        label = f"layer {g}" if by == "layer" else f"width {_width(g)}"
+        ax.plot(line["l0"], line[metric], "o-", color=colour, label=label, ms=4)
+    ax.set_xscale("log")
+    if metric == "fvu":
+        ax.set_yscale("log")
+    ax.set_xlabel("L0 (active latents per token, log scale)")
+    ax.set_ylabel(METRICS[metric])
+    what = f"width {_width(at)}" if by == "layer" else f"layer {at}"
+    ax.set_title(_title(model, site, f"{what}: {metric.replace('_', ' ')} vs L0"))
+    ax.legend(fontsize="small", ncol=1 + len(groups) // 12, title=by)
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+def layer_bars(df: pd.DataFrame, model: str, site: str, width: int, target: float):
+    """Delta loss and FVU per layer, each layer's SAE at the L0 nearest `target`."""
+    sub = nearest_l0(df[(df["site"] == site) & (df["width"] == width)], target)
+    sub = sub.sort_values("layer")
+    fig, axes = subplots(2, 1, figsize=(7.2, 5.6), sharex=True)
+    x = np.arange(len(sub))
+    for ax, metric in zip(axes, METRICS, strict=True):
+        bars = ax.bar(x, sub[metric], color="tab:blue", label=f"L0 nearest {target:g}")
+        if metric == "delta_loss":
+            ax.bar_label(bars, [f"L0 {v:.0f}" for v in sub["l0"]], fontsize=7)
+        ax.set_ylabel(METRICS[metric])
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize="small")
+    axes[1].set_xticks(x, [str(v) for v in sub["layer"]])
+    axes[1].set_xlabel("layer")
+    axes[0].set_title(
+        _title(model, site, f"width {_width(width)}: per layer at L0 ≈ {target:g}")
+    )
+    return fig
+
+
+def frequency(
+    saes: list[dict[str, Any]], model: str, site: str, width: int, layer: int
+):
+    """Histograms of log10 latent firing frequency, one line per SAE (L0 variant);
+    latents that never fired are counted in the legend (they have no log)."""
+    fig, ax = subplots(figsize=(6.4, 4.4))
+    lo = 0.0
+    for colour, sae in zip(_colours(len(saes)), saes, strict=True):
+        h = sae["metrics"]["log10_frequency_histogram"]
+        label = f"L0 {sae['metrics']['l0']:.0f} ({sae['metrics']['dead']} dead)"
+        ax.stairs(h["counts"], h["edges"], color=colour, label=label)
+        nz = np.flatnonzero(h["counts"])
+        if len(nz):
+            lo = min(lo, h["edges"][nz[0]] - 0.5)
+    ax.set_xlim(lo, 0)
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_xlabel("log10 firing frequency (fraction of tokens)")
+    ax.set_ylabel("latents")
+    ax.set_title(
+        _title(model, site, f"layer {layer}, width {_width(width)}: latent frequency")
+    )
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def by_position(
+    saes: list[dict[str, Any]], model: str, site: str, width: int, layer: int
+):
+    """Reconstruction MSE and delta loss against the token's position."""
+    fig, axes = subplots(2, 1, figsize=(7.2, 5.6), sharex=True)
+    for colour, sae in zip(_colours(len(saes)), saes, strict=True):
+        m = sae["metrics"]
+        label = f"L0 {m['l0']:.0f}"
+        axes[0].plot(np.arange(len(m["mse_by_position"])), m["mse_by_position"],
+                     color=colour, label=label)  # fmt: skip
+        dl = m["delta_loss_by_position"]
+        axes[1].plot(np.arange(len(dl)), dl, color=colour, label=label)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("MSE (activation units², log)")
+    axes[1].set_ylabel("delta loss (nats/token)")
+    axes[1].set_xlabel("position in sequence (tokens)")
+    axes[0].legend(fontsize="small")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].set_title(
+        _title(model, site, f"layer {layer}, width {_width(width)}: by position")
+    )
+    return fig
+
+
+def training(logs: dict[str, list[dict[str, Any]]], model: str, site: str, width: int,
+             layer: int):  # fmt: skip
+    """L0 and FVU of the training batches against tokens seen, one line per SAE."""
+    fig, axes = subplots(2, 1, figsize=(7.2, 5.6), sharex=True)
+    for colour, (label, rows) in zip(_colours(len(logs)), logs.items(), strict=True):
+        tokens = [r["tokens"] for r in rows]
+        axes[0].plot(tokens, [r["l0"] for r in rows], color=colour, label=label)
+        axes[1].plot(tokens, [r["fvu"] for r in rows], color=colour, label=label)
+    axes[0].set_ylabel("L0 (training batch)")
+    axes[1].set_ylabel("FVU (training batch)")
+    axes[1].set_xlabel("training tokens (log scale)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize="small")
+    axes[0].set_title(
+        _title(model, site, f"layer {layer}, width {_width(width)}: training")
+    )
+    return fig
+
+
+def _colours(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(i / max(n - 1, 1) * 0.9) for i in range(n)]
+
+
+def _sae_label(identity: dict[str, Any]) -> str:
+    if identity["penalty"] == "target_l0":
+        return f"target L0 {identity['value']:g}"
+    return f"λ {identity['value']:g}"
+
+
+def figures(
+    df: pd.DataFrame,
+    sae_jsons: dict[str, dict[str, Any]],
+    train_logs: dict[str, list[dict[str, Any]]],
+    model: str,
+    target_l0: float,
+) -> dict[str, Any]:
+    """Every figure of one model's report, keyed `<site>/<name>`. `sae_jsons` and
+    `train_logs` are keyed by SAE path (SAESpec.path)."""
+    out: dict[str, Any] = {}
+    df = df[df["model"] == model]
+    for site in sorted(df["site"].unique()):
+        s = df[df["site"] == site]
+        for width in sorted(s["width"].unique()):
+            w = s[s["width"] == width]
+            for metric in METRICS:
+                out[f"{site}/pareto_{metric}_width_{width}"] = pareto(
+                    df, model, site, metric, "layer", width
+                )
+            out[f"{site}/layers_width_{width}"] = layer_bars(
+                df, model, site, width, target_l0
+            )
+            layer = representative_layer(list(w["layer"].unique()))
+            rows = w[w["layer"] == layer].sort_values("l0")
+            saes = [sae_jsons[p] for p in rows["path"]]
+            out[f"{site}/frequency_layer_{layer}_width_{width}"] = frequency(
+                saes, model, site, width, layer
+            )
+            out[f"{site}/position_layer_{layer}_width_{width}"] = by_position(
+                saes, model, site, width, layer
+            )
+            logs = {_sae_label(r): train_logs[r["path"]] for _, r in rows.iterrows()}
+            out[f"{site}/training_layer_{layer}_width_{width}"] = training(
+                logs, model, site, width, layer
+            )
+        n_widths = s.groupby("layer")["width"].nunique()
+        if n_widths.max() > 1:
+            widest = [int(v) for v in n_widths[n_widths == n_widths.max()].index]
+            layer = representative_layer(widest)
+            for metric in METRICS:
+                out[f"{site}/pareto_{metric}_layer_{layer}"] = pareto(
+                    df, model, site, metric, "width", layer
+                )
+    return out
+
+
+def html_table(df: pd.DataFrame, title: str) -> str:
+    body = df.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+    style = (
+        "body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
+        "th,td{padding:2px 8px;text-align:right;border-bottom:1px solid #ddd}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{style}</style></head><body><h3>{title}</h3>{body}</body></html>\n"
+    )
+
+
+def read_train_log(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+
+
+def write_report(
+    table_csv: str | Path,
+    layer_jsons: list[str | Path],
+    site_summaries: list[str | Path],
+    model: str,
+    target_l0: float,
+    figures_dir: str | Path,
+    tables_dir: str | Path,
+) -> list[str]:
+    """Write one model's figures (PNG + SVG) and tables; return the figure keys."""
+    df = pd.read_csv(table_csv)
+    df = df[(df["trained_on"] == model) & (df["evaluated_on"] == model)]
+    df = df[df["data"] == "text"]
+    if df.empty:
+        raise ValueError(f"{table_csv}: no evaluations of '{model}' on its own text")
+    sae_jsons = {}
+    for layer_json in layer_jsons:
+        for entry in read_json(layer_json)["saes"]:
+            sae = read_json(entry["json"])
+            sae_jsons[sae["identity"]["path"]] = sae
+    train_logs = {}
+    for summary in site_summaries:
+        saes_root = Path(summary).parent.parent.parent
+        for sae in read_json(summary)["saes"]:
+            train_logs[sae["path"]] = read_train_log(
+                saes_root / sae["path"] / "train_log.jsonl"
+            )
+    figs = figures(df, sae_jsons, train_logs, model, target_l0)
+    for key, fig in figs.items():
+        save_svg(fig, Path(figures_dir) / f"{key}.svg")
+        save_png(fig, Path(figures_dir) / f"{key}.png")
+    cols = [c for c in df.columns if c not in ("trained_on", "evaluated_on", "data")]
+    with atomic_path(Path(tables_dir) / "evaluation.html") as tmp:
+        tmp.write_text(html_table(df[cols], f"{model}: evaluation of every SAE"))
+    return sorted(figs)

@@ -1,0 +1,84 @@
+"""The report's figures (saesuite.report) on a synthetic evaluation table: which
+figures exist, what they plot (read back from the Matplotlib objects), and the
+choice of SAE per layer; the end-to-end report is built in test_workflow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from saesuite.report import figures, nearest_l0, representative_layer
+
+
+def frame() -> pd.DataFrame:
+    rows = []
+    for layer in (0, 1, 2):
+        for width in (16, 64) if layer == 1 else (16,):
+            for target in (10, 40, 160):
+                l0 = target * (1 + 0.01 * layer)
+                rows.append({
+                    "model": "m", "layer": layer, "site": "res", "width": width,
+                    "penalty": "target_l0", "value": target, "l0": l0,
+                    "fvu": 1 / l0 + layer / 100, "delta_loss": 2 / l0 + width / 1e3,
+                    "path": f"layer_{layer}/res/width_{width}/l0_{target}",
+                })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def side_files(df):
+    sae_jsons, logs = {}, {}
+    for _, r in df.iterrows():
+        hist = {"counts": [0, 3, 5, 0], "edges": [-4, -3, -2, -1, 0]}
+        sae_jsons[r["path"]] = {"metrics": {
+            "l0": r["l0"], "dead": 2, "log10_frequency_histogram": hist,
+            "mse_by_position": [1.0, 2.0, 3.0],
+            "delta_loss_by_position": [0.1, 0.2, 0.3],
+        }}  # fmt: skip
+        logs[r["path"]] = [{"tokens": t, "l0": 100 / t, "fvu": 1 / t} for t in (1, 10)]
+    return sae_jsons, logs
+
+
+def test_figures_per_site_width_and_layer():
+    df = frame()
+    figs = figures(df, *side_files(df), "m", target_l0=40)
+    assert sorted(figs) == sorted([
+        "res/pareto_delta_loss_width_16", "res/pareto_fvu_width_16",
+        "res/pareto_delta_loss_width_64", "res/pareto_fvu_width_64",
+        "res/layers_width_16", "res/layers_width_64",
+        "res/frequency_layer_1_width_16", "res/frequency_layer_1_width_64",
+        "res/position_layer_1_width_16", "res/position_layer_1_width_64",
+        "res/training_layer_1_width_16", "res/training_layer_1_width_64",
+        # the layer with the most widths gets one line per width
+        "res/pareto_delta_loss_layer_1", "res/pareto_fvu_layer_1",
+    ])  # fmt: skip
+    ax = figs["res/pareto_delta_loss_width_16"].axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == [
+        "layer 0",
+        "layer 1",
+        "layer 2",
+    ]
+    x, y = ax.get_lines()[2].get_data()
+    want = df[(df.layer == 2) & (df.width == 16)].sort_values("l0")
+    assert np.allclose(x, want["l0"]) and np.allclose(y, want["delta_loss"])
+    assert ax.get_xscale() == "log" and "L0" in ax.get_xlabel()
+    assert "m · residual stream · width 16" in ax.get_title()
+    by_width = figs["res/pareto_fvu_layer_1"].axes[0]
+    assert [line.get_label() for line in by_width.get_lines()] == [
+        "width 16",
+        "width 64",
+    ]
+    assert by_width.get_yscale() == "log"
+    bars = figs["res/layers_width_16"].axes[0].patches
+    want = nearest_l0(df[df.width == 16], 40).sort_values("layer")
+    assert [b.get_height() for b in bars] == pytest.approx(list(want["delta_loss"]))
+    assert list(want["value"]) == [40, 40, 40]
+
+
+def test_nearest_l0_is_in_log_ratio_and_representative_layer_is_the_middle():
+    df = pd.DataFrame({"layer": [0, 0], "site": ["res"] * 2, "width": [8, 8],
+                       "l0": [20.0, 190.0]})  # fmt: skip
+    # |log 20 − log 100| = 1.61 > |log 190 − log 100| = 0.64: 190 is nearer
+    assert nearest_l0(df, 100)["l0"].tolist() == [190.0]
+    assert representative_layer([5, 1, 9, 3]) == 3
+    assert representative_layer([7]) == 7
