@@ -59,3 +59,23 @@ def test_cli_plan(tmp_path, capsys):
                                    "suite": []}))  # fmt: skip
     with pytest.raises(SystemExit, match="models.m.dtype"):
         main(["plan", "--configfile", str(bad)])
+
+
+def test_plan_names_the_saes_too_wide_for_one_gpu():
+    """Gemma 2 2B's 2^20-latent SAEs need 16 B × 2 × 2304 × 2^20 = 77 GB of weights,
+    gradients and Adam moments on each GPU, over 90 % of 80 GB; everything else fits
+    in groups. On CPU there is no limit."""
+    from saesuite.config import REPO_ROOT, load_config
+    from saesuite.plan import gpu_memory_problems
+
+    c = load_config(REPO_ROOT / "config/suites/gemma-2-2b-pt.yaml")
+    problems = gpu_memory_problems(c)
+    assert [p.split(":")[0] for p in problems] == [
+        f"gemma-2-2b layer {L} res width 1048576" for L in (5, 12, 19)
+    ]
+    assert "72 GB usable" in problems[0]
+    c["resources"]["gpu_mem_gb"] = 141  # an H200
+    assert gpu_memory_problems(c) == []
+    c["resources"]["gpu"] = False
+    c["resources"]["gpu_mem_gb"] = 1
+    assert gpu_memory_problems(c) == []

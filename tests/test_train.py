@@ -228,6 +228,43 @@ def test_preemption_signal_checkpoints_and_exits_for_retry(
     assert final_bytes(job) == want
 
 
+def test_groups_that_fit_a_device_train_like_one_job_and_resume(
+    store, tmp_path, reference
+):
+    """With room on a device for one SAE, the two SAEs of the job train one after the
+    other: the same bytes as together. A signal during the second group checkpoints
+    it; the retry resumes there and does not retrain the first."""
+    from saesuite.resources import sae_gpu_bytes
+    from saesuite.train import sae_groups
+
+    want, _ = reference
+    job = make_job(store, tmp_path, tokens=128 * 1500, checkpoint_every=1000)
+    one = sae_gpu_bytes(job["train"]["batch_size"], D, 64, 1)
+    assert sae_groups(job["saes"], D, job["train"], 1, 2 * one) == [[0, 1]]
+    assert sae_groups(job["saes"], D, job["train"], 1, one) == [[0], [1]]
+    assert sae_groups(job["saes"], D, job["train"], 1, None) == [[0, 1]]
+    job["group_bytes"] = one
+    p = run_cli(job, tmp_path / "job.json")
+    first = Path(job["saes"][0]["out_dir"]) / "sae.safetensors"
+    wait_for(Path(job["saes"][1]["out_dir"]) / "train_log.jsonl", p)
+    p.send_signal(signal.SIGUSR1)
+    out = output(p)
+    assert p.returncode == 75, out
+    ckpt = Path(job["checkpoint"])
+    marker = ckpt.with_name("ckpt.done.json")
+    assert list(read_json(marker)["groups"]) == ["0"] and first.exists()
+    step = torch.load(ckpt.with_name("ckpt.group1.pt"), weights_only=True)["step"]
+    assert 0 < step < 1500
+    mtime = first.stat().st_mtime_ns
+    again = run_cli(job, tmp_path / "job.json")
+    text = output(again)[len(out) :]  # the log file is appended to
+    assert again.returncode == 0, text
+    assert f"resuming layer_0.res [2/2] from step {step}" in text
+    assert "layer_0.res [1/2]" not in text  # the first group was not trained again
+    assert final_bytes(job) == want and first.stat().st_mtime_ns == mtime
+    assert not marker.exists() and not list(tmp_path.glob("ckpt*.pt"))
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path):
     job = make_job(store, tmp_path, lr=1e35, checkpoint_every=1, lr_warmup_steps=0)
     with pytest.raises(NonFiniteLoss, match="non-finite loss .* step"):

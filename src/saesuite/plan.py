@@ -88,6 +88,37 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
     return df
 
 
+def gpu_memory_problems(config: dict[str, Any]) -> list[str]:
+    """SAEs that alone do not fit one GPU (`resources.gpu_mem_gb`, less headroom):
+    a training job trains its SAEs in groups that fit, one group after another, but
+    cannot split one SAE. Empty when all fit or the run is not on GPUs."""
+    from saesuite.resources import sae_gpu_bytes, train_group_bytes, train_nproc
+
+    budget = train_group_bytes(config)
+    if budget is None:
+        return []
+    jobs: dict[tuple[str, int, str], list[SAESpec]] = {}
+    for s in expand_suite(config):
+        jobs.setdefault((s.model, s.layer, s.site), []).append(s)
+    out = []
+    batch = config["train"]["batch_size"]
+    for (model, layer, site), specs in sorted(jobs.items()):
+        shape = known_shape(config["models"][model]["source"])
+        if shape is None:
+            continue
+        nproc = train_nproc(config, [s.width for s in specs])
+        d_in = shape.site_width(site)
+        for width in sorted({s.width for s in specs}):
+            need = sae_gpu_bytes(batch, d_in, width, nproc)
+            if need > budget:
+                out.append(
+                    f"{model} layer {layer} {site} width {width}: one SAE needs "
+                    f"{need / 1e9:.0f} GB per GPU on {nproc} GPU(s); "
+                    f"{budget / 1e9:.0f} GB usable of resources.gpu_mem_gb"
+                )
+    return out
+
+
 def format_plan(df: pd.DataFrame, tflops: float) -> str:
     def num(v: Any, unit: str = "") -> str:
         if v is None or pd.isna(v):

@@ -75,19 +75,49 @@ def runtime_min(config: dict[str, Any], stage: str, flops: float | None) -> int:
     )
 
 
+GPU_HEADROOM = 0.9  # of resources.gpu_mem_gb: CUDA context, allocator, the batch
+
+
+def train_group_bytes(config: dict[str, Any]) -> float | None:
+    """Bytes per GPU a group of SAEs trained together may take (None on CPU: one
+    group). A job trains its groups one after another (saesuite.train.sae_groups)."""
+    if not uses_gpu(config, "train"):
+        return None
+    return GPU_HEADROOM * config["resources"]["gpu_mem_gb"] * 1e9
+
+
 def train_mem_mb(config: dict[str, Any], specs: list[SAESpec], d_in: int) -> int:
     """Host memory of a training job. On CPU the SAEs train there; on GPUs the host
-    holds the bucket and, while a checkpoint is written, the weights and Adam's two
-    moments (GPU memory is not requested: a GRES is whole GPUs)."""
+    holds the bucket and, while a checkpoint is written, one group's weights and
+    Adam's two moments (GPU memory is not requested: a GRES is whole GPUs)."""
     t = config["train"]
     bucket = config["activations"]["shuffle_bucket"] * d_in * 4
     params = sum(2 * d_in * s.width * 4 for s in specs)
     if uses_gpu(config, "train"):
-        saes = 3 * params
+        group = max(2 * d_in * s.width * 16 for s in specs)  # one SAE at least
+        group = max(group, train_group_bytes(config) or 0)
+        saes = min(3 * params, 3 * group // 4)
     else:
         work = sum(6 * 4 * t["batch_size"] * s.width for s in specs)
         saes = 4 * params + work  # weights, gradients, two moments
     return int((bucket + saes) / 2**20 * 1.5) + BASE_MB
+
+
+def sae_gpu_bytes(batch_size: int, d_in: int, width: int, nproc: int) -> int:
+    """Bytes one SAE takes on each GPU of a data-parallel job: fp32 weights,
+    gradients and two Adam moments, and for the batch/nproc rows each process works
+    on the (rows, width) pre-activations, activations, masks and their gradients
+    (~6 tensors)."""
+    return 16 * 2 * d_in * width + 6 * 4 * (batch_size // nproc) * width
+
+
+def train_gpu_bytes(
+    config: dict[str, Any], specs: list[SAESpec], d_in: int, nproc: int
+) -> int:
+    """Bytes on each GPU when a job's SAEs train together (data parallelism
+    replicates every one of them)."""
+    b = config["train"]["batch_size"]
+    return sum(sae_gpu_bytes(b, d_in, s.width, nproc) for s in specs)
 
 
 def train_flops(specs: list[SAESpec], d_in: int) -> float:

@@ -185,8 +185,32 @@ def _truncate_log(path: Path, step: int) -> None:
         f.write("".join(ln + "\n" for ln in keep))
 
 
+def sae_groups(
+    saes: list[dict[str, Any]], d_in: int, cfg: dict[str, Any], world: int,
+    budget: float | None,
+) -> list[list[int]]:  # fmt: skip
+    """Indices of `saes` in groups trained one after another, each within `budget`
+    bytes per device (None: one group). The batches are a function of the step and
+    each SAE's initialisation of its own seed, so grouping does not change results."""
+    from saesuite.resources import sae_gpu_bytes
+
+    if budget is None:
+        return [list(range(len(saes)))]
+    groups: list[list[int]] = []
+    used = math.inf
+    for i, spec in enumerate(saes):
+        need = sae_gpu_bytes(cfg["batch_size"], d_in, spec["width"], world)
+        if used + need > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += need
+    return groups
+
+
 def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
-    """Train every SAE of `job["saes"]` on one site; write their outputs."""
+    """Train every SAE of `job["saes"]` on one site, in groups that fit a device
+    (`job["group_bytes"]`); write their outputs."""
     cfg = dict(job["train"])
     rank, world = _dist()
     if cfg["batch_size"] % world:
@@ -210,20 +234,14 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
         seed=job["seed"],
         scale=scale,
     )
-    members = [
-        Member(spec, reader.d_in, cfg, sae_seed(job["seed"], job["site"], spec["path"]))
-        for spec in job["saes"]
-    ]
-    total = max(m.schedule.total_steps for m in members)
+    groups = sae_groups(job["saes"], reader.d_in, cfg, world, job.get("group_bytes"))
     ckpt = Path(job["checkpoint"])
-    logs = [Path(s["out_dir"]) / "train_log.jsonl" for s in job["saes"]]
-    start = _load_checkpoint(ckpt, members) if ckpt.exists() else 0
-    if rank == 0:
-        for p in logs:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            _truncate_log(p, start)
-        if start:
-            log.info("resuming %s from step %d of %d", job["site"], start, total)
+    # Groups already trained (by an earlier attempt of this job) and their outputs.
+    marker = ckpt.with_name(f"{ckpt.stem}.done.json")
+    paths_ = [s["path"] for s in job["saes"]]
+    done: dict[str, Any] = {}
+    if marker.exists() and read_json(marker).get("saes") == paths_:
+        done = read_json(marker)["groups"]
 
     stop = {"signal": None}
 
@@ -233,6 +251,54 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
     handlers = {
         s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)
     }
+    try:
+        for g, idx in enumerate(groups):
+            if str(g) in done:
+                continue
+            members = [
+                Member(job["saes"][i], reader.d_in, cfg,
+                       sae_seed(job["seed"], job["site"], job["saes"][i]["path"]))
+                for i in idx
+            ]  # fmt: skip
+            where, desc = ckpt, job["site"]
+            if len(groups) > 1:
+                where = ckpt.with_name(f"{ckpt.stem}.group{g}{ckpt.suffix}")
+                desc += f" [{g + 1}/{len(groups)}]"
+            _train_group(job, members, reader, cfg, where, stop, desc, rank, world)
+            if rank == 0:
+                done[str(g)] = [write_outputs(m, job, scale, reader.n_valid)
+                                for m in members]  # fmt: skip
+                if len(groups) > 1:
+                    write_json(marker, {"saes": paths_, "groups": done})
+                where.unlink(missing_ok=True)
+            del members
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if rank != 0:
+        return []
+    marker.unlink(missing_ok=True)
+    return [r for g in range(len(groups)) for r in done[str(g)]]
+
+
+def _train_group(
+    job: dict[str, Any], members: list[Member], reader: ActivationReader,
+    cfg: dict[str, Any], ckpt: Path, stop: dict[str, Any], desc: str, rank: int,
+    world: int,
+) -> None:  # fmt: skip
+    """Train `members` on the same batches to the end of their schedules, from
+    `ckpt` if it exists; checkpoint every `checkpoint_every` steps and on a signal
+    (then raise Preempted)."""
+    device = cfg["_device"]
+    total = max(m.schedule.total_steps for m in members)
+    logs = [Path(m.spec["out_dir"]) / "train_log.jsonl" for m in members]
+    start = _load_checkpoint(ckpt, members) if ckpt.exists() else 0
+    if rank == 0:
+        for p in logs:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            _truncate_log(p, start)
+        if start:
+            log.info("resuming %s from step %d of %d", desc, start, total)
     local = slice(
         rank * cfg["batch_size"] // world, (rank + 1) * cfg["batch_size"] // world
     )
@@ -243,10 +309,9 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
         initial=start * cfg["batch_size"],
         unit="tok",
         unit_scale=True,
-        desc=job["site"],
+        desc=desc,
         disable=rank != 0,
     )
-    step = start
     try:
         for step in range(start, total):
             x = reader.batch(step)[local].to(device)
@@ -258,7 +323,8 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
                     raise NonFiniteLoss(
                         f"non-finite loss {stats['loss']} at step {step} for SAE "
                         f"{m.spec['path']} (site {job['site']}); the last good "
-                        f"checkpoint {ckpt} is kept"
+                        f"checkpoint {ckpt} is kept. Lower train.lr or set "
+                        "train.max_grad_norm, then run again: it resumes there"
                     )
                 last = step == m.schedule.total_steps - 1
                 if rank == 0 and (step % cfg["log_every"] == 0 or last):
@@ -289,15 +355,6 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
         bar.close()
         for f in files:
             f.close()
-        for s, h in handlers.items():
-            signal.signal(s, h)
-
-    results = []
-    if rank == 0:
-        for m in members:
-            results.append(write_outputs(m, job, scale, reader.n_valid))
-        ckpt.unlink(missing_ok=True)
-    return results
 
 
 def _train_step(m: Member, x: torch.Tensor, step: int, cfg: dict, world: int) -> dict:
