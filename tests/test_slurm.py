@@ -140,8 +140,8 @@ def test_every_job_ran_under_slurm(slurm_run):
     # one SLURM job per Snakemake job (all but the local `all`), plus the rerun
     assert sorted(set(rules)) == [
         "corpus", "eval_table", "evaluate", "extract", "manifest", "model",
-        "normalize", "release", "tokens", "train", "transfer_rollouts",
-        "transfer_table",
+        "normalize", "release", "report_figures", "tokens", "train",
+        "transfer_rollouts", "transfer_table",
     ]  # fmt: skip
     assert rules.count("train") == 6 + 1 and rules.count("extract") == 4
     states = {j["JobID"]: j["State"] for j in jobs}

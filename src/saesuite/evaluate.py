@@ -318,7 +318,8 @@ def evaluate_layer(
         if sae.d_in != want:
             raise ValueError(
                 f"SAE {key} has d_in {sae.d_in}, but site {site.name} of model "
-                f"'{job['identity']['evaluated_on']}' is {want} wide"
+                f"'{job['identity']['evaluated_on']}' is {want} wide: the two models "
+                "differ in shape; pair only models of one architecture (models.*.base)"
             )
     device = next(model.parameters()).device
     saes = {k: (site, sae.to(device)) for k, (site, sae) in saes.items()}

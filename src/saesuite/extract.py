@@ -61,7 +61,8 @@ def check_disk(
             f"not enough disk under {out_dir} for model '{model}': need "
             f"{need / 1e9:.2f} GB (cache {total / 1e9:.2f} GB − {present / 1e9:.2f} GB "
             f"already written + activations.min_free_gb {min_free_gb}), free "
-            f"{free / 1e9:.2f} GB: {(need - free) / 1e9:.2f} GB missing"
+            f"{free / 1e9:.2f} GB: {(need - free) / 1e9:.2f} GB missing. Free space, "
+            "point scratch_root at a larger filesystem, or lower data.train_tokens"
         )
 
 

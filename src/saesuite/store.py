@@ -36,8 +36,18 @@ SAFETENSORS_DTYPES = {
 READ_ROWS = 1 << 16  # rows per slice when scanning a chunk: bounds memory
 
 
+REDO = (
+    "Delete that chunk (.safetensors and .json) and run Snakemake again: only it is "
+    "extracted again"
+)
+
+
 class StoreError(RuntimeError):
-    """A chunk file is missing, truncated, malformed or holds non-finite values."""
+    """A chunk file is missing, truncated, malformed or holds non-finite values; the
+    message ends with what to do about it."""
+
+    def __init__(self, message: str, remedy: str = REDO):
+        super().__init__(f"{message}. {remedy}")
 
 
 def safetensors_header(path: str | Path) -> dict[str, Any]:
@@ -278,7 +288,11 @@ class ActivationReader:
         _, infos = load_manifest(manifest)
         missing = [i.path.name for i in infos if site not in i.tensors]
         if missing:
-            raise StoreError(f"{manifest}: site '{site}' not in chunks {missing[:3]}")
+            raise StoreError(
+                f"{manifest}: site '{site}' not in chunks {missing[:3]}",
+                "The cache was made for other sites: run Snakemake again (the cache "
+                "identity changed, so it re-extracts)",
+            )
         self.infos = infos
         self.site = site
         self.batch_size = batch_size
