@@ -21,6 +21,7 @@ $(STAMP):
 
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --report results/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
