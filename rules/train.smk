@@ -26,7 +26,5 @@ rule train:
     params:
         job=train_params,
         nproc=train_nproc,
-        # SAEs are trained in groups that fit one GPU, one group after another.
-        group_bytes=res.train_group_bytes(config),
     script:
         "scripts/train.py"

@@ -41,7 +41,16 @@ def side_files(df):
 
 def test_figures_per_site_width_and_layer():
     df = frame()
-    figs = figures(df, *side_files(df), "m", target_l0=40)
+    sae_jsons, logs = side_files(df)
+    read = []
+
+    def sae_json(path):
+        read.append(path)
+        return sae_jsons[path]
+
+    figs = dict(figures(df, sae_json, logs.__getitem__, "m", 40))
+    # per-SAE files are read for the middle layer only (a suite has thousands)
+    assert sorted(read) == sorted(df[df.layer == 1]["path"])
     assert sorted(figs) == sorted([
         "res/pareto_delta_loss_width_16", "res/pareto_fvu_width_16",
         "res/pareto_delta_loss_width_64", "res/pareto_fvu_width_64",

@@ -222,6 +222,10 @@ def test_chunk_writer_refuses_bad_rows_and_leaves_nothing_on_error(tmp_path):
     with pytest.raises(ValueError, match="'x': got torch.float16"):
         with ChunkWriter(out, tmp_path / "c.json", specs, {}) as w:
             w.write("x", 0, torch.zeros(4, 2, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"rows written \{'x': 3\}, expected"):
+        with ChunkWriter(out, tmp_path / "c.json", specs, {}) as w:
+            w.write("mask", 0, torch.ones(4, dtype=torch.bool))
+            w.write("x", 0, torch.zeros(3, 2))  # one row never written
     assert list(tmp_path.iterdir()) == []
 
 

@@ -252,17 +252,37 @@ def test_groups_that_fit_a_device_train_like_one_job_and_resume(
     assert p.returncode == 75, out
     ckpt = Path(job["checkpoint"])
     marker = ckpt.with_name("ckpt.done.json")
-    assert list(read_json(marker)["groups"]) == ["0"] and first.exists()
-    step = torch.load(ckpt.with_name("ckpt.group1.pt"), weights_only=True)["step"]
-    assert 0 < step < 1500
+    assert list(read_json(marker)["saes"]) == ["lambda_0.001"] and first.exists()
+    state = torch.load(ckpt, weights_only=True)
+    assert state["saes"] == ["lambda_0.03"] and 0 < state["step"] < 1500
     mtime = first.stat().st_mtime_ns
     again = run_cli(job, tmp_path / "job.json")
     text = output(again)[len(out) :]  # the log file is appended to
     assert again.returncode == 0, text
-    assert f"resuming layer_0.res [2/2] from step {step}" in text
-    assert "layer_0.res [1/2]" not in text  # the first group was not trained again
+    assert f"resuming layer_0.res [2/2 SAEs] from step {state['step']}" in text
+    assert "[1/2 SAEs]" not in text  # the first SAE was not trained again
     assert final_bytes(job) == want and first.stat().st_mtime_ns == mtime
-    assert not marker.exists() and not list(tmp_path.glob("ckpt*.pt"))
+    assert not marker.exists() and not ckpt.exists()
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(store, tmp_path, reference):
+    """Preempted, then run with a changed training config (log_every: it shapes the
+    logs, not the weights): the run starts afresh instead of resuming a checkpoint
+    written under other settings, and ends where a fresh run ends."""
+    want, _ = reference
+    job = make_job(store, tmp_path, tokens=128 * 1500, checkpoint_every=1000)
+    p = run_cli(job, tmp_path / "job.json")
+    wait_for(Path(job["saes"][0]["out_dir"]) / "train_log.jsonl", p)
+    p.send_signal(signal.SIGUSR1)
+    out = output(p)
+    assert p.returncode == 75 and Path(job["checkpoint"]).exists(), out
+    job["train"]["log_every"] = 7
+    again = run_cli(job, tmp_path / "job.json")
+    text = output(again)[len(out) :]
+    assert again.returncode == 0, text
+    assert "written for another training config; starting afresh" in text
+    assert "resuming" not in text
+    assert final_bytes(job) == want
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path):

@@ -13,7 +13,6 @@ with job_log(sm.log[0], sm.threads):
     job = sm.params.job
     paths.locate_train_job(job, sm.input.manifest, sm.input.normalization)
     job["identity"]["config_hash"] = config_hash(sm.config)
-    job["group_bytes"] = sm.params.group_bytes
     if sm.params.nproc > 1:
         job_file = sm.output[0] + ".job.json"
         write_json(job_file, job)

@@ -14,7 +14,9 @@ names, and returns figures; `write_report` writes them atomically.
 
 from __future__ import annotations
 
+import html
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import pandas as pd
 from saesuite.config import SITE_NAMES
 from saesuite.io import atomic_path, read_json
 from saesuite.plots import save_png, save_svg, subplots
+from saesuite.release import width_label
 
 METRICS = {
     "delta_loss": "delta loss (nats/token)",
@@ -35,11 +38,8 @@ def _title(model: str, site: str, rest: str) -> str:
     return f"{model} · {SITE_NAMES.get(site, site)} · {rest}"
 
 
-def _width(w: int) -> str:
-    """16384 → 16K, 2^20 → 1M (the release names); other widths as they are."""
-    if w % 2**20 == 0:
-        return f"{w // 2**20}M"
-    return f"{w // 1024}K" if w % 1024 == 0 else str(w)
+def _at(layer: int, width: int) -> str:
+    return f"layer {layer}, width {width_label(width)}"
 
 
 def representative_layer(layers: list[int]) -> int:
@@ -64,14 +64,14 @@ def pareto(df: pd.DataFrame, model: str, site: str, metric: str, by: str, at: in
     colours = _colours(len(groups))
     for colour, g in zip(colours, groups, strict=True):
         line = sub[sub[by] == g].sort_values("l0")
-        label = f"layer {g}" if by == "layer" else f"width {_width(g)}"
+        label = f"layer {g}" if by == "layer" else f"width {width_label(g)}"
         ax.plot(line["l0"], line[metric], "o-", color=colour, label=label, ms=4)
     ax.set_xscale("log")
     if metric == "fvu":
         ax.set_yscale("log")
     ax.set_xlabel("L0 (active latents per token, log scale)")
     ax.set_ylabel(METRICS[metric])
-    what = f"width {_width(at)}" if by == "layer" else f"layer {at}"
+    what = f"width {width_label(at)}" if by == "layer" else f"layer {at}"
     ax.set_title(_title(model, site, f"{what}: {metric.replace('_', ' ')} vs L0"))
     ax.legend(fontsize="small", ncol=1 + len(groups) // 12, title=by)
     ax.grid(alpha=0.3, which="both")
@@ -94,7 +94,7 @@ def layer_bars(df: pd.DataFrame, model: str, site: str, width: int, target: floa
     axes[1].set_xticks(x, [str(v) for v in sub["layer"]])
     axes[1].set_xlabel("layer")
     axes[0].set_title(
-        _title(model, site, f"width {_width(width)}: per layer at L0 ≈ {target:g}")
+        _title(model, site, f"width {width_label(width)}: per layer at L0 ≈ {target:g}")
     )
     return fig
 
@@ -117,9 +117,7 @@ def frequency(
     ax.set_yscale("symlog", linthresh=1)
     ax.set_xlabel("log10 firing frequency (fraction of tokens)")
     ax.set_ylabel("latents")
-    ax.set_title(
-        _title(model, site, f"layer {layer}, width {_width(width)}: latent frequency")
-    )
+    ax.set_title(_title(model, site, f"{_at(layer, width)}: latent frequency"))
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     return fig
@@ -144,9 +142,7 @@ def by_position(
     axes[0].legend(fontsize="small")
     for ax in axes:
         ax.grid(alpha=0.3)
-    axes[0].set_title(
-        _title(model, site, f"layer {layer}, width {_width(width)}: by position")
-    )
+    axes[0].set_title(_title(model, site, f"{_at(layer, width)}: by position"))
     return fig
 
 
@@ -166,9 +162,7 @@ def training(logs: dict[str, list[dict[str, Any]]], model: str, site: str, width
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize="small")
-    axes[0].set_title(
-        _title(model, site, f"layer {layer}, width {_width(width)}: training")
-    )
+    axes[0].set_title(_title(model, site, f"{_at(layer, width)}: training"))
     return fig
 
 
@@ -187,51 +181,50 @@ def _sae_label(identity: dict[str, Any]) -> str:
 
 def figures(
     df: pd.DataFrame,
-    sae_jsons: dict[str, dict[str, Any]],
-    train_logs: dict[str, list[dict[str, Any]]],
+    sae_json: Callable[[str], dict[str, Any]],
+    train_log: Callable[[str], list[dict[str, Any]]],
     model: str,
     target_l0: float,
-) -> dict[str, Any]:
-    """Every figure of one model's report, keyed `<site>/<name>`. `sae_jsons` and
-    `train_logs` are keyed by SAE path (SAESpec.path)."""
-    out: dict[str, Any] = {}
+) -> Iterator[tuple[str, Any]]:
+    """Every figure of one model's report as (`<site>/<name>`, figure), one at a
+    time (the caller saves and closes each). `sae_json` and `train_log` give an SAE's
+    evaluation JSON and training log by its path (SAESpec.path); only the SAEs of a
+    site's middle layer are read."""
     df = df[df["model"] == model]
     for site in sorted(df["site"].unique()):
         s = df[df["site"] == site]
         for width in sorted(s["width"].unique()):
             w = s[s["width"] == width]
             for metric in METRICS:
-                out[f"{site}/pareto_{metric}_width_{width}"] = pareto(
-                    df, model, site, metric, "layer", width
+                yield (
+                    f"{site}/pareto_{metric}_width_{width}",
+                    pareto(df, model, site, metric, "layer", width),
                 )
-            out[f"{site}/layers_width_{width}"] = layer_bars(
-                df, model, site, width, target_l0
+            yield (
+                f"{site}/layers_width_{width}",
+                layer_bars(df, model, site, width, target_l0),
             )
             layer = representative_layer(list(w["layer"].unique()))
             rows = w[w["layer"] == layer].sort_values("l0")
-            saes = [sae_jsons[p] for p in rows["path"]]
-            out[f"{site}/frequency_layer_{layer}_width_{width}"] = frequency(
-                saes, model, site, width, layer
-            )
-            out[f"{site}/position_layer_{layer}_width_{width}"] = by_position(
-                saes, model, site, width, layer
-            )
-            logs = {_sae_label(r): train_logs[r["path"]] for _, r in rows.iterrows()}
-            out[f"{site}/training_layer_{layer}_width_{width}"] = training(
-                logs, model, site, width, layer
-            )
+            saes = [sae_json(p) for p in rows["path"]]
+            at = f"layer_{layer}_width_{width}"
+            yield f"{site}/frequency_{at}", frequency(saes, model, site, width, layer)
+            yield f"{site}/position_{at}", by_position(saes, model, site, width, layer)
+            logs = {_sae_label(r): train_log(r["path"]) for _, r in rows.iterrows()}
+            yield f"{site}/training_{at}", training(logs, model, site, width, layer)
         n_widths = s.groupby("layer")["width"].nunique()
         if n_widths.max() > 1:
             widest = [int(v) for v in n_widths[n_widths == n_widths.max()].index]
             layer = representative_layer(widest)
             for metric in METRICS:
-                out[f"{site}/pareto_{metric}_layer_{layer}"] = pareto(
-                    df, model, site, metric, "width", layer
+                yield (
+                    f"{site}/pareto_{metric}_layer_{layer}",
+                    pareto(df, model, site, metric, "width", layer),
                 )
-    return out
 
 
 def html_table(df: pd.DataFrame, title: str) -> str:
+    title = html.escape(title)
     body = df.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
     style = (
         "body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
@@ -262,23 +255,30 @@ def write_report(
     df = df[df["data"] == "text"]
     if df.empty:
         raise ValueError(f"{table_csv}: no evaluations of '{model}' on its own text")
-    sae_jsons = {}
-    for layer_json in layer_jsons:
-        for entry in read_json(layer_json)["saes"]:
-            sae = read_json(entry["json"])
-            sae_jsons[sae["identity"]["path"]] = sae
-    train_logs = {}
-    for summary in site_summaries:
-        saes_root = Path(summary).parent.parent.parent
-        for sae in read_json(summary)["saes"]:
-            train_logs[sae["path"]] = read_train_log(
-                saes_root / sae["path"] / "train_log.jsonl"
-            )
-    figs = figures(df, sae_jsons, train_logs, model, target_l0)
-    for key, fig in figs.items():
+    eval_json = {
+        entry["key"]: entry["json"]
+        for layer_json in layer_jsons
+        for entry in read_json(layer_json)["saes"]
+    }
+    log_path = {
+        sae["path"]: Path(summary).parent.parent.parent
+        / sae["path"]
+        / "train_log.jsonl"
+        for summary in site_summaries
+        for sae in read_json(summary)["saes"]
+    }
+    keys = []
+    for key, fig in figures(
+        df,
+        lambda p: read_json(eval_json[p]),
+        lambda p: read_train_log(log_path[p]),
+        model,
+        target_l0,
+    ):
         save_svg(fig, Path(figures_dir) / f"{key}.svg")
-        save_png(fig, Path(figures_dir) / f"{key}.png")
+        save_png(fig, Path(figures_dir) / f"{key}.png")  # closes it
+        keys.append(key)
     cols = [c for c in df.columns if c not in ("trained_on", "evaluated_on", "data")]
     with atomic_path(Path(tables_dir) / "evaluation.html") as tmp:
         tmp.write_text(html_table(df[cols], f"{model}: evaluation of every SAE"))
-    return sorted(figs)
+    return sorted(keys)

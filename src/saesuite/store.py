@@ -141,13 +141,14 @@ class ChunkWriter:
         self._header = struct.pack("<Q", len(raw)) + raw
         self._size = len(self._header) + pos
         self.valid = 0
+        self.rows = dict.fromkeys(specs, 0)
 
     def __enter__(self) -> ChunkWriter:
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
         self._f = open(tmp, "r+b")
         self._f.write(self._header)
-        self._f.truncate(self._size)  # sparse until written; a short write is visible
+        self._f.truncate(self._size)  # sparse until written
         return self
 
     def write(self, name: str, row: int, t: torch.Tensor) -> None:
@@ -161,12 +162,20 @@ class ChunkWriter:
             )
         if name == "mask":
             self.valid += int(t.sum())
+        self.rows[name] += t.shape[0]
         row_bytes = math.prod(shape[1:]) * dtype.itemsize
         self._f.seek(len(self._header) + self.offsets[name] + row * row_bytes)
         self._f.write(t.detach().cpu().contiguous().view(torch.uint8).numpy().data)
 
     def __exit__(self, *exc: Any) -> None:
         self._f.close()
+        short = {k: n for k, n in self.rows.items() if n != self.specs[k][0][0]}
+        if exc[0] is None and short:
+            # A chunk with rows never written would read as zeros: never rename it.
+            want = {k: self.specs[k][0][0] for k in short}
+            err = ValueError(f"{self.path}: rows written {short}, expected {want}")
+            self._atomic.__exit__(ValueError, err, None)
+            raise err
         self._atomic.__exit__(*exc)
         if exc[0] is not None:
             return

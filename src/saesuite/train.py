@@ -1,5 +1,6 @@
 """JumpReLU training for every SAE of one site (rule `train`): the sparsity ladder and
-widths of a site train in one job on the same batches, so the cache is read once.
+widths of a site train in one job on the same batches, so the cache is read once per
+group of SAEs that fits the device (on a CPU: once).
 
     python -m saesuite.train --job job.json                  # one process
     torchrun --nproc_per_node 2 -m saesuite.train --job job.json   # data-parallel
@@ -10,7 +11,8 @@ run so short runs still train (see config `train`). Checkpoints (weights, Adam s
 step, dead-latent counters, RNG) are written atomically every `checkpoint_every` steps
 and on SIGTERM/SIGUSR1 (what SLURM sends before preemption), after which the job
 exits with status 75 so Snakemake retries; a restarted job resumes bit for bit (on
-the CPU, with the same number of threads: float reductions depend on it).
+the CPU, with the same number of threads: float reductions depend on it) unless the
+checkpoint was written under another training config.
 """
 
 from __future__ import annotations
@@ -139,8 +141,24 @@ def _reduce_grads(sae: JumpReLUSAE, world: int) -> None:
         p.grad /= world
 
 
-def _save_checkpoint(path: Path, step: int, members: list[Member]) -> None:
+def job_fingerprint(job: dict[str, Any]) -> str:
+    """What a checkpoint must match to be resumed: the job as the rule hands it over,
+    without where files are (paths.LOCATION_KEYS), the device budget or the whole
+    config's hash (a change elsewhere in the config does not touch the SAEs)."""
+    from saesuite.paths import LOCATION_KEYS
+
+    keep = {k: v for k, v in job.items() if k not in (*LOCATION_KEYS, "group_bytes")}
+    keep["identity"] = {k: v for k, v in job["identity"].items() if k != "config_hash"}
+    blob = json.dumps(keep, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _save_checkpoint(
+    path: Path, step: int, members: list[Member], fingerprint: str
+) -> None:
     state = {
+        "job": fingerprint,
+        "saes": [m.spec["path"] for m in members],
         "step": step,
         "members": [
             {
@@ -157,10 +175,22 @@ def _save_checkpoint(path: Path, step: int, members: list[Member]) -> None:
         torch.save(state, tmp)
 
 
+def _checkpoint_saes(path: Path, fingerprint: str) -> list[str] | None:
+    """The SAEs a checkpoint holds, or None when it was written for another job (a
+    changed config starts afresh)."""
+    if not path.exists():
+        return None
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    if state.get("job") != fingerprint:
+        log.warning("%s was written for another training config; starting afresh", path)
+        return None
+    return list(state["saes"])
+
+
 def _load_checkpoint(path: Path, members: list[Member]) -> int:
     state = torch.load(path, weights_only=True, map_location="cpu")
-    if len(state["members"]) != len(members):
-        raise RuntimeError(f"{path}: checkpoint holds {len(state['members'])} SAEs")
+    if state["saes"] != [m.spec["path"] for m in members]:
+        raise RuntimeError(f"{path}: checkpoint holds SAEs {state['saes']}")
     for m, s in zip(members, state["members"]):
         m.sae.load_state_dict(s["sae"])
         m.opt.load_state_dict(s["opt"])
@@ -195,7 +225,7 @@ def sae_groups(
     from saesuite.resources import sae_gpu_bytes
 
     if budget is None:
-        return [list(range(len(saes)))]
+        return [list(range(len(saes)))] if saes else []
     groups: list[list[int]] = []
     used = math.inf
     for i, spec in enumerate(saes):
@@ -208,9 +238,28 @@ def sae_groups(
     return groups
 
 
+def device_budget(device: str, world: int) -> float | None:
+    """Bytes a group of SAEs may take on `device`: a share of the smallest GPU's
+    memory over all processes (every process must form the same groups); None on
+    the CPU."""
+    from saesuite.resources import GPU_HEADROOM
+
+    if not device.startswith("cuda"):
+        return None
+    total = torch.tensor(float(torch.cuda.get_device_properties(device).total_memory))
+    if world > 1:
+        total = total.to(device)
+        dist.all_reduce(total, op=dist.ReduceOp.MIN)
+    return GPU_HEADROOM * float(total)
+
+
 def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
-    """Train every SAE of `job["saes"]` on one site, in groups that fit a device
-    (`job["group_bytes"]`); write their outputs."""
+    """Train every SAE of `job["saes"]` on one site, in groups that fit the device
+    (`job["group_bytes"]` overrides what the GPU has); write their outputs.
+
+    A retried job skips the SAEs whose outputs it finished (listed in a marker file
+    beside the checkpoint) and resumes the group in its checkpoint; a checkpoint or
+    marker of another training config is discarded."""
     cfg = dict(job["train"])
     rank, world = _dist()
     if cfg["batch_size"] % world:
@@ -234,14 +283,27 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
         seed=job["seed"],
         scale=scale,
     )
-    groups = sae_groups(job["saes"], reader.d_in, cfg, world, job.get("group_bytes"))
+    fingerprint = job_fingerprint(job)
     ckpt = Path(job["checkpoint"])
-    # Groups already trained (by an earlier attempt of this job) and their outputs.
     marker = ckpt.with_name(f"{ckpt.stem}.done.json")
-    paths_ = [s["path"] for s in job["saes"]]
     done: dict[str, Any] = {}
-    if marker.exists() and read_json(marker).get("saes") == paths_:
-        done = read_json(marker)["groups"]
+    if marker.exists() and read_json(marker).get("job") == fingerprint:
+        done = read_json(marker)["saes"]
+    todo = [i for i, s in enumerate(job["saes"]) if s["path"] not in done]
+    budget = job.get("group_bytes") or device_budget(device, world)
+    # The checkpoint's group first, as it was formed (the GPU may differ this time).
+    held = _checkpoint_saes(ckpt, fingerprint)
+    first = [i for i in todo if held and job["saes"][i]["path"] in held]
+    if held is None or len(first) != len(held):  # another config's, or SAEs done
+        first = []
+        if rank == 0:
+            ckpt.unlink(missing_ok=True)
+    if world > 1:
+        dist.barrier()  # no process may read a checkpoint rank 0 is removing
+    rest = [i for i in todo if i not in first]
+    groups = [first] if first else []
+    groups += [[rest[j] for j in g] for g in sae_groups(
+        [job["saes"][i] for i in rest], reader.d_in, cfg, world, budget)]  # fmt: skip
 
     stop = {"signal": None}
 
@@ -253,24 +315,23 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
     }
     try:
         for g, idx in enumerate(groups):
-            if str(g) in done:
-                continue
             members = [
                 Member(job["saes"][i], reader.d_in, cfg,
                        sae_seed(job["seed"], job["site"], job["saes"][i]["path"]))
                 for i in idx
             ]  # fmt: skip
-            where, desc = ckpt, job["site"]
-            if len(groups) > 1:
-                where = ckpt.with_name(f"{ckpt.stem}.group{g}{ckpt.suffix}")
-                desc += f" [{g + 1}/{len(groups)}]"
-            _train_group(job, members, reader, cfg, where, stop, desc, rank, world)
+            desc = job["site"]
+            if len(groups) > 1 or done:
+                desc += f" [{len(done) + len(idx)}/{len(job['saes'])} SAEs]"
+            _train_group(job, members, reader, cfg, ckpt, fingerprint, stop, desc,
+                         rank, world)  # fmt: skip
             if rank == 0:
-                done[str(g)] = [write_outputs(m, job, scale, reader.n_valid)
-                                for m in members]  # fmt: skip
-                if len(groups) > 1:
-                    write_json(marker, {"saes": paths_, "groups": done})
-                where.unlink(missing_ok=True)
+                for m in members:
+                    done[m.spec["path"]] = write_outputs(m, job, scale, reader.n_valid)
+                write_json(marker, {"job": fingerprint, "saes": done})
+                ckpt.unlink(missing_ok=True)
+            if world > 1:
+                dist.barrier()  # the next group must not find this group's checkpoint
             del members
     finally:
         for s, h in handlers.items():
@@ -278,13 +339,13 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
     if rank != 0:
         return []
     marker.unlink(missing_ok=True)
-    return [r for g in range(len(groups)) for r in done[str(g)]]
+    return [done[s["path"]] for s in job["saes"]]
 
 
 def _train_group(
     job: dict[str, Any], members: list[Member], reader: ActivationReader,
-    cfg: dict[str, Any], ckpt: Path, stop: dict[str, Any], desc: str, rank: int,
-    world: int,
+    cfg: dict[str, Any], ckpt: Path, fingerprint: str, stop: dict[str, Any],
+    desc: str, rank: int, world: int,
 ) -> None:  # fmt: skip
     """Train `members` on the same batches to the end of their schedules, from
     `ckpt` if it exists; checkpoint every `checkpoint_every` steps and on a signal
@@ -324,7 +385,8 @@ def _train_group(
                         f"non-finite loss {stats['loss']} at step {step} for SAE "
                         f"{m.spec['path']} (site {job['site']}); the last good "
                         f"checkpoint {ckpt} is kept. Lower train.lr or set "
-                        "train.max_grad_norm, then run again: it resumes there"
+                        "train.max_grad_norm and run again (a changed training "
+                        "config starts the site afresh)"
                     )
                 last = step == m.schedule.total_steps - 1
                 if rank == 0 and (step % cfg["log_every"] == 0 or last):
@@ -342,7 +404,7 @@ def _train_group(
                 break
             if stop["signal"] is not None or done % cfg["checkpoint_every"] == 0:
                 if rank == 0:
-                    _save_checkpoint(ckpt, done, members)
+                    _save_checkpoint(ckpt, done, members, fingerprint)
                 if stop["signal"] is not None:
                     log.warning(
                         "signal %d: checkpoint at step %d written; exiting %d (retry)",
