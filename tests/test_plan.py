@@ -61,21 +61,39 @@ def test_cli_plan(tmp_path, capsys):
         main(["plan", "--configfile", str(bad)])
 
 
-def test_plan_names_the_saes_too_wide_for_one_gpu():
+def test_plan_shards_saes_too_wide_for_one_gpu_and_names_those_that_still_do_not_fit():
     """Gemma 2 2B's 2^20-latent SAEs need 16 B × 2 × 2304 × 2^20 = 77 GB of weights,
-    gradients and Adam moments on each GPU, over 90 % of 80 GB; everything else fits
-    in groups. On CPU there is no limit."""
+    gradients and Adam moments, over 90 % of 80 GB, before any activations: the
+    suite's 8 GPUs for that width each take 1/8 of the latents and the whole batch of
+    4096 rows (6 × 4 B × 4096 × 2^17 = 13 GB of work tensors). With one GPU per job
+    it does not fit, and the plan names how many it needs. On CPU there is no limit."""
     from saesuite.config import REPO_ROOT, load_config
-    from saesuite.plan import gpu_memory_problems
+    from saesuite.plan import gpu_memory
+    from saesuite.resources import sae_gpu_bytes
 
     c = load_config(REPO_ROOT / "config/suites/gemma-2-2b-pt.yaml")
-    problems = gpu_memory_problems(c)
-    assert [p.split(":")[0] for p in problems] == [
-        f"gemma-2-2b layer {L} res width 1048576" for L in (5, 12, 19)
+    assert c["resources"]["nproc_by_width"] == {"1048576": 8}
+    sharded, problems = gpu_memory(c)
+    assert problems == []
+    per_gpu = 16 * 2 * 2304 * 2**17 + 16 * 2304 + 6 * 4 * 4096 * 2**17
+    assert sae_gpu_bytes(4096, 2304, 2**20, 8, sharded=True) == per_gpu
+    assert sharded == [
+        f"gemma-2-2b res width 1048576 (layers 5, 12, 19): "
+        f"{per_gpu / 1e9:.0f} GB per GPU over 8 GPUs"
     ]
-    assert "72 GB usable" in problems[0]
-    c["resources"]["gpu_mem_gb"] = 141  # an H200
-    assert gpu_memory_problems(c) == []
+    c["resources"]["nproc_by_width"] = {}
+    sharded, problems = gpu_memory(c)
+    assert sharded == [] and len(problems) == 2
+    # 2^20: (77.3 + 103.1) GB / 3 = 60 GB ≤ 72 GB usable; over 2 GPUs 90 GB
+    # 2^19 (layer 12 only): (38.7 + 51.5) GB / 2 = 45 GB; one GPU holds 90 GB
+    for p, width, layers, least in zip(
+        problems, (2**20, 2**19), ("5, 12, 19", "12"), (3, 2)
+    ):
+        assert p.startswith(f"gemma-2-2b res width {width} (layers {layers})")
+        assert "72 GB usable" in p
+        assert f'resources.nproc_by_width {{"{width}": {least}}} or more' in p
+    c["resources"]["gpu_mem_gb"] = 250  # one 2^20 SAE per GPU fits
+    assert gpu_memory(c) == ([], [])
     c["resources"]["gpu"] = False
     c["resources"]["gpu_mem_gb"] = 1
-    assert gpu_memory_problems(c) == []
+    assert gpu_memory(c) == ([], [])

@@ -140,14 +140,15 @@ def test_training_learns_the_dictionary_and_writes_outputs(store, tmp_path):
     assert not Path(job["checkpoint"]).exists()  # removed once the outputs exist
 
 
-def run_cli(job: dict, path: Path) -> subprocess.Popen:
-    """The trainer's CLI in a subprocess; its output goes to <path>.log (a pipe
-    nobody reads would fill up and stall it)."""
+def run_cli(job: dict, path: Path, nproc: int = 1) -> subprocess.Popen:
+    """The trainer's CLI in a subprocess (through torchrun for nproc > 1); its output
+    goes to <path>.log (a pipe nobody reads would fill up and stall it)."""
     write_json(path, job)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = open(f"{path}.log", "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "saesuite.train", "--job", str(path)],
+        [sys.executable, "-m", "saesuite.train", "--job", str(path),
+         "--nproc", str(nproc)],
         env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
     )  # fmt: skip
     proc.log = Path(f"{path}.log")  # type: ignore[attr-defined]
@@ -354,3 +355,96 @@ def test_each_sae_logs_its_own_last_step(store, tmp_path):
     ]
     assert [x["step"] for x in last] == [29, 11]
     assert read_json(Path(job["saes"][1]["out_dir"]) / "sae.json")["steps"] == 12
+
+
+def sharded_job(store: Path, out: Path, **kw) -> dict:
+    """A job whose SAEs, by the device budget it claims, fit no GPU whole: with two
+    processes each SAE trains alone with its latents split between them."""
+    job = make_job(store, out, **kw)
+    job["group_bytes"] = 1
+    return job
+
+
+@pytest.fixture(scope="module")
+def sharded_reference(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sharded")
+    job = sharded_job(store, out, tokens=128 * 1500, checkpoint_every=1000)
+    p = run_cli(job, out / "job.json", nproc=2)
+    text = output(p)
+    assert p.returncode == 0, text
+    return final_bytes(job), text
+
+
+def test_an_sae_sharded_over_two_processes_trains_as_on_one(store, tmp_path):
+    one = make_job(store, tmp_path / "one", tokens=128 * 80)
+    train_site(one)
+    job = sharded_job(store, tmp_path / "two", tokens=128 * 80)
+    p = run_cli(job, tmp_path / "job.json", nproc=2)
+    text = output(p)
+    assert p.returncode == 0, text
+    assert "width 64 sharded over 2 processes" in text
+    for a, b in zip(job["saes"], one["saes"]):
+        sa = load_file(Path(a["out_dir"]) / "train_state.safetensors")
+        sb = load_file(Path(b["out_dir"]) / "train_state.safetensors")
+        assert sa["W_enc"].shape == (D, 64)  # the whole SAE, gathered
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
+        ra = load_file(Path(a["out_dir"]) / "sae.safetensors")
+        rb = load_file(Path(b["out_dir"]) / "sae.safetensors")
+        for k in rb:
+            torch.testing.assert_close(ra[k], rb[k], rtol=1e-4, atol=1e-5, msg=k)
+        info = read_json(Path(a["out_dir"]) / "sae.json")
+        assert info["width"] == 64 and info["steps"] == 80
+    logs = [json.loads(ln) for ln in open(Path(job["saes"][1]["out_dir"])
+                                          / "train_log.jsonl")]  # fmt: skip
+    ref = [json.loads(ln) for ln in open(Path(one["saes"][1]["out_dir"])
+                                         / "train_log.jsonl")]  # fmt: skip
+    assert [r["step"] for r in logs] == [r["step"] for r in ref]
+    for a, b in zip(logs, ref):  # whole-SAE statistics, not one shard's
+        assert a["l0"] == pytest.approx(b["l0"], abs=0.05)
+        assert a["dead"] == b["dead"] and a["fvu"] == pytest.approx(b["fvu"], rel=1e-3)
+
+
+def test_a_preempted_sharded_job_resumes_from_every_shard(
+    store, tmp_path, sharded_reference
+):
+    """SIGUSR1 to the launcher (SLURM signals every process; here the launcher passes
+    it on): every shard checkpoints at the same step, the job exits 75, and the retry
+    resumes all shards there and ends with the bytes of an uninterrupted run."""
+    want, _ = sharded_reference
+    job = sharded_job(store, tmp_path, tokens=128 * 1500, checkpoint_every=1000)
+    p = run_cli(job, tmp_path / "job.json", nproc=2)
+    wait_for(Path(job["saes"][0]["out_dir"]) / "train_log.jsonl", p)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGUSR1)
+    out = output(p)
+    assert p.returncode == 75, out
+    ckpt = Path(job["checkpoint"])
+    state = torch.load(ckpt, weights_only=True)
+    assert state["shards"] == 2 and 0 < state["step"] < 1500
+    assert state["members"][0]["sae"]["W_dec"].shape == (32, D)  # rank 0's half
+    other = ckpt.with_name(f"ckpt.shard1.step{state['step']}.pt")
+    assert sorted(p.name for p in tmp_path.glob("ckpt*.pt")) == ["ckpt.pt", other.name]
+    again = run_cli(job, tmp_path / "job.json", nproc=2)
+    text = output(again)[len(out) :]
+    assert again.returncode == 0, text
+    assert f"resuming layer_0.res [1/2 SAEs] from step {state['step']}" in text
+    assert final_bytes(job) == want
+    assert not list(tmp_path.glob("ckpt*.pt"))
+
+
+def test_a_sharded_checkpoint_is_not_resumed_by_one_process(store, tmp_path, reference):
+    want, _ = reference
+    job = sharded_job(store, tmp_path, tokens=128 * 1500, checkpoint_every=1000)
+    p = run_cli(job, tmp_path / "job.json", nproc=2)
+    wait_for(Path(job["saes"][0]["out_dir"]) / "train_log.jsonl", p)
+    p.send_signal(signal.SIGUSR1)
+    out = output(p)
+    assert p.returncode == 75, out
+    again = run_cli(job, tmp_path / "job.json")  # one process: nothing to shard over
+    text = output(again)[len(out) :]
+    assert again.returncode == 0, text
+    assert "trained over 2 shard(s); this run takes 1: starting them afresh" in text
+    assert "resuming" not in text
+    assert final_bytes(job) == want  # as unsharded, ungrouped training
+    assert not list(tmp_path.glob("ckpt*.pt"))

@@ -1,10 +1,10 @@
 # Adapter: rule train → saesuite.train.train_site (through torchrun when nproc > 1)
-import subprocess
 import sys
 
 from saesuite import paths
 from saesuite.config import config_hash
 from saesuite.io import read_json, write_json
+from saesuite.launch import torchrun
 from saesuite.logs import job_log
 from saesuite.train import train_site
 
@@ -16,10 +16,9 @@ with job_log(sm.log[0], sm.threads):
     if sm.params.nproc > 1:
         job_file = sm.output[0] + ".job.json"
         write_json(job_file, job)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={sm.params.nproc}", "-m", "saesuite.train",
-               "--job", job_file]  # fmt: skip
-        subprocess.run(cmd, check=True, stdout=sys.stdout, stderr=sys.stderr)
+        rc = torchrun(job_file, sm.params.nproc)
+        if rc:
+            sys.exit(rc)
         results = [read_json(f"{s['out_dir']}/sae.json") for s in job["saes"]]
     else:
         results = train_site(job)

@@ -88,7 +88,7 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> None:
     from saesuite.config import REPO_ROOT, ConfigError, load_config
-    from saesuite.plan import format_plan, gpu_memory_problems, preflight
+    from saesuite.plan import format_plan, gpu_memory, preflight
 
     path = args.configfile or REPO_ROOT / "config" / "config.yaml"
     try:
@@ -98,13 +98,16 @@ def cmd_plan(args: argparse.Namespace) -> None:
     df = preflight(config, args.tflops)
     print(f"plan for {path}")
     print(format_plan(df, args.tflops))
-    problems = gpu_memory_problems(config)
+    sharded, problems = gpu_memory(config)
+    if sharded:
+        print("\nSAEs too wide for one GPU, sharded by latents over the job's GPUs:")
+        for line in sharded:
+            print(f"  {line}")
     if problems:
         print(
-            f"\nWARNING: {len(problems)} SAE width(s) do not fit one GPU, even alone."
-            " Data-parallel training keeps a whole SAE on every GPU and saesuite "
-            "cannot yet shard one SAE's latents over GPUs. Drop these widths, or "
-            "raise resources.gpu_mem_gb if your GPUs are larger:"
+            f"\nWARNING: {len(problems)} SAE width(s) do not fit the GPUs of their "
+            "training jobs, even sharded by latents. Give those jobs more GPUs, drop "
+            "these widths, or raise resources.gpu_mem_gb if your GPUs are larger:"
         )
         for line in problems[:10]:
             print(f"  {line}")

@@ -88,19 +88,26 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
     return df
 
 
-def gpu_memory_problems(config: dict[str, Any]) -> list[str]:
-    """SAEs that alone do not fit one GPU (`resources.gpu_mem_gb`, less headroom):
-    a training job trains its SAEs in groups that fit, one group after another, but
-    cannot split one SAE. Empty when all fit or the run is not on GPUs."""
-    from saesuite.resources import sae_gpu_bytes, train_group_bytes, train_nproc
+def gpu_memory(config: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(sharded, problems) for training on GPUs of `resources.gpu_mem_gb`, less
+    headroom. A job trains its SAEs in groups that fit, one group after another; an
+    SAE too wide for a GPU is sharded by latents over the job's GPUs (train.nproc or
+    resources.nproc_by_width). `sharded` names those; `problems` those that do not fit
+    even so, with the GPUs they would need. Both empty when not on GPUs."""
+    from saesuite.resources import (
+        sae_gpu_bytes,
+        shards_needed,
+        train_group_bytes,
+        train_nproc,
+    )
 
     budget = train_group_bytes(config)
     if budget is None:
-        return []
+        return [], []
     jobs: dict[tuple[str, int, str], list[SAESpec]] = {}
     for s in expand_suite(config):
         jobs.setdefault((s.model, s.layer, s.site), []).append(s)
-    out = []
+    found: dict[tuple[str, str, int, int], list[int]] = {}
     batch = config["train"]["batch_size"]
     for (model, layer, site), specs in sorted(jobs.items()):
         shape = known_shape(config["models"][model]["source"])
@@ -109,14 +116,24 @@ def gpu_memory_problems(config: dict[str, Any]) -> list[str]:
         nproc = train_nproc(config, [s.width for s in specs])
         d_in = shape.site_width(site)
         for width in sorted({s.width for s in specs}):
-            need = sae_gpu_bytes(batch, d_in, width, nproc)
-            if need > budget:
-                out.append(
-                    f"{model} layer {layer} {site} width {width}: one SAE needs "
-                    f"{need / 1e9:.0f} GB per GPU on {nproc} GPU(s); "
-                    f"{budget / 1e9:.0f} GB usable of resources.gpu_mem_gb"
-                )
-    return out
+            if sae_gpu_bytes(batch, d_in, width, nproc) > budget:
+                found.setdefault((model, site, width, nproc), []).append(layer)
+    sharded, problems = [], []
+    for (model, site, width, nproc), layers in found.items():
+        shape = known_shape(config["models"][model]["source"])
+        d_in = shape.site_width(site)
+        where = f"{model} {site} width {width} (layers {', '.join(map(str, layers))})"
+        need = sae_gpu_bytes(batch, d_in, width, nproc, sharded=True)
+        if nproc > 1 and need <= budget:
+            sharded.append(f"{where}: {need / 1e9:.0f} GB per GPU over {nproc} GPUs")
+            continue
+        least = shards_needed(batch, d_in, width, budget)
+        problems.append(
+            f"{where}: needs {need / 1e9:.0f} GB per GPU on {nproc} GPU(s), "
+            f"{budget / 1e9:.0f} GB usable of resources.gpu_mem_gb; set "
+            f'resources.nproc_by_width {{"{width}": {least or "?"}}} or more'
+        )
+    return sharded, problems
 
 
 def format_plan(df: pd.DataFrame, tflops: float) -> str:

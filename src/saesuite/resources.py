@@ -9,7 +9,8 @@ clamped to [min_runtime, max_runtime] minutes; memory has a 1.5× margin):
   chunk streams to its file), the split's token ids and the model; FLOPs
   2·N·(L_max + 1)/n_layers per token;
 - train: the shuffle bucket plus per SAE its weights, gradients and Adam moments and
-  the (batch, width) work tensors; FLOPs 10·d_in·width per token per SAE;
+  the (batch, width) work tensors, on one GPU or split over several (`sae_gpu_bytes`);
+  FLOPs 10·d_in·width per token per SAE;
 - evaluate: the model and the layer's SAEs; FLOPs as in the pre-flight plan;
 - transfer_rollouts: the model; decoding runs ~10× below the dense rate.
 An unknown model (not in known_models) gets conservative fixed requests.
@@ -90,35 +91,45 @@ def train_group_bytes(config: dict[str, Any]) -> float | None:
 def train_mem_mb(config: dict[str, Any], specs: list[SAESpec], d_in: int) -> int:
     """Host memory of a training job. On CPU the SAEs train there; on GPUs the host
     holds the bucket and, while a checkpoint is written, one group's weights and
-    Adam's two moments (GPU memory is not requested: a GRES is whole GPUs)."""
+    Adam's two moments, and rank 0 gathers a sharded SAE's weights (twice, while
+    they are serialised). GPU memory is not requested: a GRES is whole GPUs."""
     t = config["train"]
     bucket = config["activations"]["shuffle_bucket"] * d_in * 4
     params = sum(2 * d_in * s.width * 4 for s in specs)
     if uses_gpu(config, "train"):
         group = max(2 * d_in * s.width * 16 for s in specs)  # one SAE at least
         group = max(group, train_group_bytes(config) or 0)
-        saes = min(3 * params, 3 * group // 4)
+        gathered = max(2 * 2 * d_in * s.width * 4 for s in specs)
+        saes = max(min(3 * params, 3 * group // 4), gathered)
     else:
         work = sum(6 * 4 * t["batch_size"] * s.width for s in specs)
         saes = 4 * params + work  # weights, gradients, two moments
     return int((bucket + saes) / 2**20 * 1.5) + BASE_MB
 
 
-def sae_gpu_bytes(batch_size: int, d_in: int, width: int, nproc: int) -> int:
-    """Bytes one SAE takes on each GPU of a data-parallel job: fp32 weights,
-    gradients and two Adam moments, and for the batch/nproc rows each process works
-    on the (rows, width) pre-activations, activations, masks and their gradients
-    (~6 tensors)."""
+def sae_gpu_bytes(
+    batch_size: int, d_in: int, width: int, nproc: int, sharded: bool = False
+) -> int:
+    """Bytes one SAE takes on each GPU of a job of `nproc` processes: fp32 weights,
+    gradients and two Adam moments, and the (rows, width) pre-activations,
+    activations, masks and their gradients (~6 tensors). Data parallelism gives each
+    process the whole SAE and batch/nproc rows; `sharded` gives it width/nproc
+    latents (saesuite.shard) and the whole batch."""
+    if sharded:
+        latents = -(-width // nproc)
+        return 16 * 2 * d_in * latents + 16 * d_in + 6 * 4 * batch_size * latents
     return 16 * 2 * d_in * width + 6 * 4 * (batch_size // nproc) * width
 
 
-def train_gpu_bytes(
-    config: dict[str, Any], specs: list[SAESpec], d_in: int, nproc: int
-) -> int:
-    """Bytes on each GPU when a job's SAEs train together (data parallelism
-    replicates every one of them)."""
-    b = config["train"]["batch_size"]
-    return sum(sae_gpu_bytes(b, d_in, s.width, nproc) for s in specs)
+def shards_needed(batch_size: int, d_in: int, width: int, budget: float) -> int | None:
+    """The fewest processes over which one SAE fits `budget` bytes per GPU (1: it
+    fits whole; None: not even over 1024)."""
+    if sae_gpu_bytes(batch_size, d_in, width, 1) <= budget:
+        return 1
+    for n in range(2, 1025):
+        if sae_gpu_bytes(batch_size, d_in, width, n, sharded=True) <= budget:
+            return n
+    return None
 
 
 def train_flops(specs: list[SAESpec], d_in: int) -> float:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 Penalty = Literal["l0", "target_l0"]
+INIT_BLOCK = 1 << 24  # floats drawn at a time while initialising
 
 
 def rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -59,6 +60,10 @@ class StepFn(torch.autograd.Function):
         eps = ctx.eps
         g_theta = -(1.0 / eps) * rectangle((pre - theta) / eps) * grad
         return None, g_theta.sum(0), None
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 class LossOutput(NamedTuple):
@@ -134,11 +139,29 @@ class JumpReLUSAE(nn.Module):
         return self.threshold_raw
 
     @torch.no_grad()
-    def initialize(self, generator: torch.Generator | None = None) -> JumpReLUSAE:
-        """He-uniform W_dec with unit-norm rows, W_enc = W_decᵀ, zero biases."""
+    def initialize(
+        self,
+        generator: torch.Generator | None = None,
+        *,
+        full_width: int | None = None,
+        start: int = 0,
+    ) -> JumpReLUSAE:
+        """He-uniform W_dec with unit-norm rows, W_enc = W_decᵀ, zero biases. A shard
+        (`saesuite.shard`) takes latents start.. of the `full_width` SAE the same seed
+        gives: rows are drawn in blocks and the others dropped, so memory stays at
+        a block however wide the SAE."""
+        full_width = full_width or self.d_sae
         bound = math.sqrt(6.0 / self.d_in)  # He-uniform, fan_in = d_in
         w = torch.empty(self.d_sae, self.d_in, dtype=torch.float32)
-        w.uniform_(-bound, bound, generator=generator)
+        block = max(1, INIT_BLOCK // self.d_in)
+        for lo in range(0, min(full_width, start + self.d_sae), block):
+            hi = min(lo + block, full_width)
+            rows = torch.empty(hi - lo, self.d_in).uniform_(
+                -bound, bound, generator=generator
+            )
+            a, b = max(lo, start), min(hi, start + self.d_sae)
+            if a < b:
+                w[a - start : b - start] = rows[a - lo : b - lo]
         w /= w.norm(dim=1, keepdim=True)
         self.W_dec.copy_(w)
         self.W_enc.copy_(w.T)
@@ -172,14 +195,22 @@ class JumpReLUSAE(nn.Module):
         penalty: Penalty = "l0",
         coefficient: float = 0.0,
         target_l0: float | None = None,
+        sharded: bool = False,
     ) -> LossOutput:
-        """‖x − x̂‖² + sparsity, with the straight-through estimators; dense path."""
-        pre = self.pre_acts(x)
+        """‖x − x̂‖² + sparsity, with the straight-through estimators; dense path.
+        `sharded`: this module holds one block of the latents (`saesuite.shard`); the
+        reconstruction and L0 are summed over the processes holding the others."""
+        if sharded:
+            from saesuite.shard import fan_out, reduce_sum
+        else:
+            fan_out = reduce_sum = _identity
+        xc = fan_out(x - self.b_dec) if self.apply_b_dec_to_input else x
+        pre = xc @ self.W_enc + self.b_enc
         theta = self.threshold
         f = JumpReLUFn.apply(pre, theta, self.bandwidth)
-        x_hat = f @ self.W_dec + self.b_dec
+        x_hat = reduce_sum(f @ self.W_dec) + self.b_dec
         recon = (x - x_hat).pow(2).sum(-1).mean()
-        l0 = StepFn.apply(pre, theta, self.bandwidth).sum(-1)  # (B,)
+        l0 = reduce_sum(StepFn.apply(pre, theta, self.bandwidth).sum(-1))  # (B,)
         sparse = sparsity_penalty(l0, penalty, coefficient, target_l0)
         return LossOutput(
             recon + sparse,
@@ -210,7 +241,9 @@ class JumpReLUSAE(nn.Module):
         """The SAE on raw activations, for one trained on x_raw / C with b_dec
         subtracted before the encoder:
             b_enc′ = C·b_enc − C·(W_enc · b_dec),  b_dec′ = C·b_dec,  θ′ = C·θ.
-        Its latents are C times the trained ones; its reconstruction is C times."""
+        Its latents are C times the trained ones; its reconstruction is C times.
+        W_enc and W_dec are unchanged and shared with this SAE, not copied (a 2^20-
+        latent SAE's matrices are tens of GB)."""
         out = JumpReLUSAE(
             self.d_in,
             self.d_sae,
@@ -218,16 +251,19 @@ class JumpReLUSAE(nn.Module):
             apply_b_dec_to_input=False,
             bandwidth=self.bandwidth * scale,
             dtype=self.W_enc.dtype,
-            device=self.W_enc.device,
+            device="meta",
         )
         b_enc = self.b_enc
         if self.apply_b_dec_to_input:
             b_enc = b_enc - self.b_dec @ self.W_enc
-        out.W_enc.copy_(self.W_enc)
-        out.W_dec.copy_(self.W_dec)
-        out.b_enc.copy_(scale * b_enc)
-        out.b_dec.copy_(scale * self.b_dec)
-        out.threshold_raw.copy_(scale * self.threshold)
+        state = {
+            "W_enc": self.W_enc.detach(),
+            "W_dec": self.W_dec.detach(),
+            "b_enc": scale * b_enc,
+            "b_dec": scale * self.b_dec,
+            "threshold_raw": scale * self.threshold,
+        }
+        out.load_state_dict(state, assign=True)
         return out
 
     def release_tensors(self) -> dict[str, torch.Tensor]:

@@ -9,7 +9,9 @@
   is what makes JumpReLU training cheaper than dense once L0 ≪ width.
 
 Both fill `.grad` of the SAE's parameters (accumulating, as autograd does) and return
-`StepStats`. Used by `saesuite.train`; tests check that both give equal gradients.
+`StepStats`; with `sharded=True` the SAE is one process's block of latents
+(`saesuite.shard`) and the sums over latents are taken over all processes. Used by
+`saesuite.train`; tests check that both give equal gradients.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from saesuite.sae import JumpReLUSAE, Penalty, rectangle, sparsity_penalty
+from saesuite.shard import all_reduce_
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 warnings.filterwarnings("ignore", message="Sparse invariant checks")
@@ -47,10 +50,12 @@ def dense_step(
     penalty: Penalty,
     coefficient: float,
     target_l0: float | None = None,
+    sharded: bool = False,
 ) -> StepStats:
     out = sae.training_loss(
-        x, penalty=penalty, coefficient=coefficient, target_l0=target_l0
-    )
+        x, penalty=penalty, coefficient=coefficient, target_l0=target_l0,
+        sharded=sharded,
+    )  # fmt: skip
     out.loss.backward()
     err = (x - out.x_hat).pow(2).sum()
     return StepStats(
@@ -124,7 +129,9 @@ def sparse_step(
     penalty: Penalty,
     coefficient: float,
     target_l0: float | None = None,
+    sharded: bool = False,
 ) -> StepStats:
+    reduce = all_reduce_ if sharded else (lambda t: t)
     B, d_sae = x.shape[0], sae.d_sae
     theta = sae.threshold.detach()
     eps = sae.bandwidth
@@ -138,14 +145,14 @@ def sparse_step(
     in_kernel = v < theta[c] + eps / 2
     rows, cols, vals = r[is_active], c[is_active], v[is_active]
     kr, kc, kv = r[in_kernel], c[in_kernel], v[in_kernel]
-    l0_tok = torch.bincount(rows, minlength=B)  # (B,)
+    l0_tok = torch.bincount(rows, minlength=B)  # (B,) of this module's latents
 
     # Decode over active latents only: x̂[b] = b_dec + Σ_c f[b,c] W_dec[c].
-    x_hat = _bag_sum(sae.W_dec, cols, l0_tok, vals) + sae.b_dec
+    x_hat = reduce(_bag_sum(sae.W_dec, cols, l0_tok, vals)) + sae.b_dec
     err = x_hat - x
     err_sq = err.pow(2).sum()
     recon = err_sq / B
-    l0_f = l0_tok.to(x.dtype)
+    l0_f = reduce(l0_tok.to(x.dtype))  # over all latents
     sparse = sparsity_penalty(l0_f, penalty, coefficient, target_l0)
 
     g_xhat = err * (2.0 / B)  # ∂recon/∂x̂, (B, d_in)
@@ -178,7 +185,7 @@ def sparse_step(
 
     g_bdec = g_xhat.sum(0)
     if sae.apply_b_dec_to_input:  # xc = x − b_dec feeds the encoder
-        g_bdec -= sae.W_enc @ g_benc
+        g_bdec -= reduce(sae.W_enc @ g_benc)
 
     _add_grad(sae.W_dec, g_Wdec)
     _add_grad(sae.W_enc, g_Wenc_T.T)

@@ -2,8 +2,12 @@
 widths of a site train in one job on the same batches, so the cache is read once per
 group of SAEs that fits the device (on a CPU: once).
 
-    python -m saesuite.train --job job.json                  # one process
-    torchrun --nproc_per_node 2 -m saesuite.train --job job.json   # data-parallel
+    python -m saesuite.train --job job.json               # one process
+    python -m saesuite.train --job job.json --nproc 2     # torchrun (saesuite.launch)
+
+With several processes, SAEs that fit a GPU train data-parallel (each process takes a
+share of the batch); an SAE too wide for that is sharded by latents over the
+processes (`saesuite.shard`).
 
 Schedule (Gemma Scope 1): Adam(β1=0, β2=0.999), lr warmed up along a cosine from
 0.1·lr to lr, λ warmed up linearly from 0; both warm-ups are capped at a share of the
@@ -37,6 +41,7 @@ from tqdm import tqdm
 from saesuite.io import atomic_open, atomic_path, read_json, versions, write_json
 from saesuite.logs import progress_interval
 from saesuite.sae import JumpReLUSAE
+from saesuite.shard import all_reduce_, bounds, clip_grad_norm_, gather_state
 from saesuite.step import dense_step, sparse_step
 from saesuite.store import ActivationReader
 
@@ -97,17 +102,25 @@ def make_schedule(tokens: int, cfg: dict[str, Any]) -> Schedule:
 class Member:
     """One SAE of the job with its optimiser, schedule and dead-latent counter."""
 
-    def __init__(self, spec: dict[str, Any], d_in: int, cfg: dict[str, Any], seed: int):
+    def __init__(
+        self, spec: dict[str, Any], d_in: int, cfg: dict[str, Any], seed: int,
+        latents: tuple[int, int] | None = None,
+    ):  # fmt: skip
+        """`latents`: the block [start, stop) this process holds of a sharded SAE."""
         self.spec = spec
+        self.sharded = latents is not None
+        start, stop = latents or (0, spec["width"])
         self.sae = JumpReLUSAE(
             d_in,
-            spec["width"],
+            stop - start,
             threshold_param=cfg["threshold_param"],
             bandwidth=cfg["bandwidth"],
             init_threshold=cfg["init_threshold"],
             device=cfg["_device"],
         )
-        self.sae.initialize(torch.Generator().manual_seed(seed))
+        self.sae.initialize(
+            torch.Generator().manual_seed(seed), full_width=spec["width"], start=start
+        )
         self.sae.to(cfg["_device"])
         self.opt = torch.optim.Adam(
             self.sae.parameters(),
@@ -117,7 +130,7 @@ class Member:
         )
         self.schedule = make_schedule(spec["tokens"], cfg)
         # tokens since each latent last fired
-        self.since_fired = torch.zeros(spec["width"], dtype=torch.int64)
+        self.since_fired = torch.zeros(stop - start, dtype=torch.int64)
         self.last_l0 = float(spec["width"])
 
 
@@ -153,44 +166,84 @@ def job_fingerprint(job: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _shard_path(path: Path, rank: int, step: int) -> Path:
+    return path.with_name(f"{path.stem}.shard{rank}.step{step}{path.suffix}")
+
+
+def _member_state(members: list[Member]) -> list[dict[str, Any]]:
+    return [
+        {
+            "sae": m.sae.state_dict(),
+            "opt": m.opt.state_dict(),
+            "since_fired": m.since_fired,
+            "last_l0": m.last_l0,
+        }
+        for m in members
+    ]
+
+
 def _save_checkpoint(
-    path: Path, step: int, members: list[Member], fingerprint: str
-) -> None:
+    path: Path, step: int, members: list[Member], fingerprint: str,
+    rank: int = 0, world: int = 1,
+) -> None:  # fmt: skip
+    """Rank 0 writes `path`. A sharded SAE's other blocks go to one file per rank and
+    step, written before `path` names that step and removed once a later one does,
+    so that the files `path` points to are always complete."""
+    sharded = any(m.sharded for m in members)
+    if rank != 0 and not sharded:  # data parallelism: every copy is the same
+        return
     state = {
         "job": fingerprint,
         "saes": [m.spec["path"] for m in members],
+        "shards": world if sharded else None,
         "step": step,
-        "members": [
-            {
-                "sae": m.sae.state_dict(),
-                "opt": m.opt.state_dict(),
-                "since_fired": m.since_fired,
-                "last_l0": m.last_l0,
-            }
-            for m in members
-        ],
+        "members": _member_state(members),
         "torch_rng": torch.get_rng_state(),
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    if sharded and rank != 0:
+        with atomic_path(_shard_path(path, rank, step)) as tmp:
+            torch.save(state, tmp)
+    if sharded:
+        dist.barrier()
+    if rank == 0:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    if sharded:
+        dist.barrier()
+        if rank != 0:
+            keep = _shard_path(path, rank, step)
+            for old in path.parent.glob(f"{path.stem}.shard{rank}.step*{path.suffix}"):
+                if old != keep:
+                    old.unlink(missing_ok=True)
 
 
-def _checkpoint_saes(path: Path, fingerprint: str) -> list[str] | None:
-    """The SAEs a checkpoint holds, or None when it was written for another job (a
-    changed config starts afresh)."""
+def _remove_checkpoint(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    for f in path.parent.glob(f"{path.stem}.shard*.step*{path.suffix}"):
+        f.unlink(missing_ok=True)
+
+
+def _checkpoint_head(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The SAEs a checkpoint holds and over how many shards, or None when it was
+    written for another job (a changed config starts afresh)."""
     if not path.exists():
         return None
     state = torch.load(path, weights_only=True, map_location="cpu")
     if state.get("job") != fingerprint:
         log.warning("%s was written for another training config; starting afresh", path)
         return None
-    return list(state["saes"])
+    return {"saes": list(state["saes"]), "shards": state.get("shards")}
 
 
-def _load_checkpoint(path: Path, members: list[Member]) -> int:
+def _load_checkpoint(path: Path, members: list[Member], rank: int = 0) -> int:
     state = torch.load(path, weights_only=True, map_location="cpu")
     if state["saes"] != [m.spec["path"] for m in members]:
         raise RuntimeError(f"{path}: checkpoint holds SAEs {state['saes']}")
+    if state.get("shards") and rank != 0:
+        state = torch.load(
+            _shard_path(path, rank, state["step"]), weights_only=True,
+            map_location="cpu",
+        )  # fmt: skip
     for m, s in zip(members, state["members"]):
         m.sae.load_state_dict(s["sae"])
         m.opt.load_state_dict(s["opt"])
@@ -215,12 +268,25 @@ def _truncate_log(path: Path, step: int) -> None:
         f.write("".join(ln + "\n" for ln in keep))
 
 
+def needs_sharding(
+    width: int, d_in: int, cfg: dict[str, Any], world: int, budget: float | None
+) -> bool:
+    """Whether an SAE's latents are split over the job's processes: when its data-
+    parallel copy does not fit `budget` and there is more than one process."""
+    from saesuite.resources import sae_gpu_bytes
+
+    if world == 1 or budget is None:
+        return False
+    return sae_gpu_bytes(cfg["batch_size"], d_in, width, world) > budget
+
+
 def sae_groups(
     saes: list[dict[str, Any]], d_in: int, cfg: dict[str, Any], world: int,
     budget: float | None,
 ) -> list[list[int]]:  # fmt: skip
     """Indices of `saes` in groups trained one after another, each within `budget`
-    bytes per device (None: one group). The batches are a function of the step and
+    bytes per device (None: one group); an SAE too wide for data parallelism trains
+    alone, sharded (`needs_sharding`). The batches are a function of the step and
     each SAE's initialisation of its own seed, so grouping does not change results."""
     from saesuite.resources import sae_gpu_bytes
 
@@ -229,6 +295,10 @@ def sae_groups(
     groups: list[list[int]] = []
     used = math.inf
     for i, spec in enumerate(saes):
+        if needs_sharding(spec["width"], d_in, cfg, world, budget):
+            groups.append([i])
+            used = math.inf
+            continue
         need = sae_gpu_bytes(cfg["batch_size"], d_in, spec["width"], world)
         if used + need > budget:
             groups.append([])
@@ -291,13 +361,27 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
         done = read_json(marker)["saes"]
     todo = [i for i, s in enumerate(job["saes"]) if s["path"] not in done]
     budget = job.get("group_bytes") or device_budget(device, world)
-    # The checkpoint's group first, as it was formed (the GPU may differ this time).
-    held = _checkpoint_saes(ckpt, fingerprint)
-    first = [i for i in todo if held and job["saes"][i]["path"] in held]
-    if held is None or len(first) != len(held):  # another config's, or SAEs done
+
+    def shards(idx: list[int]) -> int | None:
+        w = job["saes"][idx[0]]["width"]
+        one = len(idx) == 1 and needs_sharding(w, reader.d_in, cfg, world, budget)
+        return world if one else None
+
+    # The checkpoint's group first, as it was formed (the GPU may differ this time),
+    # unless it was sharded otherwise than this run would.
+    held = _checkpoint_head(ckpt, fingerprint)
+    first = [i for i in todo if held and job["saes"][i]["path"] in held["saes"]]
+    if held is not None and first and len(first) == len(held["saes"]):
+        if held["shards"] != shards(first):
+            log.warning(
+                "%s holds SAEs trained over %s shard(s); this run takes %s: starting "
+                "them afresh", ckpt, held["shards"] or 1, shards(first) or 1,
+            )  # fmt: skip
+            first = []
+    else:  # another config's, or SAEs done
         first = []
-        if rank == 0:
-            ckpt.unlink(missing_ok=True)
+    if not first and rank == 0:
+        _remove_checkpoint(ckpt)
     if world > 1:
         dist.barrier()  # no process may read a checkpoint rank 0 is removing
     rest = [i for i in todo if i not in first]
@@ -314,22 +398,30 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
         s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)
     }
     try:
-        for g, idx in enumerate(groups):
+        for idx in groups:
+            n_shards = shards(idx)
             members = [
                 Member(job["saes"][i], reader.d_in, cfg,
-                       sae_seed(job["seed"], job["site"], job["saes"][i]["path"]))
+                       sae_seed(job["seed"], job["site"], job["saes"][i]["path"]),
+                       bounds(job["saes"][i]["width"], world, rank) if n_shards
+                       else None)
                 for i in idx
             ]  # fmt: skip
             desc = job["site"]
             if len(groups) > 1 or done:
                 desc += f" [{len(done) + len(idx)}/{len(job['saes'])} SAEs]"
+            if n_shards and rank == 0:
+                log.info("%s: width %d sharded over %d processes", desc,
+                         members[0].spec["width"], world)  # fmt: skip
             _train_group(job, members, reader, cfg, ckpt, fingerprint, stop, desc,
                          rank, world)  # fmt: skip
+            if n_shards:
+                _gather_members(members, rank, world)
             if rank == 0:
                 for m in members:
                     done[m.spec["path"]] = write_outputs(m, job, scale, reader.n_valid)
                 write_json(marker, {"job": fingerprint, "saes": done})
-                ckpt.unlink(missing_ok=True)
+                _remove_checkpoint(ckpt)
             if world > 1:
                 dist.barrier()  # the next group must not find this group's checkpoint
             del members
@@ -340,6 +432,20 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     marker.unlink(missing_ok=True)
     return [done[s["path"]] for s in job["saes"]]
+
+
+def _gather_members(members: list[Member], rank: int, world: int) -> None:
+    """Replace each sharded SAE by the whole SAE on rank 0's CPU (for its outputs)."""
+    for m in members:
+        state = gather_state(m.sae.state_dict(), rank, world)
+        if state is None:
+            continue
+        full = JumpReLUSAE(
+            m.sae.d_in, m.spec["width"], threshold_param=m.sae.threshold_param,
+            bandwidth=m.sae.bandwidth, device="meta",
+        )  # fmt: skip
+        full.load_state_dict(state, assign=True)
+        m.sae = full
 
 
 def _train_group(
@@ -353,16 +459,18 @@ def _train_group(
     device = cfg["_device"]
     total = max(m.schedule.total_steps for m in members)
     logs = [Path(m.spec["out_dir"]) / "train_log.jsonl" for m in members]
-    start = _load_checkpoint(ckpt, members) if ckpt.exists() else 0
+    start = _load_checkpoint(ckpt, members, rank) if ckpt.exists() else 0
+    sharded = members[0].sharded  # a sharded SAE trains alone
     if rank == 0:
         for p in logs:
             p.parent.mkdir(parents=True, exist_ok=True)
             _truncate_log(p, start)
         if start:
             log.info("resuming %s from step %d of %d", desc, start, total)
-    local = slice(
+    # Data parallelism splits the batch; shards of latents all see the whole batch.
+    local = slice(None) if sharded else slice(
         rank * cfg["batch_size"] // world, (rank + 1) * cfg["batch_size"] // world
-    )
+    )  # fmt: skip
     files = [open(p, "a") for p in logs] if rank == 0 else []
     bar = tqdm(
         mininterval=progress_interval(),
@@ -402,13 +510,17 @@ def _train_group(
             done = step + 1
             if done == total:
                 break
-            if stop["signal"] is not None or done % cfg["checkpoint_every"] == 0:
-                if rank == 0:
-                    _save_checkpoint(ckpt, done, members, fingerprint)
-                if stop["signal"] is not None:
+            stopping = stop["signal"] is not None
+            if world > 1:  # every process stops at the same step
+                flag = torch.tensor([int(stopping)])
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stopping = bool(flag)
+            if stopping or done % cfg["checkpoint_every"] == 0:
+                _save_checkpoint(ckpt, done, members, fingerprint, rank, world)
+                if stopping:
                     log.warning(
                         "signal %d: checkpoint at step %d written; exiting %d (retry)",
-                        stop["signal"],
+                        stop["signal"] or 0,
                         done,
                         PREEMPTED_EXIT,
                     )
@@ -432,19 +544,23 @@ def _train_step(m: Member, x: torch.Tensor, step: int, cfg: dict, world: int) ->
         )
     fn = sparse_step if mode == "sparse" else dense_step
     target = spec["value"] if spec["penalty"] == "target_l0" else None
-    stats = fn(m.sae, x, penalty=spec["penalty"], coefficient=coef, target_l0=target)
+    stats = fn(m.sae, x, penalty=spec["penalty"], coefficient=coef, target_l0=target,
+               sharded=m.sharded)  # fmt: skip
     fired = stats.fired
     loss, l0, fvu, recon = stats.loss, stats.l0, stats.fvu, stats.reconstruction
-    if world > 1:
+    if world > 1 and not m.sharded:  # sharded: every process has the whole sums
         buf = torch.tensor([loss, l0, fvu, recon], dtype=torch.float64)
         dist.all_reduce(buf)
         loss, l0, fvu, recon = (buf / world).tolist()
         fired_i = fired.to(torch.int32)
         dist.all_reduce(fired_i, op=dist.ReduceOp.MAX)
         fired = fired_i.bool()
-    _reduce_grads(m.sae, world)
+    if not m.sharded:
+        _reduce_grads(m.sae, world)
     m.sae.remove_parallel_decoder_grad()
-    if cfg.get("max_grad_norm"):
+    if cfg.get("max_grad_norm") and m.sharded:
+        clip_grad_norm_(m.sae, cfg["max_grad_norm"])
+    elif cfg.get("max_grad_norm"):
         torch.nn.utils.clip_grad_norm_(m.sae.parameters(), cfg["max_grad_norm"])
     m.opt.step()
     m.opt.zero_grad(set_to_none=True)
@@ -455,7 +571,8 @@ def _train_step(m: Member, x: torch.Tensor, step: int, cfg: dict, world: int) ->
     m.last_l0 = l0
     m.since_fired += cfg["batch_size"]
     m.since_fired[fired.cpu()] = 0
-    dead = int((m.since_fired >= cfg["dead_window_tokens"]).sum())
+    dead_t = (m.since_fired >= cfg["dead_window_tokens"]).sum()
+    dead = int(all_reduce_(dead_t) if m.sharded else dead_t)
     return {
         "step": step,
         "tokens": (step + 1) * cfg["batch_size"],
@@ -518,11 +635,18 @@ def write_outputs(m: Member, job: dict, scale: float, n_valid: int) -> dict[str,
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--job", required=True, help="job JSON written by the train rule")
+    ap.add_argument("--nproc", type=int, default=1,
+                    help="processes (GPUs); through torchrun when > 1")  # fmt: skip
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.nproc > 1:
+        from saesuite.launch import torchrun
+
+        sys.exit(torchrun(args.job, args.nproc))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        # NCCL for tensors on GPUs; gloo for the small CPU ones (stop flags, stats)
+        gpu = torch.cuda.is_available()
+        dist.init_process_group("cpu:gloo,cuda:nccl" if gpu else "gloo")
     try:
         train_site(read_json(args.job))
     finally:

@@ -1,0 +1,77 @@
+"""Run by tests/test_shard.py under torchrun (gloo): one process's shard of a JumpReLU
+SAE takes the dense and the sparse step, clips and gathers; its results go to
+<out>/rank<r>.pt for the test to compare with the whole SAE on one process."""
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+from saesuite.sae import JumpReLUSAE
+from saesuite.shard import bounds, clip_grad_norm_, gather_state
+from saesuite.step import dense_step, sparse_step
+
+D, WIDTH, SEED = 12, 37, 5  # 37 latents: blocks of unequal size
+
+
+def whole() -> JumpReLUSAE:
+    """The SAE every process derives its block from: seeded init, then non-zero
+    biases and spread thresholds so that every gradient term is exercised."""
+    sae = JumpReLUSAE(D, WIDTH, bandwidth=0.5).initialize(
+        torch.Generator().manual_seed(SEED)
+    )
+    g = torch.Generator().manual_seed(SEED + 1)
+    with torch.no_grad():
+        sae.b_enc.copy_(0.1 * torch.randn(WIDTH, generator=g))
+        sae.b_dec.copy_(0.3 * torch.randn(D, generator=g))
+        sae.threshold_raw.copy_(1.0 + 2.0 * torch.rand(WIDTH, generator=g))
+    return sae
+
+
+def batch() -> torch.Tensor:
+    return torch.randn(64, D, generator=torch.Generator().manual_seed(SEED + 2))
+
+
+def shard_of(full: JumpReLUSAE, rank: int, world: int) -> JumpReLUSAE:
+    lo, hi = bounds(WIDTH, world, rank)
+    sae = JumpReLUSAE(D, hi - lo, bandwidth=0.5)
+    with torch.no_grad():
+        sae.W_enc.copy_(full.W_enc[:, lo:hi])
+        sae.W_dec.copy_(full.W_dec[lo:hi])
+        sae.b_enc.copy_(full.b_enc[lo:hi])
+        sae.b_dec.copy_(full.b_dec)
+        sae.threshold_raw.copy_(full.threshold_raw[lo:hi])
+    return sae
+
+
+def main(out: str) -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    lo, hi = bounds(WIDTH, world, rank)
+    init = JumpReLUSAE(D, hi - lo).initialize(
+        torch.Generator().manual_seed(SEED), full_width=WIDTH, start=lo
+    )
+    res = {"init": {k: v.clone() for k, v in init.state_dict().items()}}
+    full, x = whole(), batch()
+    for name, fn in (("dense", dense_step), ("sparse", sparse_step)):
+        for penalty, target in (("l0", None), ("target_l0", 4.0)):
+            sae = shard_of(full, rank, world)
+            st = fn(sae, x, penalty=penalty, coefficient=0.3, target_l0=target,
+                    sharded=True)  # fmt: skip
+            res[f"{name}/{penalty}"] = {
+                "stats": [st.loss, st.reconstruction, st.l0, st.fvu],
+                "fired": st.fired,
+                "grads": {k: p.grad.clone() for k, p in sae.named_parameters()},
+            }
+            if name == "dense" and penalty == "l0":
+                res["norm"] = clip_grad_norm_(sae, 0.01)
+                res["clipped"] = {k: p.grad.clone() for k, p in sae.named_parameters()}
+    res["gathered"] = gather_state(
+        shard_of(full, rank, world).state_dict(), rank, world
+    )
+    torch.save(res, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
