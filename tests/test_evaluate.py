@@ -184,3 +184,75 @@ def test_an_sae_of_the_wrong_width_is_named_before_any_pass(tiny_models, tmp_pat
             out=tmp_path / "out" / "layer_1.json",
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_encoding_a_few_sequences_at_a_time_gives_the_same_metrics(setup):
+    """A 2^20-latent SAE cannot encode a whole batch at once on a GPU; one sequence
+    at a time must not change any metric."""
+    model, ids, mask = setup
+    site = Site(1, "res")
+    sae = JumpReLUSAE(64, 96, apply_b_dec_to_input=False).initialize(
+        torch.Generator().manual_seed(1)
+    )
+    with torch.no_grad():
+        sae.threshold_raw.fill_(0.05)
+    saes = {"s": (site, sae)}
+    whole = evaluate(model, ids, mask, saes, batch_size=5, loss_batch_size=5)["s"]
+    rows = evaluate(model, ids, mask, saes, batch_size=5, loss_batch_size=5,
+                    encode_bytes=1)["s"]  # fmt: skip
+    assert 0 < whole["l0"] < 96 and whole["fvu"] > 0
+    for k, v in whole.items():
+        if isinstance(v, float):
+            assert rows[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+        else:
+            assert rows[k] == v, k
+
+
+def test_saes_in_groups_that_fit_a_gpu_get_the_metrics_of_one_group(
+    tiny_models, tmp_path
+):
+    from conftest import make_config
+    from safetensors.torch import save_file
+
+    from saesuite.config import load_config
+    from saesuite.evaluate import eval_groups, evaluate_layer, released_shape
+    from saesuite.io import read_json
+    from saesuite.tokens import save_tokens
+
+    cfg = load_config(make_config(tiny_models["gemma3"]))
+    saes = []
+    for i, width in enumerate((48, 96, 32)):
+        d = tmp_path / f"sae{i}"
+        d.mkdir()
+        sae = JumpReLUSAE(64, width).initialize(torch.Generator().manual_seed(i))
+        save_file(sae.fold_normalization(1.0).release_tensors(),
+                  str(d / "sae.safetensors"))  # fmt: skip
+        assert released_shape(d) == (64, width)
+        saes.append({"key": f"k{i}", "dir": str(d), "identity": {"layer": 1,
+                     "site": "res"}})  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(6, 200, (3, 16), generator=g, dtype=torch.int32)
+    save_tokens(tmp_path / "eval.safetensors", ids, torch.ones(3, 16, dtype=torch.bool))
+    sizes = [2 * 64 * w * 4 for w in (48, 96, 32)]
+    assert eval_groups(sizes, sizes[1]) == [[0], [1], [2]]
+    assert eval_groups(sizes, sizes[0] + sizes[1]) == [[0, 1], [2]]
+    assert eval_groups(sizes, None) == [[0, 1, 2]]
+    got = {}
+    for name, budget in (("one", None), ("split", sizes[1])):
+        job = {
+            "identity": {"trained_on": "tiny", "evaluated_on": "tiny", "data": "text"},
+            "model_cfg": cfg["models"]["tiny"], "evaluate": cfg["evaluate"],
+            "group_bytes": budget,
+            "saes": [{**s, "out": str(tmp_path / name / f"{s['key']}.json")}
+                     for s in saes],
+        }  # fmt: skip
+        evaluate_layer(
+            job,
+            data_path=tmp_path / "eval.safetensors",
+            cache_root=tmp_path,
+            out=tmp_path / name / "layer.json",
+        )
+        got[name] = [read_json(tmp_path / name / f"k{i}.json")["metrics"]
+                     for i in range(3)]  # fmt: skip
+    assert got["one"] == got["split"]
+    assert got["one"][0]["delta_loss"] != got["one"][1]["delta_loss"]

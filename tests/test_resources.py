@@ -90,8 +90,40 @@ def test_evaluate_estimate_counts_the_passes():
     # reconstruction over 1,024 tokens; loss over 256 for 6 SAEs + 3 zero-ablations
     # + the clean pass
     assert flops == 2 * n * (1024 + 256 * (6 + 3 + 1))
-    sae_mb = 6 * 2 * 2304 * 128 * 4 / 2**20
+    # res and mlp are 2304 wide, att 8 heads × 256 = 2048
+    sae_mb = 2 * (2304 + 2048 + 2304) * 2 * 128 * 4 / 2**20
     assert mem == model_mb(c, "tiny") + int(1.5 * sae_mb) + BASE_MB
+    # On a 10 GB GPU, 9 GB - 5.2 GB of bf16 weights - 4.3 GB of work leaves no room
+    # beside the model: counted as 1 GB of SAEs, 6 × 2.4 MB → one group still. The
+    # host holds one SAE at a time.
+    g = cfg(gpu=True, gpu_mem_gb=10)
+    mem_g, flops_g = evaluate_estimate(g, "tiny", "text", specs)
+    assert (
+        flops_g == flops
+        and mem_g == model_mb(c, "tiny") + int(1.5 * sae_mb / 6) + BASE_MB
+    )
+
+
+def test_evaluating_saes_wider_than_a_gpu_holds_beside_the_model_repeats_clean_passes():
+    """Gemma 2 9B layer 20: 66 SAEs, 6 of them 2^20 wide (30 GB each in fp32). On
+    80 GB GPUs with 18.5 GB of bf16 weights beside them, they go in groups, and each
+    group repeats the clean, zero-ablation and reconstruction passes."""
+    import math
+
+    from saesuite.config import REPO_ROOT
+
+    c = load_config(REPO_ROOT / "config/suites/gemma-2-9b-pt.yaml")
+    specs = [s for s in expand_suite(c) if s.layer == 20]
+    shape = KNOWN["gemma-2-9b"]
+    sizes = sum(2 * shape.site_width(s.site) * s.width * 4 for s in specs)
+    free = 0.9 * 80e9 - KNOWN["gemma-2-9b"].n_params * 2 - 2**32
+    groups = math.ceil(sizes / free)
+    assert groups > 3
+    _, flops = evaluate_estimate(c, "gemma-2-9b", "text", specs)
+    n, ev = KNOWN["gemma-2-9b"].n_params, c["evaluate"]
+    tok = ev["tokens"] or 2048 * 1024
+    loss = min(ev["loss_tokens"] or tok, tok)
+    assert flops == 2 * n * (groups * (tok + loss * 4) + loss * len(specs))
 
 
 def test_extract_memory_is_one_batch_whatever_the_chunk():

@@ -22,6 +22,7 @@ its site and computes only the layers from the site on.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -40,6 +42,7 @@ from saesuite.sae import JumpReLUSAE
 from saesuite.sites import capture, layer_outputs, logits_from, site_hooks
 
 DENSE_FREQUENCY = 0.1
+ENCODE_BYTES = 2**31  # work tensors while encoding one SAE's batch
 HIST_EDGES = np.linspace(-10.0, 0.0, 41)  # log10 frequency, 0.25 wide
 log = logging.getLogger(__name__)
 
@@ -181,10 +184,23 @@ class NextToken:
         return (neg_entropy - dot.view(B, T) + self.lse)[:, :-1]
 
 
-def _encode(sae: JumpReLUSAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _reconstruct(
+    sae: JumpReLUSAE, x: torch.Tensor, m: torch.Tensor, acc: Accumulator,
+    encode_bytes: int,
+) -> torch.Tensor:  # fmt: skip
+    """x̂ of a batch (B, T, d), its reconstruction metrics added to `acc`. Encoded a
+    few sequences at a time: (rows, T, width) pre-activations, mask and latents of a
+    2^20-latent SAE take 12 GB per 1,024 tokens."""
+    rows = max(1, encode_bytes // (3 * 4 * x.shape[1] * sae.d_sae))
+    parts = []
     with torch.no_grad():
-        f = sae.encode(x.to(sae.W_enc.dtype))
-        return f, sae.decode(f).to(x.dtype)
+        for i in range(0, len(x), rows):
+            xi = x[i : i + rows]
+            f = sae.encode(xi.to(sae.W_enc.dtype))
+            x_hat = sae.decode(f).to(x.dtype)
+            acc.add_reconstruction(xi, x_hat, f, m[i : i + rows])
+            parts.append(x_hat)
+    return torch.cat(parts)
 
 
 def evaluate(
@@ -198,12 +214,14 @@ def evaluate(
     loss_batch_size: int = 2,
     progress: Any = None,
     resume: bool = True,
+    encode_bytes: int = ENCODE_BYTES,
 ) -> dict[str, Accumulator]:
     """Accumulated metrics of every SAE in `saes` ({key: (site, released SAE on raw
     input)}) on sequences `ids` (N, T) with `mask` (N, T): reconstruction on all N,
     loss on the first `loss_sequences` (None = all). `progress(n)` is told of every
     finished batch of n sequences. `resume=False` recomputes the layers before
-    each site in its spliced passes (for benchmarks)."""
+    each site in its spliced passes (for benchmarks). `encode_bytes` bounds the
+    work tensors of encoding (`_reconstruct`)."""
     n_seq, ctx = ids.shape
     n_loss = n_seq if loss_sequences is None else min(loss_sequences, n_seq)
     sites = sorted({site for site, _ in saes.values()})
@@ -256,8 +274,7 @@ def evaluate(
             for site in sites
         }
         for key, (site, sae) in saes.items():
-            f, x_hat = _encode(sae, captured[site])
-            acc[key].add_reconstruction(captured[site], x_hat, f, m)
+            x_hat = _reconstruct(sae, captured[site], m, acc[key], encode_bytes)
             spliced = NextToken(
                 logits_from(model, x_ids, [site], masked(x_hat), after(site, kept)),
                 x_ids,
@@ -273,8 +290,7 @@ def evaluate(
         m = mask[b0 : b0 + batch_size].to(device)
         captured = capture(model, x_ids, sites)
         for key, (site, sae) in saes.items():
-            f, x_hat = _encode(sae, captured[site])
-            acc[key].add_reconstruction(captured[site], x_hat, f, m)
+            _reconstruct(sae, captured[site], m, acc[key], encode_bytes)
         if progress:
             progress(len(x_ids))
     return acc
@@ -283,6 +299,44 @@ def evaluate(
 def load_released(sae_dir: str | Path) -> JumpReLUSAE:
     """A trained SAE as released (folded: it takes raw activations)."""
     return JumpReLUSAE.from_release(load_file(str(Path(sae_dir) / "sae.safetensors")))
+
+
+def released_shape(sae_dir: str | Path) -> tuple[int, int]:
+    """(d_in, d_sae) of a released SAE, read from its header only."""
+    with safe_open(str(Path(sae_dir) / "sae.safetensors"), "pt") as f:
+        d_in, d_sae = f.get_slice("W_enc").get_shape()
+    return d_in, d_sae
+
+
+def eval_groups(sizes: list[int], budget: float | None) -> list[list[int]]:
+    """Indices of SAEs of `sizes` bytes in consecutive groups within `budget` (None:
+    one group); an SAE larger than the budget is a group of its own."""
+    if budget is None:
+        return [list(range(len(sizes)))] if sizes else []
+    groups: list[list[int]] = []
+    used = math.inf
+    for i, n in enumerate(sizes):
+        if used + n > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += n
+    return groups
+
+
+def device_sae_budget(model: torch.nn.Module, ev: dict[str, Any], ctx: int):
+    """Bytes of SAE weights one pass may hold on the model's GPU (None on CPU): what
+    the GPU has after the model, less the work of encoding and the head's logits."""
+    from saesuite.resources import GPU_HEADROOM
+
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return None
+    total = torch.cuda.get_device_properties(device).total_memory
+    vocab = model.config.vocab_size
+    logits = 3 * ev["loss_batch_size"] * ctx * vocab * 4  # clean, spliced, p
+    work = ENCODE_BYTES + logits
+    return max(0.0, GPU_HEADROOM * total - torch.cuda.memory_allocated(device) - work)
 
 
 def evaluate_layer(
@@ -294,7 +348,11 @@ def evaluate_layer(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Rule `evaluate`: every SAE of one layer on one model and data set. Writes a
-    JSON and a per-latent frequency file per SAE, then the layer summary `out`."""
+    JSON and a per-latent frequency file per SAE, then the layer summary `out`.
+
+    On a GPU the SAEs are loaded and evaluated in groups whose weights fit beside the
+    model (`job["group_bytes"]` overrides the budget); each group repeats the clean
+    passes, which gives the same metrics as one group."""
     from saesuite.models import load_model
     from saesuite.sites import site_width
     from saesuite.tokens import load_tokens
@@ -305,38 +363,48 @@ def evaluate_layer(
     n_seq = len(ids) if ev["tokens"] is None else max(1, ev["tokens"] // ctx)
     n_loss = n_seq if ev["loss_tokens"] is None else max(1, ev["loss_tokens"] // ctx)
     ids, mask = ids[:n_seq], mask[:n_seq]
-    saes = {
-        s["key"]: (
-            Site(s["identity"]["layer"], s["identity"]["site"]),
-            load_released(s["dir"]),
-        )
-        for s in job["saes"]
-    }
+    shapes = [released_shape(s["dir"]) for s in job["saes"]]
     model = load_model(job["model_cfg"], cache_root)
-    for key, (site, sae) in saes.items():
+    for s, (d_in, _) in zip(job["saes"], shapes):
+        site = Site(s["identity"]["layer"], s["identity"]["site"])
         want = site_width(model, site.kind)
-        if sae.d_in != want:
+        if d_in != want:
             raise ValueError(
-                f"SAE {key} has d_in {sae.d_in}, but site {site.name} of model "
+                f"SAE {s['key']} has d_in {d_in}, but site {site.name} of model "
                 f"'{job['identity']['evaluated_on']}' is {want} wide: the two models "
                 "differ in shape; pair only models of one architecture (models.*.base)"
             )
     device = next(model.parameters()).device
-    saes = {k: (site, sae.to(device)) for k, (site, sae) in saes.items()}
+    budget = job.get("group_bytes") or device_sae_budget(model, ev, ctx)
+    groups = eval_groups([2 * d * w * 4 for d, w in shapes], budget)
+    acc: dict[str, Accumulator] = {}
     start = time.perf_counter()
     with tqdm(
-        total=n_seq, unit="seq", desc="evaluate", mininterval=progress_interval()
-    ) as bar:
-        acc = evaluate(
-            model,
-            ids,
-            mask,
-            saes,
-            batch_size=ev["batch_size"],
-            loss_sequences=n_loss,
-            loss_batch_size=ev["loss_batch_size"],
-            progress=bar.update,
-        )
+        total=n_seq * len(groups), unit="seq", desc="evaluate",
+        mininterval=progress_interval(),
+    ) as bar:  # fmt: skip
+        for g in groups:
+            saes = {
+                job["saes"][i]["key"]: (
+                    Site(job["saes"][i]["identity"]["layer"],
+                         job["saes"][i]["identity"]["site"]),
+                    load_released(job["saes"][i]["dir"]).to(device),
+                )
+                for i in g
+            }  # fmt: skip
+            acc.update(
+                evaluate(
+                    model,
+                    ids,
+                    mask,
+                    saes,
+                    batch_size=ev["batch_size"],
+                    loss_sequences=n_loss,
+                    loss_batch_size=ev["loss_batch_size"],
+                    progress=bar.update,
+                )
+            )
+            del saes
     elapsed = time.perf_counter() - start
     meta = {**job["identity"], **(extra or {}), "data_path": str(data_path)}
     summary = []
@@ -351,8 +419,8 @@ def evaluate_layer(
         )
         summary.append({"key": s["key"], "json": s["out"], **scalar_metrics(metrics)})
     log.info(
-        "%d SAEs on %d sequences (%d with loss metrics) in %.1f s",
-        len(saes), n_seq, min(n_loss, n_seq), elapsed,
+        "%d SAEs in %d group(s) on %d sequences (%d with loss metrics) in %.1f s",
+        len(job["saes"]), len(groups), n_seq, min(n_loss, n_seq), elapsed,
     )  # fmt: skip
     result = {**meta, "versions": versions(), "saes": summary}
     write_json(out, result)

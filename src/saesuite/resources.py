@@ -11,7 +11,8 @@ clamped to [min_runtime, max_runtime] minutes; memory has a 1.5× margin):
 - train: the shuffle bucket plus per SAE its weights, gradients and Adam moments and
   the (batch, width) work tensors, on one GPU or split over several (`sae_gpu_bytes`);
   FLOPs 10·d_in·width per token per SAE;
-- evaluate: the model and the layer's SAEs; FLOPs as in the pre-flight plan;
+- evaluate: the model and the layer's SAEs (on GPUs one SAE at a time: they go to
+  the GPU in groups that fit beside the model); FLOPs as in the pre-flight plan;
 - transfer_rollouts: the model; decoding runs ~10× below the dense rate.
 An unknown model (not in known_models) gets conservative fixed requests.
 """
@@ -159,9 +160,11 @@ def evaluate_estimate(
     """(mem_mb, flops) of one evaluate job: one layer's SAEs (`specs`) through lm."""
     shape = _shape(config, lm)
     ev = config["evaluate"]
-    d = max((shape.site_width(s.site) for s in specs), default=0) if shape else 4096
-    sae_mb = sum(2 * d * s.width * 4 for s in specs) / 2**20
-    mem = model_mb(config, lm) + int(1.5 * sae_mb) + BASE_MB
+    sizes = [2 * (shape.site_width(s.site) if shape else 4096) * s.width * 4
+             for s in specs]  # fmt: skip
+    # On a GPU the SAEs pass through the host one at a time (saesuite.evaluate).
+    sae_mb = max(sizes, default=0) if uses_gpu(config, "evaluate") else sum(sizes)
+    mem = model_mb(config, lm) + int(1.5 * sae_mb / 2**20) + BASE_MB
     if shape is None:
         return mem, None
     n_tok = ev["tokens"] or (
@@ -171,7 +174,14 @@ def evaluate_estimate(
     )
     loss_tok = min(ev["loss_tokens"] or n_tok, n_tok)
     n_sites = len({s.site for s in specs})
-    return mem, 2 * shape.n_params * (n_tok + loss_tok * (len(specs) + n_sites + 1))
+    # Each group of SAEs that fits a GPU beside the model repeats the clean passes.
+    groups = 1
+    if uses_gpu(config, "evaluate"):
+        free = GPU_HEADROOM * config["resources"]["gpu_mem_gb"] * 1e9
+        free -= shape.n_params * BYTES[config["models"][lm]["dtype"]] + 2**32
+        groups = max(1, math.ceil(sum(sizes) / max(free, 1e9)))
+    clean = n_tok + loss_tok * (n_sites + 1)
+    return mem, 2 * shape.n_params * (groups * clean + loss_tok * len(specs))
 
 
 def rollouts_estimate(config: dict[str, Any], model: str) -> tuple[int, float | None]:

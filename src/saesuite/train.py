@@ -646,6 +646,8 @@ def main(argv: list[str] | None = None) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # NCCL for tensors on GPUs; gloo for the small CPU ones (stop flags, stats)
         gpu = torch.cuda.is_available()
+        if gpu:  # NCCL's collectives (barriers too) run on the current device
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("cpu:gloo,cuda:nccl" if gpu else "gloo")
     try:
         train_site(read_json(args.job))
