@@ -215,8 +215,9 @@ def test_saes_in_groups_that_fit_a_gpu_get_the_metrics_of_one_group(
     from safetensors.torch import save_file
 
     from saesuite.config import load_config
-    from saesuite.evaluate import eval_groups, evaluate_layer, released_shape
+    from saesuite.evaluate import evaluate_layer, released_shape
     from saesuite.io import read_json
+    from saesuite.resources import fit_groups
     from saesuite.tokens import save_tokens
 
     cfg = load_config(make_config(tiny_models["gemma3"]))
@@ -234,9 +235,10 @@ def test_saes_in_groups_that_fit_a_gpu_get_the_metrics_of_one_group(
     ids = torch.randint(6, 200, (3, 16), generator=g, dtype=torch.int32)
     save_tokens(tmp_path / "eval.safetensors", ids, torch.ones(3, 16, dtype=torch.bool))
     sizes = [2 * 64 * w * 4 for w in (48, 96, 32)]
-    assert eval_groups(sizes, sizes[1]) == [[0], [1], [2]]
-    assert eval_groups(sizes, sizes[0] + sizes[1]) == [[0, 1], [2]]
-    assert eval_groups(sizes, None) == [[0, 1, 2]]
+    assert fit_groups(sizes, sizes[1]) == [[0], [1], [2]]
+    assert fit_groups(sizes, sizes[0] + sizes[1]) == [[0, 1], [2]]
+    assert fit_groups(sizes, None) == [[0, 1, 2]]
+    assert fit_groups(sizes, 10 * sum(sizes), frozenset({1})) == [[0], [1], [2]]
     got = {}
     for name, budget in (("one", None), ("split", sizes[1])):
         job = {

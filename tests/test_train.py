@@ -236,7 +236,7 @@ def test_groups_that_fit_a_device_train_like_one_job_and_resume(
     other: the same bytes as together. A signal during the second group checkpoints
     it; the retry resumes there and does not retrain the first."""
     from saesuite.resources import sae_gpu_bytes
-    from saesuite.train import sae_groups
+    from saesuite.train import needs_sharding, sae_groups
 
     want, _ = reference
     job = make_job(store, tmp_path, tokens=128 * 1500, checkpoint_every=1000)
@@ -244,6 +244,14 @@ def test_groups_that_fit_a_device_train_like_one_job_and_resume(
     assert sae_groups(job["saes"], D, job["train"], 1, 2 * one) == [[0, 1]]
     assert sae_groups(job["saes"], D, job["train"], 1, one) == [[0], [1]]
     assert sae_groups(job["saes"], D, job["train"], 1, None) == [[0, 1]]
+    # Over 2 processes each SAE needs less (half the batch's work tensors): both fit
+    two = sae_gpu_bytes(job["train"]["batch_size"], D, 64, 2)
+    assert sae_groups(job["saes"], D, job["train"], 2, 2 * two) == [[0, 1]]
+    # and one that fits no device data-parallel trains alone, sharded
+    assert not needs_sharding(64, D, job["train"], 2, two)
+    assert needs_sharding(64, D, job["train"], 2, two - 1)
+    assert not needs_sharding(64, D, job["train"], 1, two - 1)  # nothing to shard over
+    assert sae_groups(job["saes"], D, job["train"], 2, two - 1) == [[0], [1]]
     job["group_bytes"] = one
     p = run_cli(job, tmp_path / "job.json")
     first = Path(job["saes"][0]["out_dir"]) / "sae.safetensors"

@@ -22,7 +22,6 @@ its site and computes only the layers from the site on.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,22 +307,6 @@ def released_shape(sae_dir: str | Path) -> tuple[int, int]:
     return d_in, d_sae
 
 
-def eval_groups(sizes: list[int], budget: float | None) -> list[list[int]]:
-    """Indices of SAEs of `sizes` bytes in consecutive groups within `budget` (None:
-    one group); an SAE larger than the budget is a group of its own."""
-    if budget is None:
-        return [list(range(len(sizes)))] if sizes else []
-    groups: list[list[int]] = []
-    used = math.inf
-    for i, n in enumerate(sizes):
-        if used + n > budget:
-            groups.append([])
-            used = 0
-        groups[-1].append(i)
-        used += n
-    return groups
-
-
 def device_sae_budget(model: torch.nn.Module, ev: dict[str, Any], ctx: int):
     """Bytes of SAE weights one pass may hold on the model's GPU (None on CPU): what
     the GPU has after the model, less the work of encoding and the head's logits."""
@@ -354,6 +337,7 @@ def evaluate_layer(
     model (`job["group_bytes"]` overrides the budget); each group repeats the clean
     passes, which gives the same metrics as one group."""
     from saesuite.models import load_model
+    from saesuite.resources import fit_groups
     from saesuite.sites import site_width
     from saesuite.tokens import load_tokens
 
@@ -376,7 +360,7 @@ def evaluate_layer(
             )
     device = next(model.parameters()).device
     budget = job.get("group_bytes") or device_sae_budget(model, ev, ctx)
-    groups = eval_groups([2 * d * w * 4 for d, w in shapes], budget)
+    groups = fit_groups([2 * d * w * 4 for d, w in shapes], budget)
     acc: dict[str, Accumulator] = {}
     start = time.perf_counter()
     with tqdm(

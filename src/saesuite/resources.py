@@ -122,6 +122,28 @@ def sae_gpu_bytes(
     return 16 * 2 * d_in * width + 6 * 4 * (batch_size // nproc) * width
 
 
+def fit_groups(
+    sizes: list[float], budget: float | None, alone: frozenset[int] = frozenset()
+) -> list[list[int]]:
+    """Indices of items of `sizes` bytes in consecutive groups within `budget` (None:
+    one group); an item larger than the budget, or in `alone`, is a group of its own."""
+    if budget is None:
+        return [list(range(len(sizes)))] if sizes else []
+    groups: list[list[int]] = []
+    used = math.inf
+    for i, n in enumerate(sizes):
+        if i in alone:
+            groups.append([i])
+            used = math.inf
+            continue
+        if used + n > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += n
+    return groups
+
+
 def shards_needed(batch_size: int, d_in: int, width: int, budget: float) -> int | None:
     """The fewest processes over which one SAE fits `budget` bytes per GPU (1: it
     fits whole; None: not even over 1024)."""

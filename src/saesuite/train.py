@@ -288,24 +288,15 @@ def sae_groups(
     bytes per device (None: one group); an SAE too wide for data parallelism trains
     alone, sharded (`needs_sharding`). The batches are a function of the step and
     each SAE's initialisation of its own seed, so grouping does not change results."""
-    from saesuite.resources import sae_gpu_bytes
+    from saesuite.resources import fit_groups, sae_gpu_bytes
 
-    if budget is None:
-        return [list(range(len(saes)))] if saes else []
-    groups: list[list[int]] = []
-    used = math.inf
-    for i, spec in enumerate(saes):
-        if needs_sharding(spec["width"], d_in, cfg, world, budget):
-            groups.append([i])
-            used = math.inf
-            continue
-        need = sae_gpu_bytes(cfg["batch_size"], d_in, spec["width"], world)
-        if used + need > budget:
-            groups.append([])
-            used = 0
-        groups[-1].append(i)
-        used += need
-    return groups
+    b = cfg["batch_size"]
+    sizes = [sae_gpu_bytes(b, d_in, s["width"], world) for s in saes]
+    alone = frozenset(
+        i for i, s in enumerate(saes)
+        if needs_sharding(s["width"], d_in, cfg, world, budget)
+    )  # fmt: skip
+    return fit_groups(sizes, budget, alone)
 
 
 def device_budget(device: str, world: int) -> float | None:
