@@ -11,6 +11,7 @@ from conftest import make_config
 
 from saesuite.cli import main
 from saesuite.config import REPO_ROOT, load_config
+from saesuite.known_models import KNOWN
 from saesuite.plan import format_plan, preflight
 
 
@@ -25,6 +26,12 @@ def test_default_plan_matches_hand_computation():
     hours = df.loc["train", "flops"] / 0.1e12 / 3600
     assert df.loc["train", "gpu_hours"] == pytest.approx(hours)
     assert "transfer (gemma-3-270m SAEs, chat)" in df.index  # the format-shift check
+    # Evaluation: one job per layer (5, 9, 12, 15), each 6 SAEs at 3 sites; per job a
+    # pass over 128 × 128 tokens and, over 512 tokens, the clean pass, 3 zero-ablated
+    # and 6 spliced passes; the same FLOPs the jobs' runtime requests come from.
+    n = KNOWN["gemma-3-270m"].n_params
+    ev = df.loc["evaluate (gemma-3-270m SAEs, text)"]
+    assert ev["flops"] == 4 * 2 * n * (16384 + 512 * (1 + 3 + 6))
 
 
 def test_gemma_scope_budgets_on_a_gemma_2_2b_suite():

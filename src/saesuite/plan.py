@@ -7,9 +7,10 @@ FLOP model (estimates, stated so they can be checked):
   token (embedding and head left out);
 - train: the dense-equivalent JumpReLU step, 10·d_in·width per token per SAE (the
   sparse step does less once L0 ≪ width: BENCHMARKS.md);
-- evaluate: per evaluation a truncated pass over `evaluate.tokens` and, over
-  `evaluate.loss_tokens`, one full pass (2·N_params per token) per SAE plus the clean
-  and the zero-ablation passes;
+- evaluate: per layer's job (`resources.evaluate_estimate`) a pass over
+  `evaluate.tokens` and, over `evaluate.loss_tokens`, one full pass (2·N_params per
+  token) per SAE plus the clean and the zero-ablation passes, repeated per group of
+  SAEs that fits a GPU beside the model;
 - rollouts: 2·N_params per generated token.
 Shapes come from saesuite's table of known models; an unknown model gets no FLOPs.
 """
@@ -23,6 +24,7 @@ import pandas as pd
 from saesuite.config import SAESpec, expand_suite, model_layers, sequences
 from saesuite.extract import cache_plan
 from saesuite.known_models import known_shape
+from saesuite.resources import evaluate_estimate
 from saesuite.transfer import evaluations, transfer_checks
 
 
@@ -64,11 +66,14 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
         n_tok = ev["tokens"] or (
             eval_tok if e.data == "text" else config["transfer"]["tokens"]
         )
-        loss_tok = min(ev["loss_tokens"] or n_tok, n_tok)
-        n_sites = len({(s.layer, s.site) for s in specs})
         flops = None
-        if shape:
-            flops = 2 * shape.n_params * (n_tok + loss_tok * (len(specs) + n_sites + 1))
+        if shape:  # one job per layer, as the workflow runs them (saesuite.resources)
+            layers = sorted({s.layer for s in specs})
+            flops = sum(
+                evaluate_estimate(config, e.evaluated_on, e.data,
+                                  [s for s in specs if s.layer == L])[1]
+                for L in layers
+            )  # fmt: skip
         stage = (
             "evaluate"
             if e.trained_on == e.evaluated_on and e.data == "text"

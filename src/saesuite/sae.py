@@ -18,6 +18,8 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import nn
 
+from saesuite.shard import fan_out, reduce_sum
+
 Penalty = Literal["l0", "target_l0"]
 INIT_BLOCK = 1 << 24  # floats drawn at a time while initialising
 
@@ -200,17 +202,14 @@ class JumpReLUSAE(nn.Module):
         """‖x − x̂‖² + sparsity, with the straight-through estimators; dense path.
         `sharded`: this module holds one block of the latents (`saesuite.shard`); the
         reconstruction and L0 are summed over the processes holding the others."""
-        if sharded:
-            from saesuite.shard import fan_out, reduce_sum
-        else:
-            fan_out = reduce_sum = _identity
-        xc = fan_out(x - self.b_dec) if self.apply_b_dec_to_input else x
+        fan, total = (fan_out, reduce_sum) if sharded else (_identity, _identity)
+        xc = fan(x - self.b_dec) if self.apply_b_dec_to_input else x
         pre = xc @ self.W_enc + self.b_enc
         theta = self.threshold
         f = JumpReLUFn.apply(pre, theta, self.bandwidth)
-        x_hat = reduce_sum(f @ self.W_dec) + self.b_dec
+        x_hat = total(f @ self.W_dec) + self.b_dec
         recon = (x - x_hat).pow(2).sum(-1).mean()
-        l0 = reduce_sum(StepFn.apply(pre, theta, self.bandwidth).sum(-1))  # (B,)
+        l0 = total(StepFn.apply(pre, theta, self.bandwidth).sum(-1))  # (B,)
         sparse = sparsity_penalty(l0, penalty, coefficient, target_l0)
         return LossOutput(
             recon + sparse,

@@ -549,10 +549,11 @@ def _train_step(m: Member, x: torch.Tensor, step: int, cfg: dict, world: int) ->
     if not m.sharded:
         _reduce_grads(m.sae, world)
     m.sae.remove_parallel_decoder_grad()
-    if cfg.get("max_grad_norm") and m.sharded:
-        clip_grad_norm_(m.sae, cfg["max_grad_norm"])
-    elif cfg.get("max_grad_norm"):
-        torch.nn.utils.clip_grad_norm_(m.sae.parameters(), cfg["max_grad_norm"])
+    if cfg.get("max_grad_norm"):  # a sharded SAE's norm spans every process
+        if m.sharded:
+            clip_grad_norm_(m.sae, cfg["max_grad_norm"])
+        else:
+            torch.nn.utils.clip_grad_norm_(m.sae.parameters(), cfg["max_grad_norm"])
     m.opt.step()
     m.opt.zero_grad(set_to_none=True)
     m.sae.normalize_decoder()
@@ -562,8 +563,10 @@ def _train_step(m: Member, x: torch.Tensor, step: int, cfg: dict, world: int) ->
     m.last_l0 = l0
     m.since_fired += cfg["batch_size"]
     m.since_fired[fired.cpu()] = 0
-    dead_t = (m.since_fired >= cfg["dead_window_tokens"]).sum()
-    dead = int(all_reduce_(dead_t) if m.sharded else dead_t)
+    dead = None  # counted only for the steps that are logged
+    if step % cfg["log_every"] == 0 or step == sched.total_steps - 1:
+        dead_t = (m.since_fired >= cfg["dead_window_tokens"]).sum()
+        dead = int(all_reduce_(dead_t) if m.sharded else dead_t)
     return {
         "step": step,
         "tokens": (step + 1) * cfg["batch_size"],
