@@ -30,6 +30,7 @@ dry-run: $(STAMP)
 	$(BIN)/snakemake -n
 
 lint: $(STAMP)
+	$(BIN)/lint-imports pyproject.toml
 	$(BIN)/ruff check src tests benchmarks rules/scripts
 	$(BIN)/ruff format --check src tests benchmarks rules/scripts
 	$(BIN)/snakefmt --check Snakefile rules

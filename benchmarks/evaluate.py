@@ -21,9 +21,9 @@ import time
 
 import torch
 
-from saesuite.config import REPO_ROOT, Site, load_config, model_layers
-from saesuite.evaluate import evaluate, load_released
-from saesuite.models import load_model
+from saesuite.data.models import load_model
+from saesuite.eval.evaluate import evaluate, load_released
+from saesuite.spec.config import REPO_ROOT, Site, load_config, model_layers
 
 
 def best_time(fn, repeats: int) -> float:

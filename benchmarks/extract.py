@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from saesuite.config import REPO_ROOT, load_config, model_sites
-from saesuite.extract import extract_batches
-from saesuite.models import load_model
-from saesuite.sites import StopForward, decoder_layers
+from saesuite.data.extract import extract_batches
+from saesuite.data.models import load_model
+from saesuite.data.sites import StopForward, decoder_layers
+from saesuite.spec.config import REPO_ROOT, load_config, model_sites
 
 
 def bare_forward(model, ids, batch, last):

@@ -15,8 +15,8 @@ import sys
 import tempfile
 import time
 
-from saesuite.config import REPO_ROOT, expand_suite, load_config
-from saesuite.plan import preflight
+from saesuite.cluster.plan import preflight
+from saesuite.spec.config import REPO_ROOT, expand_suite, load_config
 
 
 def best(fn, repeats: int) -> float:

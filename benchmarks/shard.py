@@ -1,5 +1,5 @@
 """Latent sharding: what one process holds and how long a step takes when an SAE's
-latents are split over n processes (saesuite.shard) against the whole SAE in one.
+latents are split over n processes (saesuite.sae.shard) against the whole SAE in one.
 
     .venv/bin/python benchmarks/shard.py [--width 32768 --d-in 640 --batch 1024]
 
@@ -24,15 +24,15 @@ from pathlib import Path
 
 import torch
 
-from saesuite.config import REPO_ROOT
+from saesuite.spec.config import REPO_ROOT
 
 
 def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
-    from saesuite.sae import JumpReLUSAE
-    from saesuite.shard import bounds
-    from saesuite.step import dense_step
+    from saesuite.sae.jumprelu import JumpReLUSAE
+    from saesuite.sae.shard import bounds
+    from saesuite.sae.step import dense_step
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = 0

@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from saesuite.config import REPO_ROOT
-from saesuite.io import read_json
-from saesuite.store import ActivationReader
-from saesuite.train import Member, _train_step
+from saesuite.data.store import ActivationReader
+from saesuite.sae.train import Member, _train_step
+from saesuite.spec.config import REPO_ROOT
+from saesuite.spec.io import read_json
 
 CACHE = REPO_ROOT / "results" / "gemma-3-270m" / "activations"
 

@@ -6,8 +6,8 @@ import signal
 
 from snakemake.utils import validate
 
-from saesuite import paths
-from saesuite.config import (
+from saesuite.spec import paths
+from saesuite.spec.config import (
     SITE_NAMES,
     check_config,
     coerce_cli_strings,
@@ -19,9 +19,9 @@ from saesuite.config import (
     n_chunks,
     seqs_per_chunk,
 )
-from saesuite.release import folder_name, release_groups, release_job
-from saesuite import resources as res
-from saesuite.transfer import evaluations, transfer_checks
+from saesuite.spec.releases import folder_name, release_groups, release_job
+from saesuite.cluster import resources as res
+from saesuite.spec.checks import evaluations, transfer_checks
 
 # Types first (clean messages), then again to fill the schema's defaults.
 coerce_cli_strings(config)

@@ -20,7 +20,7 @@ rule train:
     # Torch's CPU matmuls use every core they get; on GPUs this is the data loader.
     threads: job_threads("train")
     # mem_mb, runtime, cpus_per_task, the GRES for train.nproc GPUs (more for wide
-    # SAEs: resources.nproc_by_width) and the preemption signal: saesuite.resources
+    # SAEs: resources.nproc_by_width) and the preemption signal: saesuite.cluster.resources
     resources:
         **resources_of("train"),
     params:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from saesuite.config import load_config
-from saesuite.corpus import embedded_documents
+from saesuite.data.corpus import embedded_documents
+from saesuite.spec.config import load_config
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
 
@@ -96,8 +96,8 @@ def save_tiny_it_model(path: Path, pt_dir: Path, tokenizer, steps: int = 40) -> 
     """An "instruction-tuned" tiny model: the PT one after a short fine-tune on
     embedded documents in Gemma's chat format (its weights, and so its activations,
     move away from the PT model's)."""
-    from saesuite.models import GEMMA_CHAT_TEMPLATE
-    from saesuite.tokens import chat_wrap
+    from saesuite.data.models import GEMMA_CHAT_TEMPLATE
+    from saesuite.data.tokens import chat_wrap
 
     model = load_tiny(pt_dir).train()
     prefix, suffix = chat_wrap(GEMMA_CHAT_TEMPLATE, tokenizer)

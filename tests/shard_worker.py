@@ -7,9 +7,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-from saesuite.sae import JumpReLUSAE
-from saesuite.shard import bounds, clip_grad_norm_, gather_state
-from saesuite.step import dense_step, sparse_step
+from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.sae.shard import bounds, clip_grad_norm_, gather_state
+from saesuite.sae.step import dense_step, sparse_step
 
 D, WIDTH, SEED = 12, 37, 5  # 37 latents: blocks of unequal size
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import make_config
 
-from saesuite.config import (
+from saesuite.spec.config import (
     REPO_ROOT,
     ConfigError,
     SAESpec,
@@ -160,7 +160,7 @@ def test_pt_it_pair_and_target_l0_labels():
 def test_nested_command_line_strings_take_their_schema_types():
     """What `snakemake --config 'evaluate={loss_tokens: 1024}'` hands over: strings
     become numbers and booleans only where the schema admits no string."""
-    from saesuite.config import coerce_cli_strings
+    from saesuite.spec.config import coerce_cli_strings
 
     cfg = make_config("123")
     cfg["models"]["tiny"]["revision"] = "12345"  # a string is allowed: kept

@@ -6,7 +6,7 @@ import tomllib
 
 import yaml
 
-from saesuite.config import REPO_ROOT
+from saesuite.spec.config import REPO_ROOT
 
 
 def test_conda_env_pins_agree_with_pyproject():

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from conftest import load_tiny
 
-from saesuite.config import Site
-from saesuite.evaluate import evaluate as evaluate_acc
-from saesuite.sae import JumpReLUSAE
-from saesuite.sites import capture, logits_with
+from saesuite.data.sites import capture, logits_with
+from saesuite.eval.evaluate import evaluate as evaluate_acc
+from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.spec.config import Site
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +152,9 @@ def test_an_sae_of_the_wrong_width_is_named_before_any_pass(tiny_models, tmp_pat
     from conftest import make_config
     from safetensors.torch import save_file
 
-    from saesuite.config import load_config
-    from saesuite.evaluate import evaluate_layer
-    from saesuite.tokens import save_tokens
+    from saesuite.data.tokens import save_tokens
+    from saesuite.eval.evaluate import evaluate_layer
+    from saesuite.spec.config import load_config
 
     cfg = load_config(make_config(tiny_models["gemma3"]))
     sae_dir = tmp_path / "sae"
@@ -214,11 +214,11 @@ def test_saes_in_groups_that_fit_a_gpu_get_the_metrics_of_one_group(
     from conftest import make_config
     from safetensors.torch import save_file
 
-    from saesuite.config import load_config
-    from saesuite.evaluate import evaluate_layer, released_shape
-    from saesuite.io import read_json
-    from saesuite.resources import fit_groups
-    from saesuite.tokens import save_tokens
+    from saesuite.cluster.resources import fit_groups
+    from saesuite.data.tokens import save_tokens
+    from saesuite.eval.evaluate import evaluate_layer, released_shape
+    from saesuite.spec.config import load_config
+    from saesuite.spec.io import read_json
 
     cfg = load_config(make_config(tiny_models["gemma3"]))
     saes = []

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saesuite.config import Site
-from saesuite.extract import cache_plan, check_disk
-from saesuite.models import (
+from saesuite.cluster.resources import cache_plan
+from saesuite.data.extract import check_disk
+from saesuite.data.models import (
     _pretrained_args,
     converted_dir,
     describe_model,
@@ -16,7 +16,8 @@ from saesuite.models import (
     load_tokenizer,
     resolve_source,
 )
-from saesuite.sites import capture
+from saesuite.data.sites import capture
+from saesuite.spec.config import Site
 
 EMBEDDED = {
     "source": "embedded",

@@ -10,9 +10,9 @@ import yaml
 from conftest import make_config
 
 from saesuite.cli import main
-from saesuite.config import REPO_ROOT, load_config
-from saesuite.known_models import KNOWN
-from saesuite.plan import format_plan, preflight
+from saesuite.cluster.plan import format_plan, preflight
+from saesuite.spec.config import REPO_ROOT, load_config
+from saesuite.spec.known_models import KNOWN
 
 
 def test_default_plan_matches_hand_computation():
@@ -74,9 +74,9 @@ def test_plan_shards_saes_too_wide_for_one_gpu_and_names_those_that_still_do_not
     suite's 8 GPUs for that width each take 1/8 of the latents and the whole batch of
     4096 rows (6 × 4 B × 4096 × 2^17 = 13 GB of work tensors). With one GPU per job
     it does not fit, and the plan names how many it needs. On CPU there is no limit."""
-    from saesuite.config import REPO_ROOT, load_config
-    from saesuite.plan import gpu_memory
-    from saesuite.resources import sae_gpu_bytes
+    from saesuite.cluster.plan import gpu_memory
+    from saesuite.cluster.resources import sae_gpu_bytes
+    from saesuite.spec.config import REPO_ROOT, load_config
 
     c = load_config(REPO_ROOT / "config/suites/gemma-2-2b-pt.yaml")
     assert c["resources"]["nproc_by_width"] == {"1048576": 8}

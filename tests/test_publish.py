@@ -17,8 +17,13 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
-from saesuite.io import write_json
-from saesuite.publish import PublishError, make_plan, publish_folder, publish_release
+from saesuite.release.publish import (
+    PublishError,
+    make_plan,
+    publish_folder,
+    publish_release,
+)
+from saesuite.spec.io import write_json
 
 REPO = "someone/saesuite-tiny-res"
 TOKEN = "hf_thisIsTheSecretTestToken0123456789"
@@ -182,7 +187,7 @@ def test_missing_or_rejected_token_publishes_nothing(release, token):
 def test_the_rule_function_never_writes_the_token(release, token, tmp_path):
     """publish_release (what rule publish runs) with logging to a job log: no file
     under the results folder holds the token."""
-    from saesuite.logs import job_log
+    from saesuite.data.logs import job_log
 
     results = tmp_path / "release" / ".."
     hub = FakeHub()

@@ -14,16 +14,16 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from saesuite.io import read_json, sha256_file
-from saesuite.release import (
+from saesuite.release.build import (
     LAYOUTS,
     Entry,
     build_release,
     canonical,
     hf_hook_point,
-    width_label,
 )
-from saesuite.sae import JumpReLUSAE
+from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.spec.io import read_json, sha256_file
+from saesuite.spec.releases import width_label
 
 REPO = "someone/saesuite-tiny-res"
 

@@ -1,4 +1,4 @@
-"""The report's figures (saesuite.report) on a synthetic evaluation table: which
+"""The report's figures (saesuite.report.figures) on a synthetic evaluation table: which
 figures exist, what they plot (read back from the Matplotlib objects), and the
 choice of SAE per layer; the end-to-end report is built in test_workflow."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from saesuite.report import figures, nearest_l0, representative_layer
+from saesuite.report.figures import figures, nearest_l0, representative_layer
 
 
 def frame() -> pd.DataFrame:

@@ -1,13 +1,12 @@
-"""What jobs ask a scheduler for (saesuite.resources), against hand computations."""
+"""What jobs ask a scheduler for (saesuite.cluster.resources), against hand
+computations."""
 
 from __future__ import annotations
 
 import pytest
 from conftest import make_config
 
-from saesuite.config import expand_suite, load_config
-from saesuite.known_models import KNOWN
-from saesuite.resources import (
+from saesuite.cluster.resources import (
     BASE_MB,
     evaluate_estimate,
     extract_estimate,
@@ -18,6 +17,8 @@ from saesuite.resources import (
     train_mem_mb,
     train_nproc,
 )
+from saesuite.spec.config import expand_suite, load_config
+from saesuite.spec.known_models import KNOWN
 
 
 def cfg(**resources):
@@ -110,7 +111,7 @@ def test_evaluating_saes_wider_than_a_gpu_holds_beside_the_model_repeats_clean_p
     group repeats the clean, zero-ablation and reconstruction passes."""
     import math
 
-    from saesuite.config import REPO_ROOT
+    from saesuite.spec.config import REPO_ROOT
 
     c = load_config(REPO_ROOT / "config/suites/gemma-2-9b-pt.yaml")
     specs = [s for s in expand_suite(c) if s.layer == 20]

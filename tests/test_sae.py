@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saesuite.sae import JumpReLUSAE, sparsity_penalty
+from saesuite.sae.jumprelu import JumpReLUSAE, sparsity_penalty
 
 EPS = 0.001
 

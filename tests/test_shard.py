@@ -1,4 +1,4 @@
-"""Latent sharding (saesuite.shard): two gloo processes under torchrun each hold a
+"""Latent sharding (saesuite.sae.shard): two gloo processes under torchrun each hold a
 block of an SAE's latents; their steps, clipping and gathering must equal the same
 operations on the whole SAE in one process (computed here with plain autograd)."""
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from saesuite.config import REPO_ROOT
-from saesuite.shard import LATENT_DIM, bounds
-from saesuite.step import dense_step
+from saesuite.sae.shard import LATENT_DIM, bounds
+from saesuite.sae.step import dense_step
+from saesuite.spec.config import REPO_ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
 import shard_worker as w  # noqa: E402

@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import load_tiny
 
-from saesuite.config import Site
-from saesuite.sites import capture, decoder_layers, logits_with, site_width
+from saesuite.data.sites import capture, decoder_layers, logits_with, site_width
+from saesuite.spec.config import Site
 
 ARCHS = ["gemma2", "gemma3", "llama"]
 
@@ -139,7 +139,7 @@ def test_capture_rejects_missing_layer(model):
 def test_resume_after_a_layer_gives_the_full_pass_logits(model):
     """A spliced pass that replays layer L−1's kept output and runs only layers ≥ L
     equals the full spliced pass (same replacement at the same site)."""
-    from saesuite.sites import layer_outputs, logits_from
+    from saesuite.data.sites import layer_outputs, logits_from
 
     ids = ids_batch(model.config.vocab_size)
     n = model.config.num_hidden_layers

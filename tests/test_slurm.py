@@ -27,7 +27,7 @@ import pytest
 import yaml
 from conftest import make_config
 
-from saesuite.config import REPO_ROOT
+from saesuite.spec.config import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_sae import sae64, x_near_threshold
 
-from saesuite.step import dense_step, sparse_step
+from saesuite.sae.step import dense_step, sparse_step
 
 PARAMS = ("W_enc", "W_dec", "b_enc", "b_dec")
 
@@ -43,7 +43,7 @@ def test_sparse_step_equals_dense_autograd(param, penalty, coef, target):
 
 def test_sparse_step_on_a_realistic_shape():
     torch.manual_seed(0)
-    from saesuite.sae import JumpReLUSAE
+    from saesuite.sae.jumprelu import JumpReLUSAE
 
     sae = JumpReLUSAE(32, 512, dtype=torch.float64).initialize(
         torch.Generator().manual_seed(0)

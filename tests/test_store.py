@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from saesuite.io import read_json, sha256_file
-from saesuite.store import (
+from saesuite.data.store import (
     ActivationReader,
     ChunkWriter,
     StoreError,
@@ -17,6 +16,7 @@ from saesuite.store import (
     write_chunk,
     write_manifest,
 )
+from saesuite.spec.io import read_json, sha256_file
 
 D = 6
 
@@ -173,7 +173,7 @@ def test_missing_site_and_missing_file(tmp_path):
 
 
 def test_manifest_lists_chunks_relative(tmp_path):
-    from saesuite.io import read_json
+    from saesuite.spec.io import read_json
 
     man = read_json(make_store(tmp_path))
     assert [c["file"] for c in man["chunks"]] == [

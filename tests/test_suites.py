@@ -9,7 +9,7 @@ import re
 import pytest
 from test_workflow import job_counts
 
-from saesuite.config import REPO_ROOT, expand_suite, load_config
+from saesuite.spec.config import REPO_ROOT, expand_suite, load_config
 
 SUITES = REPO_ROOT / "config" / "suites"
 # (families = model × layer × site × width, SAEs = families × 6 λ, train jobs)

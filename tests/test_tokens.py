@@ -7,9 +7,9 @@ import itertools
 import pytest
 import torch
 
-from saesuite.corpus import build_corpus, embedded_documents, read_corpus
-from saesuite.models import GEMMA_CHAT_TEMPLATE
-from saesuite.tokens import chat_wrap, document_tokens, pack, tokenize_splits
+from saesuite.data.corpus import build_corpus, embedded_documents, read_corpus
+from saesuite.data.models import GEMMA_CHAT_TEMPLATE
+from saesuite.data.tokens import chat_wrap, document_tokens, pack, tokenize_splits
 
 DOCS = [
     f"Document number {i} talks about topic {i % 7} at some length." for i in range(60)

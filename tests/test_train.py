@@ -16,11 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saesuite.config import REPO_ROOT
-from saesuite.io import read_json, write_json
-from saesuite.sae import JumpReLUSAE
-from saesuite.store import write_chunk, write_manifest, write_normalization
-from saesuite.train import NonFiniteLoss, make_schedule, train_site
+from saesuite.data.store import write_chunk, write_manifest, write_normalization
+from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.sae.train import NonFiniteLoss, make_schedule, train_site
+from saesuite.spec.config import REPO_ROOT
+from saesuite.spec.io import read_json, write_json
 
 D, ATOMS = 16, 48
 TRAIN = {
@@ -147,7 +147,7 @@ def run_cli(job: dict, path: Path, nproc: int = 1) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = open(f"{path}.log", "ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "saesuite.train", "--job", str(path),
+        [sys.executable, "-m", "saesuite.sae.train", "--job", str(path),
          "--nproc", str(nproc)],
         env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -235,8 +235,8 @@ def test_groups_that_fit_a_device_train_like_one_job_and_resume(
     """With room on a device for one SAE, the two SAEs of the job train one after the
     other: the same bytes as together. A signal during the second group checkpoints
     it; the retry resumes there and does not retrain the first."""
-    from saesuite.resources import sae_gpu_bytes
-    from saesuite.train import needs_sharding, sae_groups
+    from saesuite.cluster.resources import sae_gpu_bytes
+    from saesuite.sae.train import needs_sharding, sae_groups
 
     want, _ = reference
     job = make_job(store, tmp_path, tokens=128 * 1500, checkpoint_every=1000)
@@ -318,7 +318,7 @@ def test_two_gloo_processes_match_one(store, tmp_path):
         "--standalone",
         "--nproc_per_node=2",
         "-m",
-        "saesuite.train",
+        "saesuite.sae.train",
         "--job",
         str(tmp_path / "job.json"),
     ]
@@ -340,7 +340,7 @@ def test_two_gloo_processes_match_one(store, tmp_path):
 
 
 def test_resume_drops_log_lines_after_the_checkpoint_and_cut_lines(tmp_path):
-    from saesuite.train import _truncate_log, sae_seed
+    from saesuite.sae.train import _truncate_log, sae_seed
 
     log = tmp_path / "train_log.jsonl"
     log.write_text('{"step": 0}\n{"step": 10}\n{"step": 20}\n{"step": 3')

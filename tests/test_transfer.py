@@ -9,18 +9,18 @@ import pytest
 import torch
 from conftest import load_tiny, make_config
 
-from saesuite.config import expand_suite, load_config
-from saesuite.models import GEMMA_CHAT_TEMPLATE
-from saesuite.tokens import chat_wrap
-from saesuite.transfer import (
+from saesuite.data.models import GEMMA_CHAT_TEMPLATE
+from saesuite.data.tokens import chat_wrap
+from saesuite.eval.transfer import generate_rollouts
+from saesuite.spec.checks import (
     FORMAT_SHIFT,
     PT_TO_IT,
     Evaluation,
     evaluations,
-    generate_rollouts,
-    load_prompts,
     transfer_checks,
 )
+from saesuite.spec.config import expand_suite, load_config
+from saesuite.spec.prompts import load_prompts
 
 
 def pair_config(it_trained: bool, format_shift: bool = True) -> dict:
@@ -136,7 +136,7 @@ def test_pt_to_it_workflow(tiny_models, tiny_it_model, tokenizer, tmp_path):
     from safetensors.torch import load_file
     from test_workflow import snakemake
 
-    from saesuite.io import read_json
+    from saesuite.spec.io import read_json
 
     cfg = make_config(tiny_models["gemma3"], output_root="results")
     cfg["models"]["tiny-it"] = {

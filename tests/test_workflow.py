@@ -19,8 +19,8 @@ import yaml
 from conftest import load_tiny, make_config
 from safetensors.torch import load_file
 
-from saesuite.config import REPO_ROOT
-from saesuite.io import read_json, sha256_file
+from saesuite.spec.config import REPO_ROOT
+from saesuite.spec.io import read_json, sha256_file
 
 pytestmark = pytest.mark.slow
 
@@ -152,9 +152,9 @@ def test_eval_table_matches_an_independent_computation(run, tiny_models):
     SAE on the held-out split's activations from the tiny model."""
     import pandas as pd
 
-    from saesuite.config import Site
-    from saesuite.evaluate import load_released
-    from saesuite.sites import capture
+    from saesuite.data.sites import capture
+    from saesuite.eval.evaluate import load_released
+    from saesuite.spec.config import Site
 
     work, _ = run
     out = work / "results" / "tiny"

@@ -1,6 +1,6 @@
-# Adapter: rule corpus → saesuite.corpus.build_corpus
-from saesuite.corpus import build_corpus
-from saesuite.logs import job_log
+# Adapter: rule corpus → saesuite.data.corpus.build_corpus
+from saesuite.data.corpus import build_corpus
+from saesuite.data.logs import job_log
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0]):

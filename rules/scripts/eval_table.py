@@ -1,6 +1,6 @@
-# Adapter: rule eval_table → saesuite.tables
-from saesuite.logs import job_log
-from saesuite.tables import eval_frame, write_table
+# Adapter: rule eval_table → saesuite.eval.tables
+from saesuite.data.logs import job_log
+from saesuite.eval.tables import eval_frame, write_table
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):

@@ -1,7 +1,7 @@
-# Adapter: rule evaluate → saesuite.evaluate.evaluate_layer
-from saesuite.config import config_hash
-from saesuite.evaluate import evaluate_layer
-from saesuite.logs import job_log
+# Adapter: rule evaluate → saesuite.eval.evaluate.evaluate_layer
+from saesuite.data.logs import job_log
+from saesuite.eval.evaluate import evaluate_layer
+from saesuite.spec.config import config_hash
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):

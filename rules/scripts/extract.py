@@ -1,7 +1,7 @@
-# Adapter: rule extract → saesuite.extract.extract_chunk
-from saesuite.extract import extract_chunk
-from saesuite.io import read_json
-from saesuite.logs import job_log
+# Adapter: rule extract → saesuite.data.extract.extract_chunk
+from saesuite.data.extract import extract_chunk
+from saesuite.data.logs import job_log
+from saesuite.spec.io import read_json
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):

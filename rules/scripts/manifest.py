@@ -1,6 +1,6 @@
-# Adapter: rule manifest → saesuite.store.write_manifest
-from saesuite.logs import job_log
-from saesuite.store import write_manifest
+# Adapter: rule manifest → saesuite.data.store.write_manifest
+from saesuite.data.logs import job_log
+from saesuite.data.store import write_manifest
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0]):

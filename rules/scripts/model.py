@@ -1,7 +1,7 @@
-# Adapter: rule model → saesuite.models.describe_model (converts GGUF once)
-from saesuite.io import versions, write_json
-from saesuite.logs import job_log
-from saesuite.models import describe_model
+# Adapter: rule model → saesuite.data.models.describe_model (converts GGUF once)
+from saesuite.data.logs import job_log
+from saesuite.data.models import describe_model
+from saesuite.spec.io import versions, write_json
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):

@@ -1,8 +1,9 @@
-# Adapter: rule publish → saesuite.publish.publish_release (a summary line on stderr)
+# Adapter: rule publish → saesuite.release.publish.publish_release
+# (a summary line on stderr)
 import sys
 
-from saesuite.logs import job_log
-from saesuite.publish import publish_release
+from saesuite.data.logs import job_log
+from saesuite.release.publish import publish_release
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):

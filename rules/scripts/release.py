@@ -1,7 +1,7 @@
-# Adapter: rule release → saesuite.release.make_release
-from saesuite.config import config_hash
-from saesuite.logs import job_log
-from saesuite.release import make_release
+# Adapter: rule release → saesuite.release.build.make_release
+from saesuite.data.logs import job_log
+from saesuite.release.build import make_release
+from saesuite.spec.config import config_hash
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):

@@ -1,6 +1,6 @@
-# Adapter: rule report_figures → saesuite.report.write_report
-from saesuite.logs import job_log
-from saesuite.report import write_report
+# Adapter: rule report_figures → saesuite.report.figures.write_report
+from saesuite.data.logs import job_log
+from saesuite.report.figures import write_report
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):

@@ -1,6 +1,6 @@
-# Adapter: rule tokens → saesuite.tokens.tokenize_splits
-from saesuite.logs import job_log
-from saesuite.tokens import make_tokens
+# Adapter: rule tokens → saesuite.data.tokens.tokenize_splits
+from saesuite.data.logs import job_log
+from saesuite.data.tokens import make_tokens
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):

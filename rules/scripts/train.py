@@ -1,12 +1,12 @@
-# Adapter: rule train → saesuite.train.train_site (through torchrun when nproc > 1)
+# Adapter: rule train → saesuite.sae.train.train_site (through torchrun when nproc > 1)
 import sys
 
-from saesuite import paths
-from saesuite.config import config_hash
-from saesuite.io import read_json, write_json
-from saesuite.launch import torchrun
-from saesuite.logs import job_log
-from saesuite.train import train_site
+from saesuite.data.logs import job_log
+from saesuite.sae.launch import torchrun
+from saesuite.sae.train import train_site
+from saesuite.spec import paths
+from saesuite.spec.config import config_hash
+from saesuite.spec.io import read_json, write_json
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):

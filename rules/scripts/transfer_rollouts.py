@@ -1,7 +1,7 @@
-# Adapter: rule transfer_rollouts → saesuite.transfer.make_rollouts
-from saesuite.io import read_json
-from saesuite.logs import job_log
-from saesuite.transfer import make_rollouts
+# Adapter: rule transfer_rollouts → saesuite.eval.transfer.make_rollouts
+from saesuite.data.logs import job_log
+from saesuite.eval.transfer import make_rollouts
+from saesuite.spec.io import read_json
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):

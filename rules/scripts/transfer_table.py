@@ -1,6 +1,6 @@
-# Adapter: rule transfer_table → saesuite.transfer.transfer_table
-from saesuite.logs import job_log
-from saesuite.transfer import transfer_table
+# Adapter: rule transfer_table → saesuite.eval.transfer.transfer_table
+from saesuite.data.logs import job_log
+from saesuite.eval.transfer import transfer_table
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from saesuite import paths
-from saesuite.evaluate import scalar_metrics
-from saesuite.io import read_json
+from saesuite.spec import paths
+from saesuite.spec.io import atomic_path, read_json
+from saesuite.spec.metrics import scalar_metrics
 
 COLUMNS = ["model", "layer", "site", "width", "penalty", "value", "l0", "fvu",
            "delta_loss", "loss_recovered", "dead"]  # fmt: skip
@@ -87,8 +87,9 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from saesuite.config import REPO_ROOT, ConfigError, load_config
-    from saesuite.plan import format_plan, gpu_memory, preflight
+    # Here, not at the top: `ls` and `show` need neither the schema nor the planner.
+    from saesuite.cluster.plan import format_plan, gpu_memory, preflight
+    from saesuite.spec.config import REPO_ROOT, ConfigError, load_config
 
     path = args.configfile or REPO_ROOT / "config" / "config.yaml"
     try:
@@ -114,8 +115,6 @@ def cmd_plan(args: argparse.Namespace) -> None:
         if len(problems) > 10:
             print(f"  … and {len(problems) - 10} more")
     if args.csv:
-        from saesuite.io import atomic_path
-
         with atomic_path(args.csv) as tmp:
             df.to_csv(tmp, index=False)
         print(f"written to {args.csv}")

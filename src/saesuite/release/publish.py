@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saesuite.io import sha256_file
+from saesuite.spec.io import sha256_file, write_json
 
 log = logging.getLogger(__name__)
 SKIP = {".snakemake_timestamp"}  # Snakemake's marker in directory outputs
@@ -221,8 +221,6 @@ def publish_release(
 ) -> dict[str, Any]:
     """Rule `publish`: plan (or upload) one release folder; the record goes to `out`."""
     from huggingface_hub import HfApi
-
-    from saesuite.io import write_json
 
     result = publish_folder(
         api if api is not None else HfApi(),

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from saesuite.io import atomic_path, write_json
+from saesuite.data.corpus import read_corpus
+from saesuite.data.models import chat_template, load_tokenizer
+from saesuite.spec.io import atomic_path, read_json, write_json
 
 MARK = "\x00SAESUITE_TEXT\x00"
 
@@ -163,10 +165,6 @@ def make_tokens(
     out: dict[str, str],
 ) -> dict[str, Any]:
     """Rule `tokens`: the model's train and eval splits from the corpus."""
-    from saesuite.corpus import read_corpus
-    from saesuite.io import read_json
-    from saesuite.models import chat_template, load_tokenizer
-
     info = read_json(model_info)
     tokenizer = load_tokenizer(model_cfg, cache_root)
     chat = None

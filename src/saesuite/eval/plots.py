@@ -6,7 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from saesuite.io import atomic_path
+from saesuite.spec.io import atomic_path
+
+# Axis labels of the metrics the Pareto plots show.
+METRICS = {
+    "delta_loss": "delta loss (nats/token)",
+    "fvu": "fraction of variance unexplained",
+}
 
 
 def subplots(*args: Any, **kwargs: Any):

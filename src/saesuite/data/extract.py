@@ -2,7 +2,7 @@
 model, every requested site captured in the same forward pass, which stops after the
 deepest requested layer (the LM head is never computed).
 
-Usage from a rule: `extract_chunk(...)`; `cache_plan` is the disk pre-flight check
+Usage from a rule: `extract_chunk(...)`; `check_disk` is the disk pre-flight check
 every extraction job runs before it loads the model.
 """
 
@@ -18,26 +18,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from saesuite.config import Site
-from saesuite.logs import progress_interval
-from saesuite.models import DTYPES, load_model
-from saesuite.sites import capture
-from saesuite.store import ChunkWriter
-from saesuite.tokens import load_tokens
+from saesuite.cluster.resources import cache_plan
+from saesuite.data.logs import progress_interval
+from saesuite.data.models import DTYPES, load_model
+from saesuite.data.sites import capture
+from saesuite.data.store import ChunkWriter
+from saesuite.data.tokens import load_tokens
+from saesuite.spec.config import Site
 
 log = logging.getLogger(__name__)
-BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-def cache_plan(
-    site_widths: dict[str, int],
-    n_tokens: int,
-    dtype: str,
-) -> dict[str, int]:
-    """Bytes the cache takes per site (plus token ids and mask)."""
-    plan = {name: n_tokens * d * BYTES[dtype] for name, d in site_widths.items()}
-    plan["input_ids+mask"] = n_tokens * 5
-    return plan
 
 
 def check_disk(

@@ -28,8 +28,12 @@ from typing import Any
 import numpy as np
 from safetensors.torch import load_file, save_file
 
-from saesuite.config import SAESpec
-from saesuite.io import atomic_path, sha256_file, versions, write_json
+from saesuite.data.sites import ARCHITECTURES
+from saesuite.release.card import model_card, pareto_plot
+from saesuite.spec.config import REPO_ROOT
+from saesuite.spec.io import atomic_path, read_json, sha256_file, versions, write_json
+from saesuite.spec.metrics import scalar_metrics
+from saesuite.spec.releases import hub_model_id, width_label
 
 LAYOUTS = ("gemma-scope-2", "gemma-scope", "saelens")
 GS2_FOLDERS = {
@@ -45,27 +49,12 @@ TL_HOOKS = {
     "mlp": "blocks.{L}.hook_mlp_out",
     "mlp_in": "blocks.{L}.ln2.hook_normalized",
 }
-EMBEDDED_HUB_ID = "google/gemma-3-270m"
 IDENTITY = ("layer", "site", "width", "penalty", "value")
 log = logging.getLogger(__name__)
 
 
-def width_label(width: int) -> str:
-    """Gemma Scope's width names: 16384 → 16k, 65536 → 65k, 2^20 → 1m."""
-    if width >= 2**20 and width % 2**20 == 0:
-        return f"{width // 2**20}m"
-    return f"{width // 1000}k" if width >= 1000 else str(width)
-
-
-def hub_model_id(model_cfg: dict[str, Any]) -> str:
-    source = model_cfg["source"]
-    return EMBEDDED_HUB_ID if source == "embedded" else source
-
-
 def hf_hook_point(model_type: str, layer: int, kind: str) -> str:
     """The site as a Hugging Face module path, as Gemma Scope 2's config.json has it."""
-    from saesuite.sites import ARCHITECTURES
-
     arch = ARCHITECTURES[model_type]
     base = f"{arch.layers}.{layer}"
     if kind == "res":
@@ -73,27 +62,6 @@ def hf_hook_point(model_type: str, layer: int, kind: str) -> str:
     if kind == "att":
         return f"{base}.{arch.att}.input"
     return f"{base}.{getattr(arch, kind)}.output"
-
-
-def repo_id(config: dict[str, Any], model: str, site: str) -> str:
-    rel = config["release"]
-    fields = {"org": rel["org"], "prefix": rel["prefix"], "model": model, "site": site}
-    return rel["repo"].format(**fields)
-
-
-def release_groups(
-    config: dict[str, Any], suite: list[SAESpec]
-) -> dict[str, list[SAESpec]]:
-    """SAEs by the repo they are released in."""
-    groups: dict[str, list[SAESpec]] = {}
-    for spec in suite:
-        groups.setdefault(repo_id(config, spec.model, spec.site), []).append(spec)
-    return groups
-
-
-def folder_name(repo: str) -> str:
-    """A repo id as one path component (org/name → org--name)."""
-    return repo.replace("/", "--")
 
 
 @dataclass
@@ -249,8 +217,6 @@ def build_release(
 
     import yaml
 
-    from saesuite.card import model_card, pareto_plot
-
     if layout not in LAYOUTS:
         raise ValueError(
             f"config key 'release.layout': '{layout}' is not one of {LAYOUTS}"
@@ -322,8 +288,6 @@ def code_version() -> str:
     """saesuite's version, and the git commit of the checkout when there is one."""
     import subprocess
 
-    from saesuite.config import REPO_ROOT
-
     version = versions().get("saesuite", "unknown")
     try:
         out = subprocess.run(
@@ -350,49 +314,6 @@ def source_note(model_cfg: dict[str, Any]) -> str | None:
     return None
 
 
-def release_job(
-    config: dict[str, Any], repo: str, specs: list[SAESpec]
-) -> dict[str, Any]:
-    """Everything the release rule needs for one repo, as plain JSON."""
-    from saesuite import paths
-
-    models = {s.model for s in specs}
-    if len(models) != 1:
-        raise ValueError(
-            f"config key 'release.repo': '{config['release']['repo']}' puts SAEs of "
-            f"models {sorted(models)} into one repo {repo}; include {{model}}"
-        )
-    model = models.pop()
-    root = config["output_root"]
-    rel = config["release"]
-    return {
-        "repo": repo,
-        "layout": rel["layout"],
-        "model": model,
-        "model_cfg": config["models"][model],
-        "canonical_l0": rel["canonical_l0"],
-        "license": rel["license"],
-        "data": config["data"],
-        "seed": config["seed"],
-        "train": config["train"],
-        "saes": [
-            {
-                "spec": {
-                    "layer": s.layer,
-                    "site": s.site,
-                    "width": s.width,
-                    "penalty": s.penalty,
-                    "value": s.value,
-                    "path": s.path,
-                },
-                "sae_dir": paths.sae_dir(root, s),
-                "eval": paths.sae_eval(root, model, model, "text", s.path),
-            }  # fmt: skip
-            for s in sorted(specs)
-        ],
-    }
-
-
 def make_release(
     job: dict[str, Any],
     *,
@@ -401,9 +322,6 @@ def make_release(
     out_dir: str | Path,
 ) -> dict[str, Any]:
     """Rule `release`: one repo's folder from trained and evaluated SAEs."""
-    from saesuite.evaluate import scalar_metrics
-    from saesuite.io import read_json
-
     info = read_json(model_info)
     entries, evals = [], []
     for s in job["saes"]:

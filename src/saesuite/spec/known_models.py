@@ -1,6 +1,6 @@
 """Shapes of well-known models, so a suite can be planned without downloading them.
 
-Used by `saesuite.config` (to expand `layers: all` offline) and by the planner.
+Used by `saesuite.spec.config` (to expand `layers: all` offline) and by the planner.
 Values are from the models' published `config.json` files.
 """
 

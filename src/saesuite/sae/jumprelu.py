@@ -7,7 +7,7 @@ decoder-norm constraint, and folding the input normalisation into released weigh
     x_hat = sae.decode(f)        # (B, d_in)
     out = sae.training_loss(x, penalty="l0", coefficient=1e-3)
 
-Public API, used by the trainer (`saesuite.train`), evaluation and release.
+Public API, used by the trainer (`saesuite.sae.train`), evaluation and release.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import nn
 
-from saesuite.shard import fan_out, reduce_sum
+from saesuite.sae.shard import fan_out, reduce_sum
 
 Penalty = Literal["l0", "target_l0"]
 INIT_BLOCK = 1 << 24  # floats drawn at a time while initialising
@@ -149,8 +149,8 @@ class JumpReLUSAE(nn.Module):
         start: int = 0,
     ) -> JumpReLUSAE:
         """He-uniform W_dec with unit-norm rows, W_enc = W_decᵀ, zero biases. A shard
-        (`saesuite.shard`) takes latents start.. of the `full_width` SAE the same seed
-        gives: rows are drawn in blocks and the others dropped, so memory stays at
+        (`saesuite.sae.shard`) takes latents start.. of the `full_width` SAE the same
+        seed gives: rows are drawn in blocks and the others dropped, so memory stays at
         a block however wide the SAE."""
         full_width = full_width or self.d_sae
         bound = math.sqrt(6.0 / self.d_in)  # He-uniform, fan_in = d_in
@@ -200,8 +200,8 @@ class JumpReLUSAE(nn.Module):
         sharded: bool = False,
     ) -> LossOutput:
         """‖x − x̂‖² + sparsity, with the straight-through estimators; dense path.
-        `sharded`: this module holds one block of the latents (`saesuite.shard`); the
-        reconstruction and L0 are summed over the processes holding the others."""
+        `sharded`: this module holds one block of the latents (`saesuite.sae.shard`);
+        the reconstruction and L0 are summed over the processes holding the others."""
         fan, total = (fan_out, reduce_sum) if sharded else (_identity, _identity)
         xc = fan(x - self.b_dec) if self.apply_b_dec_to_input else x
         pre = xc @ self.W_enc + self.b_enc

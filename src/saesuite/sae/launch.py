@@ -4,10 +4,10 @@ SLURM's `--signal=USR1@…` goes to every process of the job step; torchrun woul
 of it (USR1's default action) and leave its workers behind, and so would this
 launcher. Here torchrun ignores USR1, this process passes USR1 and TERM on to the
 workers (for a signal sent to it alone, as `kill` from a shell does), and a job whose
-workers checkpointed on a signal exits with `train.PREEMPTED_EXIT`, as a one-process
+workers checkpointed on a signal exits with `PREEMPTED_EXIT`, as a one-process
 job does.
 
-    python -m saesuite.train --job job.json --nproc 2
+    python -m saesuite.sae.train --job job.json --nproc 2
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 FORWARDED = (signal.SIGUSR1, signal.SIGTERM)
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again" (Snakemake retries the job)
 
 
 def _children(pid: int) -> list[int]:
@@ -39,14 +40,12 @@ def _ignore_usr1() -> None:
 
 
 def torchrun(job_file: str | Path, nproc: int) -> int:
-    """Run `saesuite.train` on `job_file` in `nproc` processes; the exit status."""
-    from saesuite.train import PREEMPTED_EXIT
-
+    """Run `saesuite.sae.train` on `job_file` in `nproc` processes; the exit status."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "saesuite.train",
+           f"--nproc_per_node={nproc}", "-m", "saesuite.sae.train",
            "--job", str(job_file)]  # fmt: skip
     got: list[int] = []
-    # sys.stdout/err may be a job's log file (saesuite.logs.job_log): hand it over.
+    # sys.stdout/err may be a job's log file (saesuite.data.logs.job_log): hand it over.
     proc = subprocess.Popen(
         cmd, stdout=sys.stdout, stderr=sys.stderr, preexec_fn=_ignore_usr1
     )

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from saesuite.io import sha256_file
+from saesuite.data.sites import ARCHITECTURES
+from saesuite.spec.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,6 @@ def describe_model(model_key: str, model_cfg: dict[str, Any], cache_root: str | 
     """Identity and shapes of a model (rule `model`): converts GGUF sources into the
     cache on the way, so later jobs load in seconds."""
     from transformers import AutoConfig
-
-    from saesuite.sites import ARCHITECTURES
 
     src = resolve_source(model_cfg, cache_root)
     location, kwargs = _pretrained_args(model_cfg, cache_root)

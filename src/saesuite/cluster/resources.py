@@ -23,9 +23,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from saesuite.config import SAESpec, sequences
-from saesuite.extract import BYTES, cache_plan
-from saesuite.known_models import ModelShape, known_shape
+from saesuite.spec.config import SAESpec, sequences
+from saesuite.spec.dtypes import BYTES
+from saesuite.spec.known_models import ModelShape, known_shape
 
 GPU_STAGES = frozenset({"extract", "train", "evaluate", "transfer_rollouts"})
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt"}
@@ -83,7 +83,7 @@ GPU_HEADROOM = 0.9  # of resources.gpu_mem_gb: CUDA context, allocator, the batc
 def train_group_bytes(config: dict[str, Any]) -> float | None:
     """Bytes per GPU a group of SAEs trained together may take, as planned from
     resources.gpu_mem_gb (None on CPU: one group). The trainer forms its groups from
-    the memory of the GPU it runs on (saesuite.train.device_budget)."""
+    the memory of the GPU it runs on (saesuite.sae.train.device_budget)."""
     if not uses_gpu(config, "train"):
         return None
     return GPU_HEADROOM * config["resources"]["gpu_mem_gb"] * 1e9
@@ -115,7 +115,7 @@ def sae_gpu_bytes(
     gradients and two Adam moments, and the (rows, width) pre-activations,
     activations, masks and their gradients (~6 tensors). Data parallelism gives each
     process the whole SAE and batch/nproc rows; `sharded` gives it width/nproc
-    latents (saesuite.shard) and the whole batch."""
+    latents (saesuite.sae.shard) and the whole batch."""
     if sharded:
         latents = -(-width // nproc)
         return 16 * 2 * d_in * latents + 16 * d_in + 6 * 4 * batch_size * latents
@@ -184,7 +184,7 @@ def evaluate_estimate(
     ev = config["evaluate"]
     sizes = [2 * (shape.site_width(s.site) if shape else 4096) * s.width * 4
              for s in specs]  # fmt: skip
-    # On a GPU the SAEs pass through the host one at a time (saesuite.evaluate).
+    # On a GPU the SAEs pass through the host one at a time (saesuite.eval.evaluate).
     sae_mb = max(sizes, default=0) if uses_gpu(config, "evaluate") else sum(sizes)
     mem = model_mb(config, lm) + int(1.5 * sae_mb / 2**20) + BASE_MB
     if shape is None:
@@ -244,6 +244,17 @@ def request(
             r["max_runtime"], runtime + math.ceil(r["preempt_signal_s"] / 60)
         )
     return out
+
+
+def cache_plan(
+    site_widths: dict[str, int],
+    n_tokens: int,
+    dtype: str,
+) -> dict[str, int]:
+    """Bytes the cache takes per site (plus token ids and mask)."""
+    plan = {name: n_tokens * d * BYTES[dtype] for name, d in site_widths.items()}
+    plan["input_ids+mask"] = n_tokens * 5
+    return plan
 
 
 def cache_bytes(

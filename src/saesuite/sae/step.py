@@ -10,8 +10,8 @@
 
 Both fill `.grad` of the SAE's parameters (accumulating, as autograd does) and return
 `StepStats`; with `sharded=True` the SAE is one process's block of latents
-(`saesuite.shard`) and the sums over latents are taken over all processes. Used by
-`saesuite.train`; tests check that both give equal gradients.
+(`saesuite.sae.shard`) and the sums over latents are taken over all processes. Used by
+`saesuite.sae.train`; tests check that both give equal gradients.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from saesuite.sae import JumpReLUSAE, Penalty, rectangle, sparsity_penalty
-from saesuite.shard import all_reduce_
+from saesuite.sae.jumprelu import JumpReLUSAE, Penalty, rectangle, sparsity_penalty
+from saesuite.sae.shard import all_reduce_
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 warnings.filterwarnings("ignore", message="Sparse invariant checks")

@@ -34,11 +34,21 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from saesuite.config import Site
-from saesuite.io import atomic_path, versions, write_json
-from saesuite.logs import progress_interval
-from saesuite.sae import JumpReLUSAE
-from saesuite.sites import capture, layer_outputs, logits_from, site_hooks
+from saesuite.cluster.resources import GPU_HEADROOM, fit_groups
+from saesuite.data.logs import progress_interval
+from saesuite.data.models import load_model
+from saesuite.data.sites import (
+    capture,
+    layer_outputs,
+    logits_from,
+    site_hooks,
+    site_width,
+)
+from saesuite.data.tokens import load_tokens
+from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.spec.config import Site
+from saesuite.spec.io import atomic_path, versions, write_json
+from saesuite.spec.metrics import scalar_metrics
 
 DENSE_FREQUENCY = 0.1
 ENCODE_BYTES = 2**31  # work tensors while encoding one SAE's batch
@@ -157,11 +167,6 @@ class Accumulator:
                 self.pos_delta / self.pos_pred.clamp_min(1)
             ).tolist(),
         }
-
-
-def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The metrics that fit a table cell (not the by-position curves, histograms)."""
-    return {k: v for k, v in metrics.items() if not isinstance(v, list | dict)}
 
 
 class NextToken:
@@ -310,8 +315,6 @@ def released_shape(sae_dir: str | Path) -> tuple[int, int]:
 def device_sae_budget(model: torch.nn.Module, ev: dict[str, Any], ctx: int):
     """Bytes of SAE weights one pass may hold on the model's GPU (None on CPU): what
     the GPU has after the model, less the work of encoding and the head's logits."""
-    from saesuite.resources import GPU_HEADROOM
-
     device = next(model.parameters()).device
     if device.type != "cuda":
         return None
@@ -336,11 +339,6 @@ def evaluate_layer(
     On a GPU the SAEs are loaded and evaluated in groups whose weights fit beside the
     model (`job["group_bytes"]` overrides the budget); each group repeats the clean
     passes, which gives the same metrics as one group."""
-    from saesuite.models import load_model
-    from saesuite.resources import fit_groups
-    from saesuite.sites import site_width
-    from saesuite.tokens import load_tokens
-
     ev = job["evaluate"]
     ids, mask = load_tokens(data_path)
     ctx = ids.shape[1]

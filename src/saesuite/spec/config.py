@@ -18,9 +18,10 @@ from typing import Any
 
 import yaml
 
-from saesuite.known_models import known_shape
+from saesuite.spec.known_models import known_shape
+from saesuite.spec.prompts import load_prompts
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]  # src/saesuite/spec/config.py
 SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
 SITES = ("res", "att", "mlp", "mlp_in")
 SITE_NAMES = {
@@ -146,8 +147,6 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
             f"{{org}}, {{prefix}}, {{model}}, {{site}} ({err})"
         ) from None
     if config["transfer"]["prompts"] is not None:
-        from saesuite.transfer import load_prompts  # a cycle at import time
-
         try:
             load_prompts(config["transfer"]["prompts"])
         except (OSError, ValueError) as err:

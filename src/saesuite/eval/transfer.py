@@ -12,129 +12,21 @@ default can do offline; it is labelled so in every table and plot, never as PT�
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from saesuite.config import SAESpec
-from saesuite.io import atomic_path, versions, write_json
-from saesuite.tokens import chat_wrap, save_tokens, special_ids
+from saesuite.data.models import chat_template, load_model, load_tokenizer
+from saesuite.data.tokens import chat_wrap, save_tokens, special_ids
+from saesuite.eval.plots import METRICS, save_png, save_svg, subplots
+from saesuite.eval.tables import eval_frame, html_table, write_table
+from saesuite.spec.checks import TransferCheck, check_label
+from saesuite.spec.io import atomic_path, versions, write_json
+from saesuite.spec.prompts import load_prompts
 
 log = logging.getLogger(__name__)
-PROMPTS = Path(__file__).parent / "data" / "prompts.txt"
-PT_TO_IT = "pt->it"
-FORMAT_SHIFT = "format-shift"
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """SAEs of `trained_on`, run through model `evaluated_on`, on `data`."""
-
-    trained_on: str
-    evaluated_on: str
-    data: str  # "text" (held-out split) or "chat" (rollouts)
-    layers: tuple[int, ...] | None = None  # None: every layer with SAEs
-
-
-@dataclass(frozen=True)
-class TransferCheck:
-    name: str  # folder under <output_root>/transfer/
-    kind: str  # PT_TO_IT or FORMAT_SHIFT
-    base: str  # the PT model whose SAEs are checked
-    target: str  # the model they run through
-    evaluations: tuple[Evaluation, ...]
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TransferCheck:
-        evals = tuple(
-            Evaluation(**{**e, "layers": e["layers"] and tuple(e["layers"])})
-            for e in d["evaluations"]
-        )
-        return cls(d["name"], d["kind"], d["base"], d["target"], evals)
-
-
-def models_with_saes(suite: list[SAESpec]) -> set[str]:
-    return {s.model for s in suite}
-
-
-def transfer_checks(
-    config: dict[str, Any], suite: list[SAESpec]
-) -> list[TransferCheck]:
-    trained = models_with_saes(suite)
-    checks = []
-    paired = set()
-    for it, m in config["models"].items():
-        base = m["base"]
-        if base is None or base not in trained:
-            continue
-        paired.add(base)
-        # With SAEs of its own, the IT model is compared at its layers only (as the
-        # paper did); otherwise the base's SAEs run through it at every layer.
-        layers = None
-        if it in trained:
-            base_layers = {s.layer for s in suite if s.model == base}
-            own = {s.layer for s in suite if s.model == it}
-            layers = tuple(sorted(own & base_layers)) or None
-        evals = [Evaluation(base, base, "text", layers)]  # PT SAEs on PT: reference
-        for data in ("text", "chat"):
-            evals.append(Evaluation(base, it, data, layers))
-            if it in trained:
-                evals.append(Evaluation(it, it, data, layers))
-        checks.append(
-            TransferCheck(f"{base}-to-{it}", PT_TO_IT, base, it, tuple(evals))
-        )
-    if config["transfer"]["format_shift"]:
-        for pt in sorted(trained - paired):
-            if config["models"][pt]["role"] != "pt":
-                continue
-            evals = (Evaluation(pt, pt, "text"), Evaluation(pt, pt, "chat"))
-            checks.append(
-                TransferCheck(f"{pt}-format-shift", FORMAT_SHIFT, pt, pt, evals)
-            )
-    return checks
-
-
-def evaluations(config: dict[str, Any], suite: list[SAESpec]) -> list[Evaluation]:
-    """Every evaluation the workflow runs: each model's SAEs on its own held-out
-    split, and those the transfer checks add."""
-    out = {Evaluation(m, m, "text") for m in models_with_saes(suite)}
-    for check in transfer_checks(config, suite):
-        # The reference (PT SAEs on PT text) is part of the full evaluation already.
-        out.update(e for e in check.evaluations if e.trained_on != e.evaluated_on
-                   or e.data != "text")  # fmt: skip
-    return sorted(out, key=lambda e: (e.trained_on, e.evaluated_on, e.data))
-
-
-def load_prompts(path: str | Path | None) -> list[str]:
-    """Prompts from a .txt file (one per line) or .jsonl ("prompt" field); None = the
-    set shipped with saesuite."""
-    path = Path(path) if path else PROMPTS
-    if not path.is_file():
-        raise FileNotFoundError(f"config key 'transfer.prompts': no file {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        prompts = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{i}: not JSON ({err.msg})") from None
-                if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                    raise ValueError(
-                        f"config key 'transfer.prompts': {path}:{i}: no string "
-                        "field 'prompt'"
-                    )
-                prompts.append(row["prompt"])
-    else:
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"config key 'transfer.prompts': {path} holds no prompts")
-    return prompts
 
 
 def _seed(seed: int, batch: int) -> int:
@@ -237,8 +129,6 @@ def make_rollouts(
     out: dict[str, str],
 ) -> dict[str, Any]:
     """Rule `transfer_rollouts`: chat rollouts of one model, saved as a token file."""
-    from saesuite.models import chat_template, load_model, load_tokenizer
-
     prompts = load_prompts(transfer["prompts"])
     tokenizer = load_tokenizer(model_cfg, cache_root)
     template = chat_template(tokenizer, model_cfg, model_type)
@@ -274,19 +164,8 @@ def make_rollouts(
     return info
 
 
-def check_label(kind: str) -> str:
-    if kind == FORMAT_SHIFT:
-        return (
-            "format-shift check (PT SAEs on chat-formatted text through the PT "
-            "model; not PT→IT)"
-        )
-    return "PT→IT transfer"
-
-
 def transfer_frame(check: TransferCheck, layer_jsons: list[str | Path]):
     """One row per SAE × evaluation of the check, labelled with what it is."""
-    from saesuite.tables import eval_frame
-
     df = eval_frame(layer_jsons)
     df.insert(0, "check", check.kind)
     df.insert(1, "check_label", check_label(check.kind))
@@ -300,9 +179,6 @@ def transfer_frame(check: TransferCheck, layer_jsons: list[str | Path]):
 def plot_transfer(df, check: TransferCheck, out: str | Path, svg: str | Path) -> None:
     """Delta loss and FVU against L0, one panel row per data set; a series per
     (SAEs, model they run through), a marker per site kind."""
-    from saesuite.plots import save_png, save_svg, subplots
-    from saesuite.report import METRICS
-
     datas = [d for d in ("text", "chat") if d in set(df["data"])]
     fig, axes = subplots(len(datas), 2, figsize=(10, 3.6 * len(datas)), squeeze=False)
     markers = {"res": "o", "att": "s", "mlp": "^", "mlp_in": "v"}
@@ -338,9 +214,6 @@ def transfer_table(
     out: dict[str, str],
 ) -> None:
     """Rule `transfer_table`: the check's table (CSV, parquet, HTML) and plot."""
-    from saesuite.report import html_table
-    from saesuite.tables import write_table
-
     if isinstance(check, dict):
         check = TransferCheck.from_dict(check)
     df = transfer_frame(check, layer_jsons)

@@ -21,11 +21,17 @@ from typing import Any
 
 import pandas as pd
 
-from saesuite.config import SAESpec, expand_suite, model_layers, sequences
-from saesuite.extract import cache_plan
-from saesuite.known_models import known_shape
-from saesuite.resources import evaluate_estimate
-from saesuite.transfer import evaluations, transfer_checks
+from saesuite.cluster.resources import (
+    cache_plan,
+    evaluate_estimate,
+    sae_gpu_bytes,
+    shards_needed,
+    train_group_bytes,
+    train_nproc,
+)
+from saesuite.spec.checks import evaluations, transfer_checks
+from saesuite.spec.config import SAESpec, expand_suite, model_layers, sequences
+from saesuite.spec.known_models import known_shape
 
 
 def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
@@ -67,7 +73,8 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
             eval_tok if e.data == "text" else config["transfer"]["tokens"]
         )
         flops = None
-        if shape:  # one job per layer, as the workflow runs them (saesuite.resources)
+        # one job per layer, as the workflow runs them (saesuite.cluster.resources)
+        if shape:
             layers = sorted({s.layer for s in specs})
             flops = sum(
                 evaluate_estimate(config, e.evaluated_on, e.data,
@@ -99,13 +106,6 @@ def gpu_memory(config: dict[str, Any]) -> tuple[list[str], list[str]]:
     SAE too wide for a GPU is sharded by latents over the job's GPUs (train.nproc or
     resources.nproc_by_width). `sharded` names those; `problems` those that do not fit
     even so, with the GPUs they would need. Both empty when not on GPUs."""
-    from saesuite.resources import (
-        sae_gpu_bytes,
-        shards_needed,
-        train_group_bytes,
-        train_nproc,
-    )
-
     budget = train_group_bytes(config)
     if budget is None:
         return [], []

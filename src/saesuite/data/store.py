@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from saesuite.io import atomic_path, read_json, sha256_file, write_json
+from saesuite.spec.io import atomic_path, read_json, sha256_file, write_json
 
 SAFETENSORS_DTYPES = {
     "F32": "float32",

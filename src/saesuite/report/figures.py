@@ -14,7 +14,6 @@ names, and returns figures; `write_report` writes them atomically.
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,15 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from saesuite.config import SITE_NAMES
-from saesuite.io import atomic_path, read_json
-from saesuite.plots import save_png, save_svg, subplots
-from saesuite.release import width_label
-
-METRICS = {
-    "delta_loss": "delta loss (nats/token)",
-    "fvu": "fraction of variance unexplained",
-}
+from saesuite.eval.plots import METRICS, save_png, save_svg, subplots
+from saesuite.eval.tables import html_table
+from saesuite.spec.config import SITE_NAMES
+from saesuite.spec.io import atomic_path, read_json
+from saesuite.spec.releases import width_label
 
 
 def _title(model: str, site: str, rest: str) -> str:
@@ -221,19 +216,6 @@ def figures(
                     f"{site}/pareto_{metric}_layer_{layer}",
                     pareto(df, model, site, metric, "width", layer),
                 )
-
-
-def html_table(df: pd.DataFrame, title: str) -> str:
-    title = html.escape(title)
-    body = df.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
-    style = (
-        "body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
-        "th,td{padding:2px 8px;text-align:right;border-bottom:1px solid #ddd}"
-    )
-    return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
-        f"<style>{style}</style></head><body><h3>{title}</h3>{body}</body></html>\n"
-    )
 
 
 def read_train_log(path: str | Path) -> list[dict[str, Any]]:

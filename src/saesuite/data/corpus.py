@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from saesuite.io import atomic_open, write_json
+from saesuite.spec.io import atomic_open, write_json
 
 _SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "site-packages", "__pycache__"}
 MIN_DOCSTRING = 200

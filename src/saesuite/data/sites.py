@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from saesuite.config import Site
+from saesuite.spec.config import Site
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def arch_sites(model: nn.Module) -> ArchSites:
     if model_type not in ARCHITECTURES:
         raise ValueError(
             f"no site table for model_type '{model_type}'; known: "
-            f"{sorted(ARCHITECTURES)} (add one to saesuite.sites.ARCHITECTURES)"
+            f"{sorted(ARCHITECTURES)} (add one to saesuite.data.sites.ARCHITECTURES)"
         )
     return ARCHITECTURES[model_type]
 

@@ -8,7 +8,7 @@ import json
 from pathlib import PurePosixPath
 from typing import Any
 
-from saesuite.config import (
+from saesuite.spec.config import (
     SAESpec,
     Site,
     expand_suite,

@@ -4,13 +4,14 @@ stay in each SAE's JSON."""
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
-from saesuite.evaluate import scalar_metrics
-from saesuite.io import atomic_path, read_json
+from saesuite.spec.io import atomic_path, read_json
+from saesuite.spec.metrics import scalar_metrics
 
 IDENTITY = ["model", "layer", "site", "width", "penalty", "value", "coefficient"]
 EVALUATION = ["trained_on", "evaluated_on", "data"]
@@ -37,3 +38,16 @@ def write_table(df: pd.DataFrame, csv: str | Path, parquet: str | Path) -> None:
         df.to_csv(tmp, index=False)
     with atomic_path(parquet) as tmp:
         df.to_parquet(tmp, index=False)
+
+
+def html_table(df: pd.DataFrame, title: str) -> str:
+    title = html.escape(title)
+    body = df.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)
+    style = (
+        "body{font-family:sans-serif;font-size:13px}table{border-collapse:collapse}"
+        "th,td{padding:2px 8px;text-align:right;border-bottom:1px solid #ddd}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{style}</style></head><body><h3>{title}</h3>{body}</body></html>\n"
+    )

@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from saesuite.eval.plots import save_png, subplots
+
 WEIGHTS = {
     "saelens": ("sae_weights.safetensors", "W_enc, W_dec, b_enc, b_dec, threshold"),
     "gemma-scope-2": ("params.safetensors", "w_enc, w_dec, b_enc, b_dec, threshold"),
@@ -162,8 +164,6 @@ def model_card(
 
 def pareto_plot(index: list[dict[str, Any]], repo: str, out: str | Path) -> None:
     """Delta loss and FVU against L0, a series per site × width."""
-    from saesuite.plots import save_png, subplots
-
     fig, axes = subplots(1, 2, figsize=(10, 3.8))
     series: dict[tuple, list[dict[str, Any]]] = {}
     for r in index:

@@ -2,12 +2,12 @@
 widths of a site train in one job on the same batches, so the cache is read once per
 group of SAEs that fits the device (on a CPU: once).
 
-    python -m saesuite.train --job job.json               # one process
-    python -m saesuite.train --job job.json --nproc 2     # torchrun (saesuite.launch)
+    python -m saesuite.sae.train --job job.json            # one process
+    python -m saesuite.sae.train --job job.json --nproc 2  # torchrun (sae.launch)
 
 With several processes, SAEs that fit a GPU train data-parallel (each process takes a
 share of the batch); an SAE too wide for that is sharded by latents over the
-processes (`saesuite.shard`).
+processes (`saesuite.sae.shard`).
 
 Schedule (Gemma Scope 1): Adam(β1=0, β2=0.999), lr warmed up along a cosine from
 0.1·lr to lr, λ warmed up linearly from 0; both warm-ups are capped at a share of the
@@ -38,15 +38,17 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from saesuite.io import atomic_open, atomic_path, read_json, versions, write_json
-from saesuite.logs import progress_interval
-from saesuite.sae import JumpReLUSAE
-from saesuite.shard import all_reduce_, bounds, clip_grad_norm_, gather_state
-from saesuite.step import dense_step, sparse_step
-from saesuite.store import ActivationReader
+from saesuite.cluster.resources import GPU_HEADROOM, fit_groups, sae_gpu_bytes
+from saesuite.data.logs import progress_interval
+from saesuite.data.store import ActivationReader
+from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.sae.launch import PREEMPTED_EXIT, torchrun
+from saesuite.sae.shard import all_reduce_, bounds, clip_grad_norm_, gather_state
+from saesuite.sae.step import dense_step, sparse_step
+from saesuite.spec.io import atomic_open, atomic_path, read_json, versions, write_json
+from saesuite.spec.paths import LOCATION_KEYS
 
 log = logging.getLogger(__name__)
-PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -158,8 +160,6 @@ def job_fingerprint(job: dict[str, Any]) -> str:
     """What a checkpoint must match to be resumed: the job as the rule hands it over,
     without where files are (paths.LOCATION_KEYS), the device budget or the whole
     config's hash (a change elsewhere in the config does not touch the SAEs)."""
-    from saesuite.paths import LOCATION_KEYS
-
     keep = {k: v for k, v in job.items() if k not in (*LOCATION_KEYS, "group_bytes")}
     keep["identity"] = {k: v for k, v in job["identity"].items() if k != "config_hash"}
     blob = json.dumps(keep, sort_keys=True, default=str).encode()
@@ -273,8 +273,6 @@ def needs_sharding(
 ) -> bool:
     """Whether an SAE's latents are split over the job's processes: when its data-
     parallel copy does not fit `budget` and there is more than one process."""
-    from saesuite.resources import sae_gpu_bytes
-
     if world == 1 or budget is None:
         return False
     return sae_gpu_bytes(cfg["batch_size"], d_in, width, world) > budget
@@ -288,8 +286,6 @@ def sae_groups(
     bytes per device (None: one group); an SAE too wide for data parallelism trains
     alone, sharded (`needs_sharding`). The batches are a function of the step and
     each SAE's initialisation of its own seed, so grouping does not change results."""
-    from saesuite.resources import fit_groups, sae_gpu_bytes
-
     b = cfg["batch_size"]
     sizes = [sae_gpu_bytes(b, d_in, s["width"], world) for s in saes]
     alone = frozenset(
@@ -303,8 +299,6 @@ def device_budget(device: str, world: int) -> float | None:
     """Bytes a group of SAEs may take on `device`: a share of the smallest GPU's
     memory over all processes (every process must form the same groups); None on
     the CPU."""
-    from saesuite.resources import GPU_HEADROOM
-
     if not device.startswith("cuda"):
         return None
     total = torch.tensor(float(torch.cuda.get_device_properties(device).total_memory))
@@ -634,8 +628,6 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.nproc > 1:
-        from saesuite.launch import torchrun
-
         sys.exit(torchrun(args.job, args.nproc))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # NCCL for tensors on GPUs; gloo for the small CPU ones (stop flags, stats)

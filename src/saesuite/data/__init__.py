@@ -1,0 +1,1 @@
+"""Data: corpus, models, sites and hooks, tokens, extraction, the activation store."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the per-layer evaluate job, tables, transfer, plots."""

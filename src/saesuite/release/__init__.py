@@ -1,0 +1,1 @@
+"""Release folders in the Hub layouts, model cards, publishing."""

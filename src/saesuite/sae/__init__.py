@@ -1,0 +1,2 @@
+"""Dictionaries and their training: the module, dense/sparse steps, latent sharding,
+the trainer and its launcher."""

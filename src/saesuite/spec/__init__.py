@@ -1,0 +1,1 @@
+"""Configuration, the suite expansion, paths, typed jobs and file I/O (no torch)."""

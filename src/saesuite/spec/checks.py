@@ -1,0 +1,100 @@
+"""What the transfer checks compare, from the configuration alone (no torch): each
+check's evaluations, every evaluation the workflow runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from saesuite.spec.config import SAESpec
+
+PT_TO_IT = "pt->it"
+FORMAT_SHIFT = "format-shift"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """SAEs of `trained_on`, run through model `evaluated_on`, on `data`."""
+
+    trained_on: str
+    evaluated_on: str
+    data: str  # "text" (held-out split) or "chat" (rollouts)
+    layers: tuple[int, ...] | None = None  # None: every layer with SAEs
+
+
+@dataclass(frozen=True)
+class TransferCheck:
+    name: str  # folder under <output_root>/transfer/
+    kind: str  # PT_TO_IT or FORMAT_SHIFT
+    base: str  # the PT model whose SAEs are checked
+    target: str  # the model they run through
+    evaluations: tuple[Evaluation, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TransferCheck:
+        evals = tuple(
+            Evaluation(**{**e, "layers": e["layers"] and tuple(e["layers"])})
+            for e in d["evaluations"]
+        )
+        return cls(d["name"], d["kind"], d["base"], d["target"], evals)
+
+
+def models_with_saes(suite: list[SAESpec]) -> set[str]:
+    return {s.model for s in suite}
+
+
+def transfer_checks(
+    config: dict[str, Any], suite: list[SAESpec]
+) -> list[TransferCheck]:
+    trained = models_with_saes(suite)
+    checks = []
+    paired = set()
+    for it, m in config["models"].items():
+        base = m["base"]
+        if base is None or base not in trained:
+            continue
+        paired.add(base)
+        # With SAEs of its own, the IT model is compared at its layers only (as the
+        # paper did); otherwise the base's SAEs run through it at every layer.
+        layers = None
+        if it in trained:
+            base_layers = {s.layer for s in suite if s.model == base}
+            own = {s.layer for s in suite if s.model == it}
+            layers = tuple(sorted(own & base_layers)) or None
+        evals = [Evaluation(base, base, "text", layers)]  # PT SAEs on PT: reference
+        for data in ("text", "chat"):
+            evals.append(Evaluation(base, it, data, layers))
+            if it in trained:
+                evals.append(Evaluation(it, it, data, layers))
+        checks.append(
+            TransferCheck(f"{base}-to-{it}", PT_TO_IT, base, it, tuple(evals))
+        )
+    if config["transfer"]["format_shift"]:
+        for pt in sorted(trained - paired):
+            if config["models"][pt]["role"] != "pt":
+                continue
+            evals = (Evaluation(pt, pt, "text"), Evaluation(pt, pt, "chat"))
+            checks.append(
+                TransferCheck(f"{pt}-format-shift", FORMAT_SHIFT, pt, pt, evals)
+            )
+    return checks
+
+
+def evaluations(config: dict[str, Any], suite: list[SAESpec]) -> list[Evaluation]:
+    """Every evaluation the workflow runs: each model's SAEs on its own held-out
+    split, and those the transfer checks add."""
+    out = {Evaluation(m, m, "text") for m in models_with_saes(suite)}
+    for check in transfer_checks(config, suite):
+        # The reference (PT SAEs on PT text) is part of the full evaluation already.
+        out.update(e for e in check.evaluations if e.trained_on != e.evaluated_on
+                   or e.data != "text")  # fmt: skip
+    return sorted(out, key=lambda e: (e.trained_on, e.evaluated_on, e.data))
+
+
+def check_label(kind: str) -> str:
+    if kind == FORMAT_SHIFT:
+        return (
+            "format-shift check (PT SAEs on chat-formatted text through the PT "
+            "model; not PT→IT)"
+        )
+    return "PT→IT transfer"

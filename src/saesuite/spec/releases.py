@@ -1,0 +1,84 @@
+"""Which release folders a suite makes, and each one's job (no torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from saesuite.spec import paths
+from saesuite.spec.config import SAESpec
+
+EMBEDDED_HUB_ID = "google/gemma-3-270m"
+
+
+def width_label(width: int) -> str:
+    """Gemma Scope's width names: 16384 → 16k, 65536 → 65k, 2^20 → 1m."""
+    if width >= 2**20 and width % 2**20 == 0:
+        return f"{width // 2**20}m"
+    return f"{width // 1000}k" if width >= 1000 else str(width)
+
+
+def hub_model_id(model_cfg: dict[str, Any]) -> str:
+    source = model_cfg["source"]
+    return EMBEDDED_HUB_ID if source == "embedded" else source
+
+
+def repo_id(config: dict[str, Any], model: str, site: str) -> str:
+    rel = config["release"]
+    fields = {"org": rel["org"], "prefix": rel["prefix"], "model": model, "site": site}
+    return rel["repo"].format(**fields)
+
+
+def release_groups(
+    config: dict[str, Any], suite: list[SAESpec]
+) -> dict[str, list[SAESpec]]:
+    """SAEs by the repo they are released in."""
+    groups: dict[str, list[SAESpec]] = {}
+    for spec in suite:
+        groups.setdefault(repo_id(config, spec.model, spec.site), []).append(spec)
+    return groups
+
+
+def folder_name(repo: str) -> str:
+    """A repo id as one path component (org/name → org--name)."""
+    return repo.replace("/", "--")
+
+
+def release_job(
+    config: dict[str, Any], repo: str, specs: list[SAESpec]
+) -> dict[str, Any]:
+    """Everything the release rule needs for one repo, as plain JSON."""
+    models = {s.model for s in specs}
+    if len(models) != 1:
+        raise ValueError(
+            f"config key 'release.repo': '{config['release']['repo']}' puts SAEs of "
+            f"models {sorted(models)} into one repo {repo}; include {{model}}"
+        )
+    model = models.pop()
+    root = config["output_root"]
+    rel = config["release"]
+    return {
+        "repo": repo,
+        "layout": rel["layout"],
+        "model": model,
+        "model_cfg": config["models"][model],
+        "canonical_l0": rel["canonical_l0"],
+        "license": rel["license"],
+        "data": config["data"],
+        "seed": config["seed"],
+        "train": config["train"],
+        "saes": [
+            {
+                "spec": {
+                    "layer": s.layer,
+                    "site": s.site,
+                    "width": s.width,
+                    "penalty": s.penalty,
+                    "value": s.value,
+                    "path": s.path,
+                },
+                "sae_dir": paths.sae_dir(root, s),
+                "eval": paths.sae_eval(root, model, model, "text", s.path),
+            }  # fmt: skip
+            for s in sorted(specs)
+        ],
+    }
