@@ -30,10 +30,10 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        final_outputs(),
+        WF.final_outputs(),
 
 
 # Not part of `all`: a dry-run plan per repo, or the upload with publish.upload.
 rule publish_all:
     input:
-        [paths.publish_record(ROOT, r, config["publish"]["upload"]) for r in RELEASES],
+        WF.publish_targets(),

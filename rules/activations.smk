@@ -22,7 +22,7 @@ rule extract:
     params:
         model_cfg=lambda w: config["models"][w.model],
         cache_root=CACHE,
-        sites=lambda w: [s.name for s in model_sites(config, w.model)],
+        sites=get_site_names,
         seqs_per_chunk=seqs_per_chunk(config),
         activations=config["activations"],
         identity=lambda w: paths.activation_identity(config, w.model),
@@ -33,8 +33,8 @@ rule extract:
 rule manifest:
     input:
         # The data files too: a deleted chunk is then recomputed (alone).
-        data=lambda w: chunk_files(w, "data"),
-        info=lambda w: chunk_files(w, "info"),
+        data=lambda w: WF.chunk_files(w.model, "data"),
+        info=lambda w: WF.chunk_files(w.model, "info"),
     output:
         paths.manifest(SCRATCH, "{model}"),
     log:
@@ -61,6 +61,6 @@ rule normalize:
     resources:
         **resources_of("normalize"),
     params:
-        sites=lambda w: [s.name for s in model_sites(config, w.model)],
+        sites=get_site_names,
     script:
         "scripts/normalize.py"

@@ -4,7 +4,7 @@
 
 rule evaluate:
     input:
-        sites=lambda w: layer_site_summaries(w.model, int(w.layer)),
+        sites=lambda w: WF.layer_site_summaries(w.model, int(w.layer)),
         model=paths.model_info(ROOT, "{lm}"),
         data=lambda w: paths.eval_data(ROOT, w.lm, w.data),
     output:
@@ -19,7 +19,7 @@ rule evaluate:
     resources:
         **resources_of("evaluate"),
     params:
-        job=lambda w: paths.eval_job(config, w.model, w.lm, w.data, int(w.layer), SUITE),
+        job=get_eval_job,
         cache_root=CACHE,
     script:
         "scripts/evaluate.py"
@@ -27,10 +27,7 @@ rule evaluate:
 
 rule eval_table:
     input:
-        lambda w: [
-            paths.eval_layer(ROOT, w.model, w.model, "text", L)
-            for L in model_layers(config, w.model)
-        ],
+        lambda w: WF.model_eval_layers(w.model),
     output:
         csv=paths.eval_table(ROOT, "{model}")["csv"],
         parquet=paths.eval_table(ROOT, "{model}")["parquet"],

@@ -15,6 +15,6 @@ rule publish:
     resources:
         **resources_of("publish"),
     params:
-        job=lambda w: publish_job(w.release),
+        job=lambda w: WF.publish_params(w.release),
     script:
         "scripts/publish.py"

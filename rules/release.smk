@@ -3,8 +3,8 @@
 
 rule release:
     input:
-        evals=lambda w: release_inputs(w.release),
-        model=lambda w: paths.model_info(ROOT, RELEASES[w.release]["model"]),
+        evals=lambda w: WF.release_inputs(w.release),
+        model=lambda w: paths.model_info(ROOT, WF.releases[w.release].model),
     output:
         directory(paths.release_dir(ROOT, "{release}")),
     log:
@@ -14,6 +14,6 @@ rule release:
     resources:
         **resources_of("release"),
     params:
-        job=lambda w: RELEASES[w.release],
+        job=lambda w: WF.release_params(w.release),
     script:
         "scripts/release.py"

@@ -6,11 +6,8 @@
 rule report_figures:
     input:
         table=paths.eval_table(ROOT, "{model}")["csv"],
-        layers=lambda w: [
-            paths.eval_layer(ROOT, w.model, w.model, "text", L)
-            for L in model_layers(config, w.model)
-        ],
-        sites=lambda w: model_site_summaries(w.model),
+        layers=lambda w: WF.model_eval_layers(w.model),
+        sites=lambda w: WF.site_summaries(w.model),
     output:
         figures=report(
             directory(paths.report_dirs(ROOT, "{model}")["figures"]),

@@ -24,7 +24,7 @@ rule train:
     resources:
         **resources_of("train"),
     params:
-        job=train_params,
-        nproc=train_nproc,
+        job=get_train_job,
+        nproc=get_train_nproc,
     script:
         "scripts/train.py"

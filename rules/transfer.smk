@@ -16,18 +16,15 @@ rule transfer_rollouts:
     resources:
         **resources_of("transfer_rollouts"),
     params:
-        model_cfg=lambda w: config["models"][w.model],
+        job=lambda w: WF.rollouts_params(w.model),
         cache_root=CACHE,
-        ctx=config["data"]["context_size"],
-        transfer=config["transfer"],
-        seed=config["seed"],
     script:
         "scripts/transfer_rollouts.py"
 
 
 rule transfer_table:
     input:
-        lambda w: transfer_inputs(w.check),
+        lambda w: WF.transfer_inputs(w.check),
     output:
         csv=paths.transfer_outputs(ROOT, "{check}")["csv"],
         parquet=paths.transfer_outputs(ROOT, "{check}")["parquet"],
@@ -53,6 +50,6 @@ rule transfer_table:
     resources:
         **resources_of("transfer_table"),
     params:
-        check=lambda w: check_params(w.check),
+        check=lambda w: WF.check_params(w.check),
     script:
         "scripts/transfer_table.py"

@@ -4,6 +4,8 @@ predictor has FVU 1; spliced loss and KL match a direct computation."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,8 @@ from saesuite.data.sites import capture, logits_with
 from saesuite.eval.evaluate import evaluate as evaluate_acc
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec.config import Site
+from saesuite.spec.jobs import EvalJob, EvalMember
+from saesuite.spec.sizes import dictionary_bytes
 
 
 @pytest.fixture(scope="module")
@@ -163,22 +167,24 @@ def test_an_sae_of_the_wrong_width_is_named_before_any_pass(tiny_models, tmp_pat
     save_file(tensors, str(sae_dir / "sae.safetensors"))
     ids = torch.full((2, 16), 7, dtype=torch.int32)
     save_tokens(tmp_path / "eval.safetensors", ids, torch.ones(2, 16, dtype=torch.bool))
-    job = {
-        "identity": {"trained_on": "other", "evaluated_on": "tiny", "data": "text"},
-        "model_cfg": cfg["models"]["tiny"],
-        "evaluate": cfg["evaluate"],
-        "saes": [
-            {
-                "key": "layer_1/res/width_48/l0_8",
-                "dir": str(sae_dir),
-                "out": str(tmp_path / "out" / "sae.json"),
-                "identity": {"layer": 1, "site": "res"},
-            }
-        ],
-    }
+    member = EvalMember("layer_1/res/width_48/l0_8", str(sae_dir),
+                        str(tmp_path / "out" / "sae.json"), "layer_1.res",
+                        "layer_1.res", {"layer": 1, "site": "res"})  # fmt: skip
+    job = EvalJob("other", "tiny", "text", 1, cfg["models"]["tiny"], cfg["evaluate"],
+                  (member,))  # fmt: skip
     with pytest.raises(ValueError, match=r"width_48/l0_8 has d_in 32.*'tiny'.* 64"):
         evaluate_layer(
             job,
+            data_path=tmp_path / "eval.safetensors",
+            cache_root=tmp_path,
+            out=tmp_path / "out" / "layer_1.json",
+        )
+    assert not (tmp_path / "out").exists()
+    # a dictionary that writes another site than it reads is refused, by name
+    other = replace(member, output_site="layer_1.mlp")
+    with pytest.raises(ValueError, match=r"l0_8 reads layer_1.res and writes layer_1"):
+        evaluate_layer(
+            replace(job, members=(other,)),
             data_path=tmp_path / "eval.safetensors",
             cache_root=tmp_path,
             out=tmp_path / "out" / "layer_1.json",
@@ -229,25 +235,25 @@ def test_saes_in_groups_that_fit_a_gpu_get_the_metrics_of_one_group(
         save_file(sae.fold_normalization(1.0).release_tensors(),
                   str(d / "sae.safetensors"))  # fmt: skip
         assert released_shape(d) == (64, width)
-        saes.append({"key": f"k{i}", "dir": str(d), "identity": {"layer": 1,
-                     "site": "res"}})  # fmt: skip
+        saes.append((f"k{i}", str(d)))
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(6, 200, (3, 16), generator=g, dtype=torch.int32)
     save_tokens(tmp_path / "eval.safetensors", ids, torch.ones(3, 16, dtype=torch.bool))
-    sizes = [2 * 64 * w * 4 for w in (48, 96, 32)]
+    sizes = [dictionary_bytes(64, w) for w in (48, 96, 32)]
+    assert sizes[0] == 2 * 64 * 48 * 4  # float32 W_enc and W_dec
     assert fit_groups(sizes, sizes[1]) == [[0], [1], [2]]
     assert fit_groups(sizes, sizes[0] + sizes[1]) == [[0, 1], [2]]
     assert fit_groups(sizes, None) == [[0, 1, 2]]
     assert fit_groups(sizes, 10 * sum(sizes), frozenset({1})) == [[0], [1], [2]]
     got = {}
     for name, budget in (("one", None), ("split", sizes[1])):
-        job = {
-            "identity": {"trained_on": "tiny", "evaluated_on": "tiny", "data": "text"},
-            "model_cfg": cfg["models"]["tiny"], "evaluate": cfg["evaluate"],
-            "group_bytes": budget,
-            "saes": [{**s, "out": str(tmp_path / name / f"{s['key']}.json")}
-                     for s in saes],
-        }  # fmt: skip
+        members = tuple(
+            EvalMember(k, d, str(tmp_path / name / f"{k}.json"), "layer_1.res",
+                       "layer_1.res", {"layer": 1, "site": "res"})
+            for k, d in saes
+        )  # fmt: skip
+        job = EvalJob("tiny", "tiny", "text", 1, cfg["models"]["tiny"],
+                      cfg["evaluate"], members, group_bytes=budget)  # fmt: skip
         evaluate_layer(
             job,
             data_path=tmp_path / "eval.safetensors",

@@ -24,6 +24,7 @@ from saesuite.release.publish import (
     publish_release,
 )
 from saesuite.spec.io import write_json
+from saesuite.spec.jobs import PublishJob
 
 REPO = "someone/saesuite-tiny-res"
 TOKEN = "hf_thisIsTheSecretTestToken0123456789"
@@ -191,8 +192,8 @@ def test_the_rule_function_never_writes_the_token(release, token, tmp_path):
 
     results = tmp_path / "release" / ".."
     hub = FakeHub()
-    job = {"repo_id": REPO, "upload": True, "private": False, "delete_extra": False,
-           "revision": "main", "message": "saesuite: tiny"}  # fmt: skip
+    job = PublishJob(REPO, upload=True, private=False, delete_extra=False,
+                     revision="main", message="saesuite: tiny")  # fmt: skip
     out = tmp_path / "publish" / "someone--saesuite-tiny-res.upload.json"
     with job_log(tmp_path / "logs" / "publish.log"):
         publish_release(job, folder=release, out=out, api=hub)

@@ -10,17 +10,29 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from saesuite.cluster.resources import sae_gpu_bytes
 from saesuite.data.store import write_chunk, write_manifest, write_normalization
 from saesuite.sae.jumprelu import JumpReLUSAE
-from saesuite.sae.train import NonFiniteLoss, make_schedule, train_site
+from saesuite.sae.train import (
+    NonFiniteLoss,
+    Preempted,
+    _truncate_log,
+    make_schedule,
+    needs_sharding,
+    sae_groups,
+    sae_seed,
+    train_site,
+)
 from saesuite.spec.config import REPO_ROOT
 from saesuite.spec.io import read_json, write_json
+from saesuite.spec.jobs import DictionarySpec, TrainJob
 
 D, ATOMS = 16, 48
 TRAIN = {
@@ -67,20 +79,19 @@ def store(tmp_path_factory) -> Path:
     return root
 
 
-def make_job(store: Path, out: Path, tokens=128 * 60, **train) -> dict:
-    saes = [
-        {"layer": 0, "kind": "res", "width": 64, "penalty": "l0", "value": lam,
-         "coefficient": lam, "tokens": tokens, "path": f"lambda_{lam:g}",
-         "out_dir": str(out / f"lambda_{lam:g}")}
+def make_job(store: Path, out: Path, tokens=128 * 60, **train) -> TrainJob:
+    saes = tuple(
+        DictionarySpec("sae", "layer_0.res", "layer_0.res", 64, "l0", lam, lam, tokens,
+                       f"lambda_{lam:g}", str(out / f"lambda_{lam:g}"))
         for lam in (1e-3, 3e-2)
-    ]  # fmt: skip
-    return {
-        "model": "synthetic", "site": "layer_0.res",
-        "manifest": str(store / "manifest.json"),
-        "normalization": str(store / "norm.json"),
-        "checkpoint": str(out / "ckpt.pt"), "seed": 3, "shuffle_bucket": 2048,
-        "train": {**TRAIN, **train}, "identity": {"model": "synthetic"}, "saes": saes,
-    }  # fmt: skip
+    )  # fmt: skip
+    return TrainJob(
+        model="synthetic", input_site="layer_0.res", output_site="layer_0.res",
+        seed=3, shuffle_bucket=2048, train={**TRAIN, **train},
+        identity={"model": "synthetic"}, dictionaries=saes,
+        manifest=str(store / "manifest.json"),
+        normalization=str(store / "norm.json"), checkpoint=str(out / "ckpt.pt"),
+    )  # fmt: skip
 
 
 def test_schedule_scales_warmups_and_shapes():
@@ -104,8 +115,8 @@ def test_training_learns_the_dictionary_and_writes_outputs(store, tmp_path):
     results = train_site(job)
     assert len(results) == 2
     logs = [
-        [json.loads(ln) for ln in (Path(s["out_dir"]) / "train_log.jsonl").open()]
-        for s in job["saes"]
+        [json.loads(ln) for ln in (Path(s.out_dir) / "train_log.jsonl").open()]
+        for s in job.dictionaries
     ]
     for lines in logs:
         assert lines[0]["step"] == 0 and lines[-1]["step"] == 299
@@ -115,7 +126,7 @@ def test_training_learns_the_dictionary_and_writes_outputs(store, tmp_path):
     # the larger λ buys a smaller L0, and then trains on the sparse path
     assert logs[1][-1]["l0"] < logs[0][-1]["l0"]
     assert logs[1][-1]["l0"] < 0.3 * 64 and logs[1][-1]["path"] == "sparse"
-    info = read_json(Path(job["saes"][0]["out_dir"]) / "sae.json")
+    info = read_json(Path(job.dictionaries[0].out_dir) / "sae.json")
     C = read_json(store / "norm.json")["scale"]["layer_0.res"]
     assert info["normalization_scale"] == C and info["steps"] == 300
     assert info["schedule"] == {
@@ -125,7 +136,7 @@ def test_training_learns_the_dictionary_and_writes_outputs(store, tmp_path):
     }
     assert "torch" in info["versions"]
     # the released SAE works on raw activations
-    out = Path(job["saes"][0]["out_dir"])
+    out = Path(job.dictionaries[0].out_dir)
     released = JumpReLUSAE.from_release(load_file(out / "sae.safetensors"))
     state = load_file(out / "train_state.safetensors")
     trained = JumpReLUSAE(D, 64)
@@ -137,13 +148,13 @@ def test_training_learns_the_dictionary_and_writes_outputs(store, tmp_path):
         )
         fvu = ((released(x) - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     assert fvu < 0.3
-    assert not Path(job["checkpoint"]).exists()  # removed once the outputs exist
+    assert not Path(job.checkpoint).exists()  # removed once the outputs exist
 
 
-def run_cli(job: dict, path: Path, nproc: int = 1) -> subprocess.Popen:
+def run_cli(job: TrainJob, path: Path, nproc: int = 1) -> subprocess.Popen:
     """The trainer's CLI in a subprocess (through torchrun for nproc > 1); its output
     goes to <path>.log (a pipe nobody reads would fill up and stall it)."""
-    write_json(path, job)
+    write_json(path, job.to_dict())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = open(f"{path}.log", "ab")
     proc = subprocess.Popen(
@@ -160,22 +171,49 @@ def output(proc: subprocess.Popen, timeout: float = 300) -> str:
     return proc.log.read_text(errors="replace")
 
 
-def final_bytes(job: dict) -> list[bytes]:
+def final_bytes(job: TrainJob) -> list[bytes]:
     return [
-        (Path(s["out_dir"]) / name).read_bytes()
-        for s in job["saes"]
+        (Path(s.out_dir) / name).read_bytes()
+        for s in job.dictionaries
         for name in ("train_state.safetensors", "sae.safetensors")
     ]
 
 
+@pytest.fixture
+def one_thread():
+    """In-process runs with the thread count of the CLI runs (OMP_NUM_THREADS=1):
+    CPU float reductions, and so the bytes, depend on it."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def train_in_process(job: TrainJob) -> list[bytes]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_site(job)
+    finally:
+        torch.set_num_threads(old)
+    return final_bytes(job)
+
+
 @pytest.fixture(scope="module")
 def reference(store, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref")
-    job = make_job(store, out, tokens=128 * 1500)
-    p = run_cli(job, out / "job.json")
-    text = output(p)
-    assert p.returncode == 0, text
-    return final_bytes(job), job
+    """The bytes of an uninterrupted run of 1500 steps (long enough to signal a CLI
+    run mid-way), trained in this process on one thread."""
+    job = make_job(store, tmp_path_factory.mktemp("ref"), tokens=128 * 1500)
+    return train_in_process(job), job
+
+
+SHORT = 128 * 300  # tokens of the in-process stop and resume tests
+
+
+@pytest.fixture(scope="module")
+def short_reference(store, tmp_path_factory):
+    job = make_job(store, tmp_path_factory.mktemp("short"), tokens=SHORT)
+    return train_in_process(job)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout=120):
@@ -187,110 +225,126 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout=120):
 
 
 def test_kill_9_then_resume_is_bit_identical(store, tmp_path, reference):
+    """A real SIGKILL to the CLI mid-run; the retry resumes from the last periodic
+    checkpoint and ends with the bytes of the uninterrupted run."""
     want, _ = reference
     job = make_job(store, tmp_path, tokens=128 * 1500)
     p = run_cli(job, tmp_path / "job.json")
-    wait_for(Path(job["checkpoint"]), p)
+    wait_for(Path(job.checkpoint), p)
     time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert p.returncode == -9
-    resumed_from = torch.load(job["checkpoint"], weights_only=True)["step"]
+    resumed_from = torch.load(job.checkpoint, weights_only=True)["step"]
     assert 0 < resumed_from < 1500
     again = run_cli(job, tmp_path / "job.json")
     out = output(again)
     assert again.returncode == 0, out
     assert f"resuming layer_0.res from step {resumed_from}" in out
     assert final_bytes(job) == want
-    lines = (
-        (Path(job["saes"][0]["out_dir"]) / "train_log.jsonl").read_text().splitlines()
-    )
-    steps = [json.loads(ln)["step"] for ln in lines]
+    lines = (Path(job.dictionaries[0].out_dir) / "train_log.jsonl").read_text()
+    steps = [json.loads(ln)["step"] for ln in lines.splitlines()]
     assert steps == sorted(set(steps))  # no duplicated lines after the resume
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
-def test_preemption_signal_checkpoints_and_exits_for_retry(
-    store, tmp_path, reference, sig
-):
-    want, _ = reference
+def test_sigusr1_to_the_cli_checkpoints_and_exits_for_retry(store, tmp_path):
+    """The real signal path: SLURM's USR1 reaches the process, which checkpoints at
+    once (no periodic checkpoint is due) and exits 75 so Snakemake retries."""
     job = make_job(store, tmp_path, tokens=128 * 1500, checkpoint_every=1000)
     p = run_cli(job, tmp_path / "job.json")
-    log0 = Path(job["saes"][0]["out_dir"]) / "train_log.jsonl"
-    wait_for(log0, p)
-    p.send_signal(sig)
-    out = output(p)
-    assert p.returncode == 75, out
-    step = torch.load(job["checkpoint"], weights_only=True)["step"]
-    assert 0 < step < 1500  # no periodic checkpoint was due: the signal wrote it
-    again = run_cli(job, tmp_path / "job.json")
-    text = output(again)
-    assert again.returncode == 0, text
-    assert final_bytes(job) == want
-
-
-def test_groups_that_fit_a_device_train_like_one_job_and_resume(
-    store, tmp_path, reference
-):
-    """With room on a device for one SAE, the two SAEs of the job train one after the
-    other: the same bytes as together. A signal during the second group checkpoints
-    it; the retry resumes there and does not retrain the first."""
-    from saesuite.cluster.resources import sae_gpu_bytes
-    from saesuite.sae.train import needs_sharding, sae_groups
-
-    want, _ = reference
-    job = make_job(store, tmp_path, tokens=128 * 1500, checkpoint_every=1000)
-    one = sae_gpu_bytes(job["train"]["batch_size"], D, 64, 1)
-    assert sae_groups(job["saes"], D, job["train"], 1, 2 * one) == [[0, 1]]
-    assert sae_groups(job["saes"], D, job["train"], 1, one) == [[0], [1]]
-    assert sae_groups(job["saes"], D, job["train"], 1, None) == [[0, 1]]
-    # Over 2 processes each SAE needs less (half the batch's work tensors): both fit
-    two = sae_gpu_bytes(job["train"]["batch_size"], D, 64, 2)
-    assert sae_groups(job["saes"], D, job["train"], 2, 2 * two) == [[0, 1]]
-    # and one that fits no device data-parallel trains alone, sharded
-    assert not needs_sharding(64, D, job["train"], 2, two)
-    assert needs_sharding(64, D, job["train"], 2, two - 1)
-    assert not needs_sharding(64, D, job["train"], 1, two - 1)  # nothing to shard over
-    assert sae_groups(job["saes"], D, job["train"], 2, two - 1) == [[0], [1]]
-    job["group_bytes"] = one
-    p = run_cli(job, tmp_path / "job.json")
-    first = Path(job["saes"][0]["out_dir"]) / "sae.safetensors"
-    wait_for(Path(job["saes"][1]["out_dir"]) / "train_log.jsonl", p)
+    wait_for(Path(job.dictionaries[0].out_dir) / "train_log.jsonl", p)
     p.send_signal(signal.SIGUSR1)
     out = output(p)
     assert p.returncode == 75, out
-    ckpt = Path(job["checkpoint"])
+    step = torch.load(job.checkpoint, weights_only=True)["step"]
+    assert 0 < step < 1000  # the signal wrote it
+    assert f"signal {int(signal.SIGUSR1)}: checkpoint at step {step} written" in out
+
+
+@pytest.mark.parametrize("at", [1, 170, 299])
+def test_a_stop_at_any_step_resumes_bit_identical(
+    store, tmp_path, short_reference, one_thread, at
+):
+    """SIGTERM (as from `scancel`) arrives after step `at`: the in-process handler
+    checkpoints there and exits 75; the retry ends with the uninterrupted bytes."""
+    want = short_reference
+    job = make_job(store, tmp_path, tokens=SHORT, checkpoint_every=1000)
+
+    def sigterm(step: int) -> bool:
+        if step == at:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler sets the stop flag
+        return False
+
+    with pytest.raises(Preempted) as stopped:
+        train_site(job, stop_at=sigterm)
+    assert stopped.value.code == 75
+    assert torch.load(job.checkpoint, weights_only=True)["step"] == at
+    train_site(job)
+    assert final_bytes(job) == want
+    assert not Path(job.checkpoint).exists()
+
+
+def test_groups_that_fit_a_device_train_like_one_job_and_resume(
+    store, tmp_path, short_reference, one_thread, caplog
+):
+    """With room on a device for one SAE, the two SAEs of the job train one after the
+    other: the same bytes as together. A stop during the second group checkpoints
+    it; the retry resumes there and does not retrain the first."""
+    want = short_reference
+    job = make_job(store, tmp_path, tokens=SHORT, checkpoint_every=1000)
+    specs = list(job.dictionaries)
+    one = sae_gpu_bytes(job.train["batch_size"], D, 64, 1)
+    assert sae_groups(specs, D, job.train, 1, 2 * one) == [[0, 1]]
+    assert sae_groups(specs, D, job.train, 1, one) == [[0], [1]]
+    assert sae_groups(specs, D, job.train, 1, None) == [[0, 1]]
+    # Over 2 processes each SAE needs less (half the batch's work tensors): both fit
+    two = sae_gpu_bytes(job.train["batch_size"], D, 64, 2)
+    assert sae_groups(specs, D, job.train, 2, 2 * two) == [[0, 1]]
+    # and one that fits no device data-parallel trains alone, sharded
+    assert not needs_sharding(64, D, job.train, 2, two)
+    assert needs_sharding(64, D, job.train, 2, two - 1)
+    assert not needs_sharding(64, D, job.train, 1, two - 1)  # nothing to shard over
+    assert sae_groups(specs, D, job.train, 2, two - 1) == [[0], [1]]
+    job = replace(job, group_bytes=one)
+    first = Path(job.dictionaries[0].out_dir) / "sae.safetensors"
+    with pytest.raises(Preempted):  # stop at step 120 of the second group
+        train_site(job, stop_at=lambda step: first.exists() and step == 120)
+    ckpt = Path(job.checkpoint)
     marker = ckpt.with_name("ckpt.done.json")
     assert list(read_json(marker)["saes"]) == ["lambda_0.001"] and first.exists()
     state = torch.load(ckpt, weights_only=True)
-    assert state["saes"] == ["lambda_0.03"] and 0 < state["step"] < 1500
+    assert state["saes"] == ["lambda_0.03"] and state["step"] == 120
     mtime = first.stat().st_mtime_ns
-    again = run_cli(job, tmp_path / "job.json")
-    text = output(again)[len(out) :]  # the log file is appended to
-    assert again.returncode == 0, text
-    assert f"resuming layer_0.res [2/2 SAEs] from step {state['step']}" in text
-    assert "[1/2 SAEs]" not in text  # the first SAE was not trained again
+    caplog.clear()
+    with caplog.at_level("INFO", logger="saesuite"):
+        train_site(job)
+    assert "resuming layer_0.res [2/2 SAEs] from step 120" in caplog.text
+    assert "[1/2 SAEs]" not in caplog.text  # the first SAE was not trained again
     assert final_bytes(job) == want and first.stat().st_mtime_ns == mtime
     assert not marker.exists() and not ckpt.exists()
 
 
-def test_a_checkpoint_of_another_config_is_not_resumed(store, tmp_path, reference):
-    """Preempted, then run with a changed training config (log_every: it shapes the
+def test_a_checkpoint_of_another_config_is_not_resumed(
+    store, tmp_path, short_reference, one_thread, caplog
+):
+    """Stopped, then run with a changed training config (log_every: it shapes the
     logs, not the weights): the run starts afresh instead of resuming a checkpoint
     written under other settings, and ends where a fresh run ends."""
-    want, _ = reference
-    job = make_job(store, tmp_path, tokens=128 * 1500, checkpoint_every=1000)
-    p = run_cli(job, tmp_path / "job.json")
-    wait_for(Path(job["saes"][0]["out_dir"]) / "train_log.jsonl", p)
-    p.send_signal(signal.SIGUSR1)
-    out = output(p)
-    assert p.returncode == 75 and Path(job["checkpoint"]).exists(), out
-    job["train"]["log_every"] = 7
-    again = run_cli(job, tmp_path / "job.json")
-    text = output(again)[len(out) :]
-    assert again.returncode == 0, text
-    assert "written for another training config; starting afresh" in text
-    assert "resuming" not in text
+    want = short_reference
+    job = make_job(store, tmp_path, tokens=SHORT, checkpoint_every=1000)
+    with pytest.raises(Preempted):
+        train_site(job, stop_at=lambda step: step == 100)
+    assert Path(job.checkpoint).exists()
+    changed = replace(job, train={**job.train, "log_every": 7})
+    assert changed.fingerprint() != job.fingerprint()
+    # where the files are and the config's hash are not part of the fingerprint
+    moved = replace(job, checkpoint="/elsewhere/ckpt.pt", config_hash="abc")
+    assert moved.fingerprint() == job.fingerprint()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="saesuite"):
+        train_site(changed)
+    assert "written for another training config; starting afresh" in caplog.text
+    assert "resuming" not in caplog.text
     assert final_bytes(job) == want
 
 
@@ -298,7 +352,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_pat
     job = make_job(store, tmp_path, lr=1e35, checkpoint_every=1, lr_warmup_steps=0)
     with pytest.raises(NonFiniteLoss, match="non-finite loss .* step"):
         train_site(job)
-    state = torch.load(job["checkpoint"], weights_only=True)
+    state = torch.load(job.checkpoint, weights_only=True)
     assert state["step"] >= 1
     for m in state["members"]:
         assert all(torch.isfinite(v).all() for v in m["sae"].values())
@@ -310,7 +364,7 @@ def test_two_gloo_processes_match_one(store, tmp_path):
     one = make_job(store, tmp_path / "one", tokens=128 * 80)
     train_site(one)
     job = make_job(store, tmp_path / "two", tokens=128 * 80)
-    write_json(tmp_path / "job.json", job)
+    write_json(tmp_path / "job.json", job.to_dict())
     cmd = [
         sys.executable,
         "-m",
@@ -326,51 +380,65 @@ def test_two_gloo_processes_match_one(store, tmp_path):
     res = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True,
                          timeout=600)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
-    for a, b in zip(job["saes"], one["saes"]):
-        sa = load_file(Path(a["out_dir"]) / "train_state.safetensors")
-        sb = load_file(Path(b["out_dir"]) / "train_state.safetensors")
+    for a, b in zip(job.dictionaries, one.dictionaries):
+        sa = load_file(Path(a.out_dir) / "train_state.safetensors")
+        sb = load_file(Path(b.out_dir) / "train_state.safetensors")
         assert not torch.equal(sa["W_enc"], JumpReLUSAE(D, 64).W_enc)  # it trained
         for k in sa:
             torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
     logs = [
         json.loads(ln)
-        for ln in open(Path(job["saes"][0]["out_dir"]) / "train_log.jsonl")
+        for ln in open(Path(job.dictionaries[0].out_dir) / "train_log.jsonl")
     ]
     assert logs[-1]["step"] == 79 and math.isfinite(logs[-1]["loss"])
 
 
 def test_resume_drops_log_lines_after_the_checkpoint_and_cut_lines(tmp_path):
-    from saesuite.sae.train import _truncate_log, sae_seed
-
     log = tmp_path / "train_log.jsonl"
     log.write_text('{"step": 0}\n{"step": 10}\n{"step": 20}\n{"step": 3')
     _truncate_log(log, 20)
     assert log.read_text() == '{"step": 0}\n{"step": 10}\n'
-    # an SAE's seed depends on its identity, not on its place in the ladder
-    assert sae_seed(0, "layer_1.res", "a") == sae_seed(0, "layer_1.res", "a")
-    assert sae_seed(0, "layer_1.res", "a") != sae_seed(0, "layer_1.res", "b")
+
+
+def test_an_sae_trains_the_same_whatever_the_ladder_around_it(store, tmp_path):
+    """Its seed comes from (seed, site, path): dropping the other rung of the ladder
+    leaves the λ = 0.03 SAE's bytes as they were; another config seed changes them."""
+    both = make_job(store, tmp_path / "both", tokens=128 * 20)
+    alone = replace(make_job(store, tmp_path / "alone", tokens=128 * 20),
+                    dictionaries=both.dictionaries[1:])  # fmt: skip
+    moved = str(tmp_path / "alone" / "lambda_0.03")
+    alone = replace(
+        alone, dictionaries=(replace(alone.dictionaries[0], out_dir=moved),)
+    )
+    train_site(both)
+    train_site(alone)
+    name = "train_state.safetensors"
+    got = (Path(alone.dictionaries[0].out_dir) / name).read_bytes()
+    assert got == (Path(both.dictionaries[1].out_dir) / name).read_bytes()
+    assert sae_seed(3, "layer_0.res", "lambda_0.03") != sae_seed(
+        4, "layer_0.res", "lambda_0.03"
+    )
+    # pinned: a change of the derivation would silently change every suite's SAEs
+    assert sae_seed(0, "layer_1.res", "a") == 1447239775895933308
 
 
 def test_each_sae_logs_its_own_last_step(store, tmp_path):
     job = make_job(store, tmp_path, tokens=128 * 30)
-    job["saes"][1]["tokens"] = 128 * 12  # a smaller budget in the same job
+    short = replace(job.dictionaries[1], tokens=128 * 12)  # a smaller budget, same job
+    job = replace(job, dictionaries=(job.dictionaries[0], short))
     train_site(job)
     last = [
-        json.loads(
-            (Path(s["out_dir"]) / "train_log.jsonl").read_text().splitlines()[-1]
-        )
-        for s in job["saes"]
+        json.loads((Path(s.out_dir) / "train_log.jsonl").read_text().splitlines()[-1])
+        for s in job.dictionaries
     ]
     assert [x["step"] for x in last] == [29, 11]
-    assert read_json(Path(job["saes"][1]["out_dir"]) / "sae.json")["steps"] == 12
+    assert read_json(Path(job.dictionaries[1].out_dir) / "sae.json")["steps"] == 12
 
 
-def sharded_job(store: Path, out: Path, **kw) -> dict:
+def sharded_job(store: Path, out: Path, **kw) -> TrainJob:
     """A job whose SAEs, by the device budget it claims, fit no GPU whole: with two
     processes each SAE trains alone with its latents split between them."""
-    job = make_job(store, out, **kw)
-    job["group_bytes"] = 1
-    return job
+    return replace(make_job(store, out, **kw), group_bytes=1)
 
 
 @pytest.fixture(scope="module")
@@ -391,21 +459,21 @@ def test_an_sae_sharded_over_two_processes_trains_as_on_one(store, tmp_path):
     text = output(p)
     assert p.returncode == 0, text
     assert "width 64 sharded over 2 processes" in text
-    for a, b in zip(job["saes"], one["saes"]):
-        sa = load_file(Path(a["out_dir"]) / "train_state.safetensors")
-        sb = load_file(Path(b["out_dir"]) / "train_state.safetensors")
+    for a, b in zip(job.dictionaries, one.dictionaries):
+        sa = load_file(Path(a.out_dir) / "train_state.safetensors")
+        sb = load_file(Path(b.out_dir) / "train_state.safetensors")
         assert sa["W_enc"].shape == (D, 64)  # the whole SAE, gathered
         for k in sa:
             torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
-        ra = load_file(Path(a["out_dir"]) / "sae.safetensors")
-        rb = load_file(Path(b["out_dir"]) / "sae.safetensors")
+        ra = load_file(Path(a.out_dir) / "sae.safetensors")
+        rb = load_file(Path(b.out_dir) / "sae.safetensors")
         for k in rb:
             torch.testing.assert_close(ra[k], rb[k], rtol=1e-4, atol=1e-5, msg=k)
-        info = read_json(Path(a["out_dir"]) / "sae.json")
+        info = read_json(Path(a.out_dir) / "sae.json")
         assert info["width"] == 64 and info["steps"] == 80
-    logs = [json.loads(ln) for ln in open(Path(job["saes"][1]["out_dir"])
+    logs = [json.loads(ln) for ln in open(Path(job.dictionaries[1].out_dir)
                                           / "train_log.jsonl")]  # fmt: skip
-    ref = [json.loads(ln) for ln in open(Path(one["saes"][1]["out_dir"])
+    ref = [json.loads(ln) for ln in open(Path(one.dictionaries[1].out_dir)
                                          / "train_log.jsonl")]  # fmt: skip
     assert [r["step"] for r in logs] == [r["step"] for r in ref]
     for a, b in zip(logs, ref):  # whole-SAE statistics, not one shard's
@@ -422,12 +490,12 @@ def test_a_preempted_sharded_job_resumes_from_every_shard(
     want, _ = sharded_reference
     job = sharded_job(store, tmp_path, tokens=128 * 1500, checkpoint_every=1000)
     p = run_cli(job, tmp_path / "job.json", nproc=2)
-    wait_for(Path(job["saes"][0]["out_dir"]) / "train_log.jsonl", p)
+    wait_for(Path(job.dictionaries[0].out_dir) / "train_log.jsonl", p)
     time.sleep(0.5)
     p.send_signal(signal.SIGUSR1)
     out = output(p)
     assert p.returncode == 75, out
-    ckpt = Path(job["checkpoint"])
+    ckpt = Path(job.checkpoint)
     state = torch.load(ckpt, weights_only=True)
     assert state["shards"] == 2 and 0 < state["step"] < 1500
     assert state["members"][0]["sae"]["W_dec"].shape == (32, D)  # rank 0's half
@@ -441,18 +509,22 @@ def test_a_preempted_sharded_job_resumes_from_every_shard(
     assert not list(tmp_path.glob("ckpt*.pt"))
 
 
-def test_a_sharded_checkpoint_is_not_resumed_by_one_process(store, tmp_path, reference):
+def test_a_sharded_checkpoint_is_not_resumed_by_one_process(
+    store, tmp_path, reference, one_thread, caplog
+):
     want, _ = reference
     job = sharded_job(store, tmp_path, tokens=128 * 1500, checkpoint_every=1000)
     p = run_cli(job, tmp_path / "job.json", nproc=2)
-    wait_for(Path(job["saes"][0]["out_dir"]) / "train_log.jsonl", p)
+    wait_for(Path(job.dictionaries[0].out_dir) / "train_log.jsonl", p)
     p.send_signal(signal.SIGUSR1)
     out = output(p)
     assert p.returncode == 75, out
-    again = run_cli(job, tmp_path / "job.json")  # one process: nothing to shard over
-    text = output(again)[len(out) :]
-    assert again.returncode == 0, text
-    assert "trained over 2 shard(s); this run takes 1: starting them afresh" in text
-    assert "resuming" not in text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="saesuite"):
+        train_site(job)  # one process: nothing to shard over
+    assert "trained over 2 shard(s); this run takes 1: starting them afresh" in (
+        caplog.text
+    )
+    assert "resuming" not in caplog.text
     assert final_bytes(job) == want  # as unsharded, ungrouped training
     assert not list(tmp_path.glob("ckpt*.pt"))

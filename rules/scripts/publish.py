@@ -4,10 +4,13 @@ import sys
 
 from saesuite.data.logs import job_log
 from saesuite.release.publish import publish_release
+from saesuite.spec.jobs import PublishJob
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):
-    r = publish_release(sm.params.job, folder=sm.input[0], out=sm.output[0])
+    r = publish_release(
+        PublishJob.from_dict(sm.params.job), folder=sm.input[0], out=sm.output[0]
+    )
 verb = "sent" if r["mode"] == "upload" else "to send"
 print(f"publish {r['mode']} {r['repo_id']}: {r['upload_files']} of {len(r['files'])} "
       f"files ({r['upload_bytes'] / 1e6:.1f} MB) {verb}; remote {r['remote']}; "

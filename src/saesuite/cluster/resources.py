@@ -23,9 +23,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from saesuite.spec.config import SAESpec, sequences
-from saesuite.spec.dtypes import BYTES
+from saesuite.spec.config import SAESpec, known_site_width, sequences
 from saesuite.spec.known_models import ModelShape, known_shape
+from saesuite.spec.sizes import BYTES, dictionary_bytes
+from saesuite.spec.workflow import Workflow
 
 GPU_STAGES = frozenset({"extract", "train", "evaluate", "transfer_rollouts"})
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt"}
@@ -96,11 +97,12 @@ def train_mem_mb(config: dict[str, Any], specs: list[SAESpec], d_in: int) -> int
     they are serialised). GPU memory is not requested: a GRES is whole GPUs."""
     t = config["train"]
     bucket = config["activations"]["shuffle_bucket"] * d_in * 4
-    params = sum(2 * d_in * s.width * 4 for s in specs)
+    params = sum(dictionary_bytes(d_in, s.width) for s in specs)
     if uses_gpu(config, "train"):
-        group = max(2 * d_in * s.width * 16 for s in specs)  # one SAE at least
+        # one SAE at least: weights, gradients and two Adam moments
+        group = max(4 * dictionary_bytes(d_in, s.width) for s in specs)
         group = max(group, train_group_bytes(config) or 0)
-        gathered = max(2 * 2 * d_in * s.width * 4 for s in specs)
+        gathered = max(2 * dictionary_bytes(d_in, s.width) for s in specs)
         saes = max(min(3 * params, 3 * group // 4), gathered)
     else:
         work = sum(6 * 4 * t["batch_size"] * s.width for s in specs)
@@ -118,8 +120,9 @@ def sae_gpu_bytes(
     latents (saesuite.sae.shard) and the whole batch."""
     if sharded:
         latents = -(-width // nproc)
-        return 16 * 2 * d_in * latents + 16 * d_in + 6 * 4 * batch_size * latents
-    return 16 * 2 * d_in * width + 6 * 4 * (batch_size // nproc) * width
+        return (4 * dictionary_bytes(d_in, latents) + 16 * d_in
+                + 6 * 4 * batch_size * latents)  # fmt: skip
+    return 4 * dictionary_bytes(d_in, width) + 6 * 4 * (batch_size // nproc) * width
 
 
 def fit_groups(
@@ -182,7 +185,7 @@ def evaluate_estimate(
     """(mem_mb, flops) of one evaluate job: one layer's SAEs (`specs`) through lm."""
     shape = _shape(config, lm)
     ev = config["evaluate"]
-    sizes = [2 * (shape.site_width(s.site) if shape else 4096) * s.width * 4
+    sizes = [dictionary_bytes(shape.site_width(s.site) if shape else 4096, s.width)
              for s in specs]  # fmt: skip
     # On a GPU the SAEs pass through the host one at a time (saesuite.eval.evaluate).
     sae_mb = max(sizes, default=0) if uses_gpu(config, "evaluate") else sum(sizes)
@@ -286,3 +289,67 @@ def data_request(config: dict[str, Any], stage: str, model: str | None = None):
 def io_request(config: dict[str, Any], stage: str, n_bytes: int, rate: float):
     """Stages that read or send files (manifest hashes, normalisation, publish)."""
     return request(config, stage, BASE_MB * 2, minutes=n_bytes / rate / 60)
+
+
+# Rates of the stages bound by files (bytes/s): hashing, then one pass per site, over
+# a shared filesystem (manifest, normalize); sending to the Hub (publish).
+READ_RATE = 2e8
+UPLOAD_RATE = 2e7
+SMALL_JOB_MINUTES = 2.0  # tables, figures, release folders (seconds in the default)
+
+
+class JobResources:
+    """Every job's resources (a dict by the SLURM plugin's names) from the workflow's
+    plan, computed once per job: Snakemake asks for them key by key."""
+
+    def __init__(self, wf: Workflow):
+        self.wf = wf
+        self.config = wf.config
+        self._cache: dict[tuple[str, tuple[tuple[str, str], ...]], dict] = {}
+
+    def keys(self, stage: str) -> list[str]:
+        return list(request(self.config, stage, 0, 0.0, 1))
+
+    def cpus(self, stage: str) -> int:
+        """CPUs a job of `stage` asks for (its threads on a cluster)."""
+        return request(self.config, stage, 0)["cpus_per_task"]
+
+    def __call__(self, stage: str, wildcards: dict[str, str]) -> dict[str, Any]:
+        key = (stage, tuple(sorted(wildcards.items())))
+        if key not in self._cache:
+            self._cache[key] = self._compute(stage, wildcards)
+        return self._cache[key]
+
+    def train_nproc(self, model: str, layer: int, kind: str) -> int:
+        specs = self.wf.site_specs(model, layer, kind)
+        return train_nproc(self.config, [s.width for s in specs])
+
+    def _compute(self, stage: str, w: dict[str, str]) -> dict[str, Any]:
+        config, wf = self.config, self.wf
+        if stage in ("corpus", "model", "tokens"):
+            return data_request(config, stage, w.get("model"))
+        if stage == "extract":
+            est = extract_estimate(config, w["model"], wf.model_sites(w["model"]))
+            return request(config, stage, *est)
+        if stage in ("manifest", "normalize"):
+            n = cache_bytes(config, w["model"], wf.model_sites(w["model"]))
+            passes = 1 if stage == "manifest" else 2
+            return io_request(config, stage, n * passes, READ_RATE)
+        if stage == "train":
+            model, layer, kind = w["model"], int(w["layer"]), w["kind"]
+            specs = wf.site_specs(model, layer, kind)
+            d_in = known_site_width(config, model, kind)
+            return request(config, stage, train_mem_mb(config, specs, d_in),
+                           train_flops(specs, d_in),
+                           self.train_nproc(model, layer, kind))  # fmt: skip
+        if stage == "evaluate":
+            specs = wf.layer_specs(w["model"], int(w["layer"]))
+            est = evaluate_estimate(config, w["lm"], w["data"], specs)
+            return request(config, stage, *est)
+        if stage == "transfer_rollouts":
+            return request(config, stage, *rollouts_estimate(config, w["model"]))
+        if stage == "publish":
+            n = wf.releases[w["release"]].n_bytes
+            return io_request(config, stage, n, UPLOAD_RATE)
+        # tables, figures and release folders: small files, a few minutes at most
+        return request(config, stage, 2 * BASE_MB, minutes=SMALL_JOB_MINUTES)

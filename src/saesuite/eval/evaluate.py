@@ -48,7 +48,9 @@ from saesuite.data.tokens import load_tokens
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec.config import Site
 from saesuite.spec.io import atomic_path, versions, write_json
+from saesuite.spec.jobs import EvalJob
 from saesuite.spec.metrics import scalar_metrics
+from saesuite.spec.sizes import dictionary_bytes
 
 DENSE_FREQUENCY = 0.1
 ENCODE_BYTES = 2**31  # work tensors while encoding one SAE's batch
@@ -326,7 +328,7 @@ def device_sae_budget(model: torch.nn.Module, ev: dict[str, Any], ctx: int):
 
 
 def evaluate_layer(
-    job: dict[str, Any],
+    job: EvalJob,
     *,
     data_path: str | Path,
     cache_root: str | Path,
@@ -335,30 +337,38 @@ def evaluate_layer(
 ) -> dict[str, Any]:
     """Rule `evaluate`: every SAE of one layer on one model and data set. Writes a
     JSON and a per-latent frequency file per SAE, then the layer summary `out`.
+    Each dictionary is encoded at its input site and spliced in at its output site;
+    only dictionaries whose two sites are one (SAEs) can be evaluated so far.
 
     On a GPU the SAEs are loaded and evaluated in groups whose weights fit beside the
-    model (`job["group_bytes"]` overrides the budget); each group repeats the clean
+    model (`job.group_bytes` overrides the budget); each group repeats the clean
     passes, which gives the same metrics as one group."""
-    ev = job["evaluate"]
+    ev = job.evaluate
+    for s in job.members:
+        if s.input_site != s.output_site:
+            raise ValueError(
+                f"dictionary {s.key} reads {s.input_site} and writes {s.output_site}: "
+                "evaluate only splices dictionaries that reconstruct their own site"
+            )
     ids, mask = load_tokens(data_path)
     ctx = ids.shape[1]
     n_seq = len(ids) if ev["tokens"] is None else max(1, ev["tokens"] // ctx)
     n_loss = n_seq if ev["loss_tokens"] is None else max(1, ev["loss_tokens"] // ctx)
     ids, mask = ids[:n_seq], mask[:n_seq]
-    shapes = [released_shape(s["dir"]) for s in job["saes"]]
-    model = load_model(job["model_cfg"], cache_root)
-    for s, (d_in, _) in zip(job["saes"], shapes):
-        site = Site(s["identity"]["layer"], s["identity"]["site"])
+    shapes = [released_shape(s.dir) for s in job.members]
+    model = load_model(job.model_cfg, cache_root)
+    for s, (d_in, _) in zip(job.members, shapes):
+        site = Site.parse(s.input_site)
         want = site_width(model, site.kind)
         if d_in != want:
             raise ValueError(
-                f"SAE {s['key']} has d_in {d_in}, but site {site.name} of model "
-                f"'{job['identity']['evaluated_on']}' is {want} wide: the two models "
+                f"SAE {s.key} has d_in {d_in}, but site {site.name} of model "
+                f"'{job.evaluated_on}' is {want} wide: the two models "
                 "differ in shape; pair only models of one architecture (models.*.base)"
             )
     device = next(model.parameters()).device
-    budget = job.get("group_bytes") or device_sae_budget(model, ev, ctx)
-    groups = fit_groups([2 * d * w * 4 for d, w in shapes], budget)
+    budget = job.group_bytes or device_sae_budget(model, ev, ctx)
+    groups = fit_groups([dictionary_bytes(d, w) for d, w in shapes], budget)
     acc: dict[str, Accumulator] = {}
     start = time.perf_counter()
     with tqdm(
@@ -367,10 +377,9 @@ def evaluate_layer(
     ) as bar:  # fmt: skip
         for g in groups:
             saes = {
-                job["saes"][i]["key"]: (
-                    Site(job["saes"][i]["identity"]["layer"],
-                         job["saes"][i]["identity"]["site"]),
-                    load_released(job["saes"][i]["dir"]).to(device),
+                job.members[i].key: (
+                    Site.parse(job.members[i].output_site),
+                    load_released(job.members[i].dir).to(device),
                 )
                 for i in g
             }  # fmt: skip
@@ -388,21 +397,21 @@ def evaluate_layer(
             )
             del saes
     elapsed = time.perf_counter() - start
-    meta = {**job["identity"], **(extra or {}), "data_path": str(data_path)}
+    meta = {**job.identity, **(extra or {}), "data_path": str(data_path)}
     summary = []
-    for s in job["saes"]:
-        metrics = acc[s["key"]].metrics()
-        freq = acc[s["key"]].frequencies().float()
-        with atomic_path(Path(s["out"]).with_suffix(".frequencies.safetensors")) as tmp:
+    for s in job.members:
+        metrics = acc[s.key].metrics()
+        freq = acc[s.key].frequencies().float()
+        with atomic_path(Path(s.out).with_suffix(".frequencies.safetensors")) as tmp:
             save_file({"frequency": freq}, str(tmp))
         write_json(
-            s["out"],
-            {"identity": s["identity"], "evaluation": meta, "metrics": metrics},
+            s.out,
+            {"identity": s.identity, "evaluation": meta, "metrics": metrics},
         )
-        summary.append({"key": s["key"], "json": s["out"], **scalar_metrics(metrics)})
+        summary.append({"key": s.key, "json": s.out, **scalar_metrics(metrics)})
     log.info(
         "%d SAEs in %d group(s) on %d sequences (%d with loss metrics) in %.1f s",
-        len(job["saes"]), len(groups), n_seq, min(n_loss, n_seq), elapsed,
+        len(job.members), len(groups), n_seq, min(n_loss, n_seq), elapsed,
     )  # fmt: skip
     result = {**meta, "versions": versions(), "saes": summary}
     write_json(out, result)

@@ -24,6 +24,7 @@ from saesuite.eval.plots import METRICS, save_png, save_svg, subplots
 from saesuite.eval.tables import eval_frame, html_table, write_table
 from saesuite.spec.checks import TransferCheck, check_label
 from saesuite.spec.io import atomic_path, versions, write_json
+from saesuite.spec.jobs import RolloutsJob
 from saesuite.spec.prompts import load_prompts
 
 log = logging.getLogger(__name__)
@@ -118,17 +119,15 @@ def generate_rollouts(
 
 
 def make_rollouts(
-    *,
-    model_key: str,
-    model_cfg: dict[str, Any],
-    model_type: str,
-    cache_root: str | Path,
-    ctx: int,
-    transfer: dict[str, Any],
-    seed: int,
-    out: dict[str, str],
+    job: RolloutsJob, *, model_type: str, cache_root: str | Path, out: dict[str, str]
 ) -> dict[str, Any]:
     """Rule `transfer_rollouts`: chat rollouts of one model, saved as a token file."""
+    model_cfg, transfer, ctx, seed = (
+        job.model_cfg,
+        job.transfer,
+        job.context_size,
+        job.seed,
+    )
     prompts = load_prompts(transfer["prompts"])
     tokenizer = load_tokenizer(model_cfg, cache_root)
     template = chat_template(tokenizer, model_cfg, model_type)
@@ -146,7 +145,7 @@ def make_rollouts(
     )
     save_tokens(out["data"], ids, mask)
     info = {
-        "model": model_key,
+        "model": job.model,
         "role": model_cfg["role"],
         "prompts": str(transfer["prompts"] or "saesuite:data/prompts.txt"),
         "temperature": transfer["temperature"],

@@ -32,6 +32,7 @@ from saesuite.data.sites import ARCHITECTURES
 from saesuite.release.card import model_card, pareto_plot
 from saesuite.spec.config import REPO_ROOT
 from saesuite.spec.io import atomic_path, read_json, sha256_file, versions, write_json
+from saesuite.spec.jobs import ReleaseJob
 from saesuite.spec.metrics import scalar_metrics
 from saesuite.spec.releases import hub_model_id, width_label
 
@@ -315,7 +316,7 @@ def source_note(model_cfg: dict[str, Any]) -> str | None:
 
 
 def make_release(
-    job: dict[str, Any],
+    job: ReleaseJob,
     *,
     model_info: str | Path,
     config_hash: str,
@@ -324,33 +325,33 @@ def make_release(
     """Rule `release`: one repo's folder from trained and evaluated SAEs."""
     info = read_json(model_info)
     entries, evals = [], []
-    for s in job["saes"]:
-        ev = read_json(s["eval"])
+    for s in job.members:
+        ev = read_json(s.eval)
         evals.append(ev)
-        entries.append(Entry(s["spec"], s["sae_dir"], scalar_metrics(ev["metrics"])))
+        entries.append(Entry(s.spec, s.sae_dir, scalar_metrics(ev["metrics"])))
     meta = {
-        "model": job["model"],
-        "hub_model": hub_model_id(job["model_cfg"]),
+        "model": job.model,
+        "hub_model": hub_model_id(job.model_cfg),
         "model_type": info["model_type"],
         "n_layers": info["n_layers"],
         "site_widths": info["site_widths"],
         "release_layers": sorted({e.spec["layer"] for e in entries}),
-        "context_size": job["data"]["context_size"],
+        "context_size": job.data["context_size"],
         "config_hash": config_hash,
         "code": code_version(),
         "versions": versions(("sae-lens", "huggingface_hub")),
-        "data": job["data"],
-        "seed": job["seed"],
-        "train": job["train"],
-        "license": job["license"],
-        "canonical_l0": job["canonical_l0"],
-        "source_note": source_note(job["model_cfg"]),
+        "data": job.data,
+        "seed": job.seed,
+        "train": job.train,
+        "license": job.license,
+        "canonical_l0": job.canonical_l0,
+        "source_note": source_note(job.model_cfg),
         "evaluate": {
             "tokens": evals[0]["metrics"]["tokens"],
             "loss_tokens": evals[0]["metrics"].get("loss_tokens", 0),
         },
     }
     return build_release(
-        repo=job["repo"], layout=job["layout"], entries=entries, meta=meta,
-        canonical_l0=job["canonical_l0"], out_dir=out_dir,
+        repo=job.repo, layout=job.layout, entries=entries, meta=meta,
+        canonical_l0=job.canonical_l0, out_dir=out_dir,
     )  # fmt: skip

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from saesuite.spec.io import sha256_file, write_json
+from saesuite.spec.jobs import PublishJob
 
 log = logging.getLogger(__name__)
 SKIP = {".snakemake_timestamp"}  # Snakemake's marker in directory outputs
@@ -217,26 +218,26 @@ def publish_folder(
 
 
 def publish_release(
-    job: dict[str, Any], *, folder: str | Path, out: str | Path, api: Any = None
+    job: PublishJob, *, folder: str | Path, out: str | Path, api: Any = None
 ) -> dict[str, Any]:
     """Rule `publish`: plan (or upload) one release folder; the record goes to `out`."""
     from huggingface_hub import HfApi
 
     result = publish_folder(
         api if api is not None else HfApi(),
-        job["repo_id"],
+        job.repo_id,
         folder,
-        upload=job["upload"],
-        message=job["message"],
-        revision=job["revision"],
-        private=job["private"],
-        delete_extra=job["delete_extra"],
+        upload=job.upload,
+        message=job.message,
+        revision=job.revision,
+        private=job.private,
+        delete_extra=job.delete_extra,
     )
     write_json(out, result)
     log.info(
         "%s %s: %d of %d files (%.1f MB) %s; remote %s",
-        result["mode"], job["repo_id"], result["upload_files"], len(result["files"]),
+        result["mode"], job.repo_id, result["upload_files"], len(result["files"]),
         result["upload_bytes"] / 1e6,
-        "sent" if job["upload"] else "to send", result["remote"],
+        "sent" if job.upload else "to send", result["remote"],
     )  # fmt: skip
     return result

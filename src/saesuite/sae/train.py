@@ -29,6 +29,7 @@ import math
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,14 @@ from tqdm import tqdm
 
 from saesuite.cluster.resources import GPU_HEADROOM, fit_groups, sae_gpu_bytes
 from saesuite.data.logs import progress_interval
+from saesuite.data.models import pick_device
 from saesuite.data.store import ActivationReader
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.sae.launch import PREEMPTED_EXIT, torchrun
 from saesuite.sae.shard import all_reduce_, bounds, clip_grad_norm_, gather_state
 from saesuite.sae.step import dense_step, sparse_step
 from saesuite.spec.io import atomic_open, atomic_path, read_json, versions, write_json
-from saesuite.spec.paths import LOCATION_KEYS
+from saesuite.spec.jobs import DictionarySpec, TrainJob
 
 log = logging.getLogger(__name__)
 
@@ -105,35 +107,35 @@ class Member:
     """One SAE of the job with its optimiser, schedule and dead-latent counter."""
 
     def __init__(
-        self, spec: dict[str, Any], d_in: int, cfg: dict[str, Any], seed: int,
-        latents: tuple[int, int] | None = None,
+        self, spec: DictionarySpec, d_in: int, cfg: dict[str, Any], seed: int,
+        device: str, latents: tuple[int, int] | None = None,
     ):  # fmt: skip
         """`latents`: the block [start, stop) this process holds of a sharded SAE."""
         self.spec = spec
         self.sharded = latents is not None
-        start, stop = latents or (0, spec["width"])
+        start, stop = latents or (0, spec.width)
         self.sae = JumpReLUSAE(
             d_in,
             stop - start,
             threshold_param=cfg["threshold_param"],
             bandwidth=cfg["bandwidth"],
             init_threshold=cfg["init_threshold"],
-            device=cfg["_device"],
+            device=device,
         )
         self.sae.initialize(
-            torch.Generator().manual_seed(seed), full_width=spec["width"], start=start
+            torch.Generator().manual_seed(seed), full_width=spec.width, start=start
         )
-        self.sae.to(cfg["_device"])
+        self.sae.to(device)
         self.opt = torch.optim.Adam(
             self.sae.parameters(),
             lr=cfg["lr"],
             betas=(cfg["adam_beta1"], cfg["adam_beta2"]),
             eps=cfg["adam_eps"],
         )
-        self.schedule = make_schedule(spec["tokens"], cfg)
+        self.schedule = make_schedule(spec.tokens, cfg)
         # tokens since each latent last fired
         self.since_fired = torch.zeros(stop - start, dtype=torch.int64)
-        self.last_l0 = float(spec["width"])
+        self.last_l0 = float(spec.width)
 
 
 def sae_seed(seed: int, site: str, path: str) -> int:
@@ -154,16 +156,6 @@ def _reduce_grads(sae: JumpReLUSAE, world: int) -> None:
     for p in sae.parameters():
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
         p.grad /= world
-
-
-def job_fingerprint(job: dict[str, Any]) -> str:
-    """What a checkpoint must match to be resumed: the job as the rule hands it over,
-    without where files are (paths.LOCATION_KEYS), the device budget or the whole
-    config's hash (a change elsewhere in the config does not touch the SAEs)."""
-    keep = {k: v for k, v in job.items() if k not in (*LOCATION_KEYS, "group_bytes")}
-    keep["identity"] = {k: v for k, v in job["identity"].items() if k != "config_hash"}
-    blob = json.dumps(keep, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _shard_path(path: Path, rank: int, step: int) -> Path:
@@ -194,7 +186,7 @@ def _save_checkpoint(
         return
     state = {
         "job": fingerprint,
-        "saes": [m.spec["path"] for m in members],
+        "saes": [m.spec.path for m in members],
         "shards": world if sharded else None,
         "step": step,
         "members": _member_state(members),
@@ -237,7 +229,7 @@ def _checkpoint_head(path: Path, fingerprint: str) -> dict[str, Any] | None:
 
 def _load_checkpoint(path: Path, members: list[Member], rank: int = 0) -> int:
     state = torch.load(path, weights_only=True, map_location="cpu")
-    if state["saes"] != [m.spec["path"] for m in members]:
+    if state["saes"] != [m.spec.path for m in members]:
         raise RuntimeError(f"{path}: checkpoint holds SAEs {state['saes']}")
     if state.get("shards") and rank != 0:
         state = torch.load(
@@ -279,7 +271,7 @@ def needs_sharding(
 
 
 def sae_groups(
-    saes: list[dict[str, Any]], d_in: int, cfg: dict[str, Any], world: int,
+    saes: list[DictionarySpec], d_in: int, cfg: dict[str, Any], world: int,
     budget: float | None,
 ) -> list[list[int]]:  # fmt: skip
     """Indices of `saes` in groups trained one after another, each within `budget`
@@ -287,10 +279,10 @@ def sae_groups(
     alone, sharded (`needs_sharding`). The batches are a function of the step and
     each SAE's initialisation of its own seed, so grouping does not change results."""
     b = cfg["batch_size"]
-    sizes = [sae_gpu_bytes(b, d_in, s["width"], world) for s in saes]
+    sizes = [sae_gpu_bytes(b, d_in, s.width, world) for s in saes]
     alone = frozenset(
         i for i, s in enumerate(saes)
-        if needs_sharding(s["width"], d_in, cfg, world, budget)
+        if needs_sharding(s.width, d_in, cfg, world, budget)
     )  # fmt: skip
     return fit_groups(sizes, budget, alone)
 
@@ -308,54 +300,54 @@ def device_budget(device: str, world: int) -> float | None:
     return GPU_HEADROOM * float(total)
 
 
-def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
-    """Train every SAE of `job["saes"]` on one site, in groups that fit the device
-    (`job["group_bytes"]` overrides what the GPU has); write their outputs.
+def train_site(
+    job: TrainJob, stop_at: Callable[[int], bool] | None = None
+) -> list[dict[str, Any]]:
+    """Train every dictionary of `job` on its site, in groups that fit the device
+    (`job.group_bytes` overrides what the GPU has); write their outputs.
+    `stop_at(step)`: a stop signal for tests, as if one came after that step.
 
     A retried job skips the SAEs whose outputs it finished (listed in a marker file
     beside the checkpoint) and resumes the group in its checkpoint; a checkpoint or
     marker of another training config is discarded."""
-    cfg = dict(job["train"])
+    cfg = job.train
     rank, world = _dist()
     if cfg["batch_size"] % world:
         raise ValueError(
             f"train.batch_size {cfg['batch_size']} not divisible by {world}"
         )
-    device = cfg["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(pick_device(cfg["device"]))
     if device.startswith("cuda") and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    cfg["_device"] = device
 
-    norm = read_json(job["normalization"])
-    scale = norm["scale"][job["site"]]
+    norm = read_json(job.normalization)
+    scale = norm["scale"][job.site]
     reader = ActivationReader(
-        job["manifest"],
-        job["site"],
+        job.manifest,
+        job.site,
         batch_size=cfg["batch_size"],
-        bucket=job["shuffle_bucket"],
-        seed=job["seed"],
+        bucket=job.shuffle_bucket,
+        seed=job.seed,
         scale=scale,
     )
-    fingerprint = job_fingerprint(job)
-    ckpt = Path(job["checkpoint"])
+    fingerprint = job.fingerprint()
+    ckpt = Path(job.checkpoint)
     marker = ckpt.with_name(f"{ckpt.stem}.done.json")
     done: dict[str, Any] = {}
     if marker.exists() and read_json(marker).get("job") == fingerprint:
         done = read_json(marker)["saes"]
-    todo = [i for i, s in enumerate(job["saes"]) if s["path"] not in done]
-    budget = job.get("group_bytes") or device_budget(device, world)
+    todo = [i for i, s in enumerate(job.dictionaries) if s.path not in done]
+    budget = job.group_bytes or device_budget(device, world)
 
     def shards(idx: list[int]) -> int | None:
-        w = job["saes"][idx[0]]["width"]
+        w = job.dictionaries[idx[0]].width
         one = len(idx) == 1 and needs_sharding(w, reader.d_in, cfg, world, budget)
         return world if one else None
 
     # The checkpoint's group first, as it was formed (the GPU may differ this time),
     # unless it was sharded otherwise than this run would.
     held = _checkpoint_head(ckpt, fingerprint)
-    first = [i for i in todo if held and job["saes"][i]["path"] in held["saes"]]
+    first = [i for i in todo if held and job.dictionaries[i].path in held["saes"]]
     if held is not None and first and len(first) == len(held["saes"]):
         if held["shards"] != shards(first):
             log.warning(
@@ -371,8 +363,9 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
         dist.barrier()  # no process may read a checkpoint rank 0 is removing
     rest = [i for i in todo if i not in first]
     groups = [first] if first else []
-    groups += [[rest[j] for j in g] for g in sae_groups(
-        [job["saes"][i] for i in rest], reader.d_in, cfg, world, budget)]  # fmt: skip
+    fitted = sae_groups([job.dictionaries[i] for i in rest], reader.d_in, cfg, world,
+                        budget)  # fmt: skip
+    groups += [[rest[j] for j in g] for g in fitted]
 
     stop = {"signal": None}
 
@@ -386,25 +379,25 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
         for idx in groups:
             n_shards = shards(idx)
             members = [
-                Member(job["saes"][i], reader.d_in, cfg,
-                       sae_seed(job["seed"], job["site"], job["saes"][i]["path"]),
-                       bounds(job["saes"][i]["width"], world, rank) if n_shards
+                Member(job.dictionaries[i], reader.d_in, cfg,
+                       sae_seed(job.seed, job.site, job.dictionaries[i].path), device,
+                       bounds(job.dictionaries[i].width, world, rank) if n_shards
                        else None)
                 for i in idx
             ]  # fmt: skip
-            desc = job["site"]
+            desc = job.site
             if len(groups) > 1 or done:
-                desc += f" [{len(done) + len(idx)}/{len(job['saes'])} SAEs]"
+                desc += f" [{len(done) + len(idx)}/{len(job.dictionaries)} SAEs]"
             if n_shards and rank == 0:
                 log.info("%s: width %d sharded over %d processes", desc,
-                         members[0].spec["width"], world)  # fmt: skip
-            _train_group(job, members, reader, cfg, ckpt, fingerprint, stop, desc,
-                         rank, world)  # fmt: skip
+                         members[0].spec.width, world)  # fmt: skip
+            _train_group(job, members, reader, device, ckpt, fingerprint, stop, desc,
+                         rank, world, stop_at)  # fmt: skip
             if n_shards:
                 _gather_members(members, rank, world)
             if rank == 0:
                 for m in members:
-                    done[m.spec["path"]] = write_outputs(m, job, scale, reader.n_valid)
+                    done[m.spec.path] = write_outputs(m, job, scale, reader.n_valid)
                 write_json(marker, {"job": fingerprint, "saes": done})
                 _remove_checkpoint(ckpt)
             if world > 1:
@@ -416,7 +409,7 @@ def train_site(job: dict[str, Any]) -> list[dict[str, Any]]:
     if rank != 0:
         return []
     marker.unlink(missing_ok=True)
-    return [done[s["path"]] for s in job["saes"]]
+    return [done[s.path] for s in job.dictionaries]
 
 
 def _gather_members(members: list[Member], rank: int, world: int) -> None:
@@ -426,7 +419,7 @@ def _gather_members(members: list[Member], rank: int, world: int) -> None:
         if state is None:
             continue
         full = JumpReLUSAE(
-            m.sae.d_in, m.spec["width"], threshold_param=m.sae.threshold_param,
+            m.sae.d_in, m.spec.width, threshold_param=m.sae.threshold_param,
             bandwidth=m.sae.bandwidth, device="meta",
         )  # fmt: skip
         full.load_state_dict(state, assign=True)
@@ -434,16 +427,16 @@ def _gather_members(members: list[Member], rank: int, world: int) -> None:
 
 
 def _train_group(
-    job: dict[str, Any], members: list[Member], reader: ActivationReader,
-    cfg: dict[str, Any], ckpt: Path, fingerprint: str, stop: dict[str, Any],
-    desc: str, rank: int, world: int,
+    job: TrainJob, members: list[Member], reader: ActivationReader, device: str,
+    ckpt: Path, fingerprint: str, stop: dict[str, Any], desc: str, rank: int,
+    world: int, stop_at: Callable[[int], bool] | None = None,
 ) -> None:  # fmt: skip
     """Train `members` on the same batches to the end of their schedules, from
     `ckpt` if it exists; checkpoint every `checkpoint_every` steps and on a signal
     (then raise Preempted)."""
-    device = cfg["_device"]
+    cfg = job.train
     total = max(m.schedule.total_steps for m in members)
-    logs = [Path(m.spec["out_dir"]) / "train_log.jsonl" for m in members]
+    logs = [Path(m.spec.out_dir) / "train_log.jsonl" for m in members]
     start = _load_checkpoint(ckpt, members, rank) if ckpt.exists() else 0
     sharded = members[0].sharded  # a sharded SAE trains alone
     if rank == 0:
@@ -476,7 +469,7 @@ def _train_group(
                 if not math.isfinite(stats["loss"]):
                     raise NonFiniteLoss(
                         f"non-finite loss {stats['loss']} at step {step} for SAE "
-                        f"{m.spec['path']} (site {job['site']}); the last good "
+                        f"{m.spec.path} (site {job.site}); the last good "
                         f"checkpoint {ckpt} is kept. Lower train.lr or set "
                         "train.max_grad_norm and run again (a changed training "
                         "config starts the site afresh)"
@@ -495,7 +488,8 @@ def _train_group(
             done = step + 1
             if done == total:
                 break
-            stopping = stop["signal"] is not None
+            injected = bool(stop_at and stop_at(done))  # before reading the flag
+            stopping = stop["signal"] is not None or injected
             if world > 1:  # every process stops at the same step
                 flag = torch.tensor([int(stopping)])
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -521,15 +515,13 @@ def _train_step(m: Member, x: torch.Tensor, step: int, cfg: dict, world: int) ->
     lr = sched.lr_at(step)
     for group in m.opt.param_groups:
         group["lr"] = lr
-    coef = spec["coefficient"] * sched.lam_factor(step)
+    coef = spec.coefficient * sched.lam_factor(step)
     mode = cfg["step"]
     if mode == "auto":
-        mode = (
-            "sparse" if m.last_l0 < cfg["sparse_density"] * spec["width"] else "dense"
-        )
+        mode = "sparse" if m.last_l0 < cfg["sparse_density"] * spec.width else "dense"
     fn = sparse_step if mode == "sparse" else dense_step
-    target = spec["value"] if spec["penalty"] == "target_l0" else None
-    stats = fn(m.sae, x, penalty=spec["penalty"], coefficient=coef, target_l0=target,
+    target = spec.value if spec.penalty == "target_l0" else None
+    stats = fn(m.sae, x, penalty=spec.penalty, coefficient=coef, target_l0=target,
                sharded=m.sharded)  # fmt: skip
     fired = stats.fired
     loss, l0, fvu, recon = stats.loss, stats.l0, stats.fvu, stats.reconstruction
@@ -575,9 +567,11 @@ def _train_step(m: Member, x: torch.Tensor, step: int, cfg: dict, world: int) ->
     }
 
 
-def write_outputs(m: Member, job: dict, scale: float, n_valid: int) -> dict[str, Any]:
+def write_outputs(
+    m: Member, job: TrainJob, scale: float, n_valid: int
+) -> dict[str, Any]:
     """Per SAE: folded release weights, raw training state, and reproduction JSON."""
-    out = Path(m.spec["out_dir"])
+    out = Path(m.spec.out_dir)
     sae = m.sae.to("cpu")
     with atomic_path(out / "train_state.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in sae.state_dict().items()}, str(tmp))
@@ -585,13 +579,14 @@ def write_outputs(m: Member, job: dict, scale: float, n_valid: int) -> dict[str,
     with atomic_path(out / "sae.safetensors") as tmp:
         save_file(released.release_tensors(), str(tmp))
     info = {
-        **job["identity"],
-        "site": job["site"],
+        **job.identity,
+        "config_hash": job.config_hash,
+        "site": job.site,
+        "layer": m.spec.layer,
+        "kind": m.spec.site_kind,
         **{
-            k: m.spec[k]
+            k: getattr(m.spec, k)
             for k in (
-                "layer",
-                "kind",
                 "width",
                 "penalty",
                 "value",
@@ -609,11 +604,11 @@ def write_outputs(m: Member, job: dict, scale: float, n_valid: int) -> dict[str,
             if m.schedule.decay != "none"
             else 0,
         },
-        "train": {k: v for k, v in job["train"].items() if not k.startswith("_")},
-        "seed": job["seed"],
+        "train": job.train,
+        "seed": job.seed,
         "normalization_scale": scale,
         "cache_tokens": n_valid,
-        "epochs": m.schedule.total_steps * job["train"]["batch_size"] / n_valid,
+        "epochs": m.schedule.total_steps * job.train["batch_size"] / n_valid,
         "versions": versions(),
     }
     write_json(out / "sae.json", info)
@@ -636,7 +631,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("cpu:gloo,cuda:nccl" if gpu else "gloo")
     try:
-        train_site(read_json(args.job))
+        train_site(TrainJob.from_dict(read_json(args.job)))
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

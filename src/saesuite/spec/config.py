@@ -264,6 +264,17 @@ class SAESpec:
     value: float  # λ for "l0", L0* for "target_l0"
     coefficient: float  # λ of the quadratic penalty (equals value for "l0")
     tokens: int
+    kind: str = "sae"  # the dictionary's kind (spec.jobs.KINDS)
+
+    @property
+    def input_site(self) -> Site:
+        """The site the dictionary reads."""
+        return Site(self.layer, self.site)
+
+    @property
+    def output_site(self) -> Site:
+        """The site it reconstructs: the one it reads, for an SAE."""
+        return Site(self.layer, self.site)
 
     @property
     def label(self) -> str:

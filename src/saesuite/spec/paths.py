@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import PurePosixPath
 from typing import Any
 
 from saesuite.spec.config import (
     SAESpec,
-    Site,
-    expand_suite,
     model_sites,
     seqs_per_chunk,
 )
@@ -85,70 +82,6 @@ def checkpoint(root: str, model: str, site: str) -> str:
     return f"{root}/{model}/checkpoints/{site}.pt"
 
 
-# Where the activations are (scratch_root) only reaches a training job through its
-# inputs, so moving the scratch filesystem does not change the job's params (a rerun).
-LOCATION_KEYS = ("manifest", "normalization", "checkpoint")
-
-
-def locate_train_job(job: dict[str, Any], manifest_path: str, norm_path: str) -> None:
-    """Fill in a training job's inputs and its checkpoint, beside the activations."""
-    scratch = str(PurePosixPath(manifest_path).parent.parent.parent)
-    job["manifest"] = manifest_path
-    job["normalization"] = norm_path
-    job["checkpoint"] = checkpoint(scratch, job["model"], job["site"])
-
-
-def train_job(
-    config: dict[str, Any],
-    model: str,
-    layer: int,
-    kind: str,
-    suite: list[SAESpec] | None = None,
-) -> dict[str, Any]:
-    """Everything the trainer needs for one site, as plain JSON. Only what shapes the
-    SAEs goes in: the rule passes it as params, and Snakemake reruns a job whose params
-    change (the whole config's hash is added by the job itself)."""
-    root = config["output_root"]
-    scratch = config.get("scratch_root") or root
-    specs = [
-        s
-        for s in (suite if suite is not None else expand_suite(config))
-        if s.model == model and s.layer == layer and s.site == kind
-    ]
-    site = Site(layer, kind).name
-    m = config["models"][model]
-    return {
-        "model": model,
-        "site": site,
-        "manifest": manifest(scratch, model),
-        "normalization": normalization(scratch, model),
-        "checkpoint": checkpoint(scratch, model, site),
-        "seed": config["seed"],
-        "shuffle_bucket": config["activations"]["shuffle_bucket"],
-        "train": config["train"],
-        "identity": {
-            "model": model,
-            "source": m["source"],
-            "revision": m["revision"],
-            "activations": activation_identity(config, model)["hash"],
-        },
-        "saes": [
-            {
-                "layer": s.layer,
-                "kind": s.site,
-                "width": s.width,
-                "penalty": s.penalty,
-                "value": s.value,
-                "coefficient": s.coefficient,
-                "tokens": s.tokens,
-                "path": s.path,
-                "out_dir": sae_dir(root, s),
-            }
-            for s in specs
-        ],
-    }
-
-
 def eval_dir(root: str, sae_model: str, lm: str, data: str) -> str:
     """Evaluations of `sae_model`'s SAEs run through model `lm` on `data` ("text":
     lm's held-out split, "chat": lm's rollouts)."""
@@ -195,48 +128,6 @@ def report_dirs(root: str, model: str) -> dict[str, str]:
     return {
         "figures": f"{root}/{model}/report/figures",
         "tables": f"{root}/{model}/report/tables",
-    }
-
-
-def eval_job(
-    config: dict[str, Any],
-    sae_model: str,
-    lm: str,
-    data: str,
-    layer: int,
-    suite: list[SAESpec] | None = None,
-) -> dict[str, Any]:
-    """Everything one evaluation job needs (every SAE of `sae_model` at `layer`, run
-    through `lm` on `data`), as plain JSON."""
-    root = config["output_root"]
-    specs = [
-        s
-        for s in (suite if suite is not None else expand_suite(config))
-        if s.model == sae_model and s.layer == layer
-    ]
-    return {
-        "identity": {"trained_on": sae_model, "evaluated_on": lm, "data": data},
-        "model_cfg": config["models"][lm],
-        "evaluate": config["evaluate"],
-        "saes": [
-            {
-                "key": s.path,
-                "dir": sae_dir(root, s),
-                "out": sae_eval(root, sae_model, lm, data, s.path),
-                "identity": {
-                    "model": s.model,
-                    "layer": s.layer,
-                    "site": s.site,
-                    "width": s.width,
-                    "penalty": s.penalty,
-                    "value": s.value,
-                    "coefficient": s.coefficient,
-                    "train_tokens": s.tokens,
-                    "path": s.path,
-                },
-            }
-            for s in specs
-        ],
     }
 
 

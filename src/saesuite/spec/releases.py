@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from saesuite.spec import paths
 from saesuite.spec.config import SAESpec
 
 EMBEDDED_HUB_ID = "google/gemma-3-270m"
@@ -41,44 +40,3 @@ def release_groups(
 def folder_name(repo: str) -> str:
     """A repo id as one path component (org/name → org--name)."""
     return repo.replace("/", "--")
-
-
-def release_job(
-    config: dict[str, Any], repo: str, specs: list[SAESpec]
-) -> dict[str, Any]:
-    """Everything the release rule needs for one repo, as plain JSON."""
-    models = {s.model for s in specs}
-    if len(models) != 1:
-        raise ValueError(
-            f"config key 'release.repo': '{config['release']['repo']}' puts SAEs of "
-            f"models {sorted(models)} into one repo {repo}; include {{model}}"
-        )
-    model = models.pop()
-    root = config["output_root"]
-    rel = config["release"]
-    return {
-        "repo": repo,
-        "layout": rel["layout"],
-        "model": model,
-        "model_cfg": config["models"][model],
-        "canonical_l0": rel["canonical_l0"],
-        "license": rel["license"],
-        "data": config["data"],
-        "seed": config["seed"],
-        "train": config["train"],
-        "saes": [
-            {
-                "spec": {
-                    "layer": s.layer,
-                    "site": s.site,
-                    "width": s.width,
-                    "penalty": s.penalty,
-                    "value": s.value,
-                    "path": s.path,
-                },
-                "sae_dir": paths.sae_dir(root, s),
-                "eval": paths.sae_eval(root, model, model, "text", s.path),
-            }  # fmt: skip
-            for s in sorted(specs)
-        ],
-    }

@@ -1,0 +1,343 @@
+"""Typed jobs: what each compute rule hands to its package function.
+
+Every job is a frozen dataclass built here, and only here, from the configuration and
+the expanded suite (no torch). A rule passes `job.to_dict()` as a param (Snakemake
+reruns a job whose params change) and its script reads it back with `from_dict`; a
+multi-process trainer reads the same JSON from a file. What a job learns at run time
+(the device, where its inputs are) is passed beside it or set with `located`, never
+written into a config dict. A train job carries its own fingerprint, which a
+checkpoint must match to be resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from saesuite.spec import paths
+from saesuite.spec.config import SAESpec, Site, config_hash
+from saesuite.spec.paths import activation_identity
+from saesuite.spec.sizes import dictionary_bytes
+
+# A dictionary's kinds: an SAE reconstructs the site it reads. (Transcoders, which
+# read one site and write another, are not built yet.)
+KINDS = ("sae",)
+
+
+def _fingerprint(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DictionarySpec:
+    """One dictionary of a train job: its kind, the site it reads and the site it
+    reconstructs (equal for an SAE), its width, sparsity, token budget and folder."""
+
+    kind: str
+    input_site: str  # a Site name: layer_5.res
+    output_site: str
+    width: int
+    penalty: str  # "l0" or "target_l0"
+    value: float
+    coefficient: float
+    tokens: int
+    path: str  # under <output_root>/<model>/saes/
+    out_dir: str
+
+    @classmethod
+    def of(cls, spec: SAESpec, root: str) -> DictionarySpec:
+        return cls(spec.kind, spec.input_site.name, spec.output_site.name, spec.width,
+                   spec.penalty, spec.value, spec.coefficient, spec.tokens, spec.path,
+                   paths.sae_dir(root, spec))  # fmt: skip
+
+    @property
+    def layer(self) -> int:
+        return Site.parse(self.input_site).layer
+
+    @property
+    def site_kind(self) -> str:
+        return Site.parse(self.input_site).kind
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Every dictionary of one (model, input site, output site), trained on the same
+    batches. `manifest`, `normalization` and `checkpoint` say where the activations
+    are; the rule sets them from its inputs (`located`), so moving the scratch
+    filesystem changes neither the params nor the fingerprint."""
+
+    model: str
+    input_site: str
+    output_site: str
+    seed: int
+    shuffle_bucket: int
+    train: dict[str, Any]
+    identity: dict[str, Any]  # model, source, revision, activation-cache hash
+    dictionaries: tuple[DictionarySpec, ...]
+    manifest: str = ""
+    normalization: str = ""
+    checkpoint: str = ""
+    config_hash: str = ""  # of the whole config; recorded, not fingerprinted
+    group_bytes: float | None = None  # overrides the GPU's budget for groups (tests)
+
+    LOCATION = ("manifest", "normalization", "checkpoint")
+
+    @property
+    def site(self) -> str:
+        """The site the activation reader reads (the input site)."""
+        return self.input_site
+
+    def located(self, manifest: str, normalization: str) -> TrainJob:
+        """This job reading the cache at `manifest`, checkpointing beside it."""
+        scratch = str(PurePosixPath(manifest).parent.parent.parent)
+        ckpt = paths.checkpoint(scratch, self.model, self.input_site)
+        return dataclasses.replace(
+            self, manifest=manifest, normalization=normalization, checkpoint=ckpt
+        )
+
+    def fingerprint(self) -> str:
+        """What a checkpoint must match to be resumed: the job without where files
+        are, the device budget or the whole config's hash (a change elsewhere in the
+        config does not touch the dictionaries)."""
+        skip = (*self.LOCATION, "group_bytes", "config_hash")
+        return _fingerprint({k: v for k, v in self.to_dict().items() if k not in skip})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainJob:
+        dicts = tuple(DictionarySpec(**s) for s in d["dictionaries"])
+        return cls(**{**d, "dictionaries": dicts})
+
+
+@dataclass(frozen=True)
+class EvalMember:
+    """One dictionary of an evaluate job: where it is, where its JSON goes, and the
+    identity its rows in the tables carry."""
+
+    key: str  # its path under saes/
+    dir: str
+    out: str
+    input_site: str
+    output_site: str
+    identity: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """Every dictionary of `trained_on` at one layer, run through model
+    `evaluated_on` on `data` ("text": its held-out split, "chat": its rollouts)."""
+
+    trained_on: str
+    evaluated_on: str
+    data: str
+    layer: int
+    model_cfg: dict[str, Any]
+    evaluate: dict[str, Any]
+    members: tuple[EvalMember, ...]
+    group_bytes: float | None = None  # overrides the GPU's budget for groups (tests)
+
+    @property
+    def identity(self) -> dict[str, str]:
+        return {"trained_on": self.trained_on, "evaluated_on": self.evaluated_on,
+                "data": self.data}  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalJob:
+        return cls(**{**d, "members": tuple(EvalMember(**m) for m in d["members"])})
+
+
+@dataclass(frozen=True)
+class RolloutsJob:
+    """Chat rollouts of one model for the transfer checks."""
+
+    model: str
+    model_cfg: dict[str, Any]
+    context_size: int
+    transfer: dict[str, Any]
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RolloutsJob:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class ReleaseMember:
+    """One dictionary of a release: what it is, its trained folder, its evaluation."""
+
+    spec: dict[str, Any]  # layer, site, width, penalty, value, path
+    sae_dir: str
+    eval: str
+    n_bytes: int  # its float32 weights (what publishing sends)
+
+
+@dataclass(frozen=True)
+class ReleaseJob:
+    """One Hub repo's folder."""
+
+    repo: str
+    layout: str
+    model: str
+    model_cfg: dict[str, Any]
+    canonical_l0: float
+    license: str
+    data: dict[str, Any]
+    seed: int
+    train: dict[str, Any]
+    members: tuple[ReleaseMember, ...]
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({m.spec["layer"] for m in self.members})
+
+    @property
+    def n_bytes(self) -> int:
+        """float32 W_enc and W_dec of every dictionary (what publishing sends)."""
+        return sum(m.n_bytes for m in self.members)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ReleaseJob:
+        return cls(**{**d, "members": tuple(ReleaseMember(**m) for m in d["members"])})
+
+
+@dataclass(frozen=True)
+class PublishJob:
+    """Plan or upload one release folder to its Hub repo."""
+
+    repo_id: str
+    upload: bool
+    private: bool
+    delete_extra: bool
+    revision: str | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PublishJob:
+        return cls(**d)
+
+
+def train_job(
+    config: dict[str, Any], suite: list[SAESpec], model: str, layer: int, kind: str
+) -> TrainJob:
+    """The train job of one site. Only what shapes the dictionaries goes in."""
+    root = config["output_root"]
+    scratch = config.get("scratch_root") or root
+    specs = [s for s in suite if s.model == model and s.input_site == Site(layer, kind)]
+    site = Site(layer, kind).name
+    m = config["models"][model]
+    return TrainJob(
+        model=model,
+        input_site=site,
+        output_site=site,
+        seed=config["seed"],
+        shuffle_bucket=config["activations"]["shuffle_bucket"],
+        train=config["train"],
+        identity={
+            "model": model,
+            "source": m["source"],
+            "revision": m["revision"],
+            "activations": activation_identity(config, model)["hash"],
+        },
+        dictionaries=tuple(DictionarySpec.of(s, root) for s in specs),
+    ).located(paths.manifest(scratch, model), paths.normalization(scratch, model))
+
+
+def eval_job(
+    config: dict[str, Any], suite: list[SAESpec], sae_model: str, lm: str, data: str,
+    layer: int,
+) -> EvalJob:  # fmt: skip
+    """Every dictionary of `sae_model` at `layer`, run through `lm` on `data`."""
+    root = config["output_root"]
+    specs = [s for s in suite if s.model == sae_model and s.layer == layer]
+    members = tuple(
+        EvalMember(
+            key=s.path,
+            dir=paths.sae_dir(root, s),
+            out=paths.sae_eval(root, sae_model, lm, data, s.path),
+            input_site=s.input_site.name,
+            output_site=s.output_site.name,
+            identity={
+                "model": s.model,
+                "layer": s.layer,
+                "site": s.site,
+                "width": s.width,
+                "penalty": s.penalty,
+                "value": s.value,
+                "coefficient": s.coefficient,
+                "train_tokens": s.tokens,
+                "path": s.path,
+            },  # fmt: skip
+        )
+        for s in specs
+    )
+    return EvalJob(sae_model, lm, data, layer, config["models"][lm],
+                   config["evaluate"], members)  # fmt: skip
+
+
+def rollouts_job(config: dict[str, Any], model: str) -> RolloutsJob:
+    return RolloutsJob(model, config["models"][model], config["data"]["context_size"],
+                       config["transfer"], config["seed"])  # fmt: skip
+
+
+def release_job(
+    config: dict[str, Any], repo: str, specs: list[SAESpec], site_width: int
+) -> ReleaseJob:
+    """Everything the release rule needs for one repo; `site_width`: the d_in of the
+    repo's site (for the bytes it sends)."""
+    models = {s.model for s in specs}
+    if len(models) != 1:
+        raise ValueError(
+            f"config key 'release.repo': '{config['release']['repo']}' puts SAEs of "
+            f"models {sorted(models)} into one repo {repo}; include {{model}}"
+        )
+    model = models.pop()
+    root = config["output_root"]
+    rel = config["release"]
+    members = tuple(
+        ReleaseMember(
+            spec={
+                "layer": s.layer,
+                "site": s.site,
+                "width": s.width,
+                "penalty": s.penalty,
+                "value": s.value,
+                "path": s.path,
+            },  # fmt: skip
+            sae_dir=paths.sae_dir(root, s),
+            eval=paths.sae_eval(root, model, model, "text", s.path),
+            n_bytes=dictionary_bytes(site_width, s.width),
+        )
+        for s in sorted(specs)
+    )
+    return ReleaseJob(repo, rel["layout"], model, config["models"][model],
+                      rel["canonical_l0"], rel["license"], config["data"],
+                      config["seed"], config["train"], members)  # fmt: skip
+
+
+def publish_job(config: dict[str, Any], release: ReleaseJob) -> PublishJob:
+    pub = config["publish"]
+    return PublishJob(
+        repo_id=release.repo,
+        **{k: pub[k] for k in ("upload", "private", "delete_extra", "revision")},
+        message=f"saesuite: {release.repo} ({len(release.members)} SAEs of "
+        f"{release.model}, config {config_hash(config)})",
+    )

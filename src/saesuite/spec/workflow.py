@@ -1,0 +1,132 @@
+"""The workflow's plan from one validated config (no torch): the suite expanded once,
+the evaluations, transfer checks and releases it implies, each rule's input files,
+its typed job, and the final targets. rules/common.smk holds one of these."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cached_property
+from typing import Any
+
+from saesuite.spec import jobs, paths
+from saesuite.spec.checks import Evaluation, TransferCheck, evaluations, transfer_checks
+from saesuite.spec.config import (
+    SAESpec,
+    expand_suite,
+    known_site_width,
+    model_layers,
+    n_chunks,
+)
+from saesuite.spec.releases import folder_name, release_groups
+
+
+class Workflow:
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self.root = config["output_root"]
+        # activation caches and checkpoints: large and regenerable (a shared scratch)
+        self.scratch = config["scratch_root"] or self.root
+        self.suite: list[SAESpec] = expand_suite(config)
+        self.trained = sorted({s.model for s in self.suite})
+        self.evaluations: list[Evaluation] = evaluations(config, self.suite)
+        self.checks: dict[str, TransferCheck] = {
+            c.name: c for c in transfer_checks(config, self.suite)
+        }
+
+    @cached_property
+    def releases(self) -> dict[str, jobs.ReleaseJob]:
+        out = {}
+        for repo, specs in release_groups(self.config, self.suite).items():
+            width = known_site_width(self.config, specs[0].model, specs[0].site)
+            out[folder_name(repo)] = jobs.release_job(self.config, repo, specs, width)
+        return out
+
+    # -- what one job covers ----------------------------------------------------
+
+    def site_specs(self, model: str, layer: int, kind: str) -> list[SAESpec]:
+        """The dictionaries one train job trains (those reading that site)."""
+        return [s for s in self.suite if s.model == model and s.layer == layer
+                and s.site == kind]  # fmt: skip
+
+    def layer_specs(self, model: str, layer: int) -> list[SAESpec]:
+        return [s for s in self.suite if s.model == model and s.layer == layer]
+
+    def model_sites(self, model: str) -> list[tuple[int, str]]:
+        return sorted({(s.layer, s.site) for s in self.suite if s.model == model})
+
+    # -- input files --------------------------------------------------------------
+
+    def chunk_indices(self) -> list[str]:
+        return [f"{i:05d}" for i in range(n_chunks(self.config))]
+
+    def chunk_files(self, model: str, kind: str) -> list[str]:
+        return [paths.chunk(self.scratch, model, c)[kind] for c in self.chunk_indices()]
+
+    def site_summaries(self, model: str | None = None) -> list[str]:
+        sites = {(s.model, s.layer, s.site) for s in self.suite
+                 if model is None or s.model == model}  # fmt: skip
+        return [paths.site_summary(self.root, m, L, k) for m, L, k in sorted(sites)]
+
+    def layer_site_summaries(self, model: str, layer: int) -> list[str]:
+        kinds = sorted({s.site for s in self.layer_specs(model, layer)})
+        return [paths.site_summary(self.root, model, layer, k) for k in kinds]
+
+    def eval_layers(self, e: Evaluation) -> list[str]:
+        layers = e.layers or model_layers(self.config, e.trained_on)
+        return [paths.eval_layer(self.root, e.trained_on, e.evaluated_on, e.data, L)
+                for L in layers]  # fmt: skip
+
+    def model_eval_layers(self, model: str) -> list[str]:
+        """A model's SAEs on its own held-out text, every layer."""
+        return self.eval_layers(Evaluation(model, model, "text"))
+
+    def transfer_inputs(self, name: str) -> list[str]:
+        return [f for e in self.checks[name].evaluations for f in self.eval_layers(e)]
+
+    def release_inputs(self, name: str) -> list[str]:
+        job = self.releases[name]
+        return [paths.eval_layer(self.root, job.model, job.model, "text", L)
+                for L in job.layers]  # fmt: skip
+
+    # -- jobs -----------------------------------------------------------------------
+
+    def train_params(self, model: str, layer: int, kind: str) -> dict[str, Any]:
+        """The train job as the rule's param: without where the activations are
+        (the rule's inputs say that), so moving the scratch does not rerun it."""
+        job = jobs.train_job(self.config, self.suite, model, layer, kind).to_dict()
+        return {k: v for k, v in job.items() if k not in jobs.TrainJob.LOCATION}
+
+    def eval_params(self, model: str, lm: str, data: str, layer: int) -> dict:
+        return jobs.eval_job(self.config, self.suite, model, lm, data, layer).to_dict()
+
+    def rollouts_params(self, model: str) -> dict[str, Any]:
+        return jobs.rollouts_job(self.config, model).to_dict()
+
+    def release_params(self, name: str) -> dict[str, Any]:
+        return self.releases[name].to_dict()
+
+    def check_params(self, name: str) -> dict[str, Any]:
+        return dataclasses.asdict(self.checks[name])
+
+    def publish_params(self, name: str) -> dict[str, Any]:
+        return jobs.publish_job(self.config, self.releases[name]).to_dict()
+
+    # -- targets --------------------------------------------------------------------
+
+    def final_outputs(self) -> list[str]:
+        root = self.root
+        out = self.site_summaries()
+        # The cache itself is a target, so a deleted chunk is recomputed (only that
+        # one: Snakemake skips jobs whose outputs exist, however old those after).
+        out += [f for m in self.trained for f in self.chunk_files(m, "data")]
+        out += [paths.eval_table(root, m)["csv"] for m in self.trained]
+        out += [f for e in self.evaluations for f in self.eval_layers(e)]
+        out += [paths.transfer_outputs(root, name)["plot"] for name in self.checks]
+        out += [paths.report_dirs(root, m)[k] for m in self.trained
+                for k in ("figures", "tables")]  # fmt: skip
+        out += [paths.release_dir(root, name) for name in self.releases]
+        return out
+
+    def publish_targets(self) -> list[str]:
+        upload = self.config["publish"]["upload"]
+        return [paths.publish_record(self.root, r, upload) for r in self.releases]
