@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grimp
 import pytest
-from test_workflow import job_counts
+from helpers import job_counts
 
 from saesuite.spec.config import REPO_ROOT
 

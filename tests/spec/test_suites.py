@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from test_workflow import job_counts
+from helpers import job_counts
 
 from saesuite.spec.config import REPO_ROOT, expand_suite, load_config
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_tiny
+from helpers import load_tiny
 
 from saesuite.data.sites import capture, decoder_layers, logits_with, site_width
 from saesuite.spec.config import Site

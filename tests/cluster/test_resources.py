@@ -4,7 +4,7 @@ computations."""
 from __future__ import annotations
 
 import pytest
-from conftest import make_config
+from helpers import make_config
 
 from saesuite.cluster.resources import (
     BASE_MB,

@@ -11,37 +11,17 @@ import io
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import load_tiny, make_config
+from helpers import job_counts, load_tiny, make_config, snakemake
 from safetensors.torch import load_file
 
 from saesuite.spec.config import REPO_ROOT
 from saesuite.spec.io import read_json, sha256_file
 
 pytestmark = pytest.mark.slow
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable, "-m", "snakemake",
-        "-s", str(REPO_ROOT / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(workdir / "config.yaml"),
-        *args,
-    ]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-
-
-def job_counts(output: str) -> dict[str, int]:
-    stats = output.split("Job stats:")[1].split("\n\n")[0]
-    return {
-        m.group(1): int(m.group(2))
-        for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.MULTILINE)
-    }
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import time
 
 import pytest
 import yaml
-from conftest import make_config
+from helpers import make_config
 
 from saesuite.spec.config import REPO_ROOT
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import load_tiny, make_config
+from helpers import load_tiny, make_config
 
 from saesuite.data.models import GEMMA_CHAT_TEMPLATE
 from saesuite.data.tokens import chat_wrap
@@ -133,8 +133,8 @@ def test_pt_to_it_workflow(tiny_models, tiny_it_model, tokenizer, tmp_path):
     IT model's."""
     import pandas as pd
     import yaml
+    from helpers import snakemake
     from safetensors.torch import load_file
-    from test_workflow import snakemake
 
     from saesuite.spec.io import read_json
 

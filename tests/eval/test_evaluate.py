@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_tiny
+from helpers import load_tiny
 
 from saesuite.data.sites import capture, logits_with
 from saesuite.eval.evaluate import evaluate as evaluate_acc
@@ -153,7 +153,7 @@ def test_loss_subset_and_layer_zero(setup):
 
 
 def test_an_sae_of_the_wrong_width_is_named_before_any_pass(tiny_models, tmp_path):
-    from conftest import make_config
+    from helpers import make_config
     from safetensors.torch import save_file
 
     from saesuite.data.tokens import save_tokens
@@ -217,7 +217,7 @@ def test_encoding_a_few_sequences_at_a_time_gives_the_same_metrics(setup):
 def test_saes_in_groups_that_fit_a_gpu_get_the_metrics_of_one_group(
     tiny_models, tmp_path
 ):
-    from conftest import make_config
+    from helpers import make_config
     from safetensors.torch import save_file
 
     from saesuite.cluster.resources import fit_groups

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_config
+from helpers import make_config
 
 from saesuite.spec.config import (
     REPO_ROOT,

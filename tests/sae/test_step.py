@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_sae import sae64, x_near_threshold
+from helpers import sae64, x_near_threshold
 
 from saesuite.sae.step import dense_step, sparse_step
 

@@ -6,42 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import EPS, sae64, x_near_threshold
 
 from saesuite.sae.jumprelu import JumpReLUSAE, sparsity_penalty
-
-EPS = 0.001
-
-
-def sae64(d_in=5, d_sae=7, **kw) -> JumpReLUSAE:
-    torch.manual_seed(0)
-    sae = JumpReLUSAE(d_in, d_sae, dtype=torch.float64, bandwidth=EPS, **kw)
-    sae.initialize(torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        sae.b_enc.normal_(0, 0.1)
-        sae.b_dec.normal_(0, 0.1)
-        theta = torch.rand(d_sae, dtype=torch.float64) * 0.5 + 0.1
-        if sae.threshold_param == "log":
-            sae.log_threshold.copy_(theta.log())
-        else:
-            sae.threshold_raw.copy_(theta)
-    return sae
-
-
-def x_near_threshold(sae: JumpReLUSAE, n=16) -> torch.Tensor:
-    """Inputs whose pre-activations include values within ε/2 of θ (inside the
-    kernel), just outside it, and far from it."""
-    torch.manual_seed(2)
-    x = torch.randn(n, sae.d_in, dtype=torch.float64)
-    with torch.no_grad():
-        pre = sae.pre_acts(x)
-        theta = sae.threshold
-        # Solve for inputs that put latent j of row i at θ_j + offset.
-        offsets = torch.tensor([0.2, -0.3, 0.45, -0.49, 0.7, -2.0, 3.0]) * EPS
-        for i, off in enumerate(offsets):
-            j = i % sae.d_sae
-            w = sae.W_enc[:, j]
-            x[i] += (theta[j] + off - pre[i, j]) * w / w.dot(w)
-    return x
 
 
 def closed_form_theta_grad(pre, theta, g, scale_by_theta):

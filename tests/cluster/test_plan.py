@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_config
+from helpers import make_config
 
 from saesuite.cli import main
 from saesuite.cluster.plan import format_plan, preflight

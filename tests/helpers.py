@@ -1,0 +1,205 @@
+"""Helpers shared by the tests (fixtures live in conftest.py): a tiny BPE tokenizer
+trained here, tiny random Gemma 2 / Gemma 3 / Llama models saved as local model
+directories, a config builder, a Snakemake runner and the SAEs of the gradient tests."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saesuite.data.corpus import embedded_documents
+from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.spec.config import REPO_ROOT
+
+EPS = 0.001  # the JumpReLU bandwidth of the gradient tests
+
+
+SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+
+
+def build_tokenizer(vocab_size: int = 512):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS)
+    tok.train_from_iterator(itertools.islice(embedded_documents(), 40), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
+def tiny_hf_config(arch: str, vocab: int):
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+    if arch == "gemma2":
+        from transformers import Gemma2Config
+
+        return Gemma2Config(**common, sliding_window=16)
+    if arch == "gemma3":
+        from transformers import Gemma3TextConfig
+
+        return Gemma3TextConfig(**common, sliding_window=16)
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**common)
+
+
+def save_tiny_model(path: Path, arch: str, tokenizer, seed: int = 0) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_hf_config(arch, len(tokenizer)))
+    # Random init leaves Gemma's RMSNorm weights at 0 (scale 1): perturb them so the
+    # norms, and hence the site definitions, are really tested.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0, 0.5)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def save_tiny_it_model(path: Path, pt_dir: Path, tokenizer, steps: int = 40) -> Path:
+    """An "instruction-tuned" tiny model: the PT one after a short fine-tune on
+    embedded documents in Gemma's chat format (its weights, and so its activations,
+    move away from the PT model's)."""
+    from saesuite.data.models import GEMMA_CHAT_TEMPLATE
+    from saesuite.data.tokens import chat_wrap
+
+    model = load_tiny(pt_dir).train()
+    prefix, suffix = chat_wrap(GEMMA_CHAT_TEMPLATE, tokenizer)
+    docs = list(itertools.islice(embedded_documents(), 64))
+    texts = [f"<bos>{prefix}{d[:80]}{suffix}{d[80:200]}<end_of_turn>" for d in docs]
+    batch = tokenizer(
+        texts, add_special_tokens=False, truncation=True, max_length=48,
+        padding="max_length", return_tensors="pt",
+    )  # fmt: skip
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for step in range(steps):
+        rows = torch.randint(0, len(texts), (8,))
+        ids, attn = batch["input_ids"][rows], batch["attention_mask"][rows]
+        labels = ids.masked_fill(attn == 0, -100)
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def load_tiny(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+
+
+BASE_CONFIG: dict[str, Any] = {
+    "models": {"tiny": {"source": "PLACEHOLDER"}},
+    "suite": [
+        {
+            "layers": [1, 2],
+            "sites": ["res", "att", "mlp"],
+            "widths": [128],
+            "sparsity": {"target_l0": [8, 16]},
+            "tokens": 20000,
+        }
+    ],
+    "data": {
+        "context_size": 32,
+        "train_tokens": 4096,
+        "eval_tokens": 1024,
+    },
+    "activations": {"chunk_tokens": 1024, "shuffle_bucket": 1000},
+    "train": {"batch_size": 256, "lr": 1e-3, "checkpoint_every": 20, "log_every": 10},
+    "evaluate": {"loss_tokens": 256},
+    "transfer": {"tokens": 512, "batch_size": 16},
+}
+
+
+def make_config(model_dir: Path | str = "PLACEHOLDER", **overrides) -> dict[str, Any]:
+    """A raw (unvalidated) tiny config; overrides replace top-level keys."""
+    cfg = copy.deepcopy(BASE_CONFIG)
+    cfg["models"]["tiny"]["source"] = str(model_dir)
+    cfg.update(copy.deepcopy(overrides))
+    return cfg
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "snakemake",
+        "-s", str(REPO_ROOT / "Snakefile"),
+        "--directory", str(workdir),
+        "--configfile", str(workdir / "config.yaml"),
+        *args,
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    stats = output.split("Job stats:")[1].split("\n\n")[0]
+    return {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.MULTILINE)
+    }
+
+
+def sae64(d_in=5, d_sae=7, **kw) -> JumpReLUSAE:
+    torch.manual_seed(0)
+    sae = JumpReLUSAE(d_in, d_sae, dtype=torch.float64, bandwidth=EPS, **kw)
+    sae.initialize(torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.1)
+        theta = torch.rand(d_sae, dtype=torch.float64) * 0.5 + 0.1
+        if sae.threshold_param == "log":
+            sae.log_threshold.copy_(theta.log())
+        else:
+            sae.threshold_raw.copy_(theta)
+    return sae
+
+
+def x_near_threshold(sae: JumpReLUSAE, n=16) -> torch.Tensor:
+    """Inputs whose pre-activations include values within ε/2 of θ (inside the
+    kernel), just outside it, and far from it."""
+    torch.manual_seed(2)
+    x = torch.randn(n, sae.d_in, dtype=torch.float64)
+    with torch.no_grad():
+        pre = sae.pre_acts(x)
+        theta = sae.threshold
+        # Solve for inputs that put latent j of row i at θ_j + offset.
+        offsets = torch.tensor([0.2, -0.3, 0.45, -0.49, 0.7, -2.0, 3.0]) * EPS
+        for i, off in enumerate(offsets):
+            j = i % sae.d_sae
+            w = sae.W_enc[:, j]
+            x[i] += (theta[j] + off - pre[i, j]) * w / w.dot(w)
+    return x
