@@ -23,7 +23,8 @@ import torch
 
 from saesuite.data.models import load_model
 from saesuite.eval.evaluate import evaluate, load_released
-from saesuite.spec.config import REPO_ROOT, Site, load_config, model_layers
+from saesuite.spec.config import REPO_ROOT, load_config, model_layers
+from saesuite.spec.sites import Site
 
 
 def best_time(fn, repeats: int) -> float:

@@ -1,4 +1,4 @@
-# Config validation, wildcard constraints, the input functions of every rule and the
+# Config validation, wildcard constraints, the input functions of the rules and the
 # final targets. What they return comes from saesuite.spec.workflow (the plan, the
 # typed jobs) and saesuite.cluster.resources (each job's resources), tested there.
 import os
@@ -10,12 +10,12 @@ from snakemake.utils import validate
 from saesuite.cluster.resources import JobResources
 from saesuite.spec import paths
 from saesuite.spec.config import (
-    SITE_NAMES,
     check_config,
     coerce_cli_strings,
     model_sites,
     seqs_per_chunk,
 )
+from saesuite.spec.sites import SITE_NAMES
 from saesuite.spec.workflow import Workflow
 
 # Types first (clean messages), then again to fill the schema's defaults.

@@ -61,12 +61,12 @@ def cmd_ls(args: argparse.Namespace) -> None:
 
 def cmd_show(args: argparse.Namespace) -> None:
     folder = Path(args.sae)
-    if not (folder / "sae.json").is_file():
+    if not paths.sae_file(folder, "info").is_file():
         raise SystemExit(
             f"saesuite show: {folder} holds no sae.json (an SAE folder is "
             "<results>/<model>/saes/layer_L/<site>/width_W/<label>)"
         )
-    sae = read_json(folder / "sae.json")
+    sae = read_json(paths.sae_file(folder, "info"))
     print(
         f"{sae['model']} {sae['site']} width {sae['width']} "
         f"({sae['penalty']} {sae['value']:g}), trained on {sae['tokens']} tokens "

@@ -17,7 +17,7 @@ from saesuite.data.models import (
     resolve_source,
 )
 from saesuite.data.sites import capture
-from saesuite.spec.config import Site
+from saesuite.spec.sites import Site
 
 EMBEDDED = {
     "source": "embedded",

@@ -9,7 +9,7 @@ import torch
 from helpers import load_tiny
 
 from saesuite.data.sites import capture, decoder_layers, logits_with, site_width
-from saesuite.spec.config import Site
+from saesuite.spec.sites import Site
 
 ARCHS = ["gemma2", "gemma3", "llama"]
 

@@ -14,8 +14,8 @@ from helpers import load_tiny
 from saesuite.data.sites import capture, logits_with
 from saesuite.eval.evaluate import evaluate as evaluate_acc
 from saesuite.sae.jumprelu import JumpReLUSAE
-from saesuite.spec.config import Site
 from saesuite.spec.jobs import EvalJob, EvalMember
+from saesuite.spec.sites import Site
 from saesuite.spec.sizes import dictionary_bytes
 
 

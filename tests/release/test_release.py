@@ -19,11 +19,11 @@ from saesuite.release.build import (
     Entry,
     build_release,
     canonical,
-    hf_hook_point,
 )
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec.io import read_json, sha256_file
 from saesuite.spec.releases import width_label
+from saesuite.spec.sites import hf_hook_point
 
 REPO = "someone/saesuite-tiny-res"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 from helpers import make_config
 
 from saesuite.spec.config import (
@@ -179,3 +180,27 @@ def test_nested_command_line_strings_take_their_schema_types():
                 {**make_config("x"), "evaluate": {"loss_tokens": "lots"}}
             )
         )
+
+
+def test_the_schema_and_the_architectures_name_the_sites_of_spec_sites():
+    """One site vocabulary: every site enum of the schema is spec.sites.SITES, and
+    every architecture places every site but `res` (the block's own output)."""
+    from saesuite.spec.config import SCHEMA_PATH
+    from saesuite.spec.sites import ARCHITECTURES, SITES
+
+    enums = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "res" in node.get("enum", []):
+                enums.append(tuple(node["enum"]))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(yaml.safe_load(SCHEMA_PATH.read_text()))
+    assert enums and set(enums) == {SITES}
+    for arch in ARCHITECTURES.values():
+        assert all(getattr(arch, kind) for kind in SITES if kind != "res")

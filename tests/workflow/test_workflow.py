@@ -134,7 +134,7 @@ def test_eval_table_matches_an_independent_computation(run, tiny_models):
 
     from saesuite.data.sites import capture
     from saesuite.eval.evaluate import load_released
-    from saesuite.spec.config import Site
+    from saesuite.spec.sites import Site
 
     work, _ = run
     out = work / "results" / "tiny"

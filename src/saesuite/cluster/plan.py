@@ -24,8 +24,10 @@ import pandas as pd
 from saesuite.cluster.resources import (
     cache_plan,
     evaluate_estimate,
+    forward_flops,
     sae_gpu_bytes,
     shards_needed,
+    train_flops,
     train_group_bytes,
     train_nproc,
 )
@@ -57,14 +59,15 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
             widths = {f"{L}.{k}": shape.site_width(k) for L, k in sites}
             dtype = config["activations"]["dtype"]
             cache = sum(cache_plan(widths, train_tok, dtype).values())
-            flops = 2 * shape.n_params * (last + 1) / shape.n_layers * train_tok
+            flops = forward_flops(shape, train_tok, last + 1)
         add(model, "extract", 0, train_tok, cache, flops)
-        train_flops = (
-            sum(10 * shape.site_width(s.site) * s.width * s.tokens for s in specs)
-            if shape
-            else None
-        )
-        add(model, "train", len(specs), sum(s.tokens for s in specs), None, train_flops)
+        flops = None
+        if shape:
+            by_site = {
+                k: [s for s in specs if s.site == k] for k in {s.site for s in specs}
+            }
+            flops = sum(train_flops(v, shape.site_width(k)) for k, v in by_site.items())
+        add(model, "train", len(specs), sum(s.tokens for s in specs), None, flops)
     for e in evaluations(config, suite):
         specs = [s for s in suite if s.model == e.trained_on
                  and (e.layers is None or s.layer in e.layers)]  # fmt: skip
@@ -93,7 +96,12 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
         shape = known_shape(config["models"][model]["source"])
         tok = config["transfer"]["tokens"]
         add(
-            model, "rollouts", 0, tok, None, 2 * shape.n_params * tok if shape else None
+            model,
+            "rollouts",
+            0,
+            tok,
+            None,
+            forward_flops(shape, tok) if shape else None,
         )
     df = pd.DataFrame(rows)
     df["gpu_hours"] = df["flops"] / (tflops * 1e12) / 3600

@@ -159,7 +159,19 @@ def shards_needed(batch_size: int, d_in: int, width: int, budget: float) -> int 
 
 
 def train_flops(specs: list[SAESpec], d_in: int) -> float:
+    """A dense training step is ≈ 10·d·width FLOPs per token (forward, backward)."""
     return float(sum(10 * d_in * s.width * s.tokens for s in specs))
+
+
+def forward_flops(shape: ModelShape, tokens: int, layers: int | None = None) -> float:
+    """2·params FLOPs per token through the model, or through its first `layers`."""
+    share = 1.0 if layers is None else layers / shape.n_layers
+    return 2 * shape.n_params * share * tokens
+
+
+# Sampling one token at a time runs far below the matmul rate: rollout jobs ask for
+# this many times the time of their FLOPs.
+GENERATION_SLOWDOWN = 10
 
 
 def extract_estimate(config: dict[str, Any], model: str, sites: list[tuple[int, str]]):
@@ -176,7 +188,7 @@ def extract_estimate(config: dict[str, Any], model: str, sites: list[tuple[int, 
     ids = 5 * sequences(config, "train") * config["data"]["context_size"]
     mem = model_mb(config, model) + int((acts + ids) / 2**20 * 1.5) + BASE_MB
     last = max(L for L, _ in sites)
-    return mem, 2 * shape.n_params * (last + 1) / shape.n_layers * tokens
+    return mem, forward_flops(shape, tokens, last + 1)
 
 
 def evaluate_estimate(
@@ -206,7 +218,7 @@ def evaluate_estimate(
         free -= shape.n_params * BYTES[config["models"][lm]["dtype"]] + 2**32
         groups = max(1, math.ceil(sum(sizes) / max(free, 1e9)))
     clean = n_tok + loss_tok * (n_sites + 1)
-    return mem, 2 * shape.n_params * (groups * clean + loss_tok * len(specs))
+    return mem, forward_flops(shape, groups * clean + loss_tok * len(specs))
 
 
 def rollouts_estimate(config: dict[str, Any], model: str) -> tuple[int, float | None]:
@@ -214,7 +226,8 @@ def rollouts_estimate(config: dict[str, Any], model: str) -> tuple[int, float | 
     mem = model_mb(config, model) + BASE_MB
     if shape is None:
         return mem, None
-    return mem, 10 * 2 * shape.n_params * config["transfer"]["tokens"]
+    tokens = config["transfer"]["tokens"]
+    return mem, GENERATION_SLOWDOWN * forward_flops(shape, tokens)
 
 
 def request(

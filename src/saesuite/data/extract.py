@@ -24,7 +24,7 @@ from saesuite.data.models import DTYPES, load_model
 from saesuite.data.sites import capture
 from saesuite.data.store import ChunkWriter
 from saesuite.data.tokens import load_tokens
-from saesuite.spec.config import Site
+from saesuite.spec.sites import Site
 
 log = logging.getLogger(__name__)
 

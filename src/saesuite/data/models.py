@@ -22,14 +22,12 @@ import torch
 
 from saesuite.data.sites import ARCHITECTURES
 from saesuite.spec.io import sha256_file
+from saesuite.spec.known_models import text_site_width
+from saesuite.spec.sizes import BYTES
 
 log = logging.getLogger(__name__)
 
-DTYPES = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+DTYPES = {name: getattr(torch, name) for name in BYTES}
 
 # Gemma's turn format, for tokenizers that ship without a chat template (the GGUF one).
 GEMMA_CHAT_TEMPLATE = (
@@ -196,9 +194,6 @@ def describe_model(model_key: str, model_cfg: dict[str, Any], cache_root: str | 
             f"models.{model_key}: model_type '{hf_cfg.model_type}' has no site table "
             f"(known: {sorted(ARCHITECTURES)})"
         )
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // (
-        text.num_attention_heads
-    )
     return {
         "model": model_key,
         "source": model_cfg["source"],
@@ -207,10 +202,7 @@ def describe_model(model_key: str, model_cfg: dict[str, Any], cache_root: str | 
         "n_layers": text.num_hidden_layers,
         "d_model": text.hidden_size,
         "site_widths": {
-            "res": text.hidden_size,
-            "mlp": text.hidden_size,
-            "mlp_in": text.hidden_size,
-            "att": text.num_attention_heads * head_dim,
+            k: text_site_width(text, k) for k in ("res", "mlp", "mlp_in", "att")
         },
         "vocab_size": text.vocab_size,
     }

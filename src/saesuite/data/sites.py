@@ -13,38 +13,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from saesuite.spec.config import Site
-
-
-@dataclass(frozen=True)
-class ArchSites:
-    """Module paths, relative to one decoder layer, of each site's hook point."""
-
-    layers: str  # path of the ModuleList of decoder layers, from the causal LM
-    att: str = "self_attn.o_proj"  # site = the INPUT of this module
-    mlp: str = "post_feedforward_layernorm"  # site = the OUTPUT of this module
-    mlp_in: str = "pre_feedforward_layernorm"  # site = the OUTPUT of this module
-
-
-_GEMMA = ArchSites("model.layers")
-# Llama-style blocks have no post-MLP norm: the MLP's output is what is added.
-_LLAMA = ArchSites("model.layers", mlp="mlp", mlp_in="post_attention_layernorm")
-
-ARCHITECTURES: dict[str, ArchSites] = {
-    "gemma2": _GEMMA,
-    "gemma3_text": _GEMMA,
-    "gemma3": ArchSites("model.language_model.layers"),
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "qwen3": _LLAMA,
-}
+from saesuite.spec.known_models import text_site_width
+from saesuite.spec.sites import ARCHITECTURES, ArchSites, Site
 
 
 def arch_sites(model: nn.Module) -> ArchSites:
@@ -63,10 +38,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def site_width(model: nn.Module, kind: str) -> int:
     """d_in of an SAE at this kind of site."""
-    cfg = model.config.get_text_config()
-    if kind == "att":
-        return cfg.num_attention_heads * cfg.head_dim
-    return cfg.hidden_size
+    return text_site_width(model.config.get_text_config(), kind)
 
 
 class StopForward(Exception):

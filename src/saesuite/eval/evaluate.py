@@ -46,10 +46,11 @@ from saesuite.data.sites import (
 )
 from saesuite.data.tokens import load_tokens
 from saesuite.sae.jumprelu import JumpReLUSAE
-from saesuite.spec.config import Site
+from saesuite.spec import paths
 from saesuite.spec.io import atomic_path, versions, write_json
 from saesuite.spec.jobs import EvalJob
 from saesuite.spec.metrics import scalar_metrics
+from saesuite.spec.sites import Site
 from saesuite.spec.sizes import dictionary_bytes
 
 DENSE_FREQUENCY = 0.1
@@ -304,12 +305,12 @@ def evaluate(
 
 def load_released(sae_dir: str | Path) -> JumpReLUSAE:
     """A trained SAE as released (folded: it takes raw activations)."""
-    return JumpReLUSAE.from_release(load_file(str(Path(sae_dir) / "sae.safetensors")))
+    return JumpReLUSAE.from_release(load_file(str(paths.sae_file(sae_dir, "weights"))))
 
 
 def released_shape(sae_dir: str | Path) -> tuple[int, int]:
     """(d_in, d_sae) of a released SAE, read from its header only."""
-    with safe_open(str(Path(sae_dir) / "sae.safetensors"), "pt") as f:
+    with safe_open(str(paths.sae_file(sae_dir, "weights")), "pt") as f:
         d_in, d_sae = f.get_slice("W_enc").get_shape()
     return d_in, d_sae
 
@@ -402,7 +403,7 @@ def evaluate_layer(
     for s in job.members:
         metrics = acc[s.key].metrics()
         freq = acc[s.key].frequencies().float()
-        with atomic_path(Path(s.out).with_suffix(".frequencies.safetensors")) as tmp:
+        with atomic_path(paths.frequencies(s.out)) as tmp:
             save_file({"frequency": freq}, str(tmp))
         write_json(
             s.out,

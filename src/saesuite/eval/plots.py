@@ -1,8 +1,12 @@
-"""What every saesuite figure shares: the headless backend, and PNG and SVG files
-written atomically and byte-reproducibly (no software/version/date stamps)."""
+"""What every saesuite figure shares: the headless backend, PNG and SVG files written
+atomically and byte-reproducibly (no software/version/date stamps), and the Pareto
+plot of a metric against L0 that the report, the model cards and the transfer checks
+all draw."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,37 @@ METRICS = {
     "delta_loss": "delta loss (nats/token)",
     "fvu": "fraction of variance unexplained",
 }
+L0_AXIS = "L0 (active latents per token, log scale)"
+
+
+def pareto_series(
+    ax: Any, l0: Sequence[float], ys: Sequence[float | None], *, label: str,
+    line: bool = True, **style: Any,
+) -> bool:  # fmt: skip
+    """One series of a Pareto plot, in L0 order; points without a value are left
+    out. False when none has one (nothing drawn)."""
+    pts = sorted((x, y) for x, y in zip(l0, ys, strict=True)
+                 if y is not None and not math.isnan(y))  # fmt: skip
+    if not pts:
+        return False
+    xs, vs = zip(*pts, strict=True)
+    if line:
+        ax.plot(xs, vs, label=label, **{"marker": "o", **style})
+    else:
+        ax.scatter(xs, vs, label=label, **style)
+    return True
+
+
+def pareto_axes(ax: Any, metric: str, *, log_y: bool = False, title: str = "") -> None:
+    """The axes of every Pareto plot: L0 on a log axis against a metric of METRICS."""
+    ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(L0_AXIS)
+    ax.set_ylabel(METRICS[metric])
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
 
 
 def subplots(*args: Any, **kwargs: Any):

@@ -11,7 +11,6 @@ default can do offline; it is labelled so in every table and plot, never as PTâ†
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,10 @@ import torch
 
 from saesuite.data.models import chat_template, load_model, load_tokenizer
 from saesuite.data.tokens import chat_wrap, save_tokens, special_ids
-from saesuite.eval.plots import METRICS, save_png, save_svg, subplots
+from saesuite.eval.plots import pareto_axes, pareto_series, save_png, save_svg, subplots
 from saesuite.eval.tables import eval_frame, html_table, write_table
 from saesuite.spec.checks import TransferCheck, check_label
+from saesuite.spec.hashing import derived_seed
 from saesuite.spec.io import atomic_path, versions, write_json
 from saesuite.spec.jobs import RolloutsJob
 from saesuite.spec.prompts import load_prompts
@@ -31,8 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def _seed(seed: int, batch: int) -> int:
-    blob = f"rollouts/{seed}/{batch}".encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
+    return derived_seed("rollouts", seed, batch)
 
 
 def generate_rollouts(
@@ -188,18 +187,14 @@ def plot_transfer(df, check: TransferCheck, out: str | Path, svg: str | Path) ->
             for gi, ((trained_on, evaluated_on), g) in enumerate(groups):
                 g = g[g["data"] == data]
                 for site, gs in g.groupby("site"):
-                    if metric not in gs or gs[metric].isna().all():
+                    if metric not in gs:
                         continue
-                    ax.scatter(
-                        gs["l0"], gs[metric], marker=markers.get(site, "x"),
-                        color=f"C{gi}", alpha=0.8,
+                    pareto_series(
+                        ax, list(gs["l0"]), list(gs[metric]), line=False,
+                        marker=markers.get(site, "x"), color=f"C{gi}", alpha=0.8,
                         label=f"{trained_on} SAEs on {evaluated_on} ({site})",
                     )  # fmt: skip
-            ax.set_xscale("log")
-            ax.set_xlabel("L0 (active latents per token, log scale)")
-            ax.set_ylabel(METRICS[metric])
-            ax.set_title(f"{metric.replace('_', ' ')} on {data} data")
-            ax.grid(alpha=0.3)
+            pareto_axes(ax, metric, title=f"{metric.replace('_', ' ')} on {data} data")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{check.name}: {check_label(check.kind)}", fontsize=9)
     fig.tight_layout()

@@ -28,41 +28,18 @@ from typing import Any
 import numpy as np
 from safetensors.torch import load_file, save_file
 
-from saesuite.data.sites import ARCHITECTURES
 from saesuite.release.card import model_card, pareto_plot
+from saesuite.spec import paths
 from saesuite.spec.config import REPO_ROOT
 from saesuite.spec.io import atomic_path, read_json, sha256_file, versions, write_json
 from saesuite.spec.jobs import ReleaseJob
 from saesuite.spec.metrics import scalar_metrics
 from saesuite.spec.releases import hub_model_id, width_label
+from saesuite.spec.sites import SITE_KINDS, hf_hook_point
 
 LAYOUTS = ("gemma-scope-2", "gemma-scope", "saelens")
-GS2_FOLDERS = {
-    "res": "resid_post",
-    "att": "attn_out",
-    "mlp": "mlp_out",
-    "mlp_in": "mlp_in",
-}
-# TransformerLens hook names, which SAELens configs carry as `hook_name`.
-TL_HOOKS = {
-    "res": "blocks.{L}.hook_resid_post",
-    "att": "blocks.{L}.attn.hook_z",
-    "mlp": "blocks.{L}.hook_mlp_out",
-    "mlp_in": "blocks.{L}.ln2.hook_normalized",
-}
 IDENTITY = ("layer", "site", "width", "penalty", "value")
 log = logging.getLogger(__name__)
-
-
-def hf_hook_point(model_type: str, layer: int, kind: str) -> str:
-    """The site as a Hugging Face module path, as Gemma Scope 2's config.json has it."""
-    arch = ARCHITECTURES[model_type]
-    base = f"{arch.layers}.{layer}"
-    if kind == "res":
-        return f"{base}.output"
-    if kind == "att":
-        return f"{base}.{arch.att}.input"
-    return f"{base}.{getattr(arch, kind)}.output"
 
 
 @dataclass
@@ -84,7 +61,7 @@ def sae_path(layout: str, e: Entry, all_layers: bool) -> str:
     if layout == "gemma-scope":
         return f"layer_{L}/width_{w}/average_l0_{e.l0_label}"
     if layout == "gemma-scope-2":
-        top = GS2_FOLDERS[site] + ("_all" if all_layers else "")
+        top = SITE_KINDS[site].gs2_folder + ("_all" if all_layers else "")
         return f"{top}/layer_{L}_width_{w}_l0_{e.l0_label}"
     return f"layer_{L}_{site}_width_{w}_l0_{e.l0_label}"
 
@@ -132,7 +109,7 @@ def canonical(entries: list[Entry], target_l0: float) -> set[str]:
 
 def write_sae(layout: str, e: Entry, folder: Path, meta: dict[str, Any]) -> None:
     """Write one SAE's files in `layout` into `folder`."""
-    t = load_file(str(Path(e.sae_dir) / "sae.safetensors"))
+    t = load_file(str(paths.sae_file(e.sae_dir, "weights")))
     t = {k: v.float().contiguous() for k, v in t.items()}
     L, site = e.spec["layer"], e.spec["site"]
     hook = hf_hook_point(meta["model_type"], L, site)
@@ -166,7 +143,7 @@ def write_sae(layout: str, e: Entry, folder: Path, meta: dict[str, Any]) -> None
             "reshape_activations": "none",
             "metadata": {
                 "model_name": meta["hub_model"],
-                "hook_name": TL_HOOKS[site].format(L=L),
+                "hook_name": SITE_KINDS[site].tl_hook.format(L=L),
                 "hf_hook_name": hook,
                 "context_size": meta["context_size"],
                 "prepend_bos": True,
@@ -239,7 +216,7 @@ def build_release(
                 **{k: e.spec[k] for k in IDENTITY},
                 "d_in": meta["site_widths"][site],
                 "hf_hook": hf_hook_point(meta["model_type"], layer, site),
-                "hook": TL_HOOKS[site].format(L=layer),
+                "hook": SITE_KINDS[site].tl_hook.format(L=layer),
                 "canonical": e.spec["path"] in best,
                 "trained_as": e.spec["path"],
                 **e.metrics,

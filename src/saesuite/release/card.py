@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from saesuite.eval.plots import save_png, subplots
+from saesuite.eval.plots import pareto_axes, pareto_series, save_png, subplots
 
 WEIGHTS = {
     "saelens": ("sae_weights.safetensors", "W_enc, W_dec, b_enc, b_dec, threshold"),
@@ -169,18 +169,14 @@ def pareto_plot(index: list[dict[str, Any]], repo: str, out: str | Path) -> None
     for r in index:
         series.setdefault((r["site"], r["width"], r["layer"]), []).append(r)
     for i, ((site, width, layer), rows) in enumerate(sorted(series.items())):
-        rows = sorted(rows, key=lambda r: r["l0"])
         for ax, metric in zip(axes, ("delta_loss", "fvu"), strict=True):
             ys = [r.get(metric) for r in rows]
-            if any(y is None for y in ys):
-                continue
-            ax.plot([r["l0"] for r in rows], ys, marker="o", color=f"C{i % 10}",
-                    label=f"L{layer} {site} {width}")  # fmt: skip
-    for ax, metric in zip(axes, ("delta loss", "FVU"), strict=True):
-        ax.set_xscale("log")
-        ax.set_xlabel("L0")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
+            label = f"L{layer} {site} {width}"
+            pareto_series(
+                ax, [r["l0"] for r in rows], ys, label=label, color=f"C{i % 10}"
+            )
+    for ax, metric in zip(axes, ("delta_loss", "fvu"), strict=True):
+        pareto_axes(ax, metric)
     axes[0].legend(fontsize=6, ncol=2)
     fig.suptitle(repo, fontsize=9)
     fig.tight_layout()

@@ -22,11 +22,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from saesuite.eval.plots import METRICS, save_png, save_svg, subplots
+from saesuite.eval.plots import (
+    METRICS,
+    pareto_axes,
+    pareto_series,
+    save_png,
+    save_svg,
+    subplots,
+)
 from saesuite.eval.tables import html_table
-from saesuite.spec.config import SITE_NAMES
+from saesuite.spec import paths
 from saesuite.spec.io import atomic_path, read_json
 from saesuite.spec.releases import width_label
+from saesuite.spec.sites import SITE_NAMES
 
 
 def _title(model: str, site: str, rest: str) -> str:
@@ -58,18 +66,14 @@ def pareto(df: pd.DataFrame, model: str, site: str, metric: str, by: str, at: in
     groups = sorted(sub[by].unique())
     colours = _colours(len(groups))
     for colour, g in zip(colours, groups, strict=True):
-        line = sub[sub[by] == g].sort_values("l0")
+        line = sub[sub[by] == g]
         label = f"layer {g}" if by == "layer" else f"width {width_label(g)}"
-        ax.plot(line["l0"], line[metric], "o-", color=colour, label=label, ms=4)
-    ax.set_xscale("log")
-    if metric == "fvu":
-        ax.set_yscale("log")
-    ax.set_xlabel("L0 (active latents per token, log scale)")
-    ax.set_ylabel(METRICS[metric])
+        pareto_series(ax, list(line["l0"]), list(line[metric]), label=label,
+                      color=colour, ms=4)  # fmt: skip
     what = f"width {width_label(at)}" if by == "layer" else f"layer {at}"
-    ax.set_title(_title(model, site, f"{what}: {metric.replace('_', ' ')} vs L0"))
+    title = _title(model, site, f"{what}: {metric.replace('_', ' ')} vs L0")
+    pareto_axes(ax, metric, log_y=metric == "fvu", title=title)
     ax.legend(fontsize="small", ncol=1 + len(groups) // 12, title=by)
-    ax.grid(alpha=0.3, which="both")
     return fig
 
 
@@ -243,9 +247,7 @@ def write_report(
         for entry in read_json(layer_json)["saes"]
     }
     log_path = {
-        sae["path"]: Path(summary).parent.parent.parent
-        / sae["path"]
-        / "train_log.jsonl"
+        sae["path"]: paths.sae_file(Path(summary).parents[2] / sae["path"], "log")
         for summary in site_summaries
         for sae in read_json(summary)["saes"]
     }

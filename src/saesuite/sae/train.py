@@ -22,7 +22,6 @@ checkpoint was written under another training config.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -47,6 +46,8 @@ from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.sae.launch import PREEMPTED_EXIT, torchrun
 from saesuite.sae.shard import all_reduce_, bounds, clip_grad_norm_, gather_state
 from saesuite.sae.step import dense_step, sparse_step
+from saesuite.spec import paths
+from saesuite.spec.hashing import derived_seed
 from saesuite.spec.io import atomic_open, atomic_path, read_json, versions, write_json
 from saesuite.spec.jobs import DictionarySpec, TrainJob
 
@@ -140,8 +141,7 @@ class Member:
 
 def sae_seed(seed: int, site: str, path: str) -> int:
     """Initialisation seed of one SAE, stable when the ladder around it changes."""
-    digest = hashlib.sha256(f"{seed}/{site}/{path}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return derived_seed(seed, site, path)
 
 
 def _dist() -> tuple[int, int]:
@@ -332,7 +332,7 @@ def train_site(
     )
     fingerprint = job.fingerprint()
     ckpt = Path(job.checkpoint)
-    marker = ckpt.with_name(f"{ckpt.stem}.done.json")
+    marker = paths.done_marker(ckpt)
     done: dict[str, Any] = {}
     if marker.exists() and read_json(marker).get("job") == fingerprint:
         done = read_json(marker)["saes"]
@@ -436,7 +436,7 @@ def _train_group(
     (then raise Preempted)."""
     cfg = job.train
     total = max(m.schedule.total_steps for m in members)
-    logs = [Path(m.spec.out_dir) / "train_log.jsonl" for m in members]
+    logs = [paths.sae_file(m.spec.out_dir, "log") for m in members]
     start = _load_checkpoint(ckpt, members, rank) if ckpt.exists() else 0
     sharded = members[0].sharded  # a sharded SAE trains alone
     if rank == 0:
@@ -573,10 +573,10 @@ def write_outputs(
     """Per SAE: folded release weights, raw training state, and reproduction JSON."""
     out = Path(m.spec.out_dir)
     sae = m.sae.to("cpu")
-    with atomic_path(out / "train_state.safetensors") as tmp:
+    with atomic_path(paths.sae_file(out, "state")) as tmp:
         save_file({k: v.contiguous() for k, v in sae.state_dict().items()}, str(tmp))
     released = sae.fold_normalization(scale)
-    with atomic_path(out / "sae.safetensors") as tmp:
+    with atomic_path(paths.sae_file(out, "weights")) as tmp:
         save_file(released.release_tensors(), str(tmp))
     info = {
         **job.identity,
@@ -611,7 +611,7 @@ def write_outputs(
         "epochs": m.schedule.total_steps * job.train["batch_size"] / n_valid,
         "versions": versions(),
     }
-    write_json(out / "sae.json", info)
+    write_json(paths.sae_file(out, "info"), info)
     return info
 
 

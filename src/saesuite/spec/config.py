@@ -9,7 +9,6 @@ so planning a suite stays fast.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -18,18 +17,13 @@ from typing import Any
 
 import yaml
 
+from saesuite.spec.hashing import stable_hash
 from saesuite.spec.known_models import known_shape
 from saesuite.spec.prompts import load_prompts
+from saesuite.spec.sites import Site
 
 REPO_ROOT = Path(__file__).resolve().parents[3]  # src/saesuite/spec/config.py
 SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
-SITES = ("res", "att", "mlp", "mlp_in")
-SITE_NAMES = {
-    "res": "residual stream",
-    "att": "attention output",
-    "mlp": "MLP output",
-    "mlp_in": "MLP input",
-}
 
 
 class ConfigError(ValueError):
@@ -178,8 +172,7 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def config_hash(config: dict[str, Any]) -> str:
     """Stable short hash of a validated config (recorded in every output)."""
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return stable_hash(config, compact=True)
 
 
 def n_layers(config: dict[str, Any], model_key: str) -> int | None:
@@ -233,23 +226,6 @@ def model_layers(config: dict[str, Any], model_key: str) -> list[int]:
         if model_key in group_models(config, gi):
             layers.update(group_layers(config, gi, model_key))
     return sorted(layers)
-
-
-@dataclass(frozen=True, order=True)
-class Site:
-    """One hook point of a model: `kind` in SITES at decoder layer `layer`."""
-
-    layer: int
-    kind: str
-
-    @property
-    def name(self) -> str:
-        return f"layer_{self.layer}.{self.kind}"
-
-    @classmethod
-    def parse(cls, name: str) -> Site:
-        head, kind = name.split(".")
-        return cls(int(head.removeprefix("layer_")), kind)
 
 
 @dataclass(frozen=True, order=True)

@@ -12,25 +12,20 @@ checkpoint must match to be resumed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 from saesuite.spec import paths
-from saesuite.spec.config import SAESpec, Site, config_hash
+from saesuite.spec.config import SAESpec, config_hash
+from saesuite.spec.hashing import stable_hash
 from saesuite.spec.paths import activation_identity
+from saesuite.spec.sites import Site
 from saesuite.spec.sizes import dictionary_bytes
 
 # A dictionary's kinds: an SAE reconstructs the site it reads. (Transcoders, which
 # read one site and write another, are not built yet.)
 KINDS = ("sae",)
-
-
-def _fingerprint(obj: Any) -> str:
-    blob = json.dumps(obj, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -105,7 +100,7 @@ class TrainJob:
         are, the device budget or the whole config's hash (a change elsewhere in the
         config does not touch the dictionaries)."""
         skip = (*self.LOCATION, "group_bytes", "config_hash")
-        return _fingerprint({k: v for k, v in self.to_dict().items() if k not in skip})
+        return stable_hash({k: v for k, v in self.to_dict().items() if k not in skip})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

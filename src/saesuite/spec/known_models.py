@@ -7,6 +7,7 @@ Values are from the models' published `config.json` files.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -19,8 +20,22 @@ class ModelShape:
     n_params: float  # total parameters, for FLOP estimates
 
     def site_width(self, kind: str) -> int:
-        """d_in of an SAE at this kind of site (heads × head_dim for `att`)."""
-        return self.n_heads * self.head_dim if kind == "att" else self.d_model
+        return site_width(kind, self.d_model, self.n_heads, self.head_dim)
+
+
+def site_width(kind: str, d_model: int, n_heads: int, head_dim: int | None) -> int:
+    """d_in of a dictionary at this kind of site: heads × head_dim for `att` (the
+    concatenated head outputs; head_dim defaults to d_model / heads, as in configs
+    that leave it out), d_model for the others."""
+    if kind != "att":
+        return d_model
+    return n_heads * (head_dim or d_model // n_heads)
+
+
+def text_site_width(text_config: Any, kind: str) -> int:
+    """The same from a Hugging Face text config (any object with its attributes)."""
+    return site_width(kind, text_config.hidden_size, text_config.num_attention_heads,
+                      getattr(text_config, "head_dim", None))  # fmt: skip
 
 
 KNOWN: dict[str, ModelShape] = {

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+from pathlib import Path, PurePath
 from typing import Any
 
 from saesuite.spec.config import (
@@ -12,6 +11,7 @@ from saesuite.spec.config import (
     model_sites,
     seqs_per_chunk,
 )
+from saesuite.spec.hashing import stable_hash
 
 CHARS_PER_TOKEN_BUDGET = 10  # corpus text kept per needed token: ~2.5× typical BPE
 
@@ -61,8 +61,7 @@ def activation_identity(config: dict[str, Any], model: str) -> dict[str, Any]:
         "seqs_per_chunk": seqs_per_chunk(config),
         "sites": [s.name for s in model_sites(config, model)],
     }
-    blob = json.dumps(ident, sort_keys=True, default=str).encode()
-    return {**ident, "hash": hashlib.sha256(blob).hexdigest()[:16]}
+    return {**ident, "hash": stable_hash(ident)}
 
 
 def corpus_chars(config: dict[str, Any]) -> int:
@@ -72,6 +71,20 @@ def corpus_chars(config: dict[str, Any]) -> int:
 
 def sae_dir(root: str, spec: SAESpec) -> str:
     return f"{root}/{spec.model}/saes/{spec.path}"
+
+
+# The files of one trained dictionary's folder (sae_dir).
+SAE_FILES = {
+    "weights": "sae.safetensors",  # on raw activations, normalisation folded in
+    "state": "train_state.safetensors",  # the parameters as trained (on x / C)
+    "info": "sae.json",  # everything to reproduce it
+    "log": "train_log.jsonl",  # one line per logged step
+}
+
+
+def sae_file(sae_dir: str | PurePath, kind: str) -> Path:
+    """One file of a trained dictionary's folder: a key of SAE_FILES."""
+    return Path(sae_dir) / SAE_FILES[kind]
 
 
 def site_summary(root: str, model: str, layer: int | str, kind: str) -> str:
@@ -94,8 +107,19 @@ def eval_layer(root: str, sae_model: str, lm: str, data: str, layer: int | str) 
 
 def sae_eval(root: str, sae_model: str, lm: str, data: str, sae_path: str) -> str:
     """One SAE's evaluation JSON (`sae_path` as in SAESpec.path); its per-latent
-    frequencies sit beside it with the suffix .frequencies.safetensors."""
+    frequencies sit beside it (`frequencies`)."""
     return f"{eval_dir(root, sae_model, lm, data)}/{sae_path}.json"
+
+
+def frequencies(sae_eval_json: str | PurePath) -> Path:
+    """The per-latent firing frequencies beside an SAE's evaluation JSON."""
+    return Path(sae_eval_json).with_suffix(".frequencies.safetensors")
+
+
+def done_marker(checkpoint_path: str | PurePath) -> Path:
+    """The dictionaries a train job finished, beside its checkpoint (for a retry)."""
+    p = Path(checkpoint_path)
+    return p.with_name(f"{p.stem}.done.json")
 
 
 def eval_table(root: str, model: str) -> dict[str, str]:
