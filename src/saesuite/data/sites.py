@@ -27,7 +27,7 @@ def arch_sites(model: nn.Module) -> ArchSites:
     if model_type not in ARCHITECTURES:
         raise ValueError(
             f"no site table for model_type '{model_type}'; known: "
-            f"{sorted(ARCHITECTURES)} (add one to saesuite.data.sites.ARCHITECTURES)"
+            f"{sorted(ARCHITECTURES)} (add one to saesuite.spec.sites.ARCHITECTURES)"
         )
     return ARCHITECTURES[model_type]
 

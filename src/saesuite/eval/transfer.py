@@ -146,7 +146,7 @@ def make_rollouts(
     info = {
         "model": job.model,
         "role": model_cfg["role"],
-        "prompts": str(transfer["prompts"] or "saesuite:data/prompts.txt"),
+        "prompts": str(transfer["prompts"] or "saesuite:spec/prompts.txt"),
         "temperature": transfer["temperature"],
         "seed": seed,
         "context_size": ctx,

@@ -1,0 +1,110 @@
+"""The typed jobs and the workflow's plan (saesuite.spec.jobs, spec.workflow) and
+each job's resources (cluster.resources.JobResources): what rules/common.smk hands
+the rules, against hand computations on a two-model, two-layer config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from helpers import make_config
+
+from saesuite.cluster.resources import (
+    BASE_MB,
+    SMALL_JOB_MINUTES,
+    JobResources,
+    request,
+    train_flops,
+    train_mem_mb,
+)
+from saesuite.spec import jobs, paths
+from saesuite.spec.config import load_config
+from saesuite.spec.workflow import Workflow
+
+
+@pytest.fixture
+def wf(tmp_path) -> Workflow:
+    cfg = make_config("google/gemma-2-2b", output_root=str(tmp_path / "out"),
+                      scratch_root=str(tmp_path / "scratch"))  # fmt: skip
+    cfg["suite"][0]["layers"] = [1, 3]
+    cfg["suite"][0]["sites"] = ["res", "att"]
+    return Workflow(load_config(cfg))
+
+
+def test_a_train_job_covers_one_site_and_travels_as_json(wf):
+    params = wf.train_params("tiny", 3, "att")
+    # where the activations are is not a param: moving the scratch reruns nothing
+    assert not set(params) & set(jobs.TrainJob.LOCATION)
+    job = jobs.TrainJob.from_dict(json.loads(json.dumps(params)))
+    specs = wf.site_specs("tiny", 3, "att")
+    assert len(job.dictionaries) == len(specs) > 0
+    for d, s in zip(job.dictionaries, specs, strict=True):
+        assert (d.kind, d.input_site, d.output_site) == ("sae", "layer_3.att",
+                                                         "layer_3.att")  # fmt: skip
+        assert (d.width, d.value, d.path) == (s.width, s.value, s.path)
+        assert d.out_dir == f"{wf.root}/tiny/saes/{s.path}"
+    scratch = wf.scratch
+    here = job.located(
+        paths.manifest(scratch, "tiny"), paths.normalization(scratch, "tiny")
+    )
+    assert here.checkpoint == f"{scratch}/tiny/checkpoints/layer_3.att.pt"
+    assert here == jobs.train_job(wf.config, wf.suite, "tiny", 3, "att")
+    elsewhere = job.located("/fast/tiny/activations/manifest.json", "/fast/n.json")
+    assert elsewhere.checkpoint == "/fast/tiny/checkpoints/layer_3.att.pt"
+    assert elsewhere.fingerprint() == here.fingerprint()
+    assert replace(here, seed=1).fingerprint() != here.fingerprint()
+    assert jobs.TrainJob.from_dict(here.to_dict()) == here
+
+
+def test_every_job_round_trips_through_json(wf):
+    built = [
+        jobs.eval_job(wf.config, wf.suite, "tiny", "tiny", "text", 1),
+        jobs.rollouts_job(wf.config, "tiny"),
+        *wf.releases.values(),
+        *(jobs.publish_job(wf.config, r) for r in wf.releases.values()),
+    ]
+    for job in built:
+        again = type(job).from_dict(json.loads(json.dumps(job.to_dict())))
+        assert again == job
+
+
+def test_the_evaluate_job_holds_the_layer_and_the_release_its_bytes(wf):
+    ev = jobs.EvalJob.from_dict(wf.eval_params("tiny", "tiny", "chat", 1))
+    assert {m.input_site for m in ev.members} == {"layer_1.res", "layer_1.att"}
+    assert len(ev.members) == len(wf.layer_specs("tiny", 1))
+    assert all(m.out.startswith(f"{wf.root}/tiny/eval/tiny/chat/layer_1/")
+               for m in ev.members)  # fmt: skip
+    # one repo per site; float32 W_enc + W_dec: gemma-2-2b res 2304, att 8 × 256
+    att = next(r for r in wf.releases.values() if r.repo.endswith("-att"))
+    assert att.n_bytes == sum(2 * 2048 * m.spec["width"] * 4 for m in att.members)
+    assert att.layers == [1, 3]
+    pub = jobs.PublishJob.from_dict(wf.publish_params(next(iter(wf.releases))))
+    assert pub.upload is False and "SAEs of tiny" in pub.message
+
+
+def test_final_targets_name_every_stage(wf):
+    out = wf.final_outputs()
+    assert len(set(out)) == len(out)
+    assert sum(f.endswith("/site.json") for f in out) == 4  # 2 layers × 2 sites
+    chunks = [f for f in out if "/activations/chunk_" in f]
+    assert chunks and all(f.startswith(wf.scratch) for f in chunks)
+    assert len(wf.releases) == 2 and all(paths.release_dir(wf.root, r) in out
+                                         for r in wf.releases)  # fmt: skip
+
+
+def test_job_resources_are_the_formulas_computed_once(wf):
+    res = JobResources(wf)
+    w = {"model": "tiny", "layer": "3", "kind": "att"}
+    got = res("train", w)
+    specs = wf.site_specs("tiny", 3, "att")
+    want = request(wf.config, "train", train_mem_mb(wf.config, specs, 2048),
+                   train_flops(specs, 2048), 1)  # fmt: skip
+    assert got == want and res("train", dict(w)) is got  # computed once per job
+    assert set(res.keys("train")) == set(got)
+    small = res("eval_table", {"model": "tiny"})
+    assert small == request(wf.config, "eval_table", 2 * BASE_MB,
+                            minutes=SMALL_JOB_MINUTES)  # fmt: skip
+    name = next(iter(wf.releases))
+    publish = res("publish", {"release": name})
+    assert publish["runtime"] >= wf.config["resources"]["min_runtime"]
