@@ -20,9 +20,10 @@ import time
 import torch
 
 from saesuite.data.store import ActivationReader
-from saesuite.sae.train import Member, _train_step
+from saesuite.sae.train import Member, train_step
 from saesuite.spec.config import REPO_ROOT
 from saesuite.spec.io import read_json
+from saesuite.spec.jobs import DictionarySpec
 
 CACHE = REPO_ROOT / "results" / "gemma-3-270m" / "activations"
 
@@ -45,28 +46,26 @@ def matmul_ceiling(d: int, w: int, b: int) -> float:
     return 5 * 2 * b * d * w / (time.perf_counter() - t)
 
 
+def bench_spec(width: int, tokens: int, lam: float, path: str) -> DictionarySpec:
+    site = "layer_12.res"
+    return DictionarySpec("sae", site, site, width, "l0", lam, lam, tokens, path, "")
+
+
 def run_ours(batches, args, hp):
     cfg = {
         **hp,
-        "_device": "cpu",
         "step": "auto",
+        "log_every": 10**9,  # dead latents are counted on logged steps only
         "sparse_density": 0.05,
         "dead_window_tokens": 10**7,
         "threshold_param": "direct",
     }
-    spec = {
-        "width": args.width,
-        "tokens": args.steps * args.batch,
-        "penalty": "l0",
-        "value": args.l0_coef,
-        "coefficient": args.l0_coef,
-        "path": "bench",
-    }
-    m = Member(spec, batches.shape[-1], cfg, seed=0)
+    spec = bench_spec(args.width, args.steps * args.batch, args.l0_coef, "bench")
+    m = Member(spec, batches.shape[-1], cfg, seed=0, device="cpu")
     times, l0s = [], []
     for step in range(args.steps):
         t = time.perf_counter()
-        s = _train_step(m, batches[step], step, cfg, 1)
+        s = train_step(m, batches[step], step, cfg, 1)
         times.append(time.perf_counter() - t)
         l0s.append(s["l0"])
     return m.sae, times, l0s
@@ -92,17 +91,11 @@ def run_saelens(batches, args, hp):
     # Same starting point as saesuite: Gemma Scope's init (unit-norm decoder rows,
     # W_enc = W_decᵀ, zero biases) with the same seed.
     ours = Member(
-        {
-            "width": args.width,
-            "tokens": args.batch,
-            "penalty": "l0",
-            "value": 0.0,
-            "coefficient": 0.0,
-            "path": "init",
-        },
+        bench_spec(args.width, args.batch, 0.0, "init"),
         batches.shape[-1],
-        {**hp, "_device": "cpu", "threshold_param": "direct"},
+        {**hp, "threshold_param": "direct"},
         seed=0,
+        device="cpu",
     ).sae
     with torch.no_grad():
         for name in ("W_enc", "W_dec", "b_enc", "b_dec"):

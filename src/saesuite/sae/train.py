@@ -465,7 +465,7 @@ def _train_group(
             for i, m in enumerate(members):
                 if step >= m.schedule.total_steps:
                     continue
-                stats = _train_step(m, x, step, cfg, world)
+                stats = train_step(m, x, step, cfg, world)
                 if not math.isfinite(stats["loss"]):
                     raise NonFiniteLoss(
                         f"non-finite loss {stats['loss']} at step {step} for SAE "
@@ -510,7 +510,7 @@ def _train_group(
             f.close()
 
 
-def _train_step(m: Member, x: torch.Tensor, step: int, cfg: dict, world: int) -> dict:
+def train_step(m: Member, x: torch.Tensor, step: int, cfg: dict, world: int) -> dict:
     spec, sched = m.spec, m.schedule
     lr = sched.lr_at(step)
     for group in m.opt.param_groups:
