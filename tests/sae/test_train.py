@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -358,41 +359,6 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_pat
         assert all(torch.isfinite(v).all() for v in m["sae"].values())
 
 
-def test_two_gloo_processes_match_one(store, tmp_path):
-    # Few steps: over long runs float-order differences grow, as they would between
-    # any two reduction orders.
-    one = make_job(store, tmp_path / "one", tokens=128 * 80)
-    train_site(one)
-    job = make_job(store, tmp_path / "two", tokens=128 * 80)
-    write_json(tmp_path / "job.json", job.to_dict())
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "saesuite.sae.train",
-        "--job",
-        str(tmp_path / "job.json"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True,
-                         timeout=600)  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
-    for a, b in zip(job.dictionaries, one.dictionaries):
-        sa = load_file(Path(a.out_dir) / "train_state.safetensors")
-        sb = load_file(Path(b.out_dir) / "train_state.safetensors")
-        assert not torch.equal(sa["W_enc"], JumpReLUSAE(D, 64).W_enc)  # it trained
-        for k in sa:
-            torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
-    logs = [
-        json.loads(ln)
-        for ln in open(Path(job.dictionaries[0].out_dir) / "train_log.jsonl")
-    ]
-    assert logs[-1]["step"] == 79 and math.isfinite(logs[-1]["loss"])
-
-
 def test_resume_drops_log_lines_after_the_checkpoint_and_cut_lines(tmp_path):
     log = tmp_path / "train_log.jsonl"
     log.write_text('{"step": 0}\n{"step": 10}\n{"step": 20}\n{"step": 3')
@@ -435,60 +401,78 @@ def test_each_sae_logs_its_own_last_step(store, tmp_path):
     assert read_json(Path(job.dictionaries[1].out_dir) / "sae.json")["steps"] == 12
 
 
-def sharded_job(store: Path, out: Path, **kw) -> TrainJob:
-    """A job whose SAEs, by the device budget it claims, fit no GPU whole: with two
-    processes each SAE trains alone with its latents split between them."""
-    return replace(make_job(store, out, **kw), group_bytes=1)
+def mixed_job(store: Path, out: Path) -> TrainJob:
+    """Two SAEs, 64 and 16 latents, with a device budget (per process, 2 processes)
+    that holds the narrow one data-parallel but not the wide one: that one trains
+    alone with its latents split between the processes."""
+    job = make_job(store, out, tokens=128 * 80)
+    narrow = replace(job.dictionaries[1], width=16)
+    b = job.train["batch_size"]
+    budget = sae_gpu_bytes(b, D, 16, 2)
+    assert sae_gpu_bytes(b, D, 64, 2) > budget
+    return replace(job, dictionaries=(job.dictionaries[0], narrow), group_bytes=budget)
 
 
-@pytest.fixture(scope="module")
-def sharded_reference(store, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sharded")
-    job = sharded_job(store, out, tokens=128 * 1500, checkpoint_every=1000)
-    p = run_cli(job, out / "job.json", nproc=2)
-    text = output(p)
-    assert p.returncode == 0, text
-    return final_bytes(job), text
-
-
-def test_an_sae_sharded_over_two_processes_trains_as_on_one(store, tmp_path):
-    one = make_job(store, tmp_path / "one", tokens=128 * 80)
+def test_two_processes_train_as_one_data_parallel_and_sharded(store, tmp_path):
+    """The one torchrun run that checks results: over 2 gloo processes the narrow SAE
+    trains data-parallel and the wide one sharded; both end where one process ends
+    (few steps: over long runs float-order differences grow, as they would between
+    any two reduction orders), and the logs carry whole-SAE statistics."""
+    job = mixed_job(store, tmp_path / "two")
+    one = replace(mixed_job(store, tmp_path / "one"), group_bytes=None)
     train_site(one)
-    job = sharded_job(store, tmp_path / "two", tokens=128 * 80)
     p = run_cli(job, tmp_path / "job.json", nproc=2)
     text = output(p)
     assert p.returncode == 0, text
     assert "width 64 sharded over 2 processes" in text
-    for a, b in zip(job.dictionaries, one.dictionaries):
-        sa = load_file(Path(a.out_dir) / "train_state.safetensors")
-        sb = load_file(Path(b.out_dir) / "train_state.safetensors")
-        assert sa["W_enc"].shape == (D, 64)  # the whole SAE, gathered
-        for k in sa:
-            torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
-        ra = load_file(Path(a.out_dir) / "sae.safetensors")
-        rb = load_file(Path(b.out_dir) / "sae.safetensors")
-        for k in rb:
-            torch.testing.assert_close(ra[k], rb[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert "width 16 sharded" not in text
+    for a, b in zip(job.dictionaries, one.dictionaries, strict=True):
+        for name in ("train_state.safetensors", "sae.safetensors"):
+            sa = load_file(Path(a.out_dir) / name)
+            sb = load_file(Path(b.out_dir) / name)
+            assert sa.keys() == sb.keys()
+            for k in sa:
+                assert sa[k].shape == sb[k].shape  # the whole SAE, gathered
+                torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
+        assert not torch.equal(sa["W_enc"], JumpReLUSAE(D, a.width).W_enc)  # trained
         info = read_json(Path(a.out_dir) / "sae.json")
-        assert info["width"] == 64 and info["steps"] == 80
-    logs = [json.loads(ln) for ln in open(Path(job.dictionaries[1].out_dir)
-                                          / "train_log.jsonl")]  # fmt: skip
-    ref = [json.loads(ln) for ln in open(Path(one.dictionaries[1].out_dir)
-                                         / "train_log.jsonl")]  # fmt: skip
-    assert [r["step"] for r in logs] == [r["step"] for r in ref]
-    for a, b in zip(logs, ref):  # whole-SAE statistics, not one shard's
-        assert a["l0"] == pytest.approx(b["l0"], abs=0.05)
-        assert a["dead"] == b["dead"] and a["fvu"] == pytest.approx(b["fvu"], rel=1e-3)
+        assert info["width"] == a.width and info["steps"] == 80
+        logs = [json.loads(ln) for ln in open(Path(a.out_dir) / "train_log.jsonl")]
+        ref = [json.loads(ln) for ln in open(Path(b.out_dir) / "train_log.jsonl")]
+        assert [r["step"] for r in logs] == [r["step"] for r in ref]
+        assert logs[-1]["step"] == 79 and math.isfinite(logs[-1]["loss"])
+        if a.width == 64:  # sharded: the logs hold whole-SAE statistics
+            for x, y in zip(logs, ref, strict=True):
+                assert x["l0"] == pytest.approx(y["l0"], abs=0.05)
+                assert x["dead"] == y["dead"]
+                assert x["fvu"] == pytest.approx(y["fvu"], rel=1e-3)
 
 
-def test_a_preempted_sharded_job_resumes_from_every_shard(
-    store, tmp_path, sharded_reference
+SHARDED = 128 * 600  # long enough to signal a sharded run mid-way
+
+
+def sharded_job(store: Path, out: Path) -> TrainJob:
+    """A job whose SAEs, by the device budget it claims, fit no GPU whole: with two
+    processes each SAE trains alone with its latents split between them."""
+    job = make_job(store, out, tokens=SHARDED, checkpoint_every=10**4)
+    return replace(job, group_bytes=1)
+
+
+def test_a_preempted_sharded_job_resumes_from_every_shard_and_not_on_one(
+    store, tmp_path, tmp_path_factory, one_thread, caplog
 ):
     """SIGUSR1 to the launcher (SLURM signals every process; here the launcher passes
-    it on): every shard checkpoints at the same step, the job exits 75, and the retry
-    resumes all shards there and ends with the bytes of an uninterrupted run."""
-    want, _ = sharded_reference
-    job = sharded_job(store, tmp_path, tokens=128 * 1500, checkpoint_every=1000)
+    it on): every shard checkpoints at the same step and the job exits 75. The retry
+    resumes all shards there and ends with the bytes of an uninterrupted sharded run.
+    The same checkpoint, found by a one-process run, is not resumed: it starts afresh
+    and ends as unsharded training does."""
+    ref_dir = tmp_path_factory.mktemp("sharded_ref")
+    ref = sharded_job(store, ref_dir)
+    p = run_cli(ref, ref_dir / "job.json", nproc=2)
+    assert p.wait(300) == 0, p.log.read_text()
+    want = final_bytes(ref)
+
+    job = sharded_job(store, tmp_path)
     p = run_cli(job, tmp_path / "job.json", nproc=2)
     wait_for(Path(job.dictionaries[0].out_dir) / "train_log.jsonl", p)
     time.sleep(0.5)
@@ -497,28 +481,23 @@ def test_a_preempted_sharded_job_resumes_from_every_shard(
     assert p.returncode == 75, out
     ckpt = Path(job.checkpoint)
     state = torch.load(ckpt, weights_only=True)
-    assert state["shards"] == 2 and 0 < state["step"] < 1500
+    assert state["shards"] == 2 and 0 < state["step"] < 600
     assert state["members"][0]["sae"]["W_dec"].shape == (32, D)  # rank 0's half
     other = ckpt.with_name(f"ckpt.shard1.step{state['step']}.pt")
     assert sorted(p.name for p in tmp_path.glob("ckpt*.pt")) == ["ckpt.pt", other.name]
+    kept = tmp_path_factory.mktemp("kept")
+    for f in tmp_path.glob("ckpt*"):
+        shutil.copy2(f, kept / f.name)
+
     again = run_cli(job, tmp_path / "job.json", nproc=2)
     text = output(again)[len(out) :]
     assert again.returncode == 0, text
     assert f"resuming layer_0.res [1/2 SAEs] from step {state['step']}" in text
     assert final_bytes(job) == want
-    assert not list(tmp_path.glob("ckpt*.pt"))
+    assert not list(tmp_path.glob("ckpt*"))
 
-
-def test_a_sharded_checkpoint_is_not_resumed_by_one_process(
-    store, tmp_path, reference, one_thread, caplog
-):
-    want, _ = reference
-    job = sharded_job(store, tmp_path, tokens=128 * 1500, checkpoint_every=1000)
-    p = run_cli(job, tmp_path / "job.json", nproc=2)
-    wait_for(Path(job.dictionaries[0].out_dir) / "train_log.jsonl", p)
-    p.send_signal(signal.SIGUSR1)
-    out = output(p)
-    assert p.returncode == 75, out
+    for f in kept.iterdir():  # the preempted state again, now for one process
+        shutil.copy2(f, tmp_path / f.name)
     caplog.clear()
     with caplog.at_level("INFO", logger="saesuite"):
         train_site(job)  # one process: nothing to shard over
@@ -526,5 +505,6 @@ def test_a_sharded_checkpoint_is_not_resumed_by_one_process(
         caplog.text
     )
     assert "resuming" not in caplog.text
-    assert final_bytes(job) == want  # as unsharded, ungrouped training
+    unsharded = make_job(store, tmp_path_factory.mktemp("plain"), tokens=SHARDED)
+    assert final_bytes(job) == train_in_process(unsharded)
     assert not list(tmp_path.glob("ckpt*.pt"))
