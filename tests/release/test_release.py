@@ -258,3 +258,18 @@ def test_saelens_loads_every_layout_and_reconstructs_like_us(
     if layout == "gemma-scope-2":
         cfg = json.loads((out / index[0]["path"] / "config.json").read_text())
         assert cfg["hf_hook_point_in"] == "model.layers.1.output"
+
+
+def test_a_dictionary_writing_another_site_is_not_released(tmp_path):
+    from saesuite.release.build import make_release
+    from saesuite.spec.jobs import ReleaseJob, ReleaseMember
+
+    member = ReleaseMember({"path": "layer_1/mlp_in/width_64/l0_8"}, "d", "e.json", 0,
+                           "sae", "layer_1.mlp_in", "layer_1.mlp")  # fmt: skip
+    job = ReleaseJob(REPO, "saelens", "tiny", {"source": "x"}, 100, "apache-2.0", {},
+                     0, {}, (member,))  # fmt: skip
+    (tmp_path / "model.json").write_text("{}")
+    with pytest.raises(ValueError, match="l0_8 reads layer_1.mlp_in and writes"):
+        make_release(job, model_info=tmp_path / "model.json", config_hash="h",
+                     out_dir=tmp_path / "out")  # fmt: skip
+    assert not (tmp_path / "out").exists()

@@ -508,3 +508,10 @@ def test_a_preempted_sharded_job_resumes_from_every_shard_and_not_on_one(
     unsharded = make_job(store, tmp_path_factory.mktemp("plain"), tokens=SHARDED)
     assert final_bytes(job) == train_in_process(unsharded)
     assert not list(tmp_path.glob("ckpt*.pt"))
+
+
+def test_a_job_writing_another_site_than_it_reads_is_refused(store, tmp_path):
+    job = replace(make_job(store, tmp_path), output_site="layer_0.mlp")
+    with pytest.raises(ValueError, match="reads layer_0.res and writes layer_0.mlp"):
+        train_site(job)
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -303,6 +303,12 @@ def make_release(
     info = read_json(model_info)
     entries, evals = [], []
     for s in job.members:
+        if s.input_site != s.output_site:  # the layouts hold one hook point per SAE
+            raise ValueError(
+                f"{job.repo}: dictionary {s.spec['path']} reads {s.input_site} and "
+                f"writes {s.output_site}; release layouts for such dictionaries are "
+                "not built yet"
+            )
         ev = read_json(s.eval)
         evals.append(ev)
         entries.append(Entry(s.spec, s.sae_dir, scalar_metrics(ev["metrics"])))

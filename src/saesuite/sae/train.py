@@ -311,6 +311,11 @@ def train_site(
     beside the checkpoint) and resumes the group in its checkpoint; a checkpoint or
     marker of another training config is discarded."""
     cfg = job.train
+    if job.input_site != job.output_site:
+        raise ValueError(
+            f"train job of {job.model}: reads {job.input_site} and writes "
+            f"{job.output_site}; the trainer reconstructs the site it reads (SAEs)"
+        )
     rank, world = _dist()
     if cfg["batch_size"] % world:
         raise ValueError(

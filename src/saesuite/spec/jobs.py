@@ -177,6 +177,9 @@ class ReleaseMember:
     sae_dir: str
     eval: str
     n_bytes: int  # its float32 weights (what publishing sends)
+    kind: str = "sae"
+    input_site: str = ""  # Site names, as in DictionarySpec
+    output_site: str = ""
 
 
 @dataclass(frozen=True)
@@ -320,6 +323,9 @@ def release_job(
             sae_dir=paths.sae_dir(root, s),
             eval=paths.sae_eval(root, model, model, "text", s.path),
             n_bytes=dictionary_bytes(site_width, s.width),
+            kind=s.kind,
+            input_site=s.input_site.name,
+            output_site=s.output_site.name,
         )
         for s in sorted(specs)
     )
