@@ -36,6 +36,7 @@ from saesuite.spec.jobs import ReleaseJob
 from saesuite.spec.metrics import scalar_metrics
 from saesuite.spec.releases import hub_model_id, width_label
 from saesuite.spec.sites import SITE_KINDS, hf_hook_point
+from saesuite.spec.sparsity import sparsity_label
 
 LAYOUTS = ("gemma-scope-2", "gemma-scope", "saelens")
 IDENTITY = ("layer", "site", "width", "penalty", "value")
@@ -67,8 +68,7 @@ def sae_path(layout: str, e: Entry, all_layers: bool) -> str:
 
 
 def sparsity_suffix(e: Entry) -> str:
-    value = f"{e.spec['value']:g}"
-    return f"target_{value}" if e.spec["penalty"] == "target_l0" else f"lambda_{value}"
+    return sparsity_label(e.spec["penalty"], e.spec["value"], "release")
 
 
 def folder_paths(

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from saesuite.eval.plots import pareto_axes, pareto_series, save_png, subplots
+from saesuite.spec.sparsity import sparsity_label
 
 WEIGHTS = {
     "saelens": ("sae_weights.safetensors", "W_enc, W_dec, b_enc, b_dec, threshold"),
@@ -138,7 +139,7 @@ def model_card(
         "|---|---:|---|---:|---|---:|---:|---:|---:|:---:|",
     ]  # fmt: skip
     for r in index:
-        spars = f"{'target L0' if r['penalty'] == 'target_l0' else 'λ'} {r['value']:g}"
+        spars = sparsity_label(r["penalty"], r["value"], "legend")
         lines.append(
             f"| `{r['path']}` | {r['layer']} | {r['site']} | {r['width']} | {spars} "
             f"| {_fmt(r['l0'])} | {_fmt(r['fvu'])} | {_fmt(r.get('delta_loss'))} "

@@ -35,6 +35,7 @@ from saesuite.spec import paths
 from saesuite.spec.io import atomic_path, read_json
 from saesuite.spec.releases import width_label
 from saesuite.spec.sites import SITE_NAMES
+from saesuite.spec.sparsity import sparsity_label
 
 
 def _title(model: str, site: str, rest: str) -> str:
@@ -173,9 +174,7 @@ def _colours(n: int) -> list[Any]:
 
 
 def _sae_label(identity: dict[str, Any]) -> str:
-    if identity["penalty"] == "target_l0":
-        return f"target L0 {identity['value']:g}"
-    return f"λ {identity['value']:g}"
+    return sparsity_label(identity["penalty"], identity["value"], "legend")
 
 
 def figures(

@@ -21,6 +21,7 @@ from saesuite.spec.hashing import stable_hash
 from saesuite.spec.known_models import known_shape
 from saesuite.spec.prompts import load_prompts
 from saesuite.spec.sites import Site
+from saesuite.spec.sparsity import sparsity_label
 
 REPO_ROOT = Path(__file__).resolve().parents[3]  # src/saesuite/spec/config.py
 SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
@@ -254,9 +255,7 @@ class SAESpec:
 
     @property
     def label(self) -> str:
-        return (
-            f"lambda_{self.value:g}" if self.penalty == "l0" else f"l0_{self.value:g}"
-        )
+        return sparsity_label(self.penalty, self.value)
 
     @property
     def path(self) -> str:
