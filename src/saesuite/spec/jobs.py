@@ -28,6 +28,21 @@ from saesuite.spec.sizes import dictionary_bytes
 KINDS = ("sae",)
 
 
+class _Json:
+    """JSON both ways: `to_dict` for the rule's params, `from_dict` to read them back.
+    `NESTED` names the fields that hold a tuple of another dataclass."""
+
+    NESTED: dict[str, type] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        nested = {k: tuple(t(**x) for x in d[k]) for k, t in cls.NESTED.items()}
+        return cls(**{**d, **nested})
+
+
 @dataclass(frozen=True)
 class DictionarySpec:
     """One dictionary of a train job: its kind, the site it reads and the site it
@@ -60,11 +75,13 @@ class DictionarySpec:
 
 
 @dataclass(frozen=True)
-class TrainJob:
+class TrainJob(_Json):
     """Every dictionary of one (model, input site, output site), trained on the same
     batches. `manifest`, `normalization` and `checkpoint` say where the activations
     are; the rule sets them from its inputs (`located`), so moving the scratch
     filesystem changes neither the params nor the fingerprint."""
+
+    NESTED = {"dictionaries": DictionarySpec}
 
     model: str
     input_site: str
@@ -102,14 +119,6 @@ class TrainJob:
         skip = (*self.LOCATION, "group_bytes", "config_hash")
         return stable_hash({k: v for k, v in self.to_dict().items() if k not in skip})
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainJob:
-        dicts = tuple(DictionarySpec(**s) for s in d["dictionaries"])
-        return cls(**{**d, "dictionaries": dicts})
-
 
 @dataclass(frozen=True)
 class EvalMember:
@@ -125,9 +134,11 @@ class EvalMember:
 
 
 @dataclass(frozen=True)
-class EvalJob:
+class EvalJob(_Json):
     """Every dictionary of `trained_on` at one layer, run through model
     `evaluated_on` on `data` ("text": its held-out split, "chat": its rollouts)."""
+
+    NESTED = {"members": EvalMember}
 
     trained_on: str
     evaluated_on: str
@@ -143,16 +154,9 @@ class EvalJob:
         return {"trained_on": self.trained_on, "evaluated_on": self.evaluated_on,
                 "data": self.data}  # fmt: skip
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EvalJob:
-        return cls(**{**d, "members": tuple(EvalMember(**m) for m in d["members"])})
-
 
 @dataclass(frozen=True)
-class RolloutsJob:
+class RolloutsJob(_Json):
     """Chat rollouts of one model for the transfer checks."""
 
     model: str
@@ -160,13 +164,6 @@ class RolloutsJob:
     context_size: int
     transfer: dict[str, Any]
     seed: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RolloutsJob:
-        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -183,8 +180,10 @@ class ReleaseMember:
 
 
 @dataclass(frozen=True)
-class ReleaseJob:
+class ReleaseJob(_Json):
     """One Hub repo's folder."""
+
+    NESTED = {"members": ReleaseMember}
 
     repo: str
     layout: str
@@ -206,16 +205,9 @@ class ReleaseJob:
         """float32 W_enc and W_dec of every dictionary (what publishing sends)."""
         return sum(m.n_bytes for m in self.members)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ReleaseJob:
-        return cls(**{**d, "members": tuple(ReleaseMember(**m) for m in d["members"])})
-
 
 @dataclass(frozen=True)
-class PublishJob:
+class PublishJob(_Json):
     """Plan or upload one release folder to its Hub repo."""
 
     repo_id: str
@@ -224,13 +216,6 @@ class PublishJob:
     delete_extra: bool
     revision: str | None
     message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PublishJob:
-        return cls(**d)
 
 
 def train_job(
