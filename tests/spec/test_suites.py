@@ -1,6 +1,7 @@
 """The paper's suites as configs (config/suites/): SAE families and SAEs per the
 Gemma Scope tables (RECIPE.md: more than 400 SAEs, over 2,000 with L0 variants),
-Gemma Scope's token budgets, and the dry-run plans Snakemake makes of them."""
+Gemma Scope's token budgets, the plan of each (its jobs and their resources) and
+the real dry-run Snakemake makes of the union."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import re
 import pytest
 from helpers import job_counts
 
+from saesuite.cluster.resources import JobResources
 from saesuite.spec.config import REPO_ROOT, expand_suite, load_config
+from saesuite.spec.workflow import Workflow
 
 SUITES = REPO_ROOT / "config" / "suites"
 # (families = model × layer × site × width, SAEs = families × 6 λ, train jobs)
@@ -41,12 +44,59 @@ def test_suite_counts_and_budgets(name):
         assert s.tokens == {2**14: 4e9, 2**20: 16e9}.get(s.width, 8e9)
 
 
-@pytest.mark.slow
+def check_resources(jobs: list[tuple[str, dict]], has_1m: bool) -> None:
+    """Every job asks for memory, time and CPUs; the model and training stages for
+    GPUs (the suites set resources.gpu), 8 of them for a site with 2^20 latents."""
+    for rule, r in jobs:
+        assert int(r["mem_mb"]) > 0 and 10 <= int(r["runtime"]) <= 2880, (rule, r)
+        gpu = rule in ("extract", "train", "evaluate", "transfer_rollouts")
+        assert ("gres" in r) == gpu, (rule, r)
+        if gpu:
+            n = int(str(r["gres"]).removeprefix("gpu:"))
+            assert int(r["cpus_per_task"]) == 8 * n
+        if rule == "train":
+            assert r["slurm_extra"] == "--signal=USR1@600"
+        if rule == "extract":  # streamed to disk: fits a GPU node's host memory
+            assert int(r["mem_mb"]) < 200_000, r
+    wide = {int(str(r["gres"]).split("gpu:")[1]) for rule, r in jobs if rule == "train"}
+    assert wide == ({1, 8} if has_1m else {1})
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_dry_run_plans_the_expected_training_jobs(name, tmp_path):
+def test_the_plan_of_each_suite_has_its_jobs_and_their_resources(name):
+    """What rules/common.smk hands Snakemake, from the package alone: a train job
+    per site, 128 chunks per model (2^28 / 2^21 tokens), every job's resources."""
+    cfg = load_config(SUITES / f"{name}.yaml")
+    wf = Workflow(cfg)
+    res = JobResources(wf)
+    sites = [(m, L, k) for m in wf.trained for L, k in wf.model_sites(m)]
+    assert len(sites) == EXPECTED[name][2]
+    jobs = [("train", res("train", {"model": m, "layer": str(L), "kind": k}))
+            for m, L, k in sites]  # fmt: skip
+    for m in wf.trained:
+        assert len(wf.chunk_indices()) == 128
+        jobs.append(("extract", res("extract", {"model": m, "chunk": "00000"})))
+        jobs += [(s, res(s, {"model": m})) for s in ("model", "manifest", "normalize")]
+    for e in wf.evaluations:
+        for f in wf.eval_layers(e):
+            layer = f.rsplit("layer_", 1)[1].removesuffix(".json")
+            w = {"model": e.trained_on, "lm": e.evaluated_on, "data": e.data,
+                 "layer": layer}  # fmt: skip
+            jobs.append(("evaluate", res("evaluate", w)))
+    jobs += [("transfer_rollouts", res("transfer_rollouts", {"model": c.target}))
+             for c in wf.checks.values()]  # fmt: skip
+    jobs += [("release", res("release", {"release": r})) for r in wf.releases]
+    check_resources(jobs, any(s.width >= 2**20 for s in wf.suite))
+
+
+@pytest.mark.slow
+def test_snakemake_plans_the_union_as_the_package_does(tmp_path):
+    """The real dry-run of the whole Gemma Scope 1 union: the job counts of the
+    package's plan, and every job's resources as Snakemake prints them."""
     import subprocess
     import sys
 
+    name = "gemma-scope-union"
     cmd = [
         sys.executable, "-m", "snakemake", "-n", "-s", str(REPO_ROOT / "Snakefile"),
         "--directory", str(tmp_path), "--configfile", str(SUITES / f"{name}.yaml"),
@@ -54,28 +104,15 @@ def test_dry_run_plans_the_expected_training_jobs(name, tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     counts = job_counts(res.stdout)
-    assert counts["train"] == EXPECTED[name][2]
+    wf = Workflow(load_config(SUITES / f"{name}.yaml"))
+    assert counts["train"] == EXPECTED[name][2] == len(wf.site_summaries())
     assert counts["extract"] == counts["manifest"] * 128  # 2^28 / 2^21 tokens
-    # Every job asks for memory, time and CPUs; the model and training stages for
-    # GPUs (the suites set resources.gpu), 8 of them for a site with 2^20 latents.
+    assert counts["evaluate"] == sum(len(wf.eval_layers(e)) for e in wf.evaluations)
+    assert counts["release"] == len(wf.releases)
     jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$",
                       res.stdout, re.MULTILINE)  # fmt: skip
     jobs = [j for j in jobs if j[0] != "all"]  # a local target: no resources
     assert len(jobs) == counts["total"] - 1
-    for rule, line in jobs:
-        r = dict(kv.split("=", 1) for kv in line.split(", "))
-        assert int(r["mem_mb"]) > 0 and 10 <= int(r["runtime"]) <= 2880, (rule, r)
-        gpu = rule in ("extract", "train", "evaluate", "transfer_rollouts")
-        assert ("gres" in r) == gpu, (rule, r)
-        if gpu:
-            n = int(r["gres"].removeprefix("gpu:"))
-            assert int(r["cpus_per_task"]) == 8 * n
-        if rule == "train":
-            assert r["slurm_extra"] == "--signal=USR1@600"
-        if rule == "extract":  # streamed to disk: fits a GPU node's host memory
-            assert int(r["mem_mb"]) < 200_000, r
-    wide = {int(r.split("gres=gpu:")[1].split(",")[0]) for rule, r in jobs
-            if rule == "train"}  # fmt: skip
-    has_1m = any(s.width >= 2**20 for s in expand_suite(load_config(
-        SUITES / f"{name}.yaml")))  # fmt: skip
-    assert wide == ({1, 8} if has_1m else {1})
+    parsed = [(rule, dict(kv.split("=", 1) for kv in line.split(", ")))
+              for rule, line in jobs]  # fmt: skip
+    check_resources(parsed, True)
