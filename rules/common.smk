@@ -12,10 +12,9 @@ from saesuite.spec import paths
 from saesuite.spec.config import (
     check_config,
     coerce_cli_strings,
-    model_sites,
     seqs_per_chunk,
 )
-from saesuite.spec.sites import SITE_NAMES
+from saesuite.spec.sites import SITE_NAMES, Site
 from saesuite.spec.workflow import Workflow
 
 # Types first (clean messages), then again to fill the schema's defaults.
@@ -64,7 +63,8 @@ def site_title(kind):
 
 
 def get_site_names(w):
-    return [s.name for s in model_sites(config, w.model)]
+    # from the suite expanded once (model_sites would expand it again per job)
+    return [Site(L, k).name for L, k in WF.model_sites(w.model)]
 
 
 def get_train_job(w):
