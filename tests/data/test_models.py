@@ -34,7 +34,25 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def embedded(cache):
+def gguf_parses(cache) -> list[str]:
+    """Convert and load the embedded model, recording each GGUF file parsed."""
+    import gguf
+
+    parses: list[str] = []
+
+    class Counting(gguf.GGUFReader):
+        def __init__(self, path, *args, **kwargs):
+            parses.append(str(path))
+            super().__init__(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gguf, "GGUFReader", Counting)
+        load_model(EMBEDDED, cache)
+    return parses
+
+
+@pytest.fixture(scope="module")
+def embedded(cache, gguf_parses):
     return load_model(EMBEDDED, cache), load_tokenizer(EMBEDDED, cache)
 
 
@@ -57,7 +75,10 @@ def test_embedded_model_is_gemma_3_270m_and_knows_capitals(embedded):
         assert answer in [tok.decode(int(t)) for t in top]
 
 
-def test_conversion_is_cached(embedded, cache):
+def test_conversion_is_cached(embedded, cache, gguf_parses):
+    # tokenizer, config and weights come from one parse of the GGUF (transformers
+    # alone would parse it three times, ~25 s each here)
+    assert len(gguf_parses) == 1
     src = resolve_source(EMBEDDED, cache)
     first = converted_dir(src.location, cache)
     # the embedded GGUF's known digest names the same folder as hashing the file
