@@ -1,12 +1,14 @@
 """Helpers shared by the tests (fixtures live in conftest.py): a tiny BPE tokenizer
 trained here, tiny random Gemma 2 / Gemma 3 / Llama models saved as local model
-directories, a config builder, a Snakemake runner and the SAEs of the gradient tests."""
+directories, a config builder, a Snakemake runner, a copier of finished runs and the
+SAEs of the gradient tests."""
 
 from __future__ import annotations
 
 import copy
 import itertools
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -154,6 +156,15 @@ def make_config(model_dir: Path | str = "PLACEHOLDER", **overrides) -> dict[str,
     return cfg
 
 
+# A local run gives each compute rule every core (rules/common.smk: job_threads),
+# right for a real model; the tiny model's jobs are bound by Python start-up, so the
+# test runs give them one thread each and run two at once: 99 s instead of ~160 s for
+# the tiny workflow here, and the same bytes (sha256 of every chunk and SAE checked).
+ONE_THREAD_EACH = ["--set-threads"] + [
+    f"{rule}=1" for rule in ("extract", "train", "evaluate", "transfer_rollouts")
+]
+
+
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable, "-m", "snakemake",
@@ -162,7 +173,17 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
         "--configfile", str(workdir / "config.yaml"),
         *args,
     ]  # fmt: skip
+    if "--cores" in args:
+        cmd += ONE_THREAD_EACH
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def copy_run(work: Path, dest: Path) -> Path:
+    """A copy of a finished workflow directory with every modification time kept
+    (shutil.copy2), so Snakemake sees it as finished too: tests that change a run
+    work on a copy and leave the shared one as the workflow left it."""
+    shutil.copytree(work, dest, symlinks=True)
+    return dest
 
 
 def job_counts(output: str) -> dict[str, int]:

@@ -2,8 +2,8 @@
 dry-run plan, corpus → tokens → activation chunks → manifest → normalisation,
 checked against an independent forward pass; one deleted chunk is recomputed alone
 and byte-identical; every SAE trained, evaluated (FVU and L0 against an independent
-computation) and put through the format-shift check; a bad config fails before any
-job runs."""
+computation) and put through the format-shift check; the finished run extended by
+an IT model (PT→IT transfer); a bad config fails before any job runs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 import yaml
-from helpers import job_counts, load_tiny, make_config, snakemake
+from helpers import copy_run, job_counts, load_tiny, make_config, snakemake
 from safetensors.torch import load_file
 
 from saesuite.spec.config import REPO_ROOT
@@ -79,8 +79,10 @@ def test_normalization_matches_an_independent_computation(run):
     assert norm["tokens"] == sum(int(c["mask"].sum()) for c in xs)
 
 
-def test_deleted_chunk_alone_is_recomputed_identically(run):
-    work, _ = run
+def test_deleted_chunk_alone_is_recomputed_identically(run, tmp_path):
+    # On a copy: the recomputed chunk is newer than what was built from it, which
+    # would make later runs on the shared directory rebuild those by mtime.
+    work = copy_run(run[0], tmp_path / "wf")
     act = work / "results" / "tiny" / "activations"
     before = {
         p.name: (p.stat().st_mtime_ns, sha256_file(p)) for p in act.glob("chunk_*")
@@ -369,3 +371,74 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert pixels.shape[:2] == (1000, 1400)
     ink = (pixels.mean(axis=2) < 0.5).mean()  # dark text, lines and graph nodes
     assert ink > 0.005, f"screenshot nearly blank ({ink:.2%} dark pixels)"
+
+
+def test_pt_to_it_workflow(run, tiny_models, tiny_it_model, tokenizer, tmp_path):
+    """The finished run, extended by a tiny IT model fine-tuned from its PT model
+    (with SAEs of its own at layer 1, trained on chat-wrapped text): Snakemake adds
+    only the IT model's jobs and the PT→IT evaluations; PT-trained and IT-trained
+    SAEs land side by side on the IT model's data, and the losses are the IT model's."""
+    import pandas as pd
+
+    from saesuite.data.models import GEMMA_CHAT_TEMPLATE
+    from saesuite.data.tokens import chat_wrap
+
+    work = copy_run(run[0], tmp_path / "wf")
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["models"]["tiny-it"] = {
+        "source": str(tiny_it_model), "role": "it", "base": "tiny", "chat": True,
+    }  # fmt: skip
+    cfg["suite"][0]["models"] = ["tiny"]
+    it_group = {"models": ["tiny-it"], "layers": [1], "sites": ["res", "att"]}
+    cfg["suite"].append({**cfg["suite"][0], **it_group})
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake(work, "--cores", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    ran = job_counts(res.stdout + res.stderr)
+    assert ran["train"] == 2 and ran["extract"] == 4  # the IT model's only
+    out = work / "results"
+    table = pd.read_csv(out / "transfer" / "tiny-to-tiny-it" / "table.csv")
+    assert (table["check"] == "pt->it").all()
+    groups = table.groupby(["trained_on", "evaluated_on", "data"]).size().to_dict()
+    assert groups == {
+        ("tiny", "tiny", "text"): 6,
+        ("tiny", "tiny-it", "text"): 6,
+        ("tiny", "tiny-it", "chat"): 6,
+        ("tiny-it", "tiny-it", "text"): 4,
+        ("tiny-it", "tiny-it", "chat"): 4,
+    }
+    assert set(table[table.trained_on == "tiny"]["saes"]) == {"PT-trained"}
+    assert set(table[table.trained_on == "tiny-it"]["saes"]) == {"IT-trained"}
+    assert set(table["layer"]) == {1}  # compared where the IT model has SAEs
+    assert (
+        read_json(out / "tiny-it" / "rollouts" / "rollouts.json")["model"] == "tiny-it"
+    )
+    # Paired now: the rollouts and transfer table that ran are the IT model's and
+    # the pair's; the format-shift check of the PT model is no longer planned.
+    assert ran["transfer_rollouts"] == 1 and ran["transfer_table"] == 1
+    assert "tiny-format-shift" not in res.stdout + res.stderr
+
+    # The IT model's held-out split is chat-wrapped, user prefix masked.
+    prefix, _ = chat_wrap(GEMMA_CHAT_TEMPLATE, tokenizer)
+    pre = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    it_tokens = load_file(out / "tiny-it" / "tokens" / "eval.safetensors")
+    assert it_tokens["input_ids"][0, 1 : 1 + len(pre)].tolist() == pre
+
+    # PT SAEs on IT text: the clean loss is the IT model's on that split.
+    ids = it_tokens["input_ids"][:8].long()  # loss_tokens 256 / context 32
+    m = it_tokens["mask"][:8]
+    pred = m[:, :-1] & m[:, 1:]
+
+    def loss_of(model_dir):
+        with torch.no_grad():
+            logits = load_tiny(model_dir)(input_ids=ids).logits
+        ce = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none"
+        )
+        return float(ce[pred].mean())
+
+    row = table[(table.trained_on == "tiny") & (table.evaluated_on == "tiny-it")]
+    clean = row[row.data == "text"]["clean_loss"]
+    assert clean.to_numpy() == pytest.approx(loss_of(tiny_it_model), rel=1e-5)
+    assert abs(loss_of(tiny_models["gemma3"]) - loss_of(tiny_it_model)) > 0.05
+    assert (out / "transfer" / "tiny-to-tiny-it" / "transfer.png").stat().st_size > 0
