@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from helpers import load_tiny
 
 from saesuite.data.sites import capture, logits_with
+from saesuite.eval.evaluate import NextToken
 from saesuite.eval.evaluate import evaluate as evaluate_acc
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec.jobs import EvalJob, EvalMember
@@ -264,3 +265,22 @@ def test_saes_in_groups_that_fit_a_gpu_get_the_metrics_of_one_group(
                      for i in range(3)]  # fmt: skip
     assert got["one"] == got["split"]
     assert got["one"][0]["delta_loss"] != got["one"][1]["delta_loss"]
+
+
+def test_kl_of_a_distribution_with_itself_is_zero_on_a_real_vocabulary():
+    """On a Gemma-sized head (262,144 logits of Gemma's magnitude) KL(p‖p) is 0 to
+    1e-6 (Σ p·logits − lse read it 2.5e-3 high in float32), and KL(p‖q) of a
+    perturbed q agrees with a float64 log-softmax computation."""
+    torch.manual_seed(0)
+    V = 262144
+    logits = torch.randn(2, 8, V) * 4 + 20
+    ids = torch.randint(0, V, (2, 8))
+    p, neg_entropy = NextToken(logits.clone(), ids).as_reference()
+    same = NextToken(logits.clone(), ids).kl_from(p, neg_entropy)
+    assert same.shape == (2, 7) and float(same.abs().max()) < 1e-6
+    q_logits = logits + 0.05 * torch.randn_like(logits)
+    kl = NextToken(q_logits.clone(), ids).kl_from(p, neg_entropy)
+    lp = torch.log_softmax(logits.double(), -1)
+    lq = torch.log_softmax(q_logits.double(), -1)
+    want = (lp.exp() * (lp - lq)).sum(-1)[:, :-1]
+    torch.testing.assert_close(kl.double(), want, atol=1e-5, rtol=1e-3)
