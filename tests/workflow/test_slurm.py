@@ -33,9 +33,10 @@ pytestmark = pytest.mark.slow
 
 SCRIPT = REPO_ROOT / ".ci" / "slurm-cluster"
 ACCOUNT = "saesuite"
-# The long site: 12,000 steps of one SAE, so that it can be cancelled mid-run.
+# The long site: 4,000 steps of one SAE (~30 s here), so that it is still training
+# when the test signals it, a second or two after its first checkpoint.
 LONG = {"layers": [2], "sites": ["res"], "widths": [256],
-        "sparsity": {"target_l0": [8]}, "tokens": 256 * 12000}  # fmt: skip
+        "sparsity": {"target_l0": [8]}, "tokens": 256 * 4000}  # fmt: skip
 
 
 def _have_slurm() -> str | None:
@@ -161,20 +162,26 @@ def test_every_job_ran_under_slurm(slurm_run):
 def test_signalled_training_resumes_from_its_checkpoint(slurm_run):
     work, _, signalled, _ = slurm_run
     # The signalled job's SLURM log (kept: it failed) shows the trainer's "try again"
-    # exit; Snakemake replaced the rule's log with the resubmitted job's.
+    # exit; Snakemake replaced the rule's log with the resubmitted job's, and the
+    # first attempt's own log is kept beside it, the signal on a line of its own.
     first = work / "logs" / "slurm" / "rule_train" / "tiny_2_res" / f"{signalled}.log"
     assert "returned non-zero exit status 75" in first.read_text()
-    log = (work / "results" / "logs" / "train" / "tiny" / "layer_2.res.log").read_text()
+    logs = work / "results" / "logs" / "train" / "tiny"
+    tried = (logs / "layer_2.res.attempt1.log").read_text().splitlines()
+    assert any(" saesuite.sae.train: signal 10: checkpoint at step " in line
+               and line.endswith("exiting 75 (retry)") for line in tried)  # fmt: skip
+    assert not (logs / "layer_2.res.attempt2.log").exists()  # it succeeded
+    log = (logs / "layer_2.res.log").read_text()
     resumed = [
         line for line in log.splitlines() if "resuming layer_2.res from step" in line
     ]
     assert len(resumed) == 1, log[-3000:]
     step = int(resumed[0].split("from step ")[1].split()[0])
-    assert 0 < step < 12000
+    assert 0 < step < 4000
     # The training log of the long SAE has each logged step once, in order, to the end.
     sae = work / "results" / "tiny" / "saes" / "layer_2" / "res" / "width_256" / "l0_8"
     steps = [json.loads(line)["step"] for line in (sae / "train_log.jsonl").open()]
-    assert steps == sorted(set(steps)) and steps[-1] == 11999
+    assert steps == sorted(set(steps)) and steps[-1] == 3999
     assert not (work / "scratch" / "tiny" / "checkpoints" / "layer_2.res.pt").exists()
 
 
