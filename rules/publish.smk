@@ -5,7 +5,7 @@
 
 rule publish:
     input:
-        paths.release_dir(ROOT, "{release}"),
+        paths.release_manifest(ROOT, "{release}"),
     output:
         paths.publish_record(ROOT, "{release}", config["publish"]["upload"]),
     log:

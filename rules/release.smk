@@ -6,7 +6,7 @@ rule release:
         evals=lambda w: WF.release_inputs(w.release),
         model=lambda w: paths.model_info(ROOT, WF.releases[w.release].model),
     output:
-        directory(paths.release_dir(ROOT, "{release}")),
+        paths.release_manifest(ROOT, "{release}"),
     log:
         f"{ROOT}/logs/release/{{release}}.log",
     conda:

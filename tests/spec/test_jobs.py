@@ -89,7 +89,7 @@ def test_final_targets_name_every_stage(wf):
     assert sum(f.endswith("/site.json") for f in out) == 4  # 2 layers × 2 sites
     chunks = [f for f in out if "/activations/chunk_" in f]
     assert chunks and all(f.startswith(wf.scratch) for f in chunks)
-    assert len(wf.releases) == 2 and all(paths.release_dir(wf.root, r) in out
+    assert len(wf.releases) == 2 and all(paths.release_manifest(wf.root, r) in out
                                          for r in wf.releases)  # fmt: skip
 
 

@@ -209,9 +209,28 @@ def test_release_folders_carry_the_measured_saes(run):
         assert row["l0"] == evaluated["metrics"]["l0"]
         assert row["path"].endswith(f"_l0_{round(row['l0'])}")
     assert sum(r["canonical"] for r in index["saes"]) == 2  # one per layer
+    # The model card lists the hook point of every layer the release covers.
+    card = (res / "README.md").read_text()
+    for layer in (1, 2):
+        hook = f"model.layers.{layer}.output"  # Gemma 3's residual stream
+        assert (
+            f"| {layer} | res | `{hook}` | `blocks.{layer}.hook_resid_post` |" in card
+        )
     manifest = read_json(res / "release_manifest.json")
     for name, f in manifest["files"].items():
         assert sha256_file(res / name) == f["sha256"], name
+
+
+def test_a_release_folder_without_its_manifest_is_not_finished(run, tmp_path):
+    """The release rule promises the manifest (written last), not the folder: a
+    folder emptied or left half-built by a failed rerun is planned again."""
+    work = copy_run(run[0], tmp_path / "wf")
+    release = work / "results/release/saesuite--saesuite-tiny-res"
+    (release / "release_manifest.json").unlink()
+    plan = snakemake(work, "-n")
+    assert plan.returncode == 0, plan.stderr
+    counts = job_counts(plan.stdout + plan.stderr)
+    assert counts == {"release": 1, "all": 1, "total": 2}
 
 
 def test_publish_plans_offline_and_upload_is_opt_in(run):
@@ -442,3 +461,19 @@ def test_pt_to_it_workflow(run, tiny_models, tiny_it_model, tokenizer, tmp_path)
     assert clean.to_numpy() == pytest.approx(loss_of(tiny_it_model), rel=1e-5)
     assert abs(loss_of(tiny_models["gemma3"]) - loss_of(tiny_it_model)) > 0.05
     assert (out / "transfer" / "tiny-to-tiny-it" / "transfer.png").stat().st_size > 0
+
+
+def test_every_output_honours_the_umask(run):
+    """Files 0666 and folders 0777 minus the umask, weights included (safetensors'
+    save_file makes its files 0600; mkdtemp makes folders 0700)."""
+    import os
+
+    work, _ = run
+    umask = os.umask(0)
+    os.umask(umask)
+    wrong = [
+        (str(p.relative_to(work)), oct(p.stat().st_mode & 0o777))
+        for p in (work / "results").rglob("*")
+        if p.stat().st_mode & 0o777 != (0o777 if p.is_dir() else 0o666) & ~umask
+    ]
+    assert not wrong, wrong[:10]

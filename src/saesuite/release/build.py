@@ -31,7 +31,15 @@ from safetensors.torch import load_file, save_file
 from saesuite.release.card import model_card, pareto_plot
 from saesuite.spec import paths
 from saesuite.spec.config import REPO_ROOT
-from saesuite.spec.io import atomic_path, read_json, sha256_file, versions, write_json
+from saesuite.spec.io import (
+    atomic_path,
+    new_dir_beside,
+    read_json,
+    sha256_file,
+    swap_in,
+    versions,
+    write_json,
+)
 from saesuite.spec.jobs import ReleaseJob
 from saesuite.spec.metrics import scalar_metrics
 from saesuite.spec.releases import hub_model_id, width_label
@@ -191,7 +199,6 @@ def build_release(
 ) -> dict[str, Any]:
     """Write the whole release folder; it appears at `out_dir` complete or not at all
     (built next to it, renamed into place)."""
-    import tempfile
 
     import yaml
 
@@ -201,13 +208,14 @@ def build_release(
         )
     out_dir = Path(out_dir)
     all_layers = set(meta["release_layers"]) >= set(range(meta["n_layers"]))
-    paths = folder_paths(layout, entries, all_layers)
+    folders = folder_paths(layout, entries, all_layers)
     best = canonical(entries, canonical_l0)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = new_dir_beside(out_dir)
     try:
         index = []
-        for p, e in sorted(paths.items(), key=lambda kv: (kv[1].spec["layer"], kv[0])):
+        for p, e in sorted(
+            folders.items(), key=lambda kv: (kv[1].spec["layer"], kv[0])
+        ):
             write_sae(layout, e, tmp / p, meta)
             layer, site = e.spec["layer"], e.spec["site"]
             index.append({
@@ -252,10 +260,8 @@ def build_release(
             "seed": meta["seed"],
             "files": files,
         }
-        write_json(tmp / "release_manifest.json", manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        write_json(tmp / paths.RELEASE_MANIFEST, manifest)
+        swap_in(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -114,12 +114,12 @@ def model_card(
         "",
         "## Hook points",
         "",
-        "| site | Hugging Face module | SAELens hook |",
-        "|---|---|---|",
+        "| layer | site | Hugging Face module | SAELens hook |",
+        "|---|---|---|---|",
     ]
-    for site in sites:
-        row = next(r for r in index if r["site"] == site)
-        lines.append(f"| {site} | `{row['hf_hook']}` | `{row['hook']}` |")
+    hooks = {(r["layer"], r["site"]): r for r in index}  # one row per layer and site
+    for (layer, site), row in sorted(hooks.items()):
+        lines.append(f"| {layer} | {site} | `{row['hf_hook']}` | `{row['hook']}` |")
     ev = meta["evaluate"]
     lines += [
         "",

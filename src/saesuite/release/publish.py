@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saesuite.spec import paths
 from saesuite.spec.io import sha256_file, write_json
 from saesuite.spec.jobs import PublishJob
 
@@ -44,7 +45,7 @@ class LocalFile:
 
 def local_files(folder: str | Path) -> list[LocalFile]:
     folder = Path(folder)
-    if not (folder / "release_manifest.json").is_file():
+    if not (folder / paths.RELEASE_MANIFEST).is_file():
         raise PublishError(f"{folder} is not a finished release folder (no manifest)")
     return [
         LocalFile(str(p.relative_to(folder)), p, p.stat().st_size, sha256_file(p))

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -29,12 +30,45 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from others
     try:
         yield Path(tmp)
+        # Again: a writer may have replaced the file (safetensors' save_file writes a
+        # new one, mode 0600).
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def new_dir_beside(path: str | Path) -> Path:
+    """An empty folder next to `path` to build a directory output in, with the
+    umask's mode (mkdtemp's 0700 would hide it from the group)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    return tmp
+
+
+def swap_in(built: Path, path: str | Path) -> None:
+    """Put the finished folder `built` at `path`. A folder already there is moved
+    aside first and removed only once the new one is in place, so a failure (a
+    parent that is not writable, say) leaves the old folder whole."""
+    path = Path(path)
+    old = None
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+        os.rename(path, old / path.name)
+    try:
+        os.rename(built, path)
+    except OSError:
+        if old is not None:
+            os.rename(old / path.name, path)
+            old.rmdir()
+        raise
+    if old is not None:
+        shutil.rmtree(old)
 
 
 @contextlib.contextmanager

@@ -155,9 +155,18 @@ def report_dirs(root: str, model: str) -> dict[str, str]:
     }
 
 
+RELEASE_MANIFEST = "release_manifest.json"  # written last: the folder is complete
+
+
 def release_dir(root: str, name: str) -> str:
     """A release folder: the Hub repo `name` (org--repo) as it will be uploaded."""
     return f"{root}/release/{name}"
+
+
+def release_manifest(root: str, name: str) -> str:
+    """The release rule's output: a folder without its manifest is not finished (a
+    directory output would look finished however empty it is)."""
+    return f"{release_dir(root, name)}/{RELEASE_MANIFEST}"
 
 
 def publish_record(root: str, name: str, upload: bool) -> str:

@@ -124,7 +124,7 @@ class Workflow:
         out += [paths.transfer_outputs(root, name)["plot"] for name in self.checks]
         out += [paths.report_dirs(root, m)[k] for m in self.trained
                 for k in ("figures", "tables")]  # fmt: skip
-        out += [paths.release_dir(root, name) for name in self.releases]
+        out += [paths.release_manifest(root, name) for name in self.releases]
         return out
 
     def publish_targets(self) -> list[str]:
