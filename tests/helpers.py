@@ -126,7 +126,7 @@ def load_tiny(path: Path):
 
 
 BASE_CONFIG: dict[str, Any] = {
-    "models": {"tiny": {"source": "PLACEHOLDER"}},
+    "models": {"tiny": {"source": "test/placeholder"}},
     "suite": [
         {
             "layers": [1, 2],
@@ -148,7 +148,9 @@ BASE_CONFIG: dict[str, Any] = {
 }
 
 
-def make_config(model_dir: Path | str = "PLACEHOLDER", **overrides) -> dict[str, Any]:
+def make_config(
+    model_dir: Path | str = "test/placeholder", **overrides
+) -> dict[str, Any]:
     """A raw (unvalidated) tiny config; overrides replace top-level keys."""
     cfg = copy.deepcopy(BASE_CONFIG)
     cfg["models"]["tiny"]["source"] = str(model_dir)

@@ -156,3 +156,31 @@ def test_hub_source_streams_through_datasets(tmp_path):
         seed=0,
     )
     assert list(read_corpus(tmp_path / "h.jsonl")) == ["first"]
+
+
+@pytest.mark.parametrize(
+    "name, content, needle",
+    [
+        (
+            "model.txt",
+            b"\x00\x9f\x92\x96 binary",
+            "model.txt: not UTF-8 text (byte 1 is 0x9f)",
+        ),
+        ("empty.txt", b"", "empty.txt: holds no text (an empty or blank file)"),
+        ("blank.txt", b"  \n\n", "blank.txt: holds no text"),
+        ("rows.jsonl", b'{"text": "a"}\nnot json\n', "rows.jsonl:2: not JSON"),
+    ],
+)
+def test_bad_corpus_files_are_named_at_the_corpus_job(tmp_path, name, content, needle):
+    (tmp_path / name).write_bytes(content)
+    (tmp_path / "good.txt").write_text("a fine document")
+    sources = [
+        {"type": "files", "paths": [str(tmp_path / "good.txt")]},
+        {"type": "files", "paths": [str(tmp_path / name)]},
+    ]
+    with pytest.raises(ValueError) as err:
+        build_corpus(sources, tmp_path / "c.jsonl", tmp_path / "c.json",
+                     max_chars=10_000, shuffle=False, seed=0)  # fmt: skip
+    assert f"config key 'data.sources.1': {tmp_path / name}" in str(err.value)
+    assert needle in str(err.value)
+    assert not (tmp_path / "c.jsonl").exists()  # nothing half-written

@@ -24,9 +24,9 @@ from saesuite.spec.prompts import load_prompts
 
 
 def pair_config(it_trained: bool, format_shift: bool = True) -> dict:
-    cfg = make_config("pt-dir", transfer={"format_shift": format_shift})
-    cfg["models"]["tiny-it"] = {"source": "it-dir", "role": "it", "base": "tiny"}
-    cfg["models"]["other"] = {"source": "other-dir"}
+    cfg = make_config("test/pt", transfer={"format_shift": format_shift})
+    cfg["models"]["tiny-it"] = {"source": "test/it", "role": "it", "base": "tiny"}
+    cfg["models"]["other"] = {"source": "test/other"}
     cfg["suite"][0]["models"] = ["tiny", "other"]
     cfg["suite"][0]["layers"] = [1, 2]
     if it_trained:  # the IT model gets SAEs at layer 1 only

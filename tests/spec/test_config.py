@@ -92,6 +92,25 @@ def test_schema_rejects_bad_config_naming_the_key(mutate, key):
             "release.repo",
         ),
         (lambda c: c.update(release={"repo": "o/{model}-{layer}"}), "release.repo"),
+        (
+            lambda c: c["suite"][0].update(
+                widths=[1024], sparsity={"target_l0": [5000]}
+            ),
+            "'suite.0.sparsity.target_l0': 5000 active latents per token cannot be "
+            "reached by an SAE of width 1024",
+        ),
+        (
+            lambda c: c["models"]["tiny"].update(source="gemma-2-2b"),
+            "'models.tiny.source': model source 'gemma-2-2b' is neither",
+        ),
+        (
+            lambda c: c["models"]["tiny"].update(source="./models/mine"),
+            "'models.tiny.source': model source './models/mine' is neither",
+        ),
+        (
+            lambda c: c["models"]["tiny"].update(source="/nowhere/m.gguf"),
+            "'models.tiny.source': GGUF file /nowhere/m.gguf does not exist",
+        ),
     ],
 )
 def test_semantic_checks_name_the_key(mutate, needle):
@@ -163,7 +182,7 @@ def test_nested_command_line_strings_take_their_schema_types():
     become numbers and booleans only where the schema admits no string."""
     from saesuite.spec.config import coerce_cli_strings
 
-    cfg = make_config("123")
+    cfg = make_config("test/tiny")
     cfg["models"]["tiny"]["revision"] = "12345"  # a string is allowed: kept
     cfg["evaluate"] = {"loss_tokens": "1024", "batch_size": "4"}
     cfg["publish"] = {"upload": "true", "private": "False", "revision": "main"}
@@ -171,13 +190,12 @@ def test_nested_command_line_strings_take_their_schema_types():
     out = load_config(coerce_cli_strings(cfg))
     assert out["evaluate"]["loss_tokens"] == 1024 and out["evaluate"]["batch_size"] == 4
     assert out["publish"]["upload"] is True and out["publish"]["private"] is False
-    assert out["models"]["tiny"]["source"] == "123"
     assert out["models"]["tiny"]["revision"] == "12345"
     assert out["train"]["lr"] == 3e-4
     with pytest.raises(ConfigError, match="evaluate.loss_tokens"):
         load_config(
             coerce_cli_strings(
-                {**make_config("x"), "evaluate": {"loss_tokens": "lots"}}
+                {**make_config(MODEL), "evaluate": {"loss_tokens": "lots"}}
             )
         )
 

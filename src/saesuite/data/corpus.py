@@ -70,24 +70,44 @@ def file_documents(paths: list[str], text_field: str) -> Iterator[str]:
     if not matched:
         raise FileNotFoundError(f"data.sources: no file matches {paths}")
     for p in matched:
-        suffix = Path(p).suffix
-        if suffix == ".txt":
-            yield Path(p).read_text(encoding="utf-8")
-        elif suffix == ".jsonl":
-            with open(p, encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if line.strip():
-                        row = json.loads(line)
-                        if text_field not in row:
-                            raise KeyError(f"{p}:{n}: no field '{text_field}'")
-                        yield row[text_field]
-        elif suffix == ".parquet":
-            import pandas as pd
+        n = 0
+        try:
+            for doc in _one_file(p, text_field):
+                if doc and doc.strip():
+                    n += 1
+                    yield doc
+        except UnicodeDecodeError as err:
+            byte = err.object[err.start]
+            raise ValueError(
+                f"{p}: not UTF-8 text (byte {err.start} is 0x{byte:02x}): a binary "
+                "file with a text file's name?"
+            ) from None
+        if n == 0:
+            raise ValueError(f"{p}: holds no text (an empty or blank file)")
 
-            frame = pd.read_parquet(p, columns=[text_field])
-            yield from frame[text_field].astype(str)
-        else:
-            raise ValueError(f"{p}: unsupported file type (txt, jsonl or parquet)")
+
+def _one_file(p: str, text_field: str) -> Iterator[str]:
+    suffix = Path(p).suffix
+    if suffix == ".txt":
+        yield Path(p).read_text(encoding="utf-8")
+    elif suffix == ".jsonl":
+        with open(p, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{p}:{n}: not JSON ({err.msg})") from None
+                    if not isinstance(row, dict) or text_field not in row:
+                        raise KeyError(f"{p}:{n}: no field '{text_field}'")
+                    yield row[text_field]
+    elif suffix == ".parquet":
+        import pandas as pd
+
+        frame = pd.read_parquet(p, columns=[text_field])
+        yield from frame[text_field].astype(str)
+    else:
+        raise ValueError(f"{p}: unsupported file type (txt, jsonl or parquet)")
 
 
 def hub_documents(src: dict[str, Any]) -> Iterator[str]:
@@ -132,14 +152,21 @@ def build_corpus(
     docs: list[str] = []
     total = 0
     counts = []
-    for src in sources:
+    for si, src in enumerate(sources):
         n = 0
-        for doc in source_documents(src):
-            if total >= max_chars:
-                break
-            docs.append(doc)
-            total += len(doc)
-            n += 1
+        try:
+            for doc in source_documents(src):
+                if total >= max_chars:
+                    break
+                docs.append(doc)
+                total += len(doc)
+                n += 1
+        except (OSError, ValueError, KeyError) as err:
+            # the same kind of error, now naming the config key too
+            why = err.args[0] if len(err.args) == 1 else err
+            raise type(err)(f"config key 'data.sources.{si}': {why}") from None
+        if n == 0 and total < max_chars:
+            raise ValueError(f"config key 'data.sources.{si}': gave no documents")
         counts.append({**src, "documents": n})
     if shuffle:
         random.Random(seed).shuffle(docs)

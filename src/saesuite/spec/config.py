@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,10 +104,37 @@ def describe_validation_error(err: Any) -> str:
     return f"config key '{where}': {err.message}"
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def source_kind(src: str) -> str:
+    """What a model `source` names: "embedded", "gguf" (an existing .gguf file),
+    "local" (an existing directory) or "hub" (an org/name id); FileNotFoundError
+    naming the source otherwise. Relative paths are from the working directory."""
+    if src == "embedded":
+        return "embedded"
+    if src.endswith(".gguf"):
+        if not Path(src).is_file():
+            raise FileNotFoundError(f"GGUF file {src} does not exist")
+        return "gguf"
+    if Path(src).is_dir():
+        return "local"
+    if src.startswith((".", "/", "~")) or not HUB_ID.fullmatch(src):
+        raise FileNotFoundError(
+            f"model source '{src}' is neither an existing directory, a .gguf file, "
+            "'embedded', nor a Hub id of the form org/name"
+        )
+    return "hub"
+
+
 def check_config(config: dict[str, Any]) -> dict[str, Any]:
     """Checks the schema cannot express; returns the config unchanged."""
     models = config["models"]
     for key, m in models.items():
+        try:
+            source_kind(m["source"])
+        except FileNotFoundError as err:
+            raise ConfigError(f"config key 'models.{key}.source': {err}") from None
         if m["base"] is not None:
             if m["base"] not in models:
                 raise ConfigError(
@@ -128,6 +156,14 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
         rng = group["layers"]
         if isinstance(rng, dict) and rng["stop"] <= rng["start"]:
             raise ConfigError(f"config key 'suite.{gi}.layers': stop must exceed start")
+        for l0 in group["sparsity"].get("target_l0") or []:
+            width = min(group["widths"])
+            if l0 >= width:
+                raise ConfigError(
+                    f"config key 'suite.{gi}.sparsity.target_l0': {l0} active latents "
+                    f"per token cannot be reached by an SAE of width {width} "
+                    f"(suite.{gi}.widths); a target L0 must be below the width"
+                )
     rel = config["release"]
     if rel["layout"] == "gemma-scope" and "{site}" not in rel["repo"]:
         raise ConfigError(
