@@ -3,7 +3,7 @@ from saesuite.data.corpus import build_corpus
 from saesuite.data.logs import job_log
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0], attempt=sm.attempt):
+with job_log(sm.log[0]):
     info = build_corpus(
         sm.params.sources,
         sm.output.jsonl,

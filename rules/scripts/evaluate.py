@@ -5,7 +5,7 @@ from saesuite.spec.config import config_hash
 from saesuite.spec.jobs import EvalJob
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0], sm.threads, sm.attempt):
+with job_log(sm.log[0], sm.threads):
     evaluate_layer(
         EvalJob.from_dict(sm.params.job),
         data_path=sm.input.data,

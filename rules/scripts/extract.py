@@ -4,7 +4,7 @@ from saesuite.data.logs import job_log
 from saesuite.spec.io import read_json
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0], sm.threads, sm.attempt):
+with job_log(sm.log[0], sm.threads):
     acts = sm.params.activations
     model = read_json(sm.input.model)
     extract_chunk(

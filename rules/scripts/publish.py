@@ -8,7 +8,7 @@ from saesuite.release.publish import publish_release
 from saesuite.spec.jobs import PublishJob
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0], sm.threads, sm.attempt):
+with job_log(sm.log[0], sm.threads):
     r = publish_release(
         PublishJob.from_dict(sm.params.job),
         folder=Path(sm.input[0]).parent,

@@ -7,7 +7,7 @@ from saesuite.spec.config import config_hash
 from saesuite.spec.jobs import ReleaseJob
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0], sm.threads, sm.attempt):
+with job_log(sm.log[0], sm.threads):
     make_release(
         ReleaseJob.from_dict(sm.params.job),
         model_info=sm.input.model,

@@ -3,7 +3,7 @@ from saesuite.data.logs import job_log
 from saesuite.report.figures import write_report
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0], sm.threads, sm.attempt):
+with job_log(sm.log[0], sm.threads):
     write_report(
         sm.input.table,
         list(sm.input.layers),

@@ -3,7 +3,7 @@ from saesuite.data.logs import job_log
 from saesuite.data.tokens import make_tokens
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0], sm.threads, sm.attempt):
+with job_log(sm.log[0], sm.threads):
     make_tokens(
         corpus=sm.input.corpus,
         model_info=sm.input.model,

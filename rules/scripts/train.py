@@ -10,7 +10,7 @@ from saesuite.spec.io import read_json, write_json
 from saesuite.spec.jobs import TrainJob
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0], sm.threads, sm.attempt):
+with job_log(sm.log[0], sm.threads):
     job = TrainJob.from_dict(sm.params.job).located(
         sm.input.manifest, sm.input.normalization
     )

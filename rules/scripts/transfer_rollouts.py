@@ -5,7 +5,7 @@ from saesuite.spec.io import read_json
 from saesuite.spec.jobs import RolloutsJob
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-with job_log(sm.log[0], sm.threads, sm.attempt):
+with job_log(sm.log[0], sm.threads):
     make_rollouts(
         RolloutsJob.from_dict(sm.params.job),
         model_type=read_json(sm.input[0])["model_type"],

@@ -15,7 +15,7 @@ log = logging.getLogger("saesuite.test")
 
 def test_a_failed_attempt_keeps_its_log_and_a_good_one_leaves_only_the_log(tmp_path):
     path = tmp_path / "train" / "layer_2.res.log"
-    with pytest.raises(SystemExit), job_log(path, attempt=1):
+    with pytest.raises(SystemExit), job_log(path):
         print("\rtraining:  40%|████      | 40/100", end="")  # tqdm, no newline
         log.warning("signal 10: checkpoint at step 40 written; exiting 75 (retry)")
         raise SystemExit(75)
@@ -29,7 +29,7 @@ def test_a_failed_attempt_keeps_its_log_and_a_good_one_leaves_only_the_log(tmp_p
     assert path.read_text() == first
 
     path.unlink()  # what Snakemake does before the retry
-    with job_log(path, attempt=2):
+    with job_log(path):  # attempt 2: attempt1's log is kept, so this is 2
         log.info("resuming layer_2.res from step 40")
     assert "resuming" in path.read_text() and "signal 10" not in path.read_text()
     assert sorted(p.name for p in path.parent.iterdir()) == [

@@ -3,13 +3,15 @@ bars and Python warnings, goes to the rule's `log:` file.
 
 Snakemake deletes a job's log before it runs the job again, which would lose the
 line saying why the last attempt stopped (a preemption signal, an error). So each
-attempt also writes `<log stem>.attempt<N>.log` beside the log, removed when the
-attempt succeeds: what is left is the story of every attempt that did not."""
+attempt also writes `<log stem>.attempt<N>.log` beside the log (N one more than the
+highest there), removed when the attempt succeeds: what is left is the story of every
+attempt that did not, across retries and later runs alike."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,19 +52,26 @@ class _OwnLineHandler(logging.StreamHandler):
         super().emit(record)
 
 
-def attempt_log(path: str | Path, attempt: int) -> Path:
+def next_attempt_log(path: str | Path) -> Path:
+    """`<stem>.attempt<N><suffix>` beside `path`, N after the attempts kept there."""
     path = Path(path)
-    return path.with_name(f"{path.stem}.attempt{attempt}{path.suffix}")
+    pattern = re.compile(
+        re.escape(path.stem) + r"\.attempt(\d+)" + re.escape(path.suffix)
+    )
+    kept = [
+        int(m.group(1))
+        for p in path.parent.iterdir()
+        if (m := pattern.fullmatch(p.name))
+    ]
+    return path.with_name(f"{path.stem}.attempt{max(kept, default=0) + 1}{path.suffix}")
 
 
 @contextlib.contextmanager
-def job_log(
-    path: str | Path, threads: int | None = None, attempt: int = 1
-) -> Iterator[None]:
+def job_log(path: str | Path, threads: int | None = None) -> Iterator[None]:
     """Redirect stdout/stderr and logging to `path` and to this attempt's own log
     (kept only if the attempt fails); pin torch's CPU threads."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    own = attempt_log(path, attempt)
+    own = next_attempt_log(path)
     with (
         open(path, "a", buffering=1) as f,
         open(own, "w", buffering=1) as g,
