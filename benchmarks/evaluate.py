@@ -3,6 +3,9 @@ pass (with the language-model head) over the same tokens.
 
     .venv/bin/python benchmarks/evaluate.py [--tokens 512] [--repeats 2]
 
+`--quick --model DIR` (the test suite's run): random 64-wide SAEs on a local model
+directory, a few sequences, once (the timings then say nothing; the code runs).
+
 Uses the residual SAEs of the default run (`make run` first). For each layer,
 `evaluate` runs with one and with both of the layer's residual SAEs (target L0 80,
 then also 20): the difference is the marginal cost of one SAE (its spliced pass,
@@ -22,7 +25,9 @@ import time
 import torch
 
 from saesuite.data.models import load_model
+from saesuite.data.sites import site_width
 from saesuite.eval.evaluate import evaluate, load_released
+from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec.config import REPO_ROOT, load_config, model_layers
 from saesuite.spec.sites import Site
 
@@ -36,7 +41,11 @@ def best_time(fn, repeats: int) -> float:
     return best
 
 
-def main() -> None:
+def random_sae(d_in: int, seed: int) -> JumpReLUSAE:
+    return JumpReLUSAE(d_in, 64).initialize(torch.Generator().manual_seed(seed))
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--context", type=int, default=128)
@@ -44,18 +53,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
+    ap.add_argument("--model", help="a local model directory, with random SAEs")
+    ap.add_argument("--quick", action="store_true", help="a few sequences, once")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.tokens, args.context, args.batch, args.repeats = 64, 16, 2, 1
     torch.set_num_threads(args.threads)
 
     cfg = load_config(REPO_ROOT / "config" / "config.yaml")
     key = next(iter(cfg["models"]))
-    model = load_model(
-        {**cfg["models"][key], "device": args.device}, REPO_ROOT / "results" / "cache"
-    )
+    mcfg = {**cfg["models"][key], "device": args.device}
+    if args.model:
+        key, mcfg["source"] = args.model, args.model
+    model = load_model(mcfg, REPO_ROOT / "results" / "cache")
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
     n_seq = args.tokens // args.context
-    ids = torch.randint(10, 200_000, (n_seq, args.context), generator=g)
+    vocab = model.config.get_text_config().vocab_size
+    ids = torch.randint(10, min(vocab, 200_000), (n_seq, args.context), generator=g)
     ids[:, 0] = 2
     mask = torch.ones_like(ids, dtype=torch.bool)
     mask[:, 0] = False
@@ -68,15 +83,21 @@ def main() -> None:
 
     def run(site: Site, k: int, **kw) -> None:
         folder = saes_dir / f"layer_{site.layer}" / site.kind / "width_4096"
-        saes = {lab: (site, load_released(folder / lab).to(device))
-                for lab in ("l0_80", "l0_20")[:k]}  # fmt: skip
+        if args.model:
+            d = site_width(model, site.kind)
+            saes = {i: (site, random_sae(d, i).to(device)) for i in range(k)}
+        else:
+            saes = {lab: (site, load_released(folder / lab).to(device))
+                    for lab in ("l0_80", "l0_20")[:k]}  # fmt: skip
         evaluate(model, ids, mask, saes, batch_size=args.batch,
                  loss_batch_size=args.batch, **kw)  # fmt: skip
 
     full_pass()  # warm-up
     full = best_time(full_pass, args.repeats)
     rows = []
-    for layer in model_layers(cfg, key):
+    n_layers = model.config.get_text_config().num_hidden_layers
+    layers = range(n_layers) if args.model else model_layers(cfg, key)
+    for layer in layers:
         site = Site(layer, "res")
         t = {}
         for name, kw in {"resume": {}, "recompute": {"resume": False},
@@ -89,8 +110,9 @@ def main() -> None:
     print(f"\nmachine: {platform.processor() or platform.machine()}, "
           f"{args.threads} threads, torch {torch.__version__}, device {device}; "
           f"{args.tokens} tokens, batch {args.batch} × {args.context}, "
-          f"{key} ({model.config.get_text_config().num_hidden_layers} layers), "
-          f"SAE width 4096; full pass with head {full:.2f} s")  # fmt: skip
+          f"{key} ({n_layers} layers), "
+          f"SAE width {64 if args.model else 4096}"
+          f"{' (random)' if args.model else ''}; full pass with head {full:.2f} s")  # fmt: skip
     print("| layer | per SAE, resumed | per SAE, recomputed | shared (clean + zero) "
           "| per SAE, reconstruction only |")  # fmt: skip
     print("|---:|---:|---:|---:|---:|")

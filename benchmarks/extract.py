@@ -3,6 +3,9 @@ layer (no site hooks), extraction of one site, and of all sites of the default c
 
     .venv/bin/python benchmarks/extract.py [--tokens 16384] [--repeats 2]
 
+`--quick --model DIR` (the test suite's run): a few hundred tokens through a local
+model directory, every site of every layer, once.
+
 Goal (issue 2): all sites ≥ 90 % of the bare forward's tokens/s, and ≤ 1.1× the time
 of one site. Runs are interleaved and the best of `repeats` is kept.
 """
@@ -17,8 +20,9 @@ import torch
 
 from saesuite.data.extract import extract_batches
 from saesuite.data.models import load_model
-from saesuite.data.sites import StopForward, decoder_layers
+from saesuite.data.sites import StopForward, decoder_layers, site_width
 from saesuite.spec.config import REPO_ROOT, load_config, model_sites
+from saesuite.spec.sites import SITE_NAMES
 
 
 def bare_forward(model, ids, batch, last):
@@ -37,26 +41,37 @@ def bare_forward(model, ids, batch, last):
         h.remove()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = ap.parse_args()
+    ap.add_argument("--model", help="a local model directory (default: the config's)")
+    ap.add_argument("--quick", action="store_true", help="a few hundred tokens, once")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.tokens, args.context, args.batch, args.repeats = 256, 32, 4, 1
     torch.set_num_threads(args.threads)
 
     cfg = load_config(REPO_ROOT / "config" / "config.yaml")
     key = next(iter(cfg["models"]))
     mcfg = {**cfg["models"][key], "device": "cpu"}
+    if args.model:
+        key, mcfg["source"] = args.model, args.model
     model = load_model(mcfg, REPO_ROOT / "results" / "cache")
-    sites = [s.name for s in model_sites(cfg, key)]
+    if args.model:  # every site of every layer
+        n = model.config.get_text_config().num_hidden_layers
+        sites = [f"layer_{L}.{k}" for L in range(n) for k in SITE_NAMES]
+    else:
+        sites = [s.name for s in model_sites(cfg, key)]
     last = max(int(s.split(".")[0].removeprefix("layer_")) for s in sites)
-    widths = {s: 1024 if s.endswith(".att") else 640 for s in sites}
+    widths = {s: site_width(model, s.split(".")[1]) for s in sites}
     g = torch.Generator().manual_seed(0)
     n_seq = args.tokens // args.context
-    ids = torch.randint(10, 200_000, (n_seq, args.context), generator=g)
+    vocab = model.config.get_text_config().vocab_size
+    ids = torch.randint(10, min(vocab, 200_000), (n_seq, args.context), generator=g)
     ids[:, 0] = 2
     one = [f"layer_{last}.res"]
 

@@ -1,7 +1,9 @@
 """How fast a suite is planned: `snakemake -n` (the whole DAG) and `saesuite plan`
 (the pre-flight table) on each config of config/suites/.
 
-    .venv/bin/python benchmarks/plan.py [--repeats 2]
+    .venv/bin/python benchmarks/plan.py [--repeats 2] [--quick]
+
+`--quick` (the test suite's run): one small suite, once.
 
 Goal (issue 6): the dry-run of the full Gemma Scope 1 union under 60 s on 2 cores.
 """
@@ -28,12 +30,20 @@ def best(fn, repeats: int) -> float:
     return min(times)
 
 
-def main() -> None:
+QUICK_SUITE = "gemma-2-27b-pt"  # select layers of one model: a small DAG
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=2)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="one small suite, once")
+    args = ap.parse_args(argv)
+    suites = sorted((REPO_ROOT / "config" / "suites").glob("*.yaml"))
+    if args.quick:
+        args.repeats = 1
+        suites = [p for p in suites if p.stem == QUICK_SUITE]
     rows = []
-    for path in sorted((REPO_ROOT / "config" / "suites").glob("*.yaml")):
+    for path in suites:
         cfg = load_config(path)
         work = tempfile.mkdtemp()
         cmd = [sys.executable, "-m", "snakemake", "-n", "-q", "rules",

@@ -3,6 +3,9 @@ latents are split over n processes (saesuite.sae.shard) against the whole SAE in
 
     .venv/bin/python benchmarks/shard.py [--width 32768 --d-in 640 --batch 1024]
 
+`--quick` (the test suite's run): a 256-wide SAE on 16 dimensions, one step, in one
+and in two processes.
+
 Each configuration runs in fresh processes (torchrun, gloo on CPU; NCCL on GPUs):
 dense steps with Adam, as the trainer takes them before L0 falls. Reported per
 process: the SAE's parameter bytes and the peak of allocated memory (CPU: the max
@@ -72,7 +75,7 @@ def worker(args: argparse.Namespace) -> None:
         dist.destroy_process_group()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--width", type=int, default=32768)
     ap.add_argument("--d-in", type=int, default=640)
@@ -81,9 +84,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--nprocs", default="1,2")
     ap.add_argument("--out")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="tiny shapes, one step")
+    args = ap.parse_args(argv)
     if args.out:  # a worker
         return worker(args)
+    if args.quick:
+        args.width, args.d_in, args.batch, args.steps, args.warmup = 256, 16, 32, 1, 0
     out = tempfile.mkdtemp()
     flags = [f"--width={args.width}", f"--d-in={args.d_in}",
              f"--batch={args.batch}", f"--steps={args.steps}",

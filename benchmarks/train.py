@@ -4,7 +4,9 @@ the share of the float32 matmul ceiling measured in the same run, and the final 
 FVU and L0 of both on held-out activations.
 
     .venv/bin/pip install -e '.[bench]'        # sae-lens
-    .venv/bin/python benchmarks/train.py [--steps 150] [--width 4096]
+    .venv/bin/python benchmarks/train.py [--steps 150] [--width 4096] [--quick]
+
+`--quick` (the test suite's run): 6 steps of a 64-wide SAE on Gaussian data.
 
 Activations: the default run's cache (results/gemma-3-270m, layer_12.res, divided by
 its C) when present, else Gaussian data. Both trainers get the same batches in the
@@ -28,8 +30,10 @@ from saesuite.spec.jobs import DictionarySpec
 CACHE = REPO_ROOT / "results" / "gemma-3-270m" / "activations"
 
 
-def load_batches(site: str, n: int, batch: int, d_in: int) -> tuple[torch.Tensor, str]:
-    if (CACHE / "manifest.json").exists():
+def load_batches(
+    site: str, n: int, batch: int, d_in: int, cache: bool = True
+) -> tuple[torch.Tensor, str]:
+    if cache and (CACHE / "manifest.json").exists():
         C = read_json(CACHE / "normalization.json")["scale"][site]
         r = ActivationReader(CACHE / "manifest.json", site, batch, 1 << 18, 0, C)
         return torch.stack([r.batch(j) for j in range(n)]), f"{site} of gemma-3-270m"
@@ -143,7 +147,7 @@ def heldout(sae, x: torch.Tensor, lam: float) -> tuple[float, float, float]:
     return float(recon + lam * l0), float(fvu), float(l0)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--width", type=int, default=4096)
@@ -151,9 +155,14 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--l0-coef", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="tiny shapes, a few steps")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.steps, args.width, args.batch = 6, 64, 128
     torch.set_num_threads(args.threads)
-    batches, source = load_batches("layer_12.res", args.steps + 2, args.batch, 640)
+    batches, source = load_batches(
+        "layer_12.res", args.steps + 2, args.batch, 640, cache=not args.quick
+    )
     held = batches[-2:].reshape(-1, batches.shape[-1])
     batches = batches[: args.steps]
     d = batches.shape[-1]
