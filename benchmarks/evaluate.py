@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.threads} threads, torch {torch.__version__}, device {device}; "
           f"{args.tokens} tokens, batch {args.batch} × {args.context}, "
           f"{key} ({n_layers} layers), "
-          f"SAE width {64 if args.model else 4096}"
-          f"{' (random)' if args.model else ''}; full pass with head {full:.2f} s")  # fmt: skip
+          f"SAE width {'64 (random)' if args.model else 4096}; "
+          f"full pass with head {full:.2f} s")  # fmt: skip
     print("| layer | per SAE, resumed | per SAE, recomputed | shared (clean + zero) "
           "| per SAE, reconstruction only |")  # fmt: skip
     print("|---:|---:|---:|---:|---:|")

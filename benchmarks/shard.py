@@ -3,8 +3,8 @@ latents are split over n processes (saesuite.sae.shard) against the whole SAE in
 
     .venv/bin/python benchmarks/shard.py [--width 32768 --d-in 640 --batch 1024]
 
-`--quick` (the test suite's run): a 256-wide SAE on 16 dimensions, one step, in one
-and in two processes.
+`--quick` (the test suite's run): a 256-wide SAE on 16 dimensions, one step, in two
+processes.
 
 Each configuration runs in fresh processes (torchrun, gloo on CPU; NCCL on GPUs):
 dense steps with Adam, as the trainer takes them before L0 falls. Reported per
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         return worker(args)
     if args.quick:
         args.width, args.d_in, args.batch, args.steps, args.warmup = 256, 16, 32, 1, 0
+        args.nprocs = "2"
     out = tempfile.mkdtemp()
     flags = [f"--width={args.width}", f"--d-in={args.d_in}",
              f"--batch={args.batch}", f"--steps={args.steps}",
