@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -479,6 +480,9 @@ def test_a_preempted_sharded_job_resumes_from_every_shard_and_not_on_one(
     p.send_signal(signal.SIGUSR1)
     out = output(p)
     assert p.returncode == 75, out
+    # each worker's signal line on a line of its own, not glued to its progress bar
+    said = re.findall(r"^\S+ \S+ __main__: signal 10: checkpoint at step", out, re.M)
+    assert len(said) == 2, out[-3000:]
     ckpt = Path(job.checkpoint)
     state = torch.load(ckpt, weights_only=True)
     assert state["shards"] == 2 and 0 < state["step"] < 300

@@ -1,54 +1,43 @@
 """Job logging for rule adapters: everything a job prints, including tqdm's progress
-bars and Python warnings, goes to the rule's `log:` file.
+bars, Python warnings and the output of the processes it starts (torchrun's
+workers), goes to the rule's `log:` file.
 
 Snakemake deletes a job's log before it runs the job again, which would lose the
-line saying why the last attempt stopped (a preemption signal, an error). So each
-attempt also writes `<log stem>.attempt<N>.log` beside the log (N one more than the
-highest there), removed when the attempt succeeds: what is left is the story of every
-attempt that did not, across retries and later runs alike."""
+line saying why the last attempt stopped (a preemption signal, an error). So an
+attempt that fails copies what it wrote to `<log stem>.attempt<N>.log` beside the log
+(N one more than the highest there): what is left is the story of every attempt
+that did not succeed, across retries and later runs alike. (A process killed outright,
+SIGKILL or the OOM killer, copies nothing; SLURM's own job log still has its end.)"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+
+from saesuite.spec.io import atomic_path
 
 
-class _Tee:
-    """A text stream writing to several files, knowing whether it is at the start
-    of a line (tqdm leaves its bar unterminated: '\\r' and no newline)."""
-
-    encoding = "utf-8"
-
-    def __init__(self, *files: IO[str]) -> None:
-        self.files = files
-        self.at_line_start = True
-
-    def write(self, s: str) -> int:
-        for f in self.files:
-            f.write(s)
-        if s:
-            self.at_line_start = s.endswith("\n")
-        return len(s)
-
-    def flush(self) -> None:
-        for f in self.files:
-            f.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-
-class _OwnLineHandler(logging.StreamHandler):
-    """Log records start on a line of their own, not glued to a progress bar."""
+class OwnLineHandler(logging.StreamHandler):
+    """Log records start on a line of their own, not glued to a progress bar (tqdm
+    leaves its bar unterminated, '\\r' and no newline). Reads the last byte of the
+    stream when it is a regular file, whoever wrote it (this process or another)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not self.stream.at_line_start:
-            self.stream.write("\n")
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            self.stream.flush()
+            fd = self.stream.fileno()
+            size = os.fstat(fd).st_size
+            if size and stat.S_ISREG(os.fstat(fd).st_mode):
+                with open(f"/proc/self/fd/{fd}", "rb") as f:  # fd may be write-only
+                    f.seek(size - 1)
+                    if f.read(1) != b"\n":
+                        self.stream.write("\n")
         super().emit(record)
 
 
@@ -68,16 +57,16 @@ def next_attempt_log(path: str | Path) -> Path:
 
 @contextlib.contextmanager
 def job_log(path: str | Path, threads: int | None = None) -> Iterator[None]:
-    """Redirect stdout/stderr and logging to `path` and to this attempt's own log
-    (kept only if the attempt fails); pin torch's CPU threads."""
+    """Redirect stdout/stderr and logging to `path`, keeping a failed attempt's part
+    of it (above); pin torch's CPU threads."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    own = next_attempt_log(path)
     with (
         open(path, "a", buffering=1) as f,
-        open(own, "w", buffering=1) as g,
+        contextlib.redirect_stdout(f),
+        contextlib.redirect_stderr(f),
     ):
-        tee = _Tee(f, g)
-        handler = _OwnLineHandler(tee)
+        start = f.tell()
+        handler = OwnLineHandler(f)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
         root = logging.getLogger()
         root.addHandler(handler)
@@ -88,14 +77,16 @@ def job_log(path: str | Path, threads: int | None = None) -> Iterator[None]:
 
             torch.set_num_threads(threads)
         try:
-            with contextlib.redirect_stdout(tee), contextlib.redirect_stderr(tee):
-                yield
+            yield
         except BaseException:
             logging.getLogger("saesuite").exception("job failed")
+            f.flush()
+            with open(path, "rb") as log, atomic_path(next_attempt_log(path)) as tmp:
+                log.seek(start)
+                tmp.write_bytes(log.read())
             raise
         finally:
             root.removeHandler(handler)
-    own.unlink()  # reached only when the attempt succeeded
 
 
 def progress_interval() -> float:

@@ -39,7 +39,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from saesuite.cluster.resources import GPU_HEADROOM, fit_groups, sae_gpu_bytes
-from saesuite.data.logs import progress_interval
+from saesuite.data.logs import OwnLineHandler, progress_interval
 from saesuite.data.models import pick_device
 from saesuite.data.store import ActivationReader
 from saesuite.sae.jumprelu import JumpReLUSAE
@@ -626,7 +626,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--nproc", type=int, default=1,
                     help="processes (GPUs); through torchrun when > 1")  # fmt: skip
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(  # records on their own line, after any progress bar
+        level=logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        handlers=[OwnLineHandler(sys.stderr)],
+    )
     if args.nproc > 1:
         sys.exit(torchrun(args.job, args.nproc))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
