@@ -1,6 +1,6 @@
 """Every benchmark in benchmarks/ runs in its quick mode (tiny shapes, a few steps),
 so none can rot unnoticed: each prints its markdown table with a row per case and
-finite, positive measurements. The numbers themselves are not checked here: speed
+finite, non-negative measurements. The numbers themselves are not checked here: speed
 goals live in BENCHMARKS.md, not in tests."""
 
 from __future__ import annotations

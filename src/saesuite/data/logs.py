@@ -32,10 +32,10 @@ class OwnLineHandler(logging.StreamHandler):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             self.stream.flush()
             fd = self.stream.fileno()
-            size = os.fstat(fd).st_size
-            if size and stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if st.st_size and stat.S_ISREG(st.st_mode):
                 with open(f"/proc/self/fd/{fd}", "rb") as f:  # fd may be write-only
-                    f.seek(size - 1)
+                    f.seek(st.st_size - 1)
                     if f.read(1) != b"\n":
                         self.stream.write("\n")
         super().emit(record)
