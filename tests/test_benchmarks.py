@@ -6,10 +6,15 @@ goals live in BENCHMARKS.md, not in tests."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import os
 import re
+import subprocess
+import sys
 
 import pytest
+import torch
 
 from saesuite.spec.config import REPO_ROOT
 
@@ -84,3 +89,58 @@ def test_shard_benchmark_in_two_processes(capsys):
     rows = table(out)
     assert [r[0] for r in rows] == ["2"] and "width 256, d_in 16" in out
     assert_measured(rows, range(1, 4))
+
+
+# What the GPU machine lacks (issue 15): the script must run without them.
+ABSENT_ON_GPU_MACHINE = ("snakemake", "gguf", "sae_lens", "jsonschema")
+
+
+def test_gpu_benchmark_on_cpu_without_the_workflow_packages(tmp_path):
+    """The GPU proof's quick CPU run, in a process where snakemake, gguf, sae-lens and
+    jsonschema cannot be imported: every section is written, every correctness check
+    passes, the training grid is complete and the threshold gives the asked L0."""
+    block = "; ".join(f"sys.modules[{n!r}] = None" for n in ABSENT_ON_GPU_MACHINE)
+    code = (
+        f"import runpy, sys; {block}; sys.argv = ['gpu.py', '--device', 'cpu', "
+        f"'--quick', '--out', {str(tmp_path)!r}]; "
+        "runpy.run_path('benchmarks/gpu.py', run_name='__main__')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((tmp_path / "gpu.json").read_text())
+    sec = rep["sections"]
+    assert set(sec) == {"correctness", "extraction", "training", "evaluation"}
+    assert len(sec["correctness"]) == 8 and all(c["pass"] for c in sec["correctness"])
+    # 2 d_in × 2 widths × 2 L0 targets × {dense, sparse}
+    cases = {(t["d_in"], t["width"], t["target_l0"], t["step"]) for t in sec["training"]}
+    assert len(cases) == len(sec["training"]) == 16
+    for t in sec["training"]:
+        assert abs(t["l0"] - t["target_l0"]) < 0.25 * t["target_l0"], t
+        assert t["tok_s"] > 0 and t["peak_bytes"] is None  # no device memory on CPU
+        if t["step"] == "sparse":  # the rule of train.step: auto, sparse_density 0.05
+            assert t["auto"] == ("sparse" if t["l0"] < 0.05 * t["width"] else "dense")
+    assert [e["model"] for e in sec["extraction"]] == ["gemma-3-270m"] * 2 + [
+        "gemma-2-2b"
+    ] * 2
+    md = (tmp_path / "gpu.md").read_text()
+    assert md == bench("gpu").markdown(rep)
+    assert "| extraction batch: 8 sites, float32 |" in md and "FAIL" not in md
+
+
+def test_gpu_benchmark_checks_fail_on_a_disagreement():
+    gpu = bench("gpu")
+    g = torch.Generator().manual_seed(0)
+    ref = {"W_enc": torch.randn(8, 4, generator=g), "threshold_raw": torch.rand(4)}
+    same = {k: v.clone() for k, v in ref.items()}
+    assert all(c["pass"] for c in gpu.pair("x", same, ref))
+    off = {**same, "W_enc": ref["W_enc"] * (1 + 2 * gpu.GRAD_TOL)}
+    assert [c["pass"] for c in gpu.pair("x", off, ref)] == [False, True]
+    off = {**same, "threshold_raw": ref["threshold_raw"] * (1 + 2 * gpu.THETA_TOL)}
+    assert [c["pass"] for c in gpu.pair("x", off, ref)] == [True, False]
+    rep = {"date": "d", "command": "c", "sections": {"correctness": [
+        gpu.check("a check", 1.0, 0.5)]}, "machine": {
+        "device_name": "cpu", "torch": "t", "transformers": "t", "python": "p",
+        "fp32_flops": 1e12, "bf16_flops": 1e12, "matmul_n": 4}}  # fmt: skip
+    assert "| a check | 1.00e+00 | 5e-01 | FAIL |" in gpu.markdown(rep)

@@ -159,6 +159,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def default_attention(hf_config: Any) -> str:
+    """The attention kernel for a model config: Gemma 2's attention-logit soft-capping
+    is only honoured by the eager kernel; sdpa for the others."""
+    return "eager" if hf_config.model_type == "gemma2" else "sdpa"
+
+
 def load_model(model_cfg: dict[str, Any], cache_root: str | Path) -> torch.nn.Module:
     """The causal LM in eval mode, gradients off, on the configured device and dtype."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -166,9 +172,7 @@ def load_model(model_cfg: dict[str, Any], cache_root: str | Path) -> torch.nn.Mo
     location, kwargs = _pretrained_args(model_cfg, cache_root)
     attn = model_cfg.get("attn_implementation")
     if attn is None:
-        hf_cfg = AutoConfig.from_pretrained(location, **kwargs)
-        # Gemma 2's attention-logit soft-capping is only honoured by the eager kernel.
-        attn = "eager" if hf_cfg.model_type == "gemma2" else "sdpa"
+        attn = default_attention(AutoConfig.from_pretrained(location, **kwargs))
     model = AutoModelForCausalLM.from_pretrained(
         location,
         dtype=DTYPES[model_cfg.get("dtype", "float32")],
