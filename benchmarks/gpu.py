@@ -3,7 +3,7 @@ CPU path on the same inputs, then measures the suite's hot paths on one GPU. Mod
 are random-weight Gemma 3 270m and Gemma 2 2B shapes built from their published
 configs, so no weights travel.
 
-    PYTHONPATH=src python3 benchmarks/gpu.py --out DIR        # one GPU (sized for < 8 min)
+    PYTHONPATH=src python3 benchmarks/gpu.py --out DIR      # one GPU, sized for < 8 min
     .venv/bin/python benchmarks/gpu.py --device cpu --quick --out DIR   # the tests' run
 
 It needs torch, transformers, safetensors, numpy, tqdm and pyyaml, not snakemake, gguf
@@ -37,7 +37,6 @@ import argparse
 import copy
 import datetime
 import importlib.util
-import json
 import math
 import platform
 import sys
@@ -84,14 +83,42 @@ EXTRA = {
 
 def sizes(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"ctx": 16, "seqs": 4, "batch": 2, "check_ctx": 16, "d_ins": [32, 48],
-                "widths": [256, 1024], "l0s": [20, 100], "train_batch": 128,
-                "check_width": 256, "check_batch": 64, "warmup": 1, "steps": 2,
-                "eval_width": 64, "eval_seqs": 2, "matmul": 256, "repeats": 1}  # fmt: skip
-    return {"ctx": 1024, "seqs": 16, "batch": 8, "check_ctx": 128, "d_ins": [640, 2304],
-            "widths": [16384, 65536, 262144], "l0s": [20, 100], "train_batch": 4096,
-            "check_width": 4096, "check_batch": 1024, "warmup": 2, "steps": 5,
-            "eval_width": 16384, "eval_seqs": 4, "matmul": 8192, "repeats": 2}  # fmt: skip
+        return {
+            "ctx": 16,
+            "seqs": 4,
+            "batch": 2,
+            "check_ctx": 16,
+            "d_ins": [32, 48],
+            "widths": [256, 1024],
+            "l0s": [20, 100],
+            "train_batch": 128,
+            "check_width": 256,
+            "check_batch": 64,
+            "warmup": 1,
+            "steps": 2,
+            "eval_width": 64,
+            "eval_seqs": 2,
+            "matmul": 256,
+            "repeats": 1,
+        }
+    return {
+        "ctx": 1024,
+        "seqs": 16,
+        "batch": 8,
+        "check_ctx": 128,
+        "d_ins": [640, 2304],
+        "widths": [16384, 65536, 262144],
+        "l0s": [20, 100],
+        "train_batch": 4096,
+        "check_width": 4096,
+        "check_batch": 1024,
+        "warmup": 2,
+        "steps": 5,
+        "eval_width": 16384,
+        "eval_seqs": 4,
+        "matmul": 8192,
+        "repeats": 2,
+    }
 
 
 def hf_config(name: str, quick: bool) -> Any:
@@ -100,18 +127,31 @@ def hf_config(name: str, quick: bool) -> Any:
 
     shape, extra = KNOWN[name], EXTRA[name]
     kw = {
-        "vocab_size": extra["vocab"], "hidden_size": shape.d_model,
-        "intermediate_size": shape.d_mlp, "num_hidden_layers": shape.n_layers,
-        "num_attention_heads": shape.n_heads, "num_key_value_heads": extra["kv"],
-        "head_dim": shape.head_dim, "sliding_window": extra["window"],
+        "vocab_size": extra["vocab"],
+        "hidden_size": shape.d_model,
+        "intermediate_size": shape.d_mlp,
+        "num_hidden_layers": shape.n_layers,
+        "num_attention_heads": shape.n_heads,
+        "num_key_value_heads": extra["kv"],
+        "head_dim": shape.head_dim,
+        "sliding_window": extra["window"],
         "query_pre_attn_scalar": shape.head_dim,
-        "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2,
-    }  # fmt: skip
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 2,
+    }
     if quick:
-        kw |= {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
-               "num_hidden_layers": 2, "num_attention_heads": 4,
-               "num_key_value_heads": 1, "head_dim": 16, "sliding_window": 8,
-               "query_pre_attn_scalar": 16}  # fmt: skip
+        kw |= {
+            "vocab_size": 512,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "sliding_window": 8,
+            "query_pre_attn_scalar": 16,
+        }
     return (Gemma2Config if extra["arch"] == "gemma2" else Gemma3TextConfig)(**kw)
 
 
@@ -174,7 +214,9 @@ def threshold_for(l0: float, width: int) -> float:
     """θ at which a latent with N(0, 1) pre-activations fires on a share l0/width of
     tokens: with unit-norm encoder columns (the initialisation) and x ~ N(0, I), every
     pre-activation is N(0, 1)."""
-    return float(torch.special.ndtri(torch.tensor(1.0 - l0 / width, dtype=torch.float64)))
+    return float(
+        torch.special.ndtri(torch.tensor(1.0 - l0 / width, dtype=torch.float64))
+    )
 
 
 def train_defaults() -> dict[str, Any]:
@@ -185,8 +227,9 @@ def train_defaults() -> dict[str, Any]:
 
 def bench_spec(width: int, tokens: int, coefficient: float) -> DictionarySpec:
     site = "layer_0.res"
-    return DictionarySpec("sae", site, site, width, "l0", coefficient, coefficient,
-                          tokens, "bench", "")  # fmt: skip
+    return DictionarySpec(
+        "sae", site, site, width, "l0", coefficient, coefficient, tokens, "bench", ""
+    )
 
 
 def matmul_ceiling(device: str, dtype: torch.dtype, n: int) -> float:
@@ -224,29 +267,45 @@ def check_steps(device: str, s: dict) -> list[dict[str, Any]]:
         base.threshold_raw.fill_(threshold_for(0.02 * w, w))
     kw = {"penalty": "l0", "coefficient": 1e-3}
     grads = {}
-    for where, fn in (("cpu", dense_step), ("cpu", sparse_step),
-                      (device, dense_step), (device, sparse_step)):  # fmt: skip
+    for where, fn in (
+        ("cpu", dense_step),
+        ("cpu", sparse_step),
+        (device, dense_step),
+        (device, sparse_step),
+    ):
         sae = copy.deepcopy(base).to(where)
         fn(sae, x.to(where), **kw)
         grads[where, fn.__name__] = {k: p.grad for k, p in sae.named_parameters()}
     rows = []
     for step in ("dense_step", "sparse_step"):
         rows += pair(f"{step}: device vs CPU", grads[device, step], grads["cpu", step])
-    rows += pair("sparse vs dense step on the device", grads[device, "sparse_step"],
-                 grads[device, "dense_step"])  # fmt: skip
+    rows += pair(
+        "sparse vs dense step on the device",
+        grads[device, "sparse_step"],
+        grads[device, "dense_step"],
+    )
     return rows
 
 
 def pair(name: str, a: dict, b: dict) -> list[dict[str, Any]]:
     theta = [k for k in b if k.startswith("threshold")]
     rest = max(rel_err(a[k], b[k]) for k in b if k not in theta)
-    return [check(f"{name}, gradients of W_enc, W_dec, b_enc, b_dec", rest, GRAD_TOL),
-            check(f"{name}, gradient of θ", rel_err(a[theta[0]], b[theta[0]]),
-                  THETA_TOL)]  # fmt: skip
+    return [
+        check(f"{name}, gradients of W_enc, W_dec, b_enc, b_dec", rest, GRAD_TOL),
+        check(f"{name}, gradient of θ", rel_err(a[theta[0]], b[theta[0]]), THETA_TOL),
+    ]
 
 
-EVAL_KEYS = ("mse", "fvu", "l0", "cosine", "clean_loss", "spliced_loss",
-             "zero_ablation_loss", "kl")  # fmt: skip
+EVAL_KEYS = (
+    "mse",
+    "fvu",
+    "l0",
+    "cosine",
+    "clean_loss",
+    "spliced_loss",
+    "zero_ablation_loss",
+    "kl",
+)
 
 
 def eval_sae(d_in: int, width: int, device: str) -> JumpReLUSAE:
@@ -262,9 +321,14 @@ def check_evaluation(cpu_model, dev_model, device: str, s: dict) -> dict[str, An
     sae = eval_sae(site_width(cpu_model, "res"), s["eval_width"], "cpu")
     out = {}
     for where, model in (("cpu", cpu_model), (device, dev_model)):
-        acc = evaluate(model, ids.to(where), mask.to(where),
-                       {"sae": (site, copy.deepcopy(sae).to(where))}, batch_size=2,
-                       loss_batch_size=2)["sae"]  # fmt: skip
+        acc = evaluate(
+            model,
+            ids.to(where),
+            mask.to(where),
+            {"sae": (site, copy.deepcopy(sae).to(where))},
+            batch_size=2,
+            loss_batch_size=2,
+        )["sae"]
         out[where] = acc.metrics()
     a, b = out[device], out["cpu"]
     err = max(abs(a[k] - b[k]) / max(abs(b[k]), 1e-3) for k in EVAL_KEYS)
@@ -286,25 +350,31 @@ def extraction(device: str, quick: bool, s: dict) -> list[dict[str, Any]]:
     rows = []
     for name in EXTRA:
         for dtype in ("float32", "bfloat16"):
-            model = build_model(name, quick, dtype, device)
-            sites = every_site(model)
-            widths = {x: site_width(model, Site.parse(x).kind) for x in sites}
-            n_seq = s["seqs"] // (2 if name == "gemma-2-2b" else 1)
-            ids = token_ids(model.config.vocab_size, n_seq, s["ctx"]).to(device)
-            last = model.config.num_hidden_layers - 1
-            bare = best_time(lambda: bare_forward(model, ids, s["batch"], last),
-                             device, s["repeats"] + 1)  # fmt: skip
-            every = best_time(
-                lambda: extract_batches(model, ids, sites, widths, dtype, s["batch"]),
-                device, s["repeats"],
-            )  # fmt: skip
-            n = ids.numel()
-            rows.append({"model": name, "dtype": dtype, "tokens": n,
-                         "sites": len(sites), "bare_tok_s": n / bare,
-                         "all_sites_tok_s": n / every, "ratio": bare / every})  # fmt: skip
-            del model
+            rows.append(extract_one(name, dtype, device, quick, s, bare_forward))
             free(device)
     return rows
+
+
+def extract_one(name, dtype, device, quick, s, bare_forward) -> dict[str, Any]:
+    model = build_model(name, quick, dtype, device)
+    sites = every_site(model)
+    widths = {x: site_width(model, Site.parse(x).kind) for x in sites}
+    n_seq = s["seqs"] // (2 if name == "gemma-2-2b" else 1)
+    ids = token_ids(model.config.vocab_size, n_seq, s["ctx"]).to(device)
+    last = model.config.num_hidden_layers - 1
+    bare = best_time(
+        lambda: bare_forward(model, ids, s["batch"], last), device, s["repeats"] + 1
+    )
+    every = best_time(
+        lambda: extract_batches(model, ids, sites, widths, dtype, s["batch"]),
+        device,
+        s["repeats"],
+    )
+    n = ids.numel()
+    return {
+        "model": name, "dtype": dtype, "tokens": n, "sites": len(sites),
+        "bare_tok_s": n / bare, "all_sites_tok_s": n / every, "ratio": bare / every,
+    }  # fmt: skip
 
 
 def free(device: str) -> None:
@@ -320,8 +390,10 @@ def training(device: str, s: dict, ceiling: float) -> list[dict[str, Any]]:
     rows = []
     for d in s["d_ins"]:
         g = torch.Generator().manual_seed(2)
-        batches = [torch.randn(s["train_batch"], d, generator=g).to(device)
-                   for _ in range(steps)]  # fmt: skip
+        batches = [
+            torch.randn(s["train_batch"], d, generator=g).to(device)
+            for _ in range(steps)
+        ]
         for w in s["widths"]:
             for mode in ("dense", "sparse"):
                 run = {**cfg, "step": mode}
@@ -343,14 +415,25 @@ def training(device: str, s: dict, ceiling: float) -> list[dict[str, Any]]:
                     sync(device)
                     dt = (time.perf_counter() - t) / s["steps"]
                     tok_s = s["train_batch"] / dt
-                    rows.append({"d_in": d, "width": w, "target_l0": l0, "step": mode,
-                                 "l0": sum(l0s) / len(l0s), "tok_s": tok_s,
-                                 "share_fp32": 10 * d * w * tok_s / ceiling})  # fmt: skip
+                    rows.append(
+                        {
+                            "d_in": d,
+                            "width": w,
+                            "target_l0": l0,
+                            "step": mode,
+                            "l0": sum(l0s) / len(l0s),
+                            "tok_s": tok_s,
+                            "share_fp32": 10 * d * w * tok_s / ceiling,
+                        }
+                    )
                 peak = torch.cuda.max_memory_allocated(device) - base if cuda else None
                 estimate = sae_gpu_bytes(s["train_batch"], d, w, 1)
                 for r in rows[-len(s["l0s"]) :]:
-                    r |= {"peak_bytes": peak, "estimate_bytes": estimate,
-                          "peak_over_estimate": peak / estimate if peak else None}
+                    r |= {
+                        "peak_bytes": peak,
+                        "estimate_bytes": estimate,
+                        "peak_over_estimate": peak / estimate if peak else None,
+                    }
                 del m
     auto_verdicts(rows, cfg["sparse_density"])
     return sorted(rows, key=lambda r: (r["d_in"], r["width"], r["target_l0"]))
@@ -364,7 +447,11 @@ def auto_verdicts(rows: list[dict[str, Any]], density: float) -> None:
         by_case.setdefault((r["d_in"], r["width"], r["target_l0"]), {})[r["step"]] = r
     for case in by_case.values():
         faster = max(case, key=lambda k: case[k]["tok_s"])
-        auto = "sparse" if case["sparse"]["l0"] < density * case["sparse"]["width"] else "dense"
+        auto = (
+            "sparse"
+            if case["sparse"]["l0"] < density * case["sparse"]["width"]
+            else "dense"
+        )
         speedup = case["sparse"]["tok_s"] / case["dense"]["tok_s"]
         for r in case.values():
             r |= {"faster": faster, "auto": auto, "sparse_over_dense": speedup}
@@ -374,35 +461,38 @@ def auto_verdicts(rows: list[dict[str, Any]], density: float) -> None:
 def evaluation(device: str, quick: bool, s: dict) -> list[dict[str, Any]]:
     rows = []
     for name, dtype in (("gemma-3-270m", "float32"), ("gemma-2-2b", "bfloat16")):
-        model = build_model(name, quick, dtype, device)
-        ids = token_ids(model.config.vocab_size, s["eval_seqs"], s["ctx"]).to(device)
-        mask = torch.ones_like(ids, dtype=torch.bool)
-        mask[:, 0] = False
-        site = Site(model.config.num_hidden_layers // 2, "res")
-        d = site_width(model, "res")
-        saes = {i: (site, eval_sae(d, s["eval_width"], device)) for i in range(2)}
-
-        def clean():
-            with torch.no_grad():
-                for b0 in range(0, len(ids), 2):
-                    model(input_ids=ids[b0 : b0 + 2], use_cache=False)
-
-        def run(k: int):
-            evaluate(model, ids, mask, dict(list(saes.items())[:k]), batch_size=2,
-                     loss_batch_size=2)  # fmt: skip
-
-        clean()  # warm-up
-        full = best_time(clean, device, s["repeats"] + 1)
-        one = best_time(lambda: run(1), device, s["repeats"])
-        two = best_time(lambda: run(2), device, s["repeats"])
-        rows.append({"model": name, "dtype": dtype, "layer": site.layer,
-                     "tokens": ids.numel(), "width": s["eval_width"],
-                     "clean_s": full, "per_sae_s": two - one,
-                     "shared_s": 2 * one - two,
-                     "per_sae_over_clean": (two - one) / full})  # fmt: skip
-        del model, saes
+        rows.append(evaluate_one(name, dtype, device, quick, s))
         free(device)
     return rows
+
+
+def evaluate_one(name, dtype, device, quick, s) -> dict[str, Any]:
+    model = build_model(name, quick, dtype, device)
+    ids = token_ids(model.config.vocab_size, s["eval_seqs"], s["ctx"]).to(device)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[:, 0] = False
+    site = Site(model.config.num_hidden_layers // 2, "res")
+    d = site_width(model, "res")
+    saes = {i: (site, eval_sae(d, s["eval_width"], device)) for i in range(2)}
+
+    def clean():
+        with torch.no_grad():
+            for b0 in range(0, len(ids), 2):
+                model(input_ids=ids[b0 : b0 + 2], use_cache=False)
+
+    def run(k: int):
+        chosen = dict(list(saes.items())[:k])
+        evaluate(model, ids, mask, chosen, batch_size=2, loss_batch_size=2)
+
+    clean()  # warm-up
+    full = best_time(clean, device, s["repeats"] + 1)
+    one = best_time(lambda: run(1), device, s["repeats"])
+    two = best_time(lambda: run(2), device, s["repeats"])
+    return {
+        "model": name, "dtype": dtype, "layer": site.layer, "tokens": ids.numel(),
+        "width": s["eval_width"], "clean_s": full, "per_sae_s": two - one,
+        "shared_s": 2 * one - two, "per_sae_over_clean": (two - one) / full,
+    }  # fmt: skip
 
 
 # --- report -------------------------------------------------------------------------
@@ -412,32 +502,52 @@ def gb(x: float | None) -> str:
 
 def markdown(rep: dict[str, Any]) -> str:
     m = rep["machine"]
-    out = [f"# GPU proof: {m['device_name']}", "",
-           f"{rep['date']}; `{rep['command']}`; torch {m['torch']}, transformers "
-           f"{m['transformers']}, Python {m['python']}; matmul ceiling "
-           f"{m['fp32_flops'] / 1e12:.1f} TFLOP/s float32, "
-           f"{m['bf16_flops'] / 1e12:.1f} TFLOP/s bfloat16 ({m['matmul_n']}³).", ""]  # fmt: skip
+    out = [
+        f"# GPU proof: {m['device_name']}",
+        "",
+        f"{rep['date']}; `{rep['command']}`; torch {m['torch']}, transformers "
+        f"{m['transformers']}, Python {m['python']}; matmul ceiling "
+        f"{m['fp32_flops'] / 1e12:.1f} TFLOP/s float32, "
+        f"{m['bf16_flops'] / 1e12:.1f} TFLOP/s bfloat16 ({m['matmul_n']}³).",
+        "",
+    ]
     sec = rep["sections"]
     if "correctness" in sec:
-        out += ["## Correctness: device against CPU", "",
-                "| check | error | tolerance | result |", "|---|---:|---:|---|"]  # fmt: skip
-        out += [f"| {r['check']} | {r['error']:.2e} | {r['tolerance']:.0e} | "
-                f"{'pass' if r['pass'] else 'FAIL'} |" for r in sec["correctness"]]  # fmt: skip
+        out += [
+            "## Correctness: device against CPU",
+            "",
+            "| check | error | tolerance | result |",
+            "|---|---:|---:|---|",
+        ]
+        out += [
+            f"| {r['check']} | {r['error']:.2e} | {r['tolerance']:.0e} | "
+            f"{'pass' if r['pass'] else 'FAIL'} |"
+            for r in sec["correctness"]
+        ]
         out.append("")
     if "extraction" in sec:
-        out += ["## Extraction: all sites against the bare forward", "",
-                "| model | dtype | tokens | sites | bare forward tok/s "
-                "| all sites tok/s | all / bare |", "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-        out += [f"| {r['model']} | {r['dtype']} | {r['tokens']} | {r['sites']} | "
-                f"{r['bare_tok_s']:.0f} | {r['all_sites_tok_s']:.0f} | {r['ratio']:.0%} |"
-                for r in sec["extraction"]]  # fmt: skip
+        out += [
+            "## Extraction: all sites against the bare forward",
+            "",
+            "| model | dtype | tokens | sites | bare forward tok/s "
+            "| all sites tok/s | all / bare |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        out += [
+            f"| {r['model']} | {r['dtype']} | {r['tokens']} | {r['sites']} | "
+            f"{r['bare_tok_s']:.0f} | {r['all_sites_tok_s']:.0f} | {r['ratio']:.0%} |"
+            for r in sec["extraction"]
+        ]
         out.append("")
     if "training" in sec:
-        out += ["## Training step and memory", "",
-                "| d_in | width | L0 target | step | L0 | tok/s | share of fp32 ceiling "
-                "| sparse / dense | faster | auto picks | peak GB | estimate GB "
-                "| peak / estimate |",
-                "|---:|---:|---:|---|---:|---:|---:|---:|---|---|---:|---:|---:|"]  # fmt: skip
+        out += [
+            "## Training step and memory",
+            "",
+            "| d_in | width | L0 target | step | L0 | tok/s | share of fp32 ceiling "
+            "| sparse / dense | faster | auto picks | peak GB | estimate GB "
+            "| peak / estimate |",
+            "|---:|---:|---:|---|---:|---:|---:|---:|---|---|---:|---:|---:|",
+        ]
         for r in sec["training"]:
             ratio = r["peak_over_estimate"]
             out.append(
@@ -449,14 +559,19 @@ def markdown(rep: dict[str, Any]) -> str:
             )
         out.append("")
     if "evaluation" in sec:
-        out += ["## Evaluation: one SAE's marginal cost against a clean forward", "",
-                "| model | dtype | layer | tokens | SAE width | clean forward s "
-                "| per SAE s | shared s | per SAE / clean |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-        out += [f"| {r['model']} | {r['dtype']} | {r['layer']} | {r['tokens']} | "
-                f"{r['width']} | {r['clean_s']:.3f} | {r['per_sae_s']:.3f} | "
-                f"{r['shared_s']:.3f} | {r['per_sae_over_clean']:.2f} |"
-                for r in sec["evaluation"]]  # fmt: skip
+        out += [
+            "## Evaluation: one SAE's marginal cost against a clean forward",
+            "",
+            "| model | dtype | layer | tokens | SAE width | clean forward s "
+            "| per SAE s | shared s | per SAE / clean |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        out += [
+            f"| {r['model']} | {r['dtype']} | {r['layer']} | {r['tokens']} | "
+            f"{r['width']} | {r['clean_s']:.3f} | {r['per_sae_s']:.3f} | "
+            f"{r['shared_s']:.3f} | {r['per_sae_over_clean']:.2f} |"
+            for r in sec["evaluation"]
+        ]
         out.append("")
     return "\n".join(out)
 
@@ -470,23 +585,37 @@ def save(rep: dict[str, Any], out: Path) -> None:
 def machine(device: str, s: dict) -> dict[str, Any]:
     import transformers
 
-    name = (torch.cuda.get_device_name(device) if device.startswith("cuda")
-            else platform.processor() or platform.machine())  # fmt: skip
-    return {"device": device, "device_name": name, "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "matmul_n": s["matmul"],
-            "fp32_flops": matmul_ceiling(device, torch.float32, s["matmul"]),
-            "bf16_flops": matmul_ceiling(device, torch.bfloat16, s["matmul"])}  # fmt: skip
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.startswith("cuda")
+        else platform.processor() or platform.machine()
+    )
+    return {
+        "device": device,
+        "device_name": name,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "matmul_n": s["matmul"],
+        "fp32_flops": matmul_ceiling(device, torch.float32, s["matmul"]),
+        "bf16_flops": matmul_ceiling(device, torch.bfloat16, s["matmul"]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, type=Path, help="folder for gpu.json, gpu.md")
+    ap.add_argument(
+        "--out", required=True, type=Path, help="folder for gpu.json, gpu.md"
+    )
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, a few steps")
-    ap.add_argument("--only", nargs="*", choices=["correctness", "extraction",
-                    "training", "evaluation"], help="run these sections only")  # fmt: skip
+    ap.add_argument(
+        "--only",
+        nargs="*",
+        choices=["correctness", "extraction", "training", "evaluation"],
+        help="run these sections only",
+    )
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA GPU")
@@ -495,7 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     rep: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join(["benchmarks/gpu.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            ["benchmarks/gpu.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "sizes": s,
         "machine": machine(args.device, s),
         "sections": {},
@@ -516,7 +647,9 @@ def main(argv: list[str] | None = None) -> int:
         save(rep, args.out)
         print(f"[{name}: {rep['seconds'][name]:.0f} s]", flush=True)
     print(markdown(rep))
-    failed = [r["check"] for r in rep["sections"].get("correctness", []) if not r["pass"]]
+    failed = [
+        r["check"] for r in rep["sections"].get("correctness", []) if not r["pass"]
+    ]
     for name in failed:
         print(f"FAIL: {name}", file=sys.stderr)
     return 1 if failed else 0

@@ -114,7 +114,9 @@ def test_gpu_benchmark_on_cpu_without_the_workflow_packages(tmp_path):
     assert set(sec) == {"correctness", "extraction", "training", "evaluation"}
     assert len(sec["correctness"]) == 8 and all(c["pass"] for c in sec["correctness"])
     # 2 d_in × 2 widths × 2 L0 targets × {dense, sparse}
-    cases = {(t["d_in"], t["width"], t["target_l0"], t["step"]) for t in sec["training"]}
+    cases = {
+        (t["d_in"], t["width"], t["target_l0"], t["step"]) for t in sec["training"]
+    }
     assert len(cases) == len(sec["training"]) == 16
     for t in sec["training"]:
         assert abs(t["l0"] - t["target_l0"]) < 0.25 * t["target_l0"], t
