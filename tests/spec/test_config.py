@@ -222,3 +222,47 @@ def test_the_schema_and_the_architectures_name_the_sites_of_spec_sites():
     assert enums and set(enums) == {SITES}
     for arch in ARCHITECTURES.values():
         assert all(getattr(arch, kind) for kind in SITES if kind != "res")
+
+
+def test_a_model_without_chat_template_is_refused_before_any_job(tiny_models, tmp_path):
+    """A base model whose tokenizer has no chat template (the tiny Llama, as Llama,
+    Qwen and Pythia base checkpoints) cannot take the format-shift check, on by
+    default: the plan is refused naming the key and both remedies; either remedy, or
+    a template in the model's folder, or a Gemma model (its format is built in), lets
+    it through. A Hub model not in the cache is not known offline: planned."""
+    import shutil
+
+    from saesuite.spec.checks import FORMAT_SHIFT
+    from saesuite.spec.config import ConfigError, has_chat_template
+    from saesuite.spec.workflow import Workflow
+
+    llama = str(tiny_models["llama"])
+    with pytest.raises(ConfigError) as err:
+        Workflow(load_config(make_config(llama)))
+    msg = str(err.value)
+    assert "'models.tiny.source'" in msg and "no chat template" in msg
+    assert (
+        "'models.tiny.chat_template'" in msg and "'transfer.format_shift: false'" in msg
+    )
+
+    def kinds(**over) -> list[str]:
+        cfg = make_config(llama, **over.pop("top", {}))
+        cfg["models"]["tiny"].update(over)
+        return [c.kind for c in Workflow(load_config(cfg)).checks.values()]
+
+    assert kinds(chat_template="{{ messages[0]['content'] }}") == [FORMAT_SHIFT]
+    assert kinds(top={"transfer": {"format_shift": False}}) == []
+    with_file = tmp_path / "llama"
+    shutil.copytree(llama, with_file)
+    (with_file / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    assert has_chat_template({"source": str(with_file)}) is True
+    assert has_chat_template({"source": llama}) is False
+    assert has_chat_template({"source": str(tiny_models["gemma3"])}) is True
+    assert has_chat_template({"source": "nobody/not-in-the-cache"}) is None
+    assert Workflow(load_config(make_config("nobody/not-in-the-cache"))).checks
+
+    cfg = make_config(llama, transfer={"format_shift": False})
+    cfg["models"]["tiny"]["chat"] = True  # tokenising in chat form needs one too
+    with pytest.raises(ConfigError, match="models.tiny.chat is true") as err:
+        Workflow(load_config(cfg))
+    assert "format_shift" not in str(err.value)

@@ -193,7 +193,8 @@ def chat_template(tokenizer: Any, model_cfg: dict[str, Any], model_type: str) ->
         return GEMMA_CHAT_TEMPLATE
     raise ValueError(
         f"model '{model_cfg['source']}' has no chat template: set "
-        "models.<key>.chat_template to a Jinja template"
+        "models.<key>.chat_template to a Jinja template (or, for the format-shift "
+        "check, transfer.format_shift: false)"
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from saesuite.spec.config import SAESpec
+from saesuite.spec.config import ConfigError, SAESpec, has_chat_template
 
 PT_TO_IT = "pt->it"
 FORMAT_SHIFT = "format-shift"
@@ -98,3 +98,34 @@ def check_label(kind: str) -> str:
             "model; not PT→IT)"
         )
     return "PT→IT transfer"
+
+
+def require_chat_templates(config: dict[str, Any], checks: list[TransferCheck]) -> None:
+    """ConfigError, before any job, for a model that must format chat prompts and
+    whose tokenizer has none (as far as the files at hand tell): the IT model of a
+    PT→IT check and every `chat: true` model (remedy: its chat_template), and the PT
+    model of a format-shift check (remedies: its chat_template or turning the check
+    off). Most base models (Llama, Qwen, Pythia) have none."""
+    need: dict[str, str] = {}
+    for c in checks:
+        need.setdefault(c.base if c.kind == FORMAT_SHIFT else c.target, c.kind)
+    for key, m in config["models"].items():
+        if m["chat"]:
+            need.setdefault(key, "chat")
+    for key, why in sorted(need.items()):
+        if has_chat_template(config["models"][key]) is not False:
+            continue
+        task = {
+            FORMAT_SHIFT: "the format-shift check (transfer.format_shift, on by "
+            "default for a PT model with SAEs that no IT model names as base) formats "
+            "its rollouts as chat",
+            PT_TO_IT: "the PT→IT check generates chat rollouts with it",
+            "chat": "models.{key}.chat is true",
+        }[why].format(key=key)
+        remedy = f"set 'models.{key}.chat_template' to a Jinja template"
+        if why == FORMAT_SHIFT:
+            remedy += ", or 'transfer.format_shift: false' to skip the check"
+        raise ConfigError(
+            f"config key 'models.{key}.source': {config['models'][key]['source']} has "
+            f"no chat template, and {task}: {remedy}"
+        )

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from saesuite.spec.hashing import stable_hash
-from saesuite.spec.known_models import known_shape
+from saesuite.spec.known_models import known_name, known_shape
 from saesuite.spec.prompts import load_prompts
 from saesuite.spec.sites import Site
 from saesuite.spec.sparsity import sparsity_label
@@ -125,6 +125,47 @@ def source_kind(src: str) -> str:
             "'embedded', nor a Hub id of the form org/name"
         )
     return "hub"
+
+
+TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+
+
+def has_chat_template(model_cfg: dict[str, Any]) -> bool | None:
+    """Whether the model's chat prompts can be formatted, from the files at hand (no
+    download): True with `chat_template` set, for a Gemma model (Gemma's turn format
+    is built in: saesuite.data.models.chat_template) or a tokenizer that has one;
+    False for a local or cached model whose tokenizer has none; None when that is
+    not known offline (a Hub model not in the local cache, a GGUF file)."""
+    if model_cfg.get("chat_template"):
+        return True
+    src = model_cfg["source"]
+    if (known_name(src) or "").startswith("gemma"):
+        return True
+    kind = source_kind(src)
+    if kind == "local":
+        files = {n: Path(src) / n for n in ("config.json", "tokenizer_config.json",
+                                            *TEMPLATE_FILES)}  # fmt: skip
+    elif kind == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        files = {}
+        for n in ("config.json", "tokenizer_config.json", *TEMPLATE_FILES):
+            hit = try_to_load_from_cache(src, n, revision=model_cfg.get("revision"))
+            if isinstance(hit, str):
+                files[n] = Path(hit)
+        if "tokenizer_config.json" not in files:
+            return None
+    else:
+        return None
+    present = {n: f for n, f in files.items() if f.is_file()}
+    if "config.json" in present:
+        hf = json.loads(present["config.json"].read_text())
+        if str(hf.get("model_type", "")).startswith("gemma"):
+            return True
+    if any(n in present for n in TEMPLATE_FILES):
+        return True
+    tok = present.get("tokenizer_config.json")
+    return tok is not None and bool(json.loads(tok.read_text()).get("chat_template"))
 
 
 def check_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -52,13 +52,19 @@ KNOWN: dict[str, ModelShape] = {
 EMBEDDED_NAME = "gemma-3-270m"
 
 
-def known_shape(source: str) -> ModelShape | None:
-    """The shape of `source` ("embedded", a Hub id, a path) if it is a known model."""
+def known_name(source: str) -> str | None:
+    """The KNOWN key of `source` ("embedded", a Hub id, a path), if it is known."""
     if source == "embedded":
-        return KNOWN[EMBEDDED_NAME]
+        return EMBEDDED_NAME
     name = source.rstrip("/").rsplit("/", 1)[-1].lower()
     # Longest key first so "gemma-2-27b" is not taken for "gemma-2-2b".
     for key in sorted(KNOWN, key=len, reverse=True):
         if name == key or name.startswith(key + "-") or name.startswith(key + "_"):
-            return KNOWN[key]
+            return key
     return None
+
+
+def known_shape(source: str) -> ModelShape | None:
+    """The shape of `source` ("embedded", a Hub id, a path) if it is a known model."""
+    key = known_name(source)
+    return None if key is None else KNOWN[key]

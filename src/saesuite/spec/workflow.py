@@ -9,7 +9,13 @@ from functools import cached_property
 from typing import Any
 
 from saesuite.spec import jobs, paths
-from saesuite.spec.checks import Evaluation, TransferCheck, evaluations, transfer_checks
+from saesuite.spec.checks import (
+    Evaluation,
+    TransferCheck,
+    evaluations,
+    require_chat_templates,
+    transfer_checks,
+)
 from saesuite.spec.config import (
     SAESpec,
     expand_suite,
@@ -32,6 +38,7 @@ class Workflow:
         self.checks: dict[str, TransferCheck] = {
             c.name: c for c in transfer_checks(config, self.suite)
         }
+        require_chat_templates(config, list(self.checks.values()))
 
     @cached_property
     def releases(self) -> dict[str, jobs.ReleaseJob]:
