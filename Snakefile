@@ -2,6 +2,8 @@
 # Run `snakemake -n` to review the plan, `snakemake --cores 2` to run it.
 from snakemake.utils import min_version
 
+from saesuite.spec.lock import lock_roots, release_roots
+
 min_version("9.0")
 
 
@@ -25,6 +27,20 @@ include: "rules/transfer.smk"
 include: "rules/release.smk"
 include: "rules/publish.smk"
 include: "rules/report.smk"
+
+
+# One run at a time per output root, across checkouts (saesuite.spec.lock). onstart
+# runs in the submitting Snakemake only, and only when there are jobs to run.
+onstart:
+    lock_roots([ROOT, SCRATCH], workflow.basedir)
+
+
+onsuccess:
+    release_roots()
+
+
+onerror:
+    release_roots()
 
 
 rule all:

@@ -16,6 +16,13 @@ from saesuite.spec.hashing import stable_hash
 CHARS_PER_TOKEN_BUDGET = 10  # corpus text kept per needed token: ~2.5× typical BPE
 
 
+RUN_LOCK = ".saesuite.lock"  # in each root a run writes: one run at a time (spec.lock)
+
+
+def run_lock(root: str) -> Path:
+    return Path(root) / RUN_LOCK
+
+
 def corpus(root: str) -> dict[str, str]:
     return {
         "jsonl": f"{root}/corpus/corpus.jsonl",
