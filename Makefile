@@ -20,14 +20,14 @@ $(STAMP):
 	rm -f $(VENV)/.installed-* && touch $@
 
 run: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --profile config/profiles/local --cores $(CORES)
 	$(BIN)/snakemake --report results/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 dry-run: $(STAMP)
-	$(BIN)/snakemake -n
+	$(BIN)/snakemake --profile config/profiles/local -n
 
 lint: $(STAMP)
 	$(BIN)/lint-imports pyproject.toml

@@ -1,5 +1,6 @@
 # saesuite: Gemma-Scope-style JumpReLU SAE suites from configuration.
-# Run `snakemake -n` to review the plan, `snakemake --cores 2` to run it.
+# Review the plan with `snakemake --profile config/profiles/local -n`, run it without
+# -n (the profile: README, "Reruns"); on SLURM, --profile config/profiles/slurm.
 from snakemake.utils import min_version
 
 from saesuite.spec.lock import lock_roots, release_roots

@@ -20,6 +20,7 @@ rule extract:
     resources:
         **resources_of("extract"),
     params:
+        code=CODE_VERSIONS["extract"],
         model_cfg=lambda w: config["models"][w.model],
         cache_root=CACHE,
         sites=get_site_names,
@@ -44,6 +45,7 @@ rule manifest:
     resources:
         **resources_of("manifest"),
     params:
+        code=CODE_VERSIONS["manifest"],
         identity=lambda w: paths.activation_identity(config, w.model),
     script:
         "scripts/manifest.py"
@@ -61,6 +63,7 @@ rule normalize:
     resources:
         **resources_of("normalize"),
     params:
+        code=CODE_VERSIONS["normalize"],
         sites=get_site_names,
     script:
         "scripts/normalize.py"

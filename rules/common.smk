@@ -9,6 +9,7 @@ from snakemake.utils import validate
 
 from saesuite.cluster.resources import JobResources
 from saesuite.spec import paths
+from saesuite.spec.code_versions import CODE_VERSIONS
 from saesuite.spec.config import (
     check_config,
     coerce_cli_strings,

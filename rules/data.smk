@@ -12,6 +12,7 @@ rule corpus:
     resources:
         **resources_of("corpus"),
     params:
+        code=CODE_VERSIONS["corpus"],
         sources=config["data"]["sources"],
         shuffle=config["data"]["shuffle_documents"],
         seed=config["seed"],
@@ -30,6 +31,7 @@ rule model:
     resources:
         **resources_of("model"),
     params:
+        code=CODE_VERSIONS["model"],
         model_cfg=lambda w: config["models"][w.model],
         cache_root=CACHE,
     script:
@@ -51,6 +53,7 @@ rule tokens:
     resources:
         **resources_of("tokens"),
     params:
+        code=CODE_VERSIONS["tokens"],
         model_cfg=lambda w: config["models"][w.model],
         cache_root=CACHE,
         data=config["data"],

@@ -19,6 +19,7 @@ rule evaluate:
     resources:
         **resources_of("evaluate"),
     params:
+        code=CODE_VERSIONS["evaluate"],
         job=get_eval_job,
         cache_root=CACHE,
     script:
@@ -37,5 +38,7 @@ rule eval_table:
         "../envs/saesuite.yaml"
     resources:
         **resources_of("eval_table"),
+    params:
+        code=CODE_VERSIONS["eval_table"],
     script:
         "scripts/eval_table.py"

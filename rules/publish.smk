@@ -15,6 +15,7 @@ rule publish:
     resources:
         **resources_of("publish"),
     params:
+        code=CODE_VERSIONS["publish"],
         job=lambda w: WF.publish_params(w.release),
     script:
         "scripts/publish.py"

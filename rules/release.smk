@@ -14,6 +14,7 @@ rule release:
     resources:
         **resources_of("release"),
     params:
+        code=CODE_VERSIONS["release"],
         job=lambda w: WF.release_params(w.release),
     script:
         "scripts/release.py"

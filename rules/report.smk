@@ -32,6 +32,7 @@ rule report_figures:
     resources:
         **resources_of("report_figures"),
     params:
+        code=CODE_VERSIONS["report_figures"],
         target_l0=config["report"]["target_l0"],
     script:
         "scripts/report_figures.py"

@@ -24,6 +24,7 @@ rule train:
     resources:
         **resources_of("train"),
     params:
+        code=CODE_VERSIONS["train"],
         job=get_train_job,
         nproc=get_train_nproc,
     script:

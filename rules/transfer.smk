@@ -16,6 +16,7 @@ rule transfer_rollouts:
     resources:
         **resources_of("transfer_rollouts"),
     params:
+        code=CODE_VERSIONS["transfer_rollouts"],
         job=lambda w: WF.rollouts_params(w.model),
         cache_root=CACHE,
     script:
@@ -50,6 +51,7 @@ rule transfer_table:
     resources:
         **resources_of("transfer_table"),
     params:
+        code=CODE_VERSIONS["transfer_table"],
         check=lambda w: WF.check_params(w.check),
     script:
         "scripts/transfer_table.py"

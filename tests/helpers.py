@@ -167,10 +167,12 @@ ONE_THREAD_EACH = ["--set-threads"] + [
 ]
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, snakefile: Path = REPO_ROOT / "Snakefile"
+) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable, "-m", "snakemake",
-        "-s", str(REPO_ROOT / "Snakefile"),
+        "-s", str(snakefile),
         "--directory", str(workdir),
         "--configfile", str(workdir / "config.yaml"),
         *args,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import subprocess
 import sys
 
@@ -477,3 +478,55 @@ def test_every_output_honours_the_umask(run):
         if p.stat().st_mode & 0o777 != (0o777 if p.is_dir() else 0o666) & ~umask
     ]
     assert not wrong, wrong[:10]
+
+
+def test_a_fresh_clone_plans_nothing_and_a_parameter_change_reruns_its_jobs(
+    run, tmp_path
+):
+    """Several checkouts, one finished suite (issue 18, item 9): a checkout made
+    after the run (every rules/scripts/*.py newer than the results) plans nothing;
+    a changed training parameter reruns the train jobs and what is built from them,
+    nothing upstream."""
+    work = copy_run(run[0], tmp_path / "wf")
+    clone = tmp_path / "clone"
+    for part in ("rules", "config", "envs"):
+        shutil.copytree(REPO_ROOT / part, clone / part, copy_function=shutil.copy)
+    shutil.copy(REPO_ROOT / "Snakefile", clone / "Snakefile")
+    summary = next((work / "results" / "tiny" / "saes").glob("layer_*/*/site.json"))
+    assert (clone / "rules/scripts/train.py").stat().st_mtime > summary.stat().st_mtime
+
+    def plan(*args: str, profile: bool = True) -> str:
+        local = ["--profile", str(clone / "config/profiles/local")] if profile else []
+        out = snakemake(work, "-n", *local, *args, snakefile=clone / "Snakefile")
+        assert out.returncode == 0, out.stderr
+        return out.stdout + out.stderr
+
+    assert "Nothing to be done" in plan()
+    # Snakemake's default triggers (its code trigger on) would rerun every script rule.
+    code = plan(profile=False)
+    assert "Code has changed since last execution" in code
+    assert job_counts(code)["extract"] == 4
+
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg.setdefault("train", {})["lr"] = 1e-4
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    changed = plan()
+    assert "Params have changed since last execution" in changed
+    # the train jobs and what is built from them; no corpus, tokens, extraction,
+    # manifest or normalisation, and no rollouts (they do not read the SAEs)
+    assert job_counts(changed) == {
+        "train": 6, "evaluate": 4, "eval_table": 1, "release": 3,
+        "transfer_table": 1, "report_figures": 1, "all": 1, "total": 17,
+    }, job_counts(changed)  # fmt: skip
+
+
+def test_the_local_and_slurm_profiles_rerun_on_the_same_triggers():
+    profiles = REPO_ROOT / "config" / "profiles"
+    triggers = {
+        p.parent.name: yaml.safe_load(p.read_text())["rerun-triggers"]
+        for p in profiles.glob("*/config.yaml")
+    }
+    assert set(triggers) == {"local", "slurm"}
+    assert all(
+        t == ["mtime", "params", "input", "software-env"] for t in triggers.values()
+    )

@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
+from saesuite.spec.code_versions import CODE_VERSIONS
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -95,8 +97,9 @@ def sha256_file(path: str | Path, block: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def versions(packages: tuple[str, ...] = ()) -> dict[str, str]:
-    """Versions of Python and the packages whose behaviour shapes our outputs."""
+def versions(packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Versions of Python, the packages whose behaviour shapes our outputs, and the
+    code versions of the rules (saesuite.spec.code_versions)."""
     names = (
         "saesuite",
         "torch",
@@ -111,4 +114,4 @@ def versions(packages: tuple[str, ...] = ()) -> dict[str, str]:
     for name in names:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-    return out
+    return {**out, "code_versions": dict(CODE_VERSIONS)}

@@ -1,0 +1,32 @@
+"""The version of the code behind each rule's results: what Snakemake reruns on.
+
+Snakemake's own code trigger reruns a `script:` rule whenever rules/scripts/*.py is
+newer than its outputs, so a fresh clone (or a `git pull`) pointed at a finished
+suite planned all of it again, hundreds of TB of extraction at suite scale; and it
+never saw the package code that computes the results. The Snakefile turns that
+trigger off (unless `--rerun-triggers` is given) and every rule takes its number
+below as a parameter instead: bump a rule's number in the change that alters what it
+writes (its bytes or their meaning), and Snakemake's params trigger reruns exactly
+its jobs and, through their newer outputs, what is built from them. Refactors,
+comments and logs keep the numbers. Every output's `versions` records them
+(saesuite.spec.io.versions).
+"""
+
+from __future__ import annotations
+
+CODE_VERSIONS: dict[str, int] = {
+    "corpus": 1,
+    "model": 1,
+    "tokens": 1,
+    "extract": 1,
+    "manifest": 1,
+    "normalize": 1,
+    "train": 1,
+    "evaluate": 1,
+    "eval_table": 1,
+    "transfer_rollouts": 1,
+    "transfer_table": 1,
+    "release": 1,
+    "publish": 1,
+    "report_figures": 1,
+}
