@@ -91,6 +91,15 @@ def test_shard_benchmark_in_two_processes(capsys):
     assert_measured(rows, range(1, 4))
 
 
+def test_store_benchmark_reads_verified_and_unverified(capsys):
+    bench("store").main(["--quick"])
+    out = capsys.readouterr().out
+    rows = table(out)
+    assert [r[0] for r in rows] == ["unverified", "verified"]
+    assert_measured(rows, range(1, 4))
+    assert "xxh3_64 blocks of 16 MiB" in out
+
+
 # What the GPU machine lacks (issue 15): the script must run without them.
 ABSENT_ON_GPU_MACHINE = ("snakemake", "gguf", "sae_lens", "jsonschema")
 

@@ -149,18 +149,104 @@ def test_non_finite_values_are_named(tmp_path):
     man = make_store(tmp_path, n_chunks=1)
     x = torch.ones(50, D)
     x[7, 2] = float("nan")
-    from safetensors.torch import save_file
-
-    save_file(
-        {
-            "layer_0.res": x,
-            "input_ids": torch.zeros(50, dtype=torch.int32),
-            "mask": torch.arange(50) % 5 != 0,
-        },
-        str(tmp_path / "chunk_00000.safetensors"),
-    )
+    base = tmp_path / "chunk_00000"
+    tensors = {
+        "layer_0.res": x,
+        "input_ids": torch.zeros(50, dtype=torch.int32),
+        "mask": torch.arange(50) % 5 != 0,
+    }  # written as extraction writes it: its checksums match, the NaN is caught
+    write_chunk(f"{base}.safetensors", f"{base}.json", tensors, {"chunk": 0})
     with pytest.raises(StoreError, match="chunk_00000.safetensors: non-finite"):
         normalization_scalars(man, ["layer_0.res"])
+
+
+def flip_byte(path, offset: int) -> None:
+    """One byte of `path` inverted in place, size and modification time kept."""
+    import os
+
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_flipped_byte_in_a_chunk_is_caught_naming_it(tmp_path, monkeypatch, dtype):
+    """Issue 18, item 1: one byte flipped in the data region of a chunk (a finite
+    value still) stops the reader with the chunk, the rows and what to do; an intact
+    cache reads the same as without verification. Blocks are small here (4 rows) so
+    that the flip sits in a middle block."""
+    import json
+    import struct
+
+    import saesuite.data.store as store
+
+    monkeypatch.setattr(store, "CHECKSUM_BLOCK_BYTES", 4 * D * dtype.itemsize)
+    man = make_store(tmp_path, n_chunks=2, dtype=dtype)
+    info = read_json(tmp_path / "chunk_00001.json")
+    assert info["checksums"]["block_rows"]["layer_0.res"] == 4
+    assert len(info["checksums"]["blocks"]["layer_0.res"]) == 13  # ceil(50 / 4)
+    assert "checksums" not in read_json(man)["chunks"][1]  # sidecars only
+    clean = ActivationReader(man, "layer_0.res", 10, 1000, seed=3).batch(7)
+
+    path = tmp_path / "chunk_00001.safetensors"
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    start = 8 + n + header["layer_0.res"]["data_offsets"][0]
+    row_bytes = D * dtype.itemsize
+    flip_byte(path, start + 21 * row_bytes)  # row 21: block 5, a low mantissa byte
+    with pytest.raises(StoreError) as err:
+        for j in range(12):  # one epoch: 80 unmasked rows in batches of 10
+            ActivationReader(man, "layer_0.res", 10, 1000, seed=3).batch(j)
+    msg = str(err.value)
+    assert "chunk_00001.safetensors: rows 20..24 of 'layer_0.res'" in msg
+    assert "xxh3_64" in msg and "Delete that chunk" in msg
+    with pytest.raises(StoreError, match="rows 20..24"):
+        normalization_scalars(man, ["layer_0.res"])
+    flip_byte(path, start + 21 * row_bytes)  # restored: reads as before
+    again = ActivationReader(man, "layer_0.res", 10, 1000, seed=3).batch(7)
+    assert torch.equal(again, clean)
+
+
+def test_a_flipped_mask_byte_is_caught(tmp_path):
+    import json
+    import struct
+
+    man = make_store(tmp_path, n_chunks=1)
+    path = tmp_path / "chunk_00000.safetensors"
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    flip_byte(path, 8 + n + header["mask"]["data_offsets"][0] + 3)
+    with pytest.raises(StoreError, match="rows 0..50 of 'mask'"):
+        ActivationReader(man, "layer_0.res", 10, 1000).batch(0)
+
+
+def test_checksums_of_rows_written_out_of_order_equal_streamed_ones(tmp_path):
+    """The writer checksums rows as they stream in; rows written out of order are
+    checksummed from the file: both give the same digests."""
+    import saesuite.data.store as store
+
+    x = torch.randn(50, D)
+    specs = {"s": ((50, D), torch.float32), "mask": ((50,), torch.bool)}
+    infos = []
+    for name, order in (("a", [0, 20, 40]), ("b", [40, 0, 20])):
+        with ChunkWriter(tmp_path / f"{name}.safetensors", tmp_path / f"{name}.json",
+                         specs, {}) as w:  # fmt: skip
+            for r in order:
+                w.write("s", r, x[r : r + 20])
+            w.write("mask", 0, torch.ones(50, dtype=torch.bool))
+        infos.append(w.info["checksums"])
+    assert infos[0] == infos[1]
+    per = infos[0]["block_rows"]["s"]
+    want = [
+        store.block_digest(x[i : i + per].numpy().tobytes()) for i in range(0, 50, per)
+    ]
+    assert infos[0]["blocks"]["s"] == want
 
 
 def test_missing_site_and_missing_file(tmp_path):
@@ -240,3 +326,38 @@ def test_chunk_bytes_are_reproducible(tmp_path):
             tmp_path / f"{name}.st", tmp_path / f"{name}.json", tensors, {"k": 1}
         )
     assert (tmp_path / "a.st").read_bytes() == (tmp_path / "b.st").read_bytes()
+
+
+def test_a_transcoders_pairs_are_row_aligned_and_scaled_apart(tmp_path):
+    """A transcoder reads its input and target site from the same chunks: row i of
+    the input batch and row i of the target batch are the same token, each divided
+    by its own site's scalar, in the same shuffled order as the input alone."""
+    infos = []
+    for c in range(3):
+        ids = torch.arange(50, dtype=torch.float32) + 1000 * c
+        tensors = {
+            "layer_0.mlp_in": ids[:, None].repeat(1, D),
+            "layer_0.mlp": -ids[:, None].repeat(1, D + 2),  # another width
+            "input_ids": torch.arange(50, dtype=torch.int32),
+            "mask": torch.arange(50) % 5 != 0,
+        }
+        base = tmp_path / f"chunk_{c:05d}"
+        write_chunk(f"{base}.safetensors", f"{base}.json", tensors, {"chunk": c})
+        infos.append(f"{base}.json")
+    man = write_manifest(infos, tmp_path / "manifest.json", {"model": "fake"})
+    assert man["n_valid"] == 120
+    alone = ActivationReader(tmp_path / "manifest.json", "layer_0.mlp_in", 16, 40,
+                             seed=5, scale=2.0)  # fmt: skip
+    pairs = ActivationReader(tmp_path / "manifest.json", "layer_0.mlp_in", 16, 40,
+                             seed=5, scale=2.0, target_site="layer_0.mlp",
+                             target_scale=4.0)  # fmt: skip
+    assert (pairs.d_in, pairs.d_out) == (D, D + 2)
+    seen = []
+    for j in range(15):  # two epochs
+        x, y = pairs.pair(j)
+        assert x.shape == (16, D) and y.shape == (16, D + 2)
+        torch.testing.assert_close(x, alone.pair(j)[0])
+        torch.testing.assert_close(-4.0 * y[:, :1], 2.0 * x[:, :1])
+        seen += (2.0 * x[:, 0]).tolist()
+    assert sorted(seen[:120]) == expected_ids()
+    assert alone.pair(0)[1] is None

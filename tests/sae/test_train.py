@@ -516,6 +516,92 @@ def test_a_preempted_sharded_job_resumes_from_every_shard_and_not_on_one(
 
 def test_a_job_writing_another_site_than_it_reads_is_refused(store, tmp_path):
     job = replace(make_job(store, tmp_path), output_site="layer_0.mlp")
-    with pytest.raises(ValueError, match="reads layer_0.res and writes layer_0.mlp"):
+    with pytest.raises(ValueError, match="an SAE reconstructs the site it reads"):
         train_site(job)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.fixture(scope="module")
+def pair_store(tmp_path_factory) -> Path:
+    """An MLP's input and output: y = x S (a dense linear part) + a sparse code of x
+    through other atoms, ten times the input's scale, so that C_y ≠ C_x."""
+    root = tmp_path_factory.mktemp("pairs")
+    g = torch.Generator().manual_seed(7)
+    x = sparse_data(8192)
+    S = torch.randn(D, D, generator=g) / D**0.5
+    atoms = torch.randn(D, D, generator=g) / D**0.5
+    y = 10.0 * (x @ S + torch.relu(x @ atoms - 0.5))
+    infos = []
+    for c in range(2):
+        part = slice(c * 4096, (c + 1) * 4096)
+        mask = torch.ones(4096, dtype=torch.bool)
+        mask[::64] = False
+        base = root / f"chunk_{c:05d}"
+        write_chunk(f"{base}.safetensors", f"{base}.json",
+                    {"layer_0.mlp_in": x[part], "layer_0.mlp": y[part],
+                     "input_ids": torch.zeros(4096, dtype=torch.int32), "mask": mask},
+                    {"chunk": c})  # fmt: skip
+        infos.append(f"{base}.json")
+    write_manifest(infos, root / "manifest.json", {"model": "synthetic"})
+    sites = ["layer_0.mlp_in", "layer_0.mlp"]
+    write_normalization(root / "manifest.json", sites, root / "norm.json")
+    return root
+
+
+def transcoder_job(store: Path, out: Path, kinds=("transcoder", "skip_transcoder")):
+    dicts = tuple(
+        DictionarySpec(kind, "layer_0.mlp_in", "layer_0.mlp", 64, "l0", 1e-3, 1e-3,
+                       128 * 240, kind, str(out / kind))
+        for kind in kinds
+    )  # fmt: skip
+    return TrainJob(
+        model="synthetic", input_site="layer_0.mlp_in", output_site="layer_0.mlp",
+        seed=3, shuffle_bucket=2048, train=TRAIN, identity={"model": "synthetic"},
+        dictionaries=dicts, manifest=str(store / "manifest.json"),
+        normalization=str(store / "norm.json"), checkpoint=str(out / "ckpt.pt"),
+    )  # fmt: skip
+
+
+def test_transcoders_train_on_row_aligned_pairs_and_release_on_raw_units(
+    pair_store, tmp_path
+):
+    """Plain and skip-transcoders from the same cache: the released weights (both
+    scalars and the skip matrix folded in) predict the raw MLP output from the raw
+    input exactly as the trained state does on normalised data, and the skip
+    connection takes the dense linear part the latents cannot."""
+    from saesuite.data.store import ActivationReader
+    from saesuite.sae.jumprelu import JumpReLUSAE
+
+    results = train_site(transcoder_job(pair_store, tmp_path))
+    norm = read_json(pair_store / "norm.json")["scale"]
+    c_x, c_y = norm["layer_0.mlp_in"], norm["layer_0.mlp"]
+    assert c_y > 3 * c_x
+    raw = ActivationReader(pair_store / "manifest.json", "layer_0.mlp_in", 2048, 8192,
+                           target_site="layer_0.mlp")  # fmt: skip
+    x, y = raw.pair(0)
+    fvu = {}
+    for info in results:
+        out = tmp_path / info["dictionary"]
+        assert info["output_site"] == "layer_0.mlp"
+        assert info["target_normalization_scale"] == pytest.approx(c_y)
+        released = JumpReLUSAE.from_release(load_file(out / "sae.safetensors"))
+        assert released.skip == (info["dictionary"] == "skip_transcoder")
+        state = load_file(out / "train_state.safetensors")
+        trained = JumpReLUSAE(D, 64, skip=released.skip, apply_b_dec_to_input=False)
+        trained.load_state_dict(state)
+        with torch.no_grad():
+            want = c_y * trained(x / c_x)
+            torch.testing.assert_close(released(x), want, rtol=1e-4, atol=1e-4)
+            err = (y - released(x)).pow(2).sum() / (y - y.mean(0)).pow(2).sum()
+        fvu[info["dictionary"]] = float(err)
+    assert fvu["skip_transcoder"] < 0.5 * fvu["transcoder"] and fvu["transcoder"] < 1, (
+        fvu
+    )
+
+
+def test_an_sae_in_a_transcoder_job_is_refused(pair_store, tmp_path):
+    job = transcoder_job(pair_store, tmp_path)
+    sae = replace(job.dictionaries[0], kind="sae")
+    with pytest.raises(ValueError, match="dictionary transcoder is a sae"):
+        train_site(replace(job, dictionaries=(sae,)))
+    assert not any(tmp_path.iterdir())

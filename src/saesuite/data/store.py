@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import xxhash
 from safetensors import safe_open
 
 from saesuite.spec.io import atomic_path, read_json, sha256_file, write_json
@@ -34,6 +35,21 @@ SAFETENSORS_DTYPES = {
     "I64": "int64",
 }
 READ_ROWS = 1 << 16  # rows per slice when scanning a chunk: bounds memory
+# Each tensor of a chunk is checksummed in blocks of whole rows of about this many
+# bytes (xxh3_64, ~17 GB/s here), written by the extraction job and verified as the
+# rows are read, once per block per job: a bit flipped on disk after extraction is an
+# error naming the chunk, not a silently different SAE. Whole-file hashes (the
+# sha256 in each sidecar) cost a full extra read of a cache of hundreds of TB.
+CHECKSUM_BLOCK_BYTES = 16 << 20
+CHECKSUM = "xxh3_64"
+
+
+def block_rows(row_bytes: int) -> int:
+    return max(1, CHECKSUM_BLOCK_BYTES // max(row_bytes, 1))
+
+
+def block_digest(data: Any) -> str:
+    return f"{xxhash.xxh3_64_intdigest(data):016x}"
 
 
 REDO = (
@@ -142,10 +158,19 @@ class ChunkWriter:
         self._size = len(self._header) + pos
         self.valid = 0
         self.rows = dict.fromkeys(specs, 0)
+        # Checksums stream in as rows come in order; a tensor written out of order
+        # is checksummed from the file when the chunk is closed.
+        self._row_bytes = {
+            k: math.prod(s[1:]) * d.itemsize for k, (s, d) in specs.items()
+        }
+        self._hash = {k: xxhash.xxh3_64() for k in specs}
+        self._filled = dict.fromkeys(specs, 0)
+        self._digests: dict[str, list[str]] = {k: [] for k in specs}
+        self._in_order = set(specs)
 
     def __enter__(self) -> ChunkWriter:
         self._atomic = atomic_path(self.path)
-        tmp = self._atomic.__enter__()
+        tmp = self._tmp = self._atomic.__enter__()
         self._f = open(tmp, "r+b")
         self._f.write(self._header)
         self._f.truncate(self._size)  # sparse until written
@@ -165,7 +190,54 @@ class ChunkWriter:
         self.rows[name] += t.shape[0]
         row_bytes = math.prod(shape[1:]) * dtype.itemsize
         self._f.seek(len(self._header) + self.offsets[name] + row * row_bytes)
-        self._f.write(t.detach().cpu().contiguous().view(torch.uint8).numpy().data)
+        data = t.detach().cpu().contiguous().view(torch.uint8).reshape(-1).numpy().data
+        self._f.write(data)
+        if name in self._in_order and row * row_bytes == self._streamed(name):
+            self._stream(name, data)
+        else:
+            self._in_order.discard(name)
+
+    def _streamed(self, name: str) -> int:
+        block = block_rows(self._row_bytes[name]) * self._row_bytes[name]
+        return len(self._digests[name]) * block + self._filled[name]
+
+    def _stream(self, name: str, data: memoryview) -> None:
+        block = block_rows(self._row_bytes[name]) * self._row_bytes[name]
+        h = self._hash[name]
+        while len(data):
+            take = min(len(data), block - self._filled[name])
+            h.update(data[:take])
+            self._filled[name] += take
+            data = data[take:]
+            if self._filled[name] == block:
+                self._digests[name].append(f"{h.intdigest():016x}")
+                h.reset()
+                self._filled[name] = 0
+
+    def _checksums(self, path: Path) -> dict[str, Any]:
+        for name in self.specs:
+            if name in self._in_order and self._filled[name]:
+                self._digests[name].append(f"{self._hash[name].intdigest():016x}")
+                self._filled[name] = 0
+        with open(path, "rb") as f:
+            for name in self.specs:
+                if name not in self._in_order:
+                    self._digests[name] = self._file_digests(f, name)
+        return {
+            "algorithm": CHECKSUM,
+            "block_rows": {k: block_rows(b) for k, b in self._row_bytes.items()},
+            "blocks": self._digests,
+        }
+
+    def _file_digests(self, f: Any, name: str) -> list[str]:
+        block = block_rows(self._row_bytes[name]) * self._row_bytes[name]
+        start = len(self._header) + self.offsets[name]
+        end = start + self.specs[name][0][0] * self._row_bytes[name]
+        out = []
+        for pos in range(start, end, block):
+            f.seek(pos)
+            out.append(block_digest(f.read(min(block, end - pos))))
+        return out
 
     def __exit__(self, *exc: Any) -> None:
         self._f.close()
@@ -176,6 +248,7 @@ class ChunkWriter:
             err = ValueError(f"{self.path}: rows written {short}, expected {want}")
             self._atomic.__exit__(ValueError, err, None)
             raise err
+        checksums = self._checksums(self._tmp) if exc[0] is None else None
         self._atomic.__exit__(*exc)
         if exc[0] is not None:
             return
@@ -189,6 +262,7 @@ class ChunkWriter:
             },
             "sha256": sha256_file(self.path),
             "bytes": self.path.stat().st_size,
+            "checksums": checksums,
         }
         write_json(self.info_path, info)
         self.info = info
@@ -214,6 +288,7 @@ class ChunkInfo:
     n_tokens: int
     n_valid: int
     tensors: dict[str, dict[str, Any]]  # name -> {"shape", "dtype"}
+    info_file: Path | None = None  # the sidecar, with the block checksums
 
 
 def write_manifest(
@@ -224,7 +299,11 @@ def write_manifest(
     chunks = []
     for p in sorted(chunk_infos):
         info = read_json(p)
+        # The block checksums stay in the sidecar, read by the job that reads the
+        # chunk: at suite scale they are ~1e-6 of the cache, too much for one JSON.
+        info.pop("checksums", None)
         info["file"] = os.path.relpath(Path(p).with_suffix(".safetensors"), out.parent)
+        info["info_file"] = os.path.relpath(p, out.parent)
         chunks.append(info)
     manifest = {
         **identity,
@@ -240,44 +319,98 @@ def load_manifest(path: str | Path) -> tuple[dict[str, Any], list[ChunkInfo]]:
     path = Path(path)
     manifest = read_json(path)
     chunks = [
-        ChunkInfo(path.parent / c["file"], c["n_tokens"], c["n_valid"], c["tensors"])
+        ChunkInfo(path.parent / c["file"], c["n_tokens"], c["n_valid"], c["tensors"],
+                  path.parent / c["info_file"] if "info_file" in c else None)
         for c in manifest["chunks"]
-    ]
+    ]  # fmt: skip
     return manifest, chunks
 
 
 class _Chunk:
-    """One open, checked chunk; slices of a site are read lazily from the mmap."""
+    """One open, checked chunk; slices of a site are read lazily from the mmap, and
+    each block of rows is verified against its checksum the first time it is read."""
 
-    def __init__(self, info: ChunkInfo, site: str):
-        check_chunk(info.path, {site: info.tensors[site], "mask": info.tensors["mask"]})
+    def __init__(
+        self, info: ChunkInfo, site: str | tuple[str, ...], verify: bool = True
+    ):
+        """`site`: one site, or several whose rows are read side by side (a
+        transcoder's input and target), concatenated along the features."""
+        self.sites = (site,) if isinstance(site, str) else tuple(site)
+        want = {x: info.tensors[x] for x in self.sites}
+        check_chunk(info.path, {**want, "mask": info.tensors["mask"]})
         self.info = info
-        self.site = site
         self.file = safe_open(str(info.path), framework="pt")
-        self.valid = torch.nonzero(self.file.get_tensor("mask")).squeeze(1)
+        self.sums = self._checksums() if verify else None
+        self.verified: set[tuple[str, int]] = set()
+        mask = self.file.get_tensor("mask")
+        if self.sums is not None:
+            self._verify("mask", 0, mask)
+        self.valid = torch.nonzero(mask).squeeze(1)
         if len(self.valid) != info.n_valid:
             raise StoreError(
                 f"{info.path}: {len(self.valid)} unmasked tokens, manifest says "
                 f"{info.n_valid}"
             )
 
+    def _checksums(self) -> dict[str, Any] | None:
+        if self.info.info_file is None:  # a manifest from before block checksums
+            return None
+        sums = read_json(self.info.info_file).get("checksums")
+        if sums is not None and sums["algorithm"] != CHECKSUM:
+            raise StoreError(
+                f"{self.info.info_file}: checksums '{sums['algorithm']}', this version "
+                f"reads '{CHECKSUM}'"
+            )
+        return sums
+
+    def _verify(self, name: str, first: int, rows: torch.Tensor) -> None:
+        """Check rows first.. of tensor `name` (whole blocks, or the tensor's tail)."""
+        assert self.sums is not None
+        per = self.sums["block_rows"][name]
+        want = self.sums["blocks"][name]
+        raw = rows.contiguous().view(torch.uint8).reshape(-1).numpy()
+        row_bytes = raw.nbytes // max(len(rows), 1)
+        for k in range(first // per, -(-(first + len(rows)) // per)):
+            if (name, k) in self.verified:
+                continue
+            a = (k * per - first) * row_bytes
+            if block_digest(raw[a : a + per * row_bytes].data) != want[k]:
+                hi = min((k + 1) * per, self.info.n_tokens)
+                raise StoreError(
+                    f"{self.info.path}: rows {k * per}..{hi} of '{name}' differ from "
+                    f"the {CHECKSUM} checksum written when the chunk was extracted "
+                    f"(block {k} of {len(want)}): the file changed on disk since"
+                )
+            self.verified.add((name, k))
+
     def rows(self, a: int, b: int) -> torch.Tensor:
-        """Unmasked activations a..b (in unmasked-row numbering) as float32."""
+        """Unmasked activations a..b (in unmasked-row numbering) as float32, the
+        sites side by side."""
+        parts = [self._site_rows(site, a, b) for site in self.sites]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _site_rows(self, site: str, a: int, b: int) -> torch.Tensor:
         idx = self.valid[a:b]
         lo, hi = int(idx[0]), int(idx[-1]) + 1
-        block = self.file.get_slice(self.site)[lo:hi]
+        if self.sums is not None:  # read whole checksum blocks
+            per = self.sums["block_rows"][site]
+            lo, hi = lo // per * per, min(-(-hi // per) * per, self.info.n_tokens)
+        block = self.file.get_slice(site)[lo:hi]
+        if self.sums is not None:
+            self._verify(site, lo, block)
         x = block[idx - lo].float()
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x).all(dim=1)).nonzero()[0]) + a
             raise StoreError(
-                f"{self.info.path}: non-finite values in '{self.site}' "
-                f"(unmasked row {bad})"
+                f"{self.info.path}: non-finite values in '{site}' (unmasked row {bad})"
             )
         return x
 
 
 class ActivationReader:
-    """Batches of one site's unmasked activations, shuffled in buckets.
+    """Batches of one site's unmasked activations, shuffled in buckets; with a
+    `target_site` (a transcoder's), row-aligned pairs of two sites' activations from
+    the same chunks, each divided by its own scalar (`pair`).
 
     The stream is a pure function of (seed, batch index): epoch e visits the chunks in
     a seeded order, cuts their unmasked rows into buckets of `bucket` activations and
@@ -293,31 +426,43 @@ class ActivationReader:
         bucket: int,
         seed: int = 0,
         scale: float = 1.0,
+        verify: bool = True,
+        target_site: str | None = None,
+        target_scale: float = 1.0,
     ):
+        """`verify=False` skips the block checksums (benchmarks/store.py measures
+        what they cost)."""
         _, infos = load_manifest(manifest)
-        missing = [i.path.name for i in infos if site not in i.tensors]
-        if missing:
-            raise StoreError(
-                f"{manifest}: site '{site}' not in chunks {missing[:3]}",
-                "The cache was made for other sites: run Snakemake again (the cache "
-                "identity changed, so it re-extracts)",
-            )
+        sites = (site,) if target_site is None else (site, target_site)
+        for name in sites:
+            missing = [i.path.name for i in infos if name not in i.tensors]
+            if missing:
+                raise StoreError(
+                    f"{manifest}: site '{name}' not in chunks {missing[:3]}",
+                    "The cache was made for other sites: run Snakemake again (the "
+                    "cache identity changed, so it re-extracts)",
+                )
         self.infos = infos
         self.site = site
+        self.sites = sites
+        self.target_site = target_site
+        self.target_scale = target_scale
         self.batch_size = batch_size
         self.bucket = max(bucket, batch_size)
         self.seed = seed
         self.scale = scale
+        self.verify = verify
         self.n_valid = sum(i.n_valid for i in infos)
         if self.n_valid == 0:
             raise StoreError(f"{manifest}: no unmasked activations for '{site}'")
         self.d_in = infos[0].tensors[site]["shape"][1]
+        self.d_out = infos[0].tensors[target_site or site]["shape"][1]
         self._open: dict[int, _Chunk] = {}
         self._cached: tuple[int, int, torch.Tensor] | None = None
 
     def _chunk(self, i: int) -> _Chunk:
         if i not in self._open:
-            self._open[i] = _Chunk(self.infos[i], self.site)
+            self._open[i] = _Chunk(self.infos[i], self.sites, self.verify)
         return self._open[i]
 
     def _order(self, epoch: int) -> list[int]:
@@ -341,8 +486,12 @@ class ActivationReader:
         data = torch.cat(parts) if len(parts) > 1 else parts[0]
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 65_537 + k)
         data = data[torch.randperm(len(data), generator=g)]
-        if self.scale != 1.0:
-            data /= self.scale
+        if self.target_site is None:
+            if self.scale != 1.0:
+                data /= self.scale
+        else:
+            data[:, : self.d_in] /= self.scale
+            data[:, self.d_in :] /= self.target_scale
         self._cached = (epoch, k, data)
         return data
 
@@ -359,8 +508,16 @@ class ActivationReader:
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def batch(self, j: int) -> torch.Tensor:
-        """Batch j (batch_size, d_in), float32."""
+        """Batch j (batch_size, d_in), float32; with a target site, (batch_size,
+        d_in + d_out), the two sites side by side (`pair` splits them)."""
         return self._range(j * self.batch_size, (j + 1) * self.batch_size)
+
+    def pair(self, j: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Batch j as (input, target): the target is None without a target site."""
+        b = self.batch(j)
+        if self.target_site is None:
+            return b, None
+        return b[:, : self.d_in], b[:, self.d_in :]
 
     def batches(self, start: int = 0) -> Iterator[torch.Tensor]:
         j = start

@@ -93,10 +93,16 @@ def sparsity_penalty(
 
 
 class JumpReLUSAE(nn.Module):
-    """A JumpReLU SAE with W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae],
-    b_dec [d_in] and one threshold θ > 0 per latent.
+    """A JumpReLU SAE with W_enc [d_in, d_sae], W_dec [d_sae, d_out], b_enc [d_sae],
+    b_dec [d_out] and one threshold θ > 0 per latent; d_out = d_in for an SAE.
 
-    While training, b_dec is subtracted before the encoder (apply_b_dec_to_input);
+    A transcoder (Gemma Scope; Dunefsky et al. 2024) reads one site and predicts
+    another: `d_out` may differ from d_in, b_dec is an output bias only
+    (apply_b_dec_to_input=False), and `skip=True` adds an affine skip connection
+    x W_skip [d_in, d_out] to the prediction (Gemma Scope 2's skip-transcoders),
+    initialised to zero.
+
+    While training, an SAE subtracts b_dec before the encoder (apply_b_dec_to_input);
     released SAEs (`fold_normalization`) work on raw activations without it, as
     Gemma Scope's params.npz files do.
     """
@@ -106,6 +112,8 @@ class JumpReLUSAE(nn.Module):
         d_in: int,
         d_sae: int,
         *,
+        d_out: int | None = None,
+        skip: bool = False,
         threshold_param: Literal["direct", "log"] = "direct",
         apply_b_dec_to_input: bool = True,
         bandwidth: float = 0.001,
@@ -118,15 +126,23 @@ class JumpReLUSAE(nn.Module):
             raise ValueError(
                 f"threshold_param must be 'direct' or 'log', not {threshold_param!r}"
             )
-        self.d_in, self.d_sae = d_in, d_sae
+        d_out = d_in if d_out is None else d_out
+        if apply_b_dec_to_input and d_out != d_in:
+            raise ValueError(
+                f"b_dec ({d_out}) cannot be subtracted from the input ({d_in}): a "
+                "transcoder takes apply_b_dec_to_input=False"
+            )
+        self.d_in, self.d_sae, self.d_out, self.skip = d_in, d_sae, d_out, skip
         self.threshold_param = threshold_param
         self.apply_b_dec_to_input = apply_b_dec_to_input
         self.bandwidth = bandwidth
         kw = {"dtype": dtype, "device": device}
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, **kw))
-        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, **kw))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_out, **kw))
         self.b_enc = nn.Parameter(torch.zeros(d_sae, **kw))
-        self.b_dec = nn.Parameter(torch.zeros(d_in, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(d_out, **kw))
+        if skip:
+            self.W_skip = nn.Parameter(torch.zeros(d_in, d_out, **kw))
         theta = torch.full((d_sae,), init_threshold, **kw)
         if threshold_param == "log":
             self.log_threshold = nn.Parameter(theta.log())
@@ -148,28 +164,38 @@ class JumpReLUSAE(nn.Module):
         full_width: int | None = None,
         start: int = 0,
     ) -> JumpReLUSAE:
-        """He-uniform W_dec with unit-norm rows, W_enc = W_decᵀ, zero biases. A shard
-        (`saesuite.sae.shard`) takes latents start.. of the `full_width` SAE the same
-        seed gives: rows are drawn in blocks and the others dropped, so memory stays at
-        a block however wide the SAE."""
+        """He-uniform W_dec with unit-norm rows, W_enc = W_decᵀ (a transcoder whose
+        sites differ in width draws W_enc the same way, after W_dec), zero biases and
+        skip connection. A shard (`saesuite.sae.shard`) takes latents start.. of the
+        `full_width` SAE the same seed gives: rows are drawn in blocks and the others
+        dropped, so memory stays at a block however wide the SAE."""
         full_width = full_width or self.d_sae
+        w = self._unit_rows(generator, full_width, start, self.d_out)
+        self.W_dec.copy_(w)
+        if self.d_out == self.d_in:
+            self.W_enc.copy_(w.T)
+        else:
+            self.W_enc.copy_(self._unit_rows(generator, full_width, start, self.d_in).T)
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+        if self.skip:
+            self.W_skip.zero_()
+        return self
+
+    def _unit_rows(
+        self, generator: torch.Generator | None, full_width: int, start: int, d: int
+    ) -> torch.Tensor:
+        """Rows start..start+d_sae of a (full_width, d) He-uniform draw, unit norm."""
         bound = math.sqrt(6.0 / self.d_in)  # He-uniform, fan_in = d_in
-        w = torch.empty(self.d_sae, self.d_in, dtype=torch.float32)
-        block = max(1, INIT_BLOCK // self.d_in)
+        w = torch.empty(self.d_sae, d, dtype=torch.float32)
+        block = max(1, INIT_BLOCK // d)
         for lo in range(0, min(full_width, start + self.d_sae), block):
             hi = min(lo + block, full_width)
-            rows = torch.empty(hi - lo, self.d_in).uniform_(
-                -bound, bound, generator=generator
-            )
+            rows = torch.empty(hi - lo, d).uniform_(-bound, bound, generator=generator)
             a, b = max(lo, start), min(hi, start + self.d_sae)
             if a < b:
                 w[a - start : b - start] = rows[a - lo : b - lo]
-        w /= w.norm(dim=1, keepdim=True)
-        self.W_dec.copy_(w)
-        self.W_enc.copy_(w.T)
-        self.b_enc.zero_()
-        self.b_dec.zero_()
-        return self
+        return w / w.norm(dim=1, keepdim=True)
 
     # --- inference ----------------------------------------------------------------
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,33 +208,44 @@ class JumpReLUSAE(nn.Module):
         pre = self.pre_acts(x)
         return pre * (pre > self.threshold)
 
-    def decode(self, f: torch.Tensor) -> torch.Tensor:
-        """x̂ = f W_dec + b_dec, (B, d_sae) → (B, d_in)."""
-        return f @ self.W_dec + self.b_dec
+    def decode(self, f: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """x̂ = f W_dec + b_dec (+ x W_skip with a skip connection, which needs the
+        input x), (B, d_sae) → (B, d_out)."""
+        out = f @ self.W_dec + self.b_dec
+        if self.skip:
+            if x is None:
+                raise ValueError("a skip-transcoder decodes from its input too: pass x")
+            out = out + x @ self.W_skip
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        return self.decode(self.encode(x), x)
 
     # --- training -----------------------------------------------------------------
     def training_loss(
         self,
         x: torch.Tensor,
         *,
+        target: torch.Tensor | None = None,
         penalty: Penalty = "l0",
         coefficient: float = 0.0,
         target_l0: float | None = None,
         sharded: bool = False,
     ) -> LossOutput:
-        """‖x − x̂‖² + sparsity, with the straight-through estimators; dense path.
+        """‖y − ŷ‖² + sparsity, with the straight-through estimators; dense path.
+        y is `target` (a transcoder's output site) or x itself (an SAE).
         `sharded`: this module holds one block of the latents (`saesuite.sae.shard`);
         the reconstruction and L0 are summed over the processes holding the others."""
         fan, total = (fan_out, reduce_sum) if sharded else (_identity, _identity)
+        y = x if target is None else target
         xc = fan(x - self.b_dec) if self.apply_b_dec_to_input else x
         pre = xc @ self.W_enc + self.b_enc
         theta = self.threshold
         f = JumpReLUFn.apply(pre, theta, self.bandwidth)
         x_hat = total(f @ self.W_dec) + self.b_dec
-        recon = (x - x_hat).pow(2).sum(-1).mean()
+        if self.skip:  # every process holds the whole skip matrix: added once
+            x_hat = x_hat + x @ self.W_skip
+        recon = (y - x_hat).pow(2).sum(-1).mean()
         l0 = total(StepFn.apply(pre, theta, self.bandwidth).sum(-1))  # (B,)
         sparse = sparsity_penalty(l0, penalty, coefficient, target_l0)
         return LossOutput(
@@ -236,19 +273,28 @@ class JumpReLUSAE(nn.Module):
 
     # --- release ------------------------------------------------------------------
     @torch.no_grad()
-    def fold_normalization(self, scale: float) -> JumpReLUSAE:
-        """The SAE on raw activations, for one trained on x_raw / C with b_dec
-        subtracted before the encoder:
-            b_enc′ = C·b_enc − C·(W_enc · b_dec),  b_dec′ = C·b_dec,  θ′ = C·θ.
-        Its latents are C times the trained ones; its reconstruction is C times.
-        W_enc and W_dec are unchanged and shared with this SAE, not copied (a 2^20-
-        latent SAE's matrices are tens of GB)."""
+    def fold_normalization(
+        self, scale: float, target_scale: float | None = None
+    ) -> JumpReLUSAE:
+        """The dictionary on raw activations, for one trained on x_raw / C_x (and, a
+        transcoder, to predict y_raw / C_y; C_y = C_x for an SAE), with b_dec
+        subtracted before the encoder if it was (r = C_y / C_x):
+            W_enc′ = r·W_enc,  b_enc′ = C_y·(b_enc − W_encᵀ b_dec),  θ′ = C_y·θ,
+            b_dec′ = C_y·b_dec,  W_skip′ = r·W_skip;  W_dec unchanged.
+        Its latents are C_y times the trained ones, so decoder rows keep unit norm and
+        a latent's value is its contribution in the output's raw units; the output is
+        C_y times the trained one. For an SAE (r = 1) W_enc and W_dec are shared with
+        this module, not copied (a 2^20-latent SAE's matrices are tens of GB)."""
+        c_y = scale if target_scale is None else target_scale
+        r = c_y / scale
         out = JumpReLUSAE(
             self.d_in,
             self.d_sae,
+            d_out=self.d_out,
+            skip=self.skip,
             threshold_param="direct",
             apply_b_dec_to_input=False,
-            bandwidth=self.bandwidth * scale,
+            bandwidth=self.bandwidth * c_y,
             dtype=self.W_enc.dtype,
             device="meta",
         )
@@ -256,33 +302,42 @@ class JumpReLUSAE(nn.Module):
         if self.apply_b_dec_to_input:
             b_enc = b_enc - self.b_dec @ self.W_enc
         state = {
-            "W_enc": self.W_enc.detach(),
+            "W_enc": self.W_enc.detach() if r == 1 else r * self.W_enc.detach(),
             "W_dec": self.W_dec.detach(),
-            "b_enc": scale * b_enc,
-            "b_dec": scale * self.b_dec,
-            "threshold_raw": scale * self.threshold,
+            "b_enc": c_y * b_enc,
+            "b_dec": c_y * self.b_dec,
+            "threshold_raw": c_y * self.threshold,
         }
+        if self.skip:
+            state["W_skip"] = r * self.W_skip.detach()
         out.load_state_dict(state, assign=True)
         return out
 
     def release_tensors(self) -> dict[str, torch.Tensor]:
-        """W_enc, W_dec, b_enc, b_dec, threshold (Gemma Scope's names), contiguous."""
+        """W_enc, W_dec, b_enc, b_dec, threshold (Gemma Scope's names) and W_skip of a
+        skip-transcoder, contiguous."""
         if self.apply_b_dec_to_input:
             raise ValueError("fold_normalization() first: released SAEs take raw input")
-        return {
+        out = {
             "W_enc": self.W_enc.detach().contiguous(),
             "W_dec": self.W_dec.detach().contiguous(),
             "b_enc": self.b_enc.detach().contiguous(),
             "b_dec": self.b_dec.detach().contiguous(),
             "threshold": self.threshold.detach().contiguous(),
         }
+        if self.skip:
+            out["W_skip"] = self.W_skip.detach().contiguous()
+        return out
 
     @classmethod
     def from_release(cls, tensors: dict[str, torch.Tensor]) -> JumpReLUSAE:
         d_in, d_sae = tensors["W_enc"].shape
-        sae = cls(d_in, d_sae, apply_b_dec_to_input=False, dtype=tensors["W_enc"].dtype)
+        sae = cls(d_in, d_sae, d_out=tensors["W_dec"].shape[1],
+                  skip="W_skip" in tensors, apply_b_dec_to_input=False,
+                  dtype=tensors["W_enc"].dtype)  # fmt: skip
         with torch.no_grad():
-            for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
-                getattr(sae, name).copy_(tensors[name])
+            for name in ("W_enc", "W_dec", "b_enc", "b_dec", "W_skip"):
+                if name in tensors:
+                    getattr(sae, name).copy_(tensors[name])
             sae.threshold_raw.copy_(tensors["threshold"])
         return sae

@@ -72,14 +72,16 @@ def fan_out(t: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def clip_grad_norm_(module: torch.nn.Module, max_norm: float) -> float:
     """torch.nn.utils.clip_grad_norm_ over the whole sharded SAE: the squared norms
-    of the latent blocks add up over processes, b_dec's counts once."""
+    of the latent blocks add up over processes; the replicated parameters' (b_dec, a
+    skip-transcoder's W_skip) count once."""
     local = torch.zeros((), dtype=torch.float64, device=module.b_dec.device)
     for name, p in module.named_parameters():
         if p.grad is not None and name in LATENT_DIM:
             local += p.grad.double().pow(2).sum()
     all_reduce_(local)
-    if module.b_dec.grad is not None:
-        local += module.b_dec.grad.double().pow(2).sum()
+    for name, p in module.named_parameters():
+        if p.grad is not None and name not in LATENT_DIM:
+            local += p.grad.double().pow(2).sum()
     norm = float(local.sqrt())
     coef = max_norm / (norm + 1e-6)
     if coef < 1:

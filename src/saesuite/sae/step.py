@@ -8,10 +8,12 @@
   ~L0 active latents per token through `embedding_bag` (a gather-and-sum kernel), which
   is what makes JumpReLU training cheaper than dense once L0 ≪ width.
 
-Both fill `.grad` of the SAE's parameters (accumulating, as autograd does) and return
-`StepStats`; with `sharded=True` the SAE is one process's block of latents
-(`saesuite.sae.shard`) and the sums over latents are taken over all processes. Used by
-`saesuite.sae.train`; tests check that both give equal gradients.
+Both take a transcoder too (`target`: the site it predicts; a skip connection's
+gradient is one dense matmul). Both fill `.grad` of the SAE's parameters
+(accumulating, as autograd does) and return `StepStats`; with `sharded=True` the SAE
+is one process's block of latents (`saesuite.sae.shard`) and the sums over latents
+are taken over all processes. Used by `saesuite.sae.train`; tests check that both
+give equal gradients.
 """
 
 from __future__ import annotations
@@ -47,22 +49,24 @@ def dense_step(
     sae: JumpReLUSAE,
     x: torch.Tensor,
     *,
+    target: torch.Tensor | None = None,
     penalty: Penalty,
     coefficient: float,
     target_l0: float | None = None,
     sharded: bool = False,
 ) -> StepStats:
+    y = x if target is None else target
     out = sae.training_loss(
-        x, penalty=penalty, coefficient=coefficient, target_l0=target_l0,
-        sharded=sharded,
+        x, target=target, penalty=penalty, coefficient=coefficient,
+        target_l0=target_l0, sharded=sharded,
     )  # fmt: skip
     out.loss.backward()
-    err = (x - out.x_hat).pow(2).sum()
+    err = (y - out.x_hat).pow(2).sum()
     return StepStats(
         float(out.loss.detach()),
         float(out.reconstruction.detach()),
         float(out.l0),
-        _fvu(err, x),
+        _fvu(err, y),
         (out.feature_acts != 0).any(0),
     )
 
@@ -126,12 +130,14 @@ def sparse_step(
     sae: JumpReLUSAE,
     x: torch.Tensor,
     *,
+    target: torch.Tensor | None = None,
     penalty: Penalty,
     coefficient: float,
     target_l0: float | None = None,
     sharded: bool = False,
 ) -> StepStats:
     reduce = all_reduce_ if sharded else (lambda t: t)
+    y = x if target is None else target
     B, d_sae = x.shape[0], sae.d_sae
     theta = sae.threshold.detach()
     eps = sae.bandwidth
@@ -149,13 +155,15 @@ def sparse_step(
 
     # Decode over active latents only: x̂[b] = b_dec + Σ_c f[b,c] W_dec[c].
     x_hat = reduce(_bag_sum(sae.W_dec, cols, l0_tok, vals)) + sae.b_dec
-    err = x_hat - x
+    if sae.skip:  # whole on every process: added once, after the sum over shards
+        x_hat += x @ sae.W_skip
+    err = x_hat - y
     err_sq = err.pow(2).sum()
     recon = err_sq / B
     l0_f = reduce(l0_tok.to(x.dtype))  # over all latents
     sparse = sparsity_penalty(l0_f, penalty, coefficient, target_l0)
 
-    g_xhat = err * (2.0 / B)  # ∂recon/∂x̂, (B, d_in)
+    g_xhat = err * (2.0 / B)  # ∂recon/∂x̂, (B, d_out)
     # ∂/∂f at active latents: g_xhat[b] · W_dec[c]
     g_f = _sampled_dot(g_xhat, sae.W_dec, rows, cols, l0_tok)  # (nnz,)
 
@@ -163,7 +171,7 @@ def sparse_step(
     order = torch.argsort(cols, stable=True)
     r_by_c, c_sorted = rows[order], cols[order]
     per_latent = torch.bincount(c_sorted, minlength=d_sae)
-    g_Wdec = _bag_sum(g_xhat, r_by_c, per_latent, vals[order])  # (d_sae, d_in)
+    g_Wdec = _bag_sum(g_xhat, r_by_c, per_latent, vals[order])  # (d_sae, d_out)
     g_pre = g_f[order]  # JumpReLU passes the gradient where active
     g_Wenc_T = _bag_sum(xc, r_by_c, per_latent, g_pre)  # (d_sae, d_in)
     g_benc = torch.zeros(d_sae, dtype=x.dtype, device=x.device)
@@ -187,6 +195,8 @@ def sparse_step(
     if sae.apply_b_dec_to_input:  # xc = x − b_dec feeds the encoder
         g_bdec -= reduce(sae.W_enc @ g_benc)
 
+    if sae.skip:
+        _add_grad(sae.W_skip, x.T @ g_xhat)  # (d_in, d_out), the same on every shard
     _add_grad(sae.W_dec, g_Wdec)
     _add_grad(sae.W_enc, g_Wenc_T.T)
     _add_grad(sae.b_enc, g_benc)
@@ -198,5 +208,5 @@ def sparse_step(
 
     fired = per_latent > 0
     return StepStats(
-        float(recon + sparse), float(recon), float(l0_f.mean()), _fvu(err_sq, x), fired
+        float(recon + sparse), float(recon), float(l0_f.mean()), _fvu(err_sq, y), fired
     )

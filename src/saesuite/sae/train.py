@@ -49,7 +49,7 @@ from saesuite.sae.step import dense_step, sparse_step
 from saesuite.spec import paths
 from saesuite.spec.hashing import derived_seed
 from saesuite.spec.io import atomic_open, atomic_path, read_json, versions, write_json
-from saesuite.spec.jobs import DictionarySpec, TrainJob
+from saesuite.spec.jobs import TRANSCODERS, DictionarySpec, TrainJob
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +109,19 @@ class Member:
 
     def __init__(
         self, spec: DictionarySpec, d_in: int, cfg: dict[str, Any], seed: int,
-        device: str, latents: tuple[int, int] | None = None,
+        device: str, latents: tuple[int, int] | None = None, d_out: int | None = None,
     ):  # fmt: skip
-        """`latents`: the block [start, stop) this process holds of a sharded SAE."""
+        """`latents`: the block [start, stop) this process holds of a sharded SAE;
+        `d_out`: a transcoder's target width (d_in by default)."""
         self.spec = spec
         self.sharded = latents is not None
         start, stop = latents or (0, spec.width)
         self.sae = JumpReLUSAE(
             d_in,
             stop - start,
+            d_out=d_out,
+            skip=spec.kind == "skip_transcoder",
+            apply_b_dec_to_input=spec.kind not in TRANSCODERS,
             threshold_param=cfg["threshold_param"],
             bandwidth=cfg["bandwidth"],
             init_threshold=cfg["init_threshold"],
@@ -311,11 +315,17 @@ def train_site(
     beside the checkpoint) and resumes the group in its checkpoint; a checkpoint or
     marker of another training config is discarded."""
     cfg = job.train
-    if job.input_site != job.output_site:
-        raise ValueError(
-            f"train job of {job.model}: reads {job.input_site} and writes "
-            f"{job.output_site}; the trainer reconstructs the site it reads (SAEs)"
-        )
+    paired = job.input_site != job.output_site
+    for d in job.dictionaries:
+        if (d.kind in TRANSCODERS) != paired or (d.input_site, d.output_site) != (
+            job.input_site, job.output_site
+        ):  # fmt: skip
+            raise ValueError(
+                f"train job of {job.model} ({job.input_site} → {job.output_site}): "
+                f"dictionary {d.path} is a {d.kind} from {d.input_site} to "
+                f"{d.output_site}; an SAE reconstructs the site it reads, a "
+                "transcoder predicts another"
+            )
     rank, world = _dist()
     if cfg["batch_size"] % world:
         raise ValueError(
@@ -327,6 +337,7 @@ def train_site(
 
     norm = read_json(job.normalization)
     scale = norm["scale"][job.site]
+    target_scale = norm["scale"][job.output_site]
     reader = ActivationReader(
         job.manifest,
         job.site,
@@ -334,6 +345,8 @@ def train_site(
         bucket=job.shuffle_bucket,
         seed=job.seed,
         scale=scale,
+        target_site=job.output_site if paired else None,
+        target_scale=target_scale,
     )
     fingerprint = job.fingerprint()
     ckpt = Path(job.checkpoint)
@@ -387,7 +400,7 @@ def train_site(
                 Member(job.dictionaries[i], reader.d_in, cfg,
                        sae_seed(job.seed, job.site, job.dictionaries[i].path), device,
                        bounds(job.dictionaries[i].width, world, rank) if n_shards
-                       else None)
+                       else None, d_out=reader.d_out)
                 for i in idx
             ]  # fmt: skip
             desc = job.site
@@ -402,7 +415,9 @@ def train_site(
                 _gather_members(members, rank, world)
             if rank == 0:
                 for m in members:
-                    done[m.spec.path] = write_outputs(m, job, scale, reader.n_valid)
+                    done[m.spec.path] = write_outputs(
+                        m, job, scale, reader.n_valid, target_scale
+                    )
                 write_json(marker, {"job": fingerprint, "saes": done})
                 _remove_checkpoint(ckpt)
             if world > 1:
@@ -466,11 +481,13 @@ def _train_group(
     )
     try:
         for step in range(start, total):
-            x = reader.batch(step)[local].to(device)
+            x, y = reader.pair(step)
+            x = x[local].to(device)
+            y = None if y is None else y[local].to(device)
             for i, m in enumerate(members):
                 if step >= m.schedule.total_steps:
                     continue
-                stats = train_step(m, x, step, cfg, world)
+                stats = train_step(m, x, step, cfg, world, target=y)
                 if not math.isfinite(stats["loss"]):
                     raise NonFiniteLoss(
                         f"non-finite loss {stats['loss']} at step {step} for SAE "
@@ -515,7 +532,11 @@ def _train_group(
             f.close()
 
 
-def train_step(m: Member, x: torch.Tensor, step: int, cfg: dict, world: int) -> dict:
+def train_step(
+    m: Member, x: torch.Tensor, step: int, cfg: dict, world: int,
+    target: torch.Tensor | None = None,
+) -> dict:  # fmt: skip
+    """One optimiser step of `m` on batch x (and a transcoder's target batch)."""
     spec, sched = m.spec, m.schedule
     lr = sched.lr_at(step)
     for group in m.opt.param_groups:
@@ -525,9 +546,9 @@ def train_step(m: Member, x: torch.Tensor, step: int, cfg: dict, world: int) -> 
     if mode == "auto":
         mode = "sparse" if m.last_l0 < cfg["sparse_density"] * spec.width else "dense"
     fn = sparse_step if mode == "sparse" else dense_step
-    target = spec.value if spec.penalty == "target_l0" else None
-    stats = fn(m.sae, x, penalty=spec.penalty, coefficient=coef, target_l0=target,
-               sharded=m.sharded)  # fmt: skip
+    l0_target = spec.value if spec.penalty == "target_l0" else None
+    stats = fn(m.sae, x, target=target, penalty=spec.penalty, coefficient=coef,
+               target_l0=l0_target, sharded=m.sharded)  # fmt: skip
     fired = stats.fired
     loss, l0, fvu, recon = stats.loss, stats.l0, stats.fvu, stats.reconstruction
     if world > 1 and not m.sharded:  # sharded: every process has the whole sums
@@ -573,14 +594,17 @@ def train_step(m: Member, x: torch.Tensor, step: int, cfg: dict, world: int) -> 
 
 
 def write_outputs(
-    m: Member, job: TrainJob, scale: float, n_valid: int
-) -> dict[str, Any]:
-    """Per SAE: folded release weights, raw training state, and reproduction JSON."""
+    m: Member, job: TrainJob, scale: float, n_valid: int,
+    target_scale: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Per SAE: folded release weights, raw training state, and reproduction JSON.
+    `target_scale`: a transcoder's target site's scalar (its input's is `scale`)."""
     out = Path(m.spec.out_dir)
     sae = m.sae.to("cpu")
     with atomic_path(paths.sae_file(out, "state")) as tmp:
         save_file({k: v.contiguous() for k, v in sae.state_dict().items()}, str(tmp))
-    released = sae.fold_normalization(scale)
+    paired = m.spec.kind in TRANSCODERS
+    released = sae.fold_normalization(scale, target_scale if paired else None)
     with atomic_path(paths.sae_file(out, "weights")) as tmp:
         save_file(released.release_tensors(), str(tmp))
     info = {
@@ -612,6 +636,16 @@ def write_outputs(
         "train": job.train,
         "seed": job.seed,
         "normalization_scale": scale,
+        **(
+            {
+                "dictionary": m.spec.kind,
+                "output_site": job.output_site,
+                "d_out": sae.d_out,
+                "target_normalization_scale": target_scale,
+            }
+            if paired
+            else {}
+        ),
         "cache_tokens": n_valid,
         "epochs": m.schedule.total_steps * job.train["batch_size"] / n_valid,
         "versions": versions(),

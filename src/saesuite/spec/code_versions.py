@@ -18,8 +18,8 @@ CODE_VERSIONS: dict[str, int] = {
     "corpus": 1,
     "model": 1,
     "tokens": 1,
-    "extract": 1,
-    "manifest": 1,
+    "extract": 2,  # 2: block checksums in each chunk's sidecar
+    "manifest": 2,  # 2: names each chunk's sidecar (info_file)
     "normalize": 1,
     "train": 1,
     "evaluate": 1,

@@ -23,9 +23,12 @@ from saesuite.spec.paths import activation_identity
 from saesuite.spec.sites import Site
 from saesuite.spec.sizes import dictionary_bytes
 
-# A dictionary's kinds: an SAE reconstructs the site it reads. (Transcoders, which
-# read one site and write another, are not built yet.)
-KINDS = ("sae",)
+# A dictionary's kinds: an SAE reconstructs the site it reads; a transcoder reads one
+# site and predicts another (an MLP's input and output), a skip-transcoder with an
+# affine skip connection too (Gemma Scope 2). The trainer trains all three; the
+# config, evaluation and release take SAEs only so far (issue 16).
+KINDS = ("sae", "transcoder", "skip_transcoder")
+TRANSCODERS = frozenset({"transcoder", "skip_transcoder"})
 
 
 class _Json:
