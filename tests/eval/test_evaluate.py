@@ -181,7 +181,8 @@ def test_an_sae_of_the_wrong_width_is_named_before_any_pass(tiny_models, tmp_pat
             out=tmp_path / "out" / "layer_1.json",
         )
     assert not (tmp_path / "out").exists()
-    # a dictionary that writes another site than it reads is refused, by name
+    # a dictionary that writes another site than it reads (not an MLP's input and
+    # output: a transcoder's) is refused, by name
     other = replace(member, output_site="layer_1.mlp")
     with pytest.raises(ValueError, match=r"l0_8 reads layer_1.res and writes layer_1"):
         evaluate_layer(
@@ -284,3 +285,67 @@ def test_kl_of_a_distribution_with_itself_is_zero_on_a_real_vocabulary():
     lq = torch.log_softmax(q_logits.double(), -1)
     want = (lp.exp() * (lp - lq)).sum(-1)[:, :-1]
     torch.testing.assert_close(kl.double(), want, atol=1e-5, rtol=1e-3)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_transcoder_is_spliced_in_for_the_mlp_and_scored_on_its_output(setup, skip):
+    """A (skip-)transcoder at layer 1 reads the MLP's input and replaces the MLP's
+    output in the same pass. Computed here independently, with hooks on the model's
+    own modules: the prediction from pre_feedforward_layernorm's output put in place
+    of post_feedforward_layernorm's output at unmasked positions."""
+    model, ids, mask = setup
+    ids_l = ids.long()
+    torch.manual_seed(0)
+    tc = JumpReLUSAE(64, 96, skip=skip, apply_b_dec_to_input=False).initialize()
+    with torch.no_grad():
+        tc.threshold_raw.fill_(0.05)
+        if skip:
+            tc.W_skip.normal_(0, 0.05)
+    entry = (Site(1, "mlp_in"), Site(1, "mlp"), tc)
+    out = evaluate(model, ids, mask, {"t": entry}, batch_size=3)["t"]
+
+    layer = model.model.layers[1]
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep_in(_m, _a, o):
+        seen["x"] = o
+
+    def replace_out(_m, _a, o):
+        seen["y"] = o
+        if "splice" in seen:
+            return torch.where(mask[..., None], tc(seen["x"]), o)
+        return None
+
+    hooks = [
+        layer.pre_feedforward_layernorm.register_forward_hook(keep_in),
+        layer.post_feedforward_layernorm.register_forward_hook(replace_out),
+    ]
+    try:
+        with torch.no_grad():
+            clean = model(input_ids=ids_l).logits
+            x, y = seen["x"][mask], seen["y"][mask]
+            seen["splice"] = torch.ones(())
+            spliced = model(input_ids=ids_l).logits
+    finally:
+        for h in hooks:
+            h.remove()
+    pred = mask[:, :-1] & mask[:, 1:]
+
+    def ce(lg: torch.Tensor) -> torch.Tensor:
+        per_token = F.cross_entropy(
+            lg[:, :-1].transpose(1, 2), ids_l[:, 1:], reduction="none"
+        )
+        return per_token[pred].mean()
+
+    p, q = clean[:, :-1].log_softmax(-1), spliced[:, :-1].log_softmax(-1)
+    kl = F.kl_div(q, p, log_target=True, reduction="none").sum(-1)[pred].mean()
+    with torch.no_grad():
+        y_hat = tc(x).double()
+        f = tc.encode(x)
+    y = y.double()
+    fvu = (y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum()
+    assert out["delta_loss"] == pytest.approx(float(ce(spliced) - ce(clean)), abs=1e-5)
+    assert out["kl"] == pytest.approx(float(kl), rel=1e-4)
+    assert out["fvu"] == pytest.approx(float(fvu), rel=1e-5)
+    assert out["l0"] == pytest.approx(float((f != 0).sum(1).float().mean()))
+    assert 0 < out["l0"] < 96 and out["delta_loss"] != 0

@@ -50,7 +50,7 @@ from saesuite.spec import paths
 from saesuite.spec.io import atomic_path, versions, write_json
 from saesuite.spec.jobs import EvalJob
 from saesuite.spec.metrics import scalar_metrics
-from saesuite.spec.sites import Site
+from saesuite.spec.sites import TRANSCODER_SITES, Site
 from saesuite.spec.sizes import dictionary_bytes
 
 DENSE_FREQUENCY = 0.1
@@ -222,28 +222,38 @@ def _dot(p: torch.Tensor, logq: torch.Tensor, block: int = 1 << 24) -> torch.Ten
 
 def _reconstruct(
     sae: JumpReLUSAE, x: torch.Tensor, m: torch.Tensor, acc: Accumulator,
-    encode_bytes: int,
+    encode_bytes: int, y: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """x̂ of a batch (B, T, d), its reconstruction metrics added to `acc`. Encoded a
-    few sequences at a time: (rows, T, width) pre-activations, mask and latents of a
+    """x̂ of a batch (B, T, d), its reconstruction metrics added to `acc`; for a
+    transcoder, its prediction ŷ of the target batch `y` from x. Encoded a few
+    sequences at a time: (rows, T, width) pre-activations, mask and latents of a
     2^20-latent SAE take 12 GB per 1,024 tokens."""
+    y = x if y is None else y
     rows = max(1, encode_bytes // (3 * 4 * x.shape[1] * sae.d_sae))
     parts = []
     with torch.no_grad():
         for i in range(0, len(x), rows):
-            xi = x[i : i + rows]
-            f = sae.encode(xi.to(sae.W_enc.dtype))
-            x_hat = sae.decode(f).to(x.dtype)
-            acc.add_reconstruction(xi, x_hat, f, m[i : i + rows])
+            xi = x[i : i + rows].to(sae.W_enc.dtype)
+            f = sae.encode(xi)
+            x_hat = sae.decode(f, xi).to(y.dtype)
+            acc.add_reconstruction(y[i : i + rows], x_hat, f, m[i : i + rows])
             parts.append(x_hat)
     return torch.cat(parts)
+
+
+Entry = tuple[Site, JumpReLUSAE] | tuple[Site, Site, JumpReLUSAE]
+
+
+def _entry(e: Entry) -> tuple[Site, Site, JumpReLUSAE]:
+    """(input site, output site, dictionary): an SAE's two sites are one."""
+    return (e[0], e[0], e[1]) if len(e) == 2 else e
 
 
 def evaluate(
     model: torch.nn.Module,
     ids: torch.Tensor,
     mask: torch.Tensor,
-    saes: dict[str, tuple[Site, JumpReLUSAE]],
+    saes: dict[str, Entry],
     *,
     batch_size: int = 8,
     loss_sequences: int | None = None,
@@ -253,17 +263,21 @@ def evaluate(
     encode_bytes: int = ENCODE_BYTES,
 ) -> dict[str, Accumulator]:
     """Accumulated metrics of every SAE in `saes` ({key: (site, released SAE on raw
-    input)}) on sequences `ids` (N, T) with `mask` (N, T): reconstruction on all N,
-    loss on the first `loss_sequences` (None = all). `progress(n)` is told of every
+    input)}, or for a transcoder {key: (input site, output site, released
+    transcoder)}: encoded at its input, spliced in at its output) on sequences `ids`
+    (N, T) with `mask` (N, T): reconstruction on all N, loss on the first
+    `loss_sequences` (None = all). `progress(n)` is told of every
     finished batch of n sequences. `resume=False` recomputes the layers before
     each site in its spliced passes (for benchmarks). `encode_bytes` bounds the
     work tensors of encoding (`_reconstruct`)."""
     n_seq, ctx = ids.shape
     n_loss = n_seq if loss_sequences is None else min(loss_sequences, n_seq)
-    sites = sorted({site for site, _ in saes.values()})
-    acc = {k: Accumulator(s.d_in, s.d_sae, ctx) for k, (_, s) in saes.items()}
+    entries = {k: _entry(e) for k, e in saes.items()}
+    sites = sorted({s for i, o, _ in entries.values() for s in (i, o)})
+    spliced_at = sorted({o for _, o, _ in entries.values()})
+    acc = {k: Accumulator(s.d_out, s.d_sae, ctx) for k, (_, _, s) in entries.items()}
     device = next(model.parameters()).device
-    resume_layers = sorted({s.layer - 1 for s in sites if s.layer > 0 and resume})
+    resume_layers = sorted({s.layer - 1 for s in spliced_at if s.layer > 0 and resume})
 
     def after(site: Site, kept: dict[int, Any]) -> tuple[int, Any] | None:
         return (
@@ -302,10 +316,11 @@ def evaluate(
                 ),
                 x_ids,
             ).loss
-            for site in sites
+            for site in spliced_at
         }
-        for key, (site, sae) in saes.items():
-            x_hat = _reconstruct(sae, captured[site], m, acc[key], encode_bytes)
+        for key, (site_in, site, sae) in entries.items():
+            x_hat = _reconstruct(sae, captured[site_in], m, acc[key], encode_bytes,
+                                 captured[site])  # fmt: skip
             spliced = NextToken(
                 logits_from(model, x_ids, [site], masked(x_hat), after(site, kept)),
                 x_ids,
@@ -320,8 +335,9 @@ def evaluate(
         x_ids = ids[b0 : b0 + batch_size].long().to(device)
         m = mask[b0 : b0 + batch_size].to(device)
         captured = capture(model, x_ids, sites)
-        for key, (site, sae) in saes.items():
-            _reconstruct(sae, captured[site], m, acc[key], encode_bytes)
+        for key, (site_in, site, sae) in entries.items():
+            _reconstruct(sae, captured[site_in], m, acc[key], encode_bytes,
+                         captured[site])  # fmt: skip
         if progress:
             progress(len(x_ids))
     return acc
@@ -362,18 +378,22 @@ def evaluate_layer(
 ) -> dict[str, Any]:
     """Rule `evaluate`: every SAE of one layer on one model and data set. Writes a
     JSON and a per-latent frequency file per SAE, then the layer summary `out`.
-    Each dictionary is encoded at its input site and spliced in at its output site;
-    only dictionaries whose two sites are one (SAEs) can be evaluated so far.
+    Each dictionary is encoded at its input site and spliced in at its output site:
+    an SAE's two sites are one; a transcoder reads an MLP's input and predicts its
+    output (TRANSCODER_SITES), its metrics those of the prediction.
 
     On a GPU the SAEs are loaded and evaluated in groups whose weights fit beside the
     model (`job.group_bytes` overrides the budget); each group repeats the clean
     passes, which gives the same metrics as one group."""
     ev = job.evaluate
     for s in job.members:
-        if s.input_site != s.output_site:
+        i, o = Site.parse(s.input_site), Site.parse(s.output_site)
+        if i != o and (i.layer != o.layer or (i.kind, o.kind) != TRANSCODER_SITES):
+            want = " → ".join(TRANSCODER_SITES)
             raise ValueError(
                 f"dictionary {s.key} reads {s.input_site} and writes {s.output_site}: "
-                "evaluate only splices dictionaries that reconstruct their own site"
+                "an SAE reconstructs the site it reads, a transcoder predicts one "
+                f"layer's MLP output from its input ({want})"
             )
     ids, mask = load_tokens(data_path)
     ctx = ids.shape[1]
@@ -403,6 +423,7 @@ def evaluate_layer(
         for g in groups:
             saes = {
                 job.members[i].key: (
+                    Site.parse(job.members[i].input_site),
                     Site.parse(job.members[i].output_site),
                     load_released(job.members[i].dir).to(device),
                 )

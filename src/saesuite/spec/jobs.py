@@ -25,8 +25,9 @@ from saesuite.spec.sizes import dictionary_bytes
 
 # A dictionary's kinds: an SAE reconstructs the site it reads; a transcoder reads one
 # site and predicts another (an MLP's input and output), a skip-transcoder with an
-# affine skip connection too (Gemma Scope 2). The trainer trains all three; the
-# config, evaluation and release take SAEs only so far (issue 16).
+# affine skip connection too (Gemma Scope 2). The trainer trains all three and
+# evaluation splices all three; the config and the release layouts take SAEs only so
+# far (issue 16).
 KINDS = ("sae", "transcoder", "skip_transcoder")
 TRANSCODERS = frozenset({"transcoder", "skip_transcoder"})
 

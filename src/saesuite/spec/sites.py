@@ -26,6 +26,9 @@ SITE_KINDS = {
 }
 SITES = tuple(SITE_KINDS)
 SITE_NAMES = {k: v.title for k, v in SITE_KINDS.items()}
+# A transcoder reads an MLP's input (after its pre-norm) and predicts the MLP's output
+# (after its post-norm) at the same layer (Gemma Scope's transcoders).
+TRANSCODER_SITES = ("mlp_in", "mlp")
 
 
 @dataclass(frozen=True, order=True)
