@@ -14,8 +14,9 @@ failed.
 
 1. correctness: on the device and on the CPU, from the same weights and inputs: one
    extraction batch (every site of every layer, float32), one dense and one sparse
-   training step (every gradient; and sparse against dense on the device), and one
-   evaluation batch (its metrics), within the tolerances below;
+   training step of an SAE and of a skip-transcoder (every gradient; and sparse
+   against dense on the device), and one evaluation batch (its metrics), within the
+   tolerances below;
 2. extraction: tokens/s of all sites against the bare forward pass to the deepest
    layer, float32 and bfloat16, both shapes;
 3. training: tokens/s of the trainer's step (`train_step`: step, clipping, Adam, the
@@ -257,14 +258,22 @@ def check_extraction(cpu_model, dev_model, s: dict) -> dict[str, Any]:
     return check(f"extraction batch: {len(sites)} sites, float32", err, EXTRACT_TOL)
 
 
-def check_steps(device: str, s: dict) -> list[dict[str, Any]]:
+def check_steps(device: str, s: dict, kind: str = "sae") -> list[dict[str, Any]]:
+    """Gradients of both steps, device against CPU, for an SAE or a skip-transcoder
+    (its target a random linear map of the input plus noise)."""
     d, w, n = s["d_ins"][0], s["check_width"], s["check_batch"]
-    x = torch.randn(n, d, generator=torch.Generator().manual_seed(1))
-    base = JumpReLUSAE(d, w, bandwidth=CHECK_BANDWIDTH).initialize(
-        torch.Generator().manual_seed(0)
-    )
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, d, generator=g)
+    tc = kind == "skip_transcoder"
+    base = JumpReLUSAE(
+        d, w, skip=tc, apply_b_dec_to_input=not tc, bandwidth=CHECK_BANDWIDTH
+    ).initialize(torch.Generator().manual_seed(0))
+    y = None
     with torch.no_grad():
         base.threshold_raw.fill_(threshold_for(0.02 * w, w))
+        if tc:
+            base.W_skip.normal_(0, d**-0.5, generator=g)
+            y = x @ torch.randn(d, d, generator=g) / d**0.5 + torch.randn(n, d)
     kw = {"penalty": "l0", "coefficient": 1e-3}
     grads = {}
     for where, fn in (
@@ -274,13 +283,15 @@ def check_steps(device: str, s: dict) -> list[dict[str, Any]]:
         (device, sparse_step),
     ):
         sae = copy.deepcopy(base).to(where)
-        fn(sae, x.to(where), **kw)
+        fn(sae, x.to(where), target=None if y is None else y.to(where), **kw)
         grads[where, fn.__name__] = {k: p.grad for k, p in sae.named_parameters()}
     rows = []
+    what = "skip-transcoder " if tc else ""
     for step in ("dense_step", "sparse_step"):
-        rows += pair(f"{step}: device vs CPU", grads[device, step], grads["cpu", step])
+        rows += pair(f"{what}{step}: device vs CPU", grads[device, step],
+                     grads["cpu", step])  # fmt: skip
     rows += pair(
-        "sparse vs dense step on the device",
+        f"{what}sparse vs dense step on the device",
         grads[device, "sparse_step"],
         grads[device, "dense_step"],
     )
@@ -290,8 +301,9 @@ def check_steps(device: str, s: dict) -> list[dict[str, Any]]:
 def pair(name: str, a: dict, b: dict) -> list[dict[str, Any]]:
     theta = [k for k in b if k.startswith("threshold")]
     rest = max(rel_err(a[k], b[k]) for k in b if k not in theta)
+    names = ", ".join(k for k in b if k not in theta)
     return [
-        check(f"{name}, gradients of W_enc, W_dec, b_enc, b_dec", rest, GRAD_TOL),
+        check(f"{name}, gradients of {names}", rest, GRAD_TOL),
         check(f"{name}, gradient of θ", rel_err(a[theta[0]], b[theta[0]]), THETA_TOL),
     ]
 
@@ -339,7 +351,7 @@ def correctness(device: str, quick: bool, s: dict) -> list[dict[str, Any]]:
     cpu_model = build_model("gemma-3-270m", quick, "float32", "cpu")
     dev_model = copy.deepcopy(cpu_model).to(device)
     rows = [check_extraction(cpu_model, dev_model, s)]
-    rows += check_steps(device, s)
+    rows += check_steps(device, s) + check_steps(device, s, "skip_transcoder")
     rows.append(check_evaluation(cpu_model, dev_model, device, s))
     return rows
 

@@ -121,7 +121,11 @@ def test_gpu_benchmark_on_cpu_without_the_workflow_packages(tmp_path):
     rep = json.loads((tmp_path / "gpu.json").read_text())
     sec = rep["sections"]
     assert set(sec) == {"correctness", "extraction", "training", "evaluation"}
-    assert len(sec["correctness"]) == 8 and all(c["pass"] for c in sec["correctness"])
+    # extraction, 3 × 2 step checks for an SAE and a skip-transcoder, evaluation
+    assert len(sec["correctness"]) == 14
+    assert all(c["pass"] for c in sec["correctness"])
+    assert any("skip-transcoder" in c["check"] and "W_skip" in c["check"]
+               for c in sec["correctness"])  # fmt: skip
     # 2 d_in × 2 widths × 2 L0 targets × {dense, sparse}
     cases = {
         (t["d_in"], t["width"], t["target_l0"], t["step"]) for t in sec["training"]
