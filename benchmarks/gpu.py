@@ -512,6 +512,50 @@ def gb(x: float | None) -> str:
     return "n/a" if x is None else f"{x / 1e9:.2f}"
 
 
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+# Each section's table: title, (column, alignment) pairs, and a row's cells.
+TABLES = {
+    "correctness": (
+        "Correctness: device against CPU",
+        [("check", "<"), ("error", ">"), ("tolerance", ">"), ("result", "<")],
+        lambda r: [r["check"], f"{r['error']:.2e}", f"{r['tolerance']:.0e}",
+                   "pass" if r["pass"] else "FAIL"],
+    ),
+    "extraction": (
+        "Extraction: all sites against the bare forward",
+        [("model", "<"), ("dtype", "<"), ("tokens", ">"), ("sites", ">"),
+         ("bare forward tok/s", ">"), ("all sites tok/s", ">"), ("all / bare", ">")],
+        lambda r: [r["model"], r["dtype"], str(r["tokens"]), str(r["sites"]),
+                   f"{r['bare_tok_s']:.0f}", f"{r['all_sites_tok_s']:.0f}",
+                   f"{r['ratio']:.0%}"],
+    ),
+    "training": (
+        "Training step and memory",
+        [("d_in", ">"), ("width", ">"), ("L0 target", ">"), ("step", "<"),
+         ("L0", ">"), ("tok/s", ">"), ("share of fp32 ceiling", ">"),
+         ("sparse / dense", ">"), ("faster", "<"), ("auto picks", "<"),
+         ("peak GB", ">"), ("estimate GB", ">"), ("peak / estimate", ">")],
+        lambda r: [str(r["d_in"]), str(r["width"]), str(r["target_l0"]), r["step"],
+                   f"{r['l0']:.1f}", f"{r['tok_s']:.0f}", f"{r['share_fp32']:.1%}",
+                   f"{r['sparse_over_dense']:.2f}", r["faster"], r["auto"],
+                   gb(r["peak_bytes"]), gb(r["estimate_bytes"]),
+                   _ratio(r["peak_over_estimate"])],
+    ),
+    "evaluation": (
+        "Evaluation: one SAE's marginal cost against a clean forward",
+        [("model", "<"), ("dtype", "<"), ("layer", ">"), ("tokens", ">"),
+         ("SAE width", ">"), ("clean forward s", ">"), ("per SAE s", ">"),
+         ("shared s", ">"), ("per SAE / clean", ">")],
+        lambda r: [r["model"], r["dtype"], str(r["layer"]), str(r["tokens"]),
+                   str(r["width"]), f"{r['clean_s']:.3f}", f"{r['per_sae_s']:.3f}",
+                   f"{r['shared_s']:.3f}", f"{r['per_sae_over_clean']:.2f}"],
+    ),
+}  # fmt: skip
+
+
 def markdown(rep: dict[str, Any]) -> str:
     m = rep["machine"]
     out = [
@@ -524,66 +568,13 @@ def markdown(rep: dict[str, Any]) -> str:
         "",
     ]
     sec = rep["sections"]
-    if "correctness" in sec:
-        out += [
-            "## Correctness: device against CPU",
-            "",
-            "| check | error | tolerance | result |",
-            "|---|---:|---:|---|",
-        ]
-        out += [
-            f"| {r['check']} | {r['error']:.2e} | {r['tolerance']:.0e} | "
-            f"{'pass' if r['pass'] else 'FAIL'} |"
-            for r in sec["correctness"]
-        ]
-        out.append("")
-    if "extraction" in sec:
-        out += [
-            "## Extraction: all sites against the bare forward",
-            "",
-            "| model | dtype | tokens | sites | bare forward tok/s "
-            "| all sites tok/s | all / bare |",
-            "|---|---|---:|---:|---:|---:|---:|",
-        ]
-        out += [
-            f"| {r['model']} | {r['dtype']} | {r['tokens']} | {r['sites']} | "
-            f"{r['bare_tok_s']:.0f} | {r['all_sites_tok_s']:.0f} | {r['ratio']:.0%} |"
-            for r in sec["extraction"]
-        ]
-        out.append("")
-    if "training" in sec:
-        out += [
-            "## Training step and memory",
-            "",
-            "| d_in | width | L0 target | step | L0 | tok/s | share of fp32 ceiling "
-            "| sparse / dense | faster | auto picks | peak GB | estimate GB "
-            "| peak / estimate |",
-            "|---:|---:|---:|---|---:|---:|---:|---:|---|---|---:|---:|---:|",
-        ]
-        for r in sec["training"]:
-            ratio = r["peak_over_estimate"]
-            out.append(
-                f"| {r['d_in']} | {r['width']} | {r['target_l0']} | {r['step']} | "
-                f"{r['l0']:.1f} | {r['tok_s']:.0f} | {r['share_fp32']:.1%} | "
-                f"{r['sparse_over_dense']:.2f} | {r['faster']} | {r['auto']} | "
-                f"{gb(r['peak_bytes'])} | {gb(r['estimate_bytes'])} | "
-                f"{'n/a' if ratio is None else f'{ratio:.2f}'} |"
-            )
-        out.append("")
-    if "evaluation" in sec:
-        out += [
-            "## Evaluation: one SAE's marginal cost against a clean forward",
-            "",
-            "| model | dtype | layer | tokens | SAE width | clean forward s "
-            "| per SAE s | shared s | per SAE / clean |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        out += [
-            f"| {r['model']} | {r['dtype']} | {r['layer']} | {r['tokens']} | "
-            f"{r['width']} | {r['clean_s']:.3f} | {r['per_sae_s']:.3f} | "
-            f"{r['shared_s']:.3f} | {r['per_sae_over_clean']:.2f} |"
-            for r in sec["evaluation"]
-        ]
+    for name, (title, columns, cells) in TABLES.items():
+        if name not in sec:
+            continue
+        head = [c for c, _ in columns]
+        align = "|" + "|".join("---" if a == "<" else "---:" for _, a in columns) + "|"
+        out += [f"## {title}", "", "| " + " | ".join(head) + " |", align]
+        out += ["| " + " | ".join(cells(r)) + " |" for r in sec[name]]
         out.append("")
     return "\n".join(out)
 

@@ -35,6 +35,22 @@ def evaluate(*args, **kwargs) -> dict[str, dict]:
     return {k: a.metrics() for k, a in evaluate_acc(*args, **kwargs).items()}
 
 
+def reference_loss_and_kl(clean, spliced, ids, mask) -> tuple[float, float, float]:
+    """Clean and spliced next-token cross-entropy and KL(clean ‖ spliced), by
+    torch's own functions, over predictions whose input and target are unmasked."""
+    pred = mask[:, :-1] & mask[:, 1:]
+
+    def ce(lg: torch.Tensor) -> float:
+        per_token = F.cross_entropy(
+            lg[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none"
+        )
+        return float(per_token[pred].mean())
+
+    p, q = clean[:, :-1].log_softmax(-1), spliced[:, :-1].log_softmax(-1)
+    kl = F.kl_div(q, p, log_target=True, reduction="none").sum(-1)[pred].mean()
+    return ce(clean), ce(spliced), float(kl)
+
+
 def identity_sae(d: int) -> JumpReLUSAE:
     """f = [relu(x), relu(−x)], x̂ = relu(x) − relu(−x) = x exactly."""
     sae = JumpReLUSAE(d, 2 * d, apply_b_dec_to_input=False)
@@ -99,19 +115,10 @@ def test_spliced_loss_and_kl_match_a_direct_computation(setup):
         return torch.where(mask[..., None], sae(x), x)
 
     spliced = logits_with(model, ids_l, [site], splice)
-    pred = mask[:, :-1] & mask[:, 1:]
-
-    def ce(lg: torch.Tensor) -> torch.Tensor:
-        per_token = F.cross_entropy(
-            lg[:, :-1].transpose(1, 2), ids_l[:, 1:], reduction="none"
-        )
-        return per_token[pred].mean()
-
-    p, q = clean[:, :-1].log_softmax(-1), spliced[:, :-1].log_softmax(-1)
-    kl = F.kl_div(q, p, log_target=True, reduction="none").sum(-1)[pred].mean()
-    assert out["clean_loss"] == pytest.approx(float(ce(clean)), rel=1e-5)
-    assert out["delta_loss"] == pytest.approx(float(ce(spliced) - ce(clean)), abs=1e-5)
-    assert out["kl"] == pytest.approx(float(kl), rel=1e-4)
+    ce_clean, ce_spliced, kl = reference_loss_and_kl(clean, spliced, ids_l, mask)
+    assert out["clean_loss"] == pytest.approx(ce_clean, rel=1e-5)
+    assert out["delta_loss"] == pytest.approx(ce_spliced - ce_clean, abs=1e-5)
+    assert out["kl"] == pytest.approx(kl, rel=1e-4)
     acts = capture(model, ids_l, [site])[site][mask]
     with torch.no_grad():
         f = sae.encode(acts)
@@ -329,23 +336,14 @@ def test_a_transcoder_is_spliced_in_for_the_mlp_and_scored_on_its_output(setup, 
     finally:
         for h in hooks:
             h.remove()
-    pred = mask[:, :-1] & mask[:, 1:]
-
-    def ce(lg: torch.Tensor) -> torch.Tensor:
-        per_token = F.cross_entropy(
-            lg[:, :-1].transpose(1, 2), ids_l[:, 1:], reduction="none"
-        )
-        return per_token[pred].mean()
-
-    p, q = clean[:, :-1].log_softmax(-1), spliced[:, :-1].log_softmax(-1)
-    kl = F.kl_div(q, p, log_target=True, reduction="none").sum(-1)[pred].mean()
+    ce_clean, ce_spliced, kl = reference_loss_and_kl(clean, spliced, ids_l, mask)
     with torch.no_grad():
         y_hat = tc(x).double()
         f = tc.encode(x)
     y = y.double()
     fvu = (y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum()
-    assert out["delta_loss"] == pytest.approx(float(ce(spliced) - ce(clean)), abs=1e-5)
-    assert out["kl"] == pytest.approx(float(kl), rel=1e-4)
+    assert out["delta_loss"] == pytest.approx(ce_spliced - ce_clean, abs=1e-5)
+    assert out["kl"] == pytest.approx(kl, rel=1e-4)
     assert out["fvu"] == pytest.approx(float(fvu), rel=1e-5)
     assert out["l0"] == pytest.approx(float((f != 0).sum(1).float().mean()))
     assert 0 < out["l0"] < 96 and out["delta_loss"] != 0
