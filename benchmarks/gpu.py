@@ -82,44 +82,29 @@ EXTRA = {
 }
 
 
+# Each size on one GPU and in the quick CPU run (the test suite's): (full, quick).
+SIZES: dict[str, tuple[Any, Any]] = {
+    "ctx": (1024, 16),  # tokens per sequence
+    "seqs": (16, 4),  # sequences extracted (half for the 2B shape)
+    "batch": (8, 2),  # sequences per forward pass
+    "check_ctx": (128, 16),  # tokens per sequence in the correctness checks
+    "d_ins": ([640, 2304], [32, 48]),
+    "widths": ([16384, 65536, 262144], [256, 1024]),
+    "l0s": ([20, 100], [20, 100]),
+    "train_batch": (4096, 128),
+    "check_width": (4096, 256),
+    "check_batch": (1024, 64),
+    "warmup": (2, 1),  # training steps before the timed ones
+    "steps": (5, 2),  # timed training steps
+    "eval_width": (16384, 64),
+    "eval_seqs": (4, 2),
+    "matmul": (8192, 256),  # n of the n×n×n matmul ceiling
+    "repeats": (2, 1),  # best of
+}
+
+
 def sizes(quick: bool) -> dict[str, Any]:
-    if quick:
-        return {
-            "ctx": 16,
-            "seqs": 4,
-            "batch": 2,
-            "check_ctx": 16,
-            "d_ins": [32, 48],
-            "widths": [256, 1024],
-            "l0s": [20, 100],
-            "train_batch": 128,
-            "check_width": 256,
-            "check_batch": 64,
-            "warmup": 1,
-            "steps": 2,
-            "eval_width": 64,
-            "eval_seqs": 2,
-            "matmul": 256,
-            "repeats": 1,
-        }
-    return {
-        "ctx": 1024,
-        "seqs": 16,
-        "batch": 8,
-        "check_ctx": 128,
-        "d_ins": [640, 2304],
-        "widths": [16384, 65536, 262144],
-        "l0s": [20, 100],
-        "train_batch": 4096,
-        "check_width": 4096,
-        "check_batch": 1024,
-        "warmup": 2,
-        "steps": 5,
-        "eval_width": 16384,
-        "eval_seqs": 4,
-        "matmul": 8192,
-        "repeats": 2,
-    }
+    return {k: v[1] if quick else v[0] for k, v in SIZES.items()}
 
 
 def hf_config(name: str, quick: bool) -> Any:
