@@ -15,7 +15,7 @@ from saesuite.spec.config import (
     coerce_cli_strings,
     seqs_per_chunk,
 )
-from saesuite.spec.sites import SITE_NAMES, Site
+from saesuite.spec.sites import FAMILY_TITLES, Site
 from saesuite.spec.workflow import Workflow
 
 # Types first (clean messages), then again to fill the schema's defaults.
@@ -53,14 +53,14 @@ wildcard_constraints:
     lm=one_of(config["models"]),
     chunk=r"\d{5}",
     layer=r"\d+",
-    kind=one_of(SITE_NAMES),
+    kind=one_of(FAMILY_TITLES),
     data="text|chat",
     check=one_of(WF.checks),
     release=one_of(WF.releases),
 
 
 def site_title(kind):
-    return SITE_NAMES.get(kind, kind)
+    return FAMILY_TITLES.get(kind, kind)
 
 
 def get_site_names(w):

@@ -266,3 +266,46 @@ def test_a_model_without_chat_template_is_refused_before_any_job(tiny_models, tm
     with pytest.raises(ConfigError, match="models.tiny.chat is true") as err:
         Workflow(load_config(cfg))
     assert "format_shift" not in str(err.value)
+
+
+def test_transcoder_groups_are_planned_and_nonsense_is_refused():
+    """kind: transcoder reads layer L's mlp_in and predicts its mlp; skip: affine
+    makes skip-transcoders; each kind trains in its own job beside the MLP's SAEs,
+    the cache holds both sites once, and releases hold SAEs only (issue 16)."""
+    import copy
+
+    from saesuite.spec import jobs
+    from saesuite.spec.config import ConfigError
+    from saesuite.spec.workflow import Workflow
+
+    cfg = make_config()
+    base = {**cfg["suite"][0], "layers": [1], "sites": ["mlp"]}
+    cfg["suite"] = [base, {**base, "kind": "transcoder"},
+                    {**base, "kind": "transcoder", "skip": "affine"}]  # fmt: skip
+    wf = Workflow(load_config(cfg))
+    kinds = {(s.kind, s.input_site.name, s.output_site.name, s.path) for s in wf.suite}
+    assert ("skip_transcoder", "layer_1.mlp_in", "layer_1.mlp",
+            "layer_1/skip_transcoder/width_128/l0_8") in kinds  # fmt: skip
+    assert len(wf.suite) == 6 and wf.model_sites("tiny") == [(1, "mlp"), (1, "mlp_in")]
+    assert [s.rsplit("/", 2)[1] for s in wf.site_summaries()] == [
+        "mlp",
+        "skip_transcoder",
+        "transcoder",
+    ]
+    job = jobs.train_job(wf.config, wf.suite, "tiny", 1, "transcoder")
+    assert (job.input_site, job.output_site) == ("layer_1.mlp_in", "layer_1.mlp")
+    assert {d.kind for d in job.dictionaries} == {"transcoder"}
+    assert list(wf.releases) == ["saesuite--saesuite-tiny-mlp"]
+    members = jobs.eval_job(wf.config, wf.suite, "tiny", "tiny", "text", 1).members
+    assert {m.key for m in members} == {s.path for s in wf.suite}
+
+    for bad, key, match in (
+        ({"kind": "transcoder", "sites": ["res"]}, "sites", r"must be \[mlp\]"),
+        ({"skip": "affine"}, "skip", "kind: transcoder"),
+        ({"kind": "crosscoder"}, "kind", "crosscoder"),
+    ):
+        raw = copy.deepcopy(cfg)
+        raw["suite"] = [{**base, **bad}]
+        with pytest.raises(ConfigError, match=match) as err:
+            load_config(raw)
+        assert f"suite.0.{key}" in str(err.value)

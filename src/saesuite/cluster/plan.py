@@ -52,7 +52,8 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
     for model in sorted({s.model for s in suite}):
         specs: list[SAESpec] = [s for s in suite if s.model == model]
         shape = known_shape(config["models"][model]["source"])
-        sites = sorted({(s.layer, s.site) for s in specs})
+        sites = sorted({(x.layer, x.kind) for s in specs
+                        for x in (s.input_site, s.output_site)})  # fmt: skip
         last = max(model_layers(config, model))
         cache = flops = None
         if shape:
@@ -119,7 +120,7 @@ def gpu_memory(config: dict[str, Any]) -> tuple[list[str], list[str]]:
         return [], []
     jobs: dict[tuple[str, int, str], list[SAESpec]] = {}
     for s in expand_suite(config):
-        jobs.setdefault((s.model, s.layer, s.site), []).append(s)
+        jobs.setdefault((s.model, s.layer, s.family), []).append(s)
     found: dict[tuple[str, str, int, int], list[int]] = {}
     batch = config["train"]["batch_size"]
     for (model, layer, site), specs in sorted(jobs.items()):
@@ -127,7 +128,7 @@ def gpu_memory(config: dict[str, Any]) -> tuple[list[str], list[str]]:
         if shape is None:
             continue
         nproc = train_nproc(config, [s.width for s in specs])
-        d_in = shape.site_width(site)
+        d_in = shape.site_width(specs[0].input_site.kind)
         for width in sorted({s.width for s in specs}):
             if sae_gpu_bytes(batch, d_in, width, nproc) > budget:
                 found.setdefault((model, site, width, nproc), []).append(layer)

@@ -351,7 +351,7 @@ class JobResources:
         if stage == "train":
             model, layer, kind = w["model"], int(w["layer"]), w["kind"]
             specs = wf.site_specs(model, layer, kind)
-            d_in = known_site_width(config, model, kind)
+            d_in = known_site_width(config, model, specs[0].input_site.kind)
             return request(config, stage, train_mem_mb(config, specs, d_in),
                            train_flops(specs, d_in),
                            self.train_nproc(model, layer, kind))  # fmt: skip

@@ -34,12 +34,12 @@ from saesuite.eval.tables import html_table
 from saesuite.spec import paths
 from saesuite.spec.io import atomic_path, read_json
 from saesuite.spec.releases import width_label
-from saesuite.spec.sites import SITE_NAMES
+from saesuite.spec.sites import FAMILY_TITLES
 from saesuite.spec.sparsity import sparsity_label
 
 
 def _title(model: str, site: str, rest: str) -> str:
-    return f"{model} · {SITE_NAMES.get(site, site)} · {rest}"
+    return f"{model} · {FAMILY_TITLES.get(site, site)} · {rest}"
 
 
 def _at(layer: int, width: int) -> str:

@@ -21,7 +21,7 @@ import yaml
 from saesuite.spec.hashing import stable_hash
 from saesuite.spec.known_models import known_name, known_shape
 from saesuite.spec.prompts import load_prompts
-from saesuite.spec.sites import Site
+from saesuite.spec.sites import TRANSCODER_SITES, Site
 from saesuite.spec.sparsity import sparsity_label
 
 REPO_ROOT = Path(__file__).resolve().parents[3]  # src/saesuite/spec/config.py
@@ -197,6 +197,17 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
         rng = group["layers"]
         if isinstance(rng, dict) and rng["stop"] <= rng["start"]:
             raise ConfigError(f"config key 'suite.{gi}.layers': stop must exceed start")
+        kind = group.get("kind", "sae")
+        if group.get("skip") is not None and kind != "transcoder":
+            raise ConfigError(
+                f"config key 'suite.{gi}.skip': a skip connection is a transcoder's; "
+                f"set suite.{gi}.kind: transcoder, or drop skip"
+            )
+        if kind == "transcoder" and list(group["sites"]) != [TRANSCODER_SITES[1]]:
+            raise ConfigError(
+                f"config key 'suite.{gi}.sites': a transcoder reads an MLP's input "
+                f"and predicts its output: sites must be [mlp], not {group['sites']}"
+            )
         for l0 in group["sparsity"].get("target_l0") or []:
             width = min(group["widths"])
             if l0 >= width:
@@ -322,13 +333,21 @@ class SAESpec:
 
     @property
     def input_site(self) -> Site:
-        """The site the dictionary reads."""
+        """The site the dictionary reads: a transcoder's is its MLP's input."""
+        if self.kind != "sae":
+            return Site(self.layer, TRANSCODER_SITES[0])
         return Site(self.layer, self.site)
 
     @property
     def output_site(self) -> Site:
-        """The site it reconstructs: the one it reads, for an SAE."""
+        """The site it reconstructs (an SAE: the one it reads) or predicts."""
         return Site(self.layer, self.site)
+
+    @property
+    def family(self) -> str:
+        """What its train job covers and its folder: the site, or the kind of
+        transcoder (spec.sites.FAMILY_TITLES)."""
+        return self.site if self.kind == "sae" else self.kind
 
     @property
     def label(self) -> str:
@@ -337,7 +356,7 @@ class SAESpec:
     @property
     def path(self) -> str:
         """Relative path of this SAE's folder under <output_root>/<model>/saes/."""
-        return f"layer_{self.layer}/{self.site}/width_{self.width}/{self.label}"
+        return f"layer_{self.layer}/{self.family}/width_{self.width}/{self.label}"
 
 
 def default_tokens(width: int) -> int:
@@ -358,23 +377,31 @@ def expand_suite(config: dict[str, Any]) -> list[SAESpec]:
             ladder = [("l0", v, v) for v in sp["lambdas"]]
         else:
             ladder = [("target_l0", v, sp["lambda"]) for v in sp["target_l0"]]
+        kind = group_kind(g)
         for mk in group_models(config, gi):
             for layer in group_layers(config, gi, mk):
                 for site in g["sites"]:
                     for width in g["widths"]:
                         tokens = g["tokens"] or default_tokens(width)
                         for pen, val, coef in ladder:
-                            out.add(
-                                SAESpec(mk, layer, site, width, pen, val, coef, tokens)
-                            )
+                            out.add(SAESpec(mk, layer, site, width, pen, val, coef,
+                                            tokens, kind))  # fmt: skip
     return sorted(out)
+
+
+def group_kind(group: dict[str, Any]) -> str:
+    """The spec.jobs kind of a suite group's dictionaries."""
+    if group.get("kind", "sae") == "sae":
+        return "sae"
+    return "skip_transcoder" if group.get("skip") == "affine" else "transcoder"
 
 
 def model_sites(config: dict[str, Any], model_key: str) -> list[Site]:
     """Every site the model's activation cache must hold."""
     return sorted(
-        {Site(s.layer, s.site) for s in expand_suite(config) if s.model == model_key}
-    )
+        {x for s in expand_suite(config) if s.model == model_key
+         for x in (s.input_site, s.output_site)}
+    )  # fmt: skip
 
 
 def sequences(config: dict[str, Any], split: str) -> int:

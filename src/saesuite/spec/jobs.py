@@ -25,9 +25,9 @@ from saesuite.spec.sizes import dictionary_bytes
 
 # A dictionary's kinds: an SAE reconstructs the site it reads; a transcoder reads one
 # site and predicts another (an MLP's input and output), a skip-transcoder with an
-# affine skip connection too (Gemma Scope 2). The trainer trains all three and
-# evaluation splices all three; the config and the release layouts take SAEs only so
-# far (issue 16).
+# affine skip connection too (Gemma Scope 2). Suite groups ask for transcoders
+# (config: kind, skip); training and evaluation take all three, the release layouts
+# SAEs only so far (spec.releases leaves transcoders out; issue 16).
 KINDS = ("sae", "transcoder", "skip_transcoder")
 TRANSCODERS = frozenset({"transcoder", "skip_transcoder"})
 
@@ -225,16 +225,20 @@ class PublishJob(_Json):
 def train_job(
     config: dict[str, Any], suite: list[SAESpec], model: str, layer: int, kind: str
 ) -> TrainJob:
-    """The train job of one site. Only what shapes the dictionaries goes in."""
+    """The train job of one site's SAEs, or of one layer's transcoders of one kind
+    (`kind`: a spec.sites.FAMILY_TITLES key). Only what shapes the dictionaries
+    goes in."""
     root = config["output_root"]
     scratch = config.get("scratch_root") or root
-    specs = [s for s in suite if s.model == model and s.input_site == Site(layer, kind)]
-    site = Site(layer, kind).name
+    specs = [s for s in suite if s.model == model and s.layer == layer
+             and s.family == kind]  # fmt: skip
+    if not specs:
+        raise ValueError(f"no dictionaries of {model} at layer {layer}, {kind}")
     m = config["models"][model]
     return TrainJob(
         model=model,
-        input_site=site,
-        output_site=site,
+        input_site=specs[0].input_site.name,
+        output_site=specs[0].output_site.name,
         seed=config["seed"],
         shuffle_bucket=config["activations"]["shuffle_bucket"],
         train=config["train"],
@@ -265,7 +269,7 @@ def eval_job(
             identity={
                 "model": s.model,
                 "layer": s.layer,
-                "site": s.site,
+                "site": s.family,  # a transcoder's rows apart from the MLP's SAEs
                 "width": s.width,
                 "penalty": s.penalty,
                 "value": s.value,

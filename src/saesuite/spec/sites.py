@@ -29,6 +29,13 @@ SITE_NAMES = {k: v.title for k, v in SITE_KINDS.items()}
 # A transcoder reads an MLP's input (after its pre-norm) and predicts the MLP's output
 # (after its post-norm) at the same layer (Gemma Scope's transcoders).
 TRANSCODER_SITES = ("mlp_in", "mlp")
+# What one train job covers at one layer, and its folder under saes/layer_L/: a site's
+# SAEs, or the layer's transcoders of one kind (spec.jobs.KINDS).
+FAMILY_TITLES = {
+    **SITE_NAMES,
+    "transcoder": "transcoder (MLP input → output)",
+    "skip_transcoder": "skip-transcoder (MLP input → output)",
+}
 
 
 @dataclass(frozen=True, order=True)

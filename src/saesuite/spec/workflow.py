@@ -53,13 +53,16 @@ class Workflow:
     def site_specs(self, model: str, layer: int, kind: str) -> list[SAESpec]:
         """The dictionaries one train job trains (those reading that site)."""
         return [s for s in self.suite if s.model == model and s.layer == layer
-                and s.site == kind]  # fmt: skip
+                and s.family == kind]  # fmt: skip
 
     def layer_specs(self, model: str, layer: int) -> list[SAESpec]:
         return [s for s in self.suite if s.model == model and s.layer == layer]
 
     def model_sites(self, model: str) -> list[tuple[int, str]]:
-        return sorted({(s.layer, s.site) for s in self.suite if s.model == model})
+        """The sites the model's activation cache holds: what its dictionaries read
+        and what they reconstruct or predict."""
+        return sorted({(x.layer, x.kind) for s in self.suite if s.model == model
+                       for x in (s.input_site, s.output_site)})  # fmt: skip
 
     # -- input files --------------------------------------------------------------
 
@@ -70,12 +73,12 @@ class Workflow:
         return [paths.chunk(self.scratch, model, c)[kind] for c in self.chunk_indices()]
 
     def site_summaries(self, model: str | None = None) -> list[str]:
-        sites = {(s.model, s.layer, s.site) for s in self.suite
+        sites = {(s.model, s.layer, s.family) for s in self.suite
                  if model is None or s.model == model}  # fmt: skip
         return [paths.site_summary(self.root, m, L, k) for m, L, k in sorted(sites)]
 
     def layer_site_summaries(self, model: str, layer: int) -> list[str]:
-        kinds = sorted({s.site for s in self.layer_specs(model, layer)})
+        kinds = sorted({s.family for s in self.layer_specs(model, layer)})
         return [paths.site_summary(self.root, model, layer, k) for k in kinds]
 
     def eval_layers(self, e: Evaluation) -> list[str]:
