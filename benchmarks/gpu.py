@@ -24,12 +24,12 @@ failed.
    threshold), as a share of the float32 matmul ceiling measured in this run (a dense
    step is 10·d·width FLOP per token); which step `train.step: auto` picks and which
    was faster; the peak device memory against `sae_gpu_bytes`, the planner's estimate;
+   then SAELens's JumpReLU trainer on the same batches at each d_in × width (the
+   lower L0), when sae-lens can be imported: the GPU machine has none, and its wheels
+   with those it needs (transformer-lens, plotly, wandb, datasets, nltk …) come to
+   ~35 MB, never tried there (BENCHMARKS.md); without them the section says so;
 4. evaluation: the marginal cost of one SAE (its spliced pass, encoding, metrics)
    against a clean forward pass with the head, from `evaluate` with one and two SAEs.
-
-SAELens's trainer is not compared here: sae-lens is not installed on the GPU machine
-and its wheels with those it needs (transformer-lens, plotly, wandb, datasets, nltk …)
-are ~35 MB, untested there; benchmarks/train.py compares the two on the CPU.
 """
 
 from __future__ import annotations
@@ -454,6 +454,42 @@ def auto_verdicts(rows: list[dict[str, Any]], density: float) -> None:
             r |= {"faster": faster, "auto": auto, "sparse_over_dense": speedup}
 
 
+# --- 3b. SAELens's trainer on the same batches ----------------------------------------
+def saelens(device: str, s: dict, ours: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SAELens's JumpReLU trainer (dense) on the training section's shapes at the
+    lower L0, from saesuite's initialisation, against saesuite's faster step there."""
+    try:
+        import sae_lens
+    except ImportError:
+        return [{"note": "sae_lens is not importable here: carry its wheels (see "
+                 "BENCHMARKS.md) to compare SAELens's trainer"}]  # fmt: skip
+    run = sibling("train").run_saelens
+    l0, steps = s["l0s"][0], s["warmup"] + s["steps"]
+    rows = []
+    for d in s["d_ins"]:
+        g = torch.Generator().manual_seed(2)
+        batches = torch.stack(
+            [torch.randn(s["train_batch"], d, generator=g) for _ in range(steps)]
+        ).to(device)
+        for w in s["widths"]:
+            hp = train_defaults() | {"init_threshold": threshold_for(l0, w),
+                                     "_lr_warmup": 0, "_lam_warmup": 0}  # fmt: skip
+            args = argparse.Namespace(steps=steps, width=w, batch=s["train_batch"],
+                                      l0_coef=1e-4)  # fmt: skip
+            free(device)
+            _, times, l0s = run(batches, args, hp, device=device)
+            timed = times[s["warmup"] :]
+            tok_s = s["train_batch"] * len(timed) / sum(timed)
+            case = (d, w, l0)
+            best = max(r["tok_s"] for r in ours
+                       if (r["d_in"], r["width"], r["target_l0"]) == case)  # fmt: skip
+            rows.append({"d_in": d, "width": w, "target_l0": l0,
+                         "l0": sum(l0s[s["warmup"] :]) / len(timed), "tok_s": tok_s,
+                         "saesuite_tok_s": best, "ratio": best / tok_s,
+                         "sae_lens": sae_lens.__version__})  # fmt: skip
+    return rows
+
+
 # --- 4. evaluation ------------------------------------------------------------------
 def evaluation(device: str, quick: bool, s: dict) -> list[dict[str, Any]]:
     rows = []
@@ -529,6 +565,15 @@ TABLES = {
                    gb(r["peak_bytes"]), gb(r["estimate_bytes"]),
                    _ratio(r["peak_over_estimate"])],
     ),
+    "saelens": (
+        "SAELens's trainer on the same batches (dense; saesuite: its faster step)",
+        [("d_in", ">"), ("width", ">"), ("L0 target", ">"), ("L0", ">"),
+         ("SAELens tok/s", ">"), ("saesuite tok/s", ">"), ("saesuite / SAELens", ">"),
+         ("sae-lens", "<")],
+        lambda r: [str(r["d_in"]), str(r["width"]), str(r["target_l0"]),
+                   f"{r['l0']:.1f}", f"{r['tok_s']:.0f}", f"{r['saesuite_tok_s']:.0f}",
+                   f"{r['ratio']:.2f}", r["sae_lens"]],
+    ),
     "evaluation": (
         "Evaluation: one SAE's marginal cost against a clean forward",
         [("model", "<"), ("dtype", "<"), ("layer", ">"), ("tokens", ">"),
@@ -555,6 +600,9 @@ def markdown(rep: dict[str, Any]) -> str:
     sec = rep["sections"]
     for name, (title, columns, cells) in TABLES.items():
         if name not in sec:
+            continue
+        if sec[name] and "note" in sec[name][0]:
+            out += [f"## {title}", "", sec[name][0]["note"], ""]
             continue
         head = [c for c, _ in columns]
         align = "|" + "|".join("---" if a == "<" else "---:" for _, a in columns) + "|"
@@ -601,10 +649,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--only",
         nargs="*",
-        choices=["correctness", "extraction", "training", "evaluation"],
+        choices=["correctness", "extraction", "training", "saelens", "evaluation"],
         help="run these sections only",
     )
     args = ap.parse_args(argv)
+    if args.only and "saelens" in args.only and "training" not in args.only:
+        ap.error("--only saelens compares with the training section: name it too")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA GPU")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -624,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
         "correctness": lambda: correctness(args.device, args.quick, s),
         "extraction": lambda: extraction(args.device, args.quick, s),
         "training": lambda: training(args.device, s, rep["machine"]["fp32_flops"]),
+        "saelens": lambda: saelens(args.device, s, rep["sections"]["training"]),
         "evaluation": lambda: evaluation(args.device, args.quick, s),
     }
     for name, fn in sections.items():

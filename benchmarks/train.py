@@ -75,7 +75,9 @@ def run_ours(batches, args, hp):
     return m.sae, times, l0s
 
 
-def run_saelens(batches, args, hp):
+def run_saelens(batches, args, hp, device: str = "cpu"):
+    """SAELens's JumpReLU trainer on `batches` (on `device`), from saesuite's
+    initialisation; per-step times and L0s (benchmarks/gpu.py runs it on a GPU)."""
     from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
@@ -90,6 +92,7 @@ def run_saelens(batches, args, hp):
             l0_coefficient=args.l0_coef,
             l0_warm_up_steps=hp["_lam_warmup"],
             decoder_init_norm=None,
+            device=device,
         )
     )
     # Same starting point as saesuite: Gemma Scope's init (unit-norm decoder rows,
@@ -113,6 +116,7 @@ def run_saelens(batches, args, hp):
         lr_warm_up_steps=hp["_lr_warmup"],
         lr_scheduler_name="constant",
         lr_end=hp["lr"],
+        device=device,
     )
     stamps, l0s = [], []
     original = sae.training_forward_pass

@@ -120,7 +120,9 @@ def test_gpu_benchmark_on_cpu_without_the_workflow_packages(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((tmp_path / "gpu.json").read_text())
     sec = rep["sections"]
-    assert set(sec) == {"correctness", "extraction", "training", "evaluation"}
+    assert set(sec) == {"correctness", "extraction", "training", "saelens",
+                        "evaluation"}  # fmt: skip
+    assert "not importable" in sec["saelens"][0]["note"]  # as on the GPU machine
     # extraction, 3 × 2 step checks for an SAE and a skip-transcoder, evaluation
     assert len(sec["correctness"]) == 14
     assert all(c["pass"] for c in sec["correctness"])
@@ -159,3 +161,20 @@ def test_gpu_benchmark_checks_fail_on_a_disagreement():
         "device_name": "cpu", "torch": "t", "transformers": "t", "python": "p",
         "fp32_flops": 1e12, "bf16_flops": 1e12, "matmul_n": 4}}  # fmt: skip
     assert "| a check | 1.00e+00 | 5e-01 | FAIL |" in gpu.markdown(rep)
+
+
+def test_gpu_benchmark_compares_saelens_where_it_is_installed(tmp_path, capsys):
+    gpu = bench("gpu")
+    out = tmp_path / "out"
+    assert gpu.main(["--device", "cpu", "--quick", "--out", str(out),
+                     "--only", "training", "saelens"]) == 0  # fmt: skip
+    rows = json.loads((out / "gpu.json").read_text())["sections"]["saelens"]
+    assert [(r["d_in"], r["width"]) for r in rows] == [
+        (32, 256),
+        (32, 1024),
+        (48, 256),
+        (48, 1024),
+    ]
+    for r in rows:
+        assert r["tok_s"] > 0 and r["ratio"] > 0 and 0 < r["l0"] < r["width"]
+    assert "saesuite / SAELens" in capsys.readouterr().out
