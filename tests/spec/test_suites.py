@@ -26,20 +26,38 @@ EXPECTED = {
     "gemma-scope-union": (431, 2586, 26 * 3 + 42 * 3 + 3 + 3),
     # every layer × 3 sites × 2 widths (L0 10, 100) + 4 layers × 3 sites × 4 widths
     # (L0 10, 50, 150), the L0-10 SAEs at 16k and 262k shared
+    # SAEs: every layer × 3 sites × 2 widths (L0 10, 100) + 4 layers × 3 sites × 4
+    # widths (L0 10, 50, 150), the L0-10 SAEs at 16k and 262k shared; transcoders the
+    # same with the MLP's one "site", plain and affine; a train job per site and per
+    # layer × kind of transcoder
     "gemma-scope-2-270m": (
-        18 * 3 * 2 + 4 * 3 * 2,
-        18 * 3 * 2 * 2 + 4 * 3 * 4 * 3 - 24,
-        54,
+        (18 * 3 * 2 + 4 * 3 * 2) + 2 * (18 * 2 + 4 * 2),
+        (18 * 3 * 2 * 2 + 4 * 3 * 4 * 3 - 24) + 2 * (18 * 2 * 2 + 4 * 4 * 3 - 8),
+        18 * 3 + 18 * 2,
     ),
+    # every MLP layer at 2^14 × 6 λ, one train job per layer
+    "gemma-2-2b-transcoders": (26, 26 * 6, 26),
 }
+# Transcoders among them: (plain, affine)
+TRANSCODERS = {"gemma-scope-2-270m": (112, 112), "gemma-2-2b-transcoders": (156, 0)}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_suite_counts_and_budgets(name):
     cfg = load_config(SUITES / f"{name}.yaml")
     suite = expand_suite(cfg)
-    families = {(s.model, s.layer, s.site, s.width) for s in suite}
+    families = {(s.model, s.layer, s.family, s.width) for s in suite}
     assert (len(families), len(suite)) == EXPECTED[name][:2]
+    kinds = [s.kind for s in suite]
+    plain, affine = TRANSCODERS.get(name, (0, 0))
+    assert (kinds.count("transcoder"), kinds.count("skip_transcoder")) == (
+        plain,
+        affine,
+    )
+    assert all(
+        (s.input_site.kind, s.output_site.kind) == ("mlp_in", "mlp")
+        for s in suite if s.kind != "sae"
+    )  # fmt: skip
     for s in suite:  # Gemma Scope's budgets: 4B at 16.4K, 16B at 1M, 8B otherwise
         assert s.tokens == {2**14: 4e9, 2**20: 16e9}.get(s.width, 8e9)
 
@@ -69,7 +87,7 @@ def test_the_plan_of_each_suite_has_its_jobs_and_their_resources(name):
     cfg = load_config(SUITES / f"{name}.yaml")
     wf = Workflow(cfg)
     res = JobResources(wf)
-    sites = [(m, L, k) for m in wf.trained for L, k in wf.model_sites(m)]
+    sites = [(m, L, k) for m in wf.trained for L, k in wf.train_families(m)]
     assert len(sites) == EXPECTED[name][2]
     jobs = [("train", res("train", {"model": m, "layer": str(L), "kind": k}))
             for m, L, k in sites]  # fmt: skip
@@ -90,13 +108,14 @@ def test_the_plan_of_each_suite_has_its_jobs_and_their_resources(name):
 
 
 @pytest.mark.slow
-def test_snakemake_plans_the_union_as_the_package_does(tmp_path):
-    """The real dry-run of the whole Gemma Scope 1 union: the job counts of the
-    package's plan, and every job's resources as Snakemake prints them."""
+@pytest.mark.parametrize("name", ["gemma-scope-union", "gemma-scope-2-270m"])
+def test_snakemake_plans_the_suite_as_the_package_does(tmp_path, name):
+    """The real dry-run of the whole Gemma Scope 1 union and of Gemma Scope 2's
+    270m suite (its transcoders too): the job counts of the package's plan, and every
+    job's resources as Snakemake prints them."""
     import subprocess
     import sys
 
-    name = "gemma-scope-union"
     cmd = [
         sys.executable, "-m", "snakemake", "-n", "-s", str(REPO_ROOT / "Snakefile"),
         "--directory", str(tmp_path), "--configfile", str(SUITES / f"{name}.yaml"),

@@ -58,6 +58,10 @@ class Workflow:
     def layer_specs(self, model: str, layer: int) -> list[SAESpec]:
         return [s for s in self.suite if s.model == model and s.layer == layer]
 
+    def train_families(self, model: str) -> list[tuple[int, str]]:
+        """(layer, family) of each train job of the model (spec.sites.FAMILY_TITLES)."""
+        return sorted({(s.layer, s.family) for s in self.suite if s.model == model})
+
     def model_sites(self, model: str) -> list[tuple[int, str]]:
         """The sites the model's activation cache holds: what its dictionaries read
         and what they reconstruct or predict."""
