@@ -85,7 +85,7 @@ def meta(n_layers: int = 4) -> dict:
         "hub_model": "google/gemma-3-270m",
         "model_type": "gemma3_text",
         "n_layers": n_layers,
-        "site_widths": {"res": 64, "att": 64, "mlp": 64},
+        "site_widths": {"res": 64, "att": 64, "mlp": 64, "mlp_in": 64},
         "release_layers": [1, 2],
         "context_size": 32,
         "config_hash": "abc",
@@ -273,3 +273,85 @@ def test_a_dictionary_writing_another_site_is_not_released(tmp_path):
         make_release(job, model_info=tmp_path / "model.json", config_hash="h",
                      out_dir=tmp_path / "out")  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def transcoder_entry(tmp_path, kind: str, l0: float, seed: int, width: int = 128):
+    torch.manual_seed(seed)
+    tc = JumpReLUSAE(64, width, skip=kind == "skip_transcoder",
+                     apply_b_dec_to_input=False).initialize()  # fmt: skip
+    with torch.no_grad():
+        tc.b_enc.normal_(0, 0.1)
+        tc.b_dec.normal_(0, 0.5)
+        tc.threshold_raw.uniform_(0.05, 0.3)
+        if tc.skip:
+            tc.W_skip.normal_(0, 0.2)
+    folder = tmp_path / "trained" / kind
+    folder.mkdir(parents=True)
+    save_file(tc.release_tensors(), str(folder / "sae.safetensors"))
+    path = f"layer_1/{kind}/width_{width}/l0_20"
+    spec = {"layer": 1, "site": "mlp", "width": width, "penalty": "target_l0",
+            "value": 20, "path": path, "kind": kind}  # fmt: skip
+    metrics = {"l0": l0, "fvu": 0.3, "delta_loss": 0.1, "loss_recovered": 0.8,
+               "tokens": 1000, "loss_tokens": 100}  # fmt: skip
+    return Entry(spec, str(folder), metrics), tc
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_saelens_loads_transcoders_in_every_layout_and_predicts_like_us(
+    layout, tmp_path, monkeypatch
+):
+    """Plain and skip-transcoders (Gemma Scope 1's layout: plain only, it has no
+    skip connection) released, then loaded by SAELens from a local Hub cache with the
+    model card's snippet: its transcoder classes predict the MLP output as ours do,
+    skip connection included, and the hook points name the MLP's input and output."""
+    pytest.importorskip("sae_lens")
+    kinds = ["transcoder"] + ([] if layout == "gemma-scope" else ["skip_transcoder"])
+    # SAELens's Gemma Scope 1 transcoder reader knows Gemma Scope's widths only
+    width = 4096 if layout == "gemma-scope" else 128
+    made = [transcoder_entry(tmp_path, k, 20.4 + i, i, width)
+            for i, k in enumerate(kinds)]  # fmt: skip
+    repo = ("someone/saesuite-gemma-2-2b-transcoder" if layout == "gemma-scope"
+            else "someone/saesuite-tiny-transcoder")  # fmt: skip
+    out = tmp_path / "release"
+    build_release(repo=repo, layout=layout, entries=[e for e, _ in made],
+                  meta=meta(), canonical_l0=20, out_dir=out)  # fmt: skip
+    index = read_json(out / "index.json")["saes"]
+    row_of = {r["kind"]: r for r in index}
+    assert sorted(row_of) == sorted(kinds) and len(index) == len(kinds)
+    assert all(r["canonical"] for r in index)  # one per kind
+    assert {r["path"] for r in index} == {
+        "gemma-scope": {"layer_1/width_4k/average_l0_20"},
+        "gemma-scope-2": {"transcoder/layer_1_width_128_l0_20",
+                          "transcoder/layer_1_width_128_l0_21_affine"},
+        "saelens": {"layer_1_transcoder_width_128_l0_20",
+                    "layer_1_skip_transcoder_width_128_l0_21"},
+    }[layout]  # fmt: skip
+    assert index[0]["hf_hook"] == "model.layers.1.pre_feedforward_layernorm.output"
+    assert index[0]["hf_hook_out"] == (
+        "model.layers.1.post_feedforward_layernorm.output"
+    )
+    card = (out / "README.md").read_text()
+    hub_cache(tmp_path, repo, out, monkeypatch)
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    shown = next(r for r in index if r["canonical"])["path"]
+    x = torch.randn(50, 64) * 2
+    for e, ours in made:
+        row = row_of[e.kind]
+        scope: dict = {}
+        exec(snippet.replace(f'"{shown}"', f'"{row["path"]}"'), scope)
+        theirs = scope["sae"]
+        assert (
+            type(theirs).__name__
+            == {
+                "transcoder": "JumpReLUTranscoder",
+                "skip_transcoder": "JumpReLUSkipTranscoder",
+            }[e.kind]
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)
+        assert (theirs.cfg.d_in, theirs.cfg.d_sae, theirs.cfg.d_out) == (64, width, 64)
+    if layout == "gemma-scope-2":
+        skip = row_of["skip_transcoder"]
+        cfg = json.loads((out / skip["path"] / "config.json").read_text())
+        assert cfg["affine_connection"] is True
+        assert cfg["hf_hook_point_out"] == skip["hf_hook_out"]

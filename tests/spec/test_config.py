@@ -295,7 +295,14 @@ def test_transcoder_groups_are_planned_and_nonsense_is_refused():
     job = jobs.train_job(wf.config, wf.suite, "tiny", 1, "transcoder")
     assert (job.input_site, job.output_site) == ("layer_1.mlp_in", "layer_1.mlp")
     assert {d.kind for d in job.dictionaries} == {"transcoder"}
-    assert list(wf.releases) == ["saesuite--saesuite-tiny-mlp"]
+    assert list(wf.releases) == [
+        "saesuite--saesuite-tiny-mlp",
+        "saesuite--saesuite-tiny-transcoder",
+    ]
+    members = wf.releases["saesuite--saesuite-tiny-transcoder"].members
+    assert (
+        sorted(m.kind for m in members) == ["skip_transcoder"] * 2 + ["transcoder"] * 2
+    )
     members = jobs.eval_job(wf.config, wf.suite, "tiny", "tiny", "text", 1).members
     assert {m.key for m in members} == {s.path for s in wf.suite}
 
@@ -309,3 +316,15 @@ def test_transcoder_groups_are_planned_and_nonsense_is_refused():
         with pytest.raises(ConfigError, match=match) as err:
             load_config(raw)
         assert f"suite.0.{key}" in str(err.value)
+
+
+def test_skip_transcoders_are_refused_for_gemma_scope_1s_layout():
+    from saesuite.spec.config import ConfigError
+
+    cfg = make_config(release={"layout": "gemma-scope"})
+    cfg["suite"] = [{**cfg["suite"][0], "sites": ["mlp"], "kind": "transcoder",
+                     "skip": "affine"}]  # fmt: skip
+    with pytest.raises(ConfigError, match="'release.layout': suite.0 asks for skip"):
+        load_config(cfg)
+    cfg["suite"][0].pop("skip")
+    assert load_config(cfg)["suite"][0]["kind"] == "transcoder"

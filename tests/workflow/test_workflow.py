@@ -538,8 +538,7 @@ def test_transcoders_train_and_evaluate_beside_the_mlps_saes(tiny_models, tmp_pa
     """Issue 16, as far as it goes: a suite asking for plain and skip-transcoders at
     one layer extracts both MLP sites once, trains each kind in its own job from
     that cache, evaluates them spliced in for the MLP beside the MLP's SAEs, draws
-    them in the report, and releases only the SAEs (the transcoder layouts are not
-    built yet)."""
+    them in the report, and releases them in their own repo."""
     from saesuite.spec import paths
 
     cfg = make_config(tiny_models["gemma3"], output_root="results")
@@ -551,7 +550,7 @@ def test_transcoders_train_and_evaluate_beside_the_mlps_saes(tiny_models, tmp_pa
     plan = snakemake(tmp_path, "-n")
     assert plan.returncode == 0, plan.stderr
     counts = job_counts(plan.stdout + plan.stderr)
-    assert counts["train"] == 3 and counts["evaluate"] == 1 and counts["release"] == 1
+    assert counts["train"] == 3 and counts["evaluate"] == 1 and counts["release"] == 2
     done = snakemake(tmp_path, "--cores", "2")
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -576,6 +575,17 @@ def test_transcoders_train_and_evaluate_beside_the_mlps_saes(tiny_models, tmp_pa
                     f"L0 {m['l0']:.1f}" for k, m in metrics.items()))  # fmt: skip
     figures = Path(paths.report_dirs(str(root), "tiny")["figures"])
     assert (figures / "transcoder").is_dir() and (figures / "skip_transcoder").is_dir()
-    assert [p.name for p in (root / "release").iterdir()] == [
-        "saesuite--saesuite-tiny-mlp"
+    assert sorted(p.name for p in (root / "release").iterdir()) == [
+        "saesuite--saesuite-tiny-mlp",
+        "saesuite--saesuite-tiny-transcoder",
     ]
+    release = root / "release" / "saesuite--saesuite-tiny-transcoder"
+    index = read_json(release / "index.json")["saes"]
+    assert (
+        sorted(r["kind"] for r in index) == ["skip_transcoder"] * 2 + ["transcoder"] * 2
+    )
+    for r in index:  # Gemma Scope 2's layout, the default; one layer: subset folders
+        assert r["path"].startswith("transcoder/layer_1_width_128_l0_")
+        assert r["path"].endswith("_affine") == (r["kind"] == "skip_transcoder")
+        tensors = load_file(release / r["path"] / "params.safetensors")
+        assert ("affine_skip_connection" in tensors) == (r["kind"] != "transcoder")

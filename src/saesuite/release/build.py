@@ -40,10 +40,10 @@ from saesuite.spec.io import (
     versions,
     write_json,
 )
-from saesuite.spec.jobs import ReleaseJob
+from saesuite.spec.jobs import TRANSCODERS, ReleaseJob
 from saesuite.spec.metrics import scalar_metrics
 from saesuite.spec.releases import hub_model_id, width_label
-from saesuite.spec.sites import SITE_KINDS, hf_hook_point
+from saesuite.spec.sites import SITE_KINDS, TRANSCODER_SITES, Site, hf_hook_point
 from saesuite.spec.sparsity import sparsity_label
 
 LAYOUTS = ("gemma-scope-2", "gemma-scope", "saelens")
@@ -55,13 +55,27 @@ log = logging.getLogger(__name__)
 class Entry:
     """One SAE of a release: what it is, where it was trained, how it measured."""
 
-    spec: dict[str, Any]  # layer, site, width, penalty, value, path
+    spec: dict[str, Any]  # layer, site, width, penalty, value, path (kind: not sae)
     sae_dir: str
     metrics: dict[str, Any]  # scalar metrics on the held-out split
 
     @property
     def l0_label(self) -> int:
         return int(round(self.metrics["l0"]))
+
+    @property
+    def kind(self) -> str:
+        """spec.jobs.KINDS: "sae", or a transcoder of the layer's MLP (which reads
+        its input, TRANSCODER_SITES[0], and predicts its output, spec["site"])."""
+        return self.spec.get("kind", "sae")
+
+    @property
+    def family(self) -> str:
+        return self.spec["site"] if self.kind == "sae" else self.kind
+
+    @property
+    def in_site(self) -> str:
+        return self.spec["site"] if self.kind == "sae" else TRANSCODER_SITES[0]
 
 
 def sae_path(layout: str, e: Entry, all_layers: bool) -> str:
@@ -70,9 +84,13 @@ def sae_path(layout: str, e: Entry, all_layers: bool) -> str:
     if layout == "gemma-scope":
         return f"layer_{L}/width_{w}/average_l0_{e.l0_label}"
     if layout == "gemma-scope-2":
-        top = SITE_KINDS[site].gs2_folder + ("_all" if all_layers else "")
-        return f"{top}/layer_{L}_width_{w}_l0_{e.l0_label}"
-    return f"layer_{L}_{site}_width_{w}_l0_{e.l0_label}"
+        # Gemma Scope 2 keeps plain and skip-transcoders in one folder, the latter
+        # suffixed _affine (SAELens's loader reads the kind from the folder name)
+        top = "transcoder" if e.kind != "sae" else SITE_KINDS[site].gs2_folder
+        top += "_all" if all_layers else ""
+        affine = "_affine" if e.kind == "skip_transcoder" else ""
+        return f"{top}/layer_{L}_width_{w}_l0_{e.l0_label}{affine}"
+    return f"layer_{L}_{e.family}_width_{w}_l0_{e.l0_label}"
 
 
 def sparsity_suffix(e: Entry) -> str:
@@ -108,7 +126,7 @@ def canonical(entries: list[Entry], target_l0: float) -> set[str]:
     """Per layer × site × width, the SAE path whose L0 is closest to the target."""
     best: dict[tuple, Entry] = {}
     for e in entries:
-        key = (e.spec["layer"], e.spec["site"], e.spec["width"])
+        key = (e.spec["layer"], e.family, e.spec["width"])
         gap = abs(e.metrics["l0"] - target_l0)
         if key not in best or gap < abs(best[key].metrics["l0"] - target_l0):
             best[key] = e
@@ -120,30 +138,48 @@ def write_sae(layout: str, e: Entry, folder: Path, meta: dict[str, Any]) -> None
     t = load_file(str(paths.sae_file(e.sae_dir, "weights")))
     t = {k: v.float().contiguous() for k, v in t.items()}
     L, site = e.spec["layer"], e.spec["site"]
-    hook = hf_hook_point(meta["model_type"], L, site)
+    hook = hf_hook_point(meta["model_type"], L, e.in_site)
+    hook_out = hf_hook_point(meta["model_type"], L, site)
+    tc = e.kind != "sae"
     if layout == "gemma-scope":
         with atomic_path(folder / "params.npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, **{k: v.numpy() for k, v in t.items()})
     elif layout == "gemma-scope-2":
-        names = {"W_enc": "w_enc", "W_dec": "w_dec", "b_enc": "b_enc", "b_dec": "b_dec",
-                 "threshold": "threshold"}  # fmt: skip
+        names = {
+            "W_enc": "w_enc",
+            "W_dec": "w_dec",
+            "b_enc": "b_enc",
+            "b_dec": "b_dec",
+            "threshold": "threshold",
+            "W_skip": "affine_skip_connection",
+        }  # (d_in, d_out), as ours
         with atomic_path(folder / "params.safetensors") as tmp:
             save_file({names[k]: v for k, v in t.items()}, str(tmp))
         write_json(folder / "config.json", {
             "architecture": "jump_relu",
             "model_name": meta["hub_model"],
             "hf_hook_point_in": hook,
+            **({"hf_hook_point_out": hook_out,
+                "affine_connection": e.kind == "skip_transcoder"} if tc else {}),
             "width": e.spec["width"],
             "l0": e.metrics["l0"],
         })  # fmt: skip
     else:
+        if "W_skip" in t:  # SAELens holds it as (d_out, d_in)
+            t["W_skip"] = t["W_skip"].T.contiguous()
         with atomic_path(folder / "sae_weights.safetensors") as tmp:
             save_file(t, str(tmp))
         d_in, d_sae = t["W_enc"].shape
+        arch = {
+            "sae": "jumprelu",
+            "transcoder": "jumprelu_transcoder",
+            "skip_transcoder": "jumprelu_skip_transcoder",
+        }[e.kind]
         write_json(folder / "cfg.json", {
-            "architecture": "jumprelu",
+            "architecture": arch,
             "d_in": int(d_in),
             "d_sae": int(d_sae),
+            **({"d_out": int(t["W_dec"].shape[1])} if tc else {}),
             "dtype": "float32",
             "device": "cpu",
             "apply_b_dec_to_input": False,
@@ -151,8 +187,10 @@ def write_sae(layout: str, e: Entry, folder: Path, meta: dict[str, Any]) -> None
             "reshape_activations": "none",
             "metadata": {
                 "model_name": meta["hub_model"],
-                "hook_name": SITE_KINDS[site].tl_hook.format(L=L),
+                "hook_name": SITE_KINDS[e.in_site].tl_hook.format(L=L),
                 "hf_hook_name": hook,
+                **({"hook_name_out": SITE_KINDS[site].tl_hook.format(L=L),
+                    "hf_hook_name_out": hook_out} if tc else {}),
                 "context_size": meta["context_size"],
                 "prepend_bos": True,
                 "sae_lens_training_version": None,
@@ -162,6 +200,8 @@ def write_sae(layout: str, e: Entry, folder: Path, meta: dict[str, Any]) -> None
 
 
 CONVERSIONS = {"gemma-scope": "gemma_2", "gemma-scope-2": "gemma_3"}
+# SAELens reads Gemma Scope 1's transcoders with another conversion
+TRANSCODER_CONVERSIONS = {"gemma-scope": "gemma_2_transcoder"}
 
 
 def registry_entry(
@@ -169,14 +209,19 @@ def registry_entry(
 ) -> dict[str, Any]:
     """This release as an entry of SAELens's pretrained_saes.yaml."""
     entry: dict[str, Any] = {"repo_id": repo, "model": meta["hub_model"]}
-    if layout in CONVERSIONS:
-        entry["conversion_func"] = CONVERSIONS[layout]
+    transcoders = any(row.get("kind", "sae") != "sae" for row in index)
+    conversions = {**CONVERSIONS, **(TRANSCODER_CONVERSIONS if transcoders else {})}
+    if layout in conversions:
+        entry["conversion_func"] = conversions[layout]
     if layout == "gemma-scope":
         # SAELens's Gemma Scope 1 loader infers d_in and the model from a Gemma 2
         # repo id (2b, 9b, 27b: it refuses others) and d_sae from the folder name
         # (Gemma Scope's widths only): give them where the release has one value.
         over: dict[str, Any] = {"model_name": meta["hub_model"]}
-        for key, col in (("d_in", "d_in"), ("d_sae", "width")):
+        cols = [("d_in", "d_in"), ("d_sae", "width")]
+        if transcoders:  # an MLP's input and output are one width
+            cols.append(("d_out", "d_in"))
+        for key, col in cols:
             values = {row[col] for row in index}
             if len(values) == 1:
                 over[key] = values.pop()
@@ -217,14 +262,23 @@ def build_release(
             folders.items(), key=lambda kv: (kv[1].spec["layer"], kv[0])
         ):
             write_sae(layout, e, tmp / p, meta)
-            layer, site = e.spec["layer"], e.spec["site"]
+            layer, site = e.spec["layer"], e.in_site
+            out_hooks = {}
+            if e.kind != "sae":  # a transcoder: where it reads and where it writes
+                out_hooks = {
+                    "hf_hook_out": hf_hook_point(meta["model_type"], layer,
+                                                 e.spec["site"]),
+                    "hook_out": SITE_KINDS[e.spec["site"]].tl_hook.format(L=layer),
+                }  # fmt: skip
             index.append({
                 "id": p.split("/", 1)[1] if layout == "gemma-scope-2" else p,
                 "path": p,
                 **{k: e.spec[k] for k in IDENTITY},
+                "kind": e.kind,
                 "d_in": meta["site_widths"][site],
                 "hf_hook": hf_hook_point(meta["model_type"], layer, site),
                 "hook": SITE_KINDS[site].tl_hook.format(L=layer),
+                **out_hooks,
                 "canonical": e.spec["path"] in best,
                 "trained_as": e.spec["path"],
                 **e.metrics,
@@ -309,11 +363,19 @@ def make_release(
     info = read_json(model_info)
     entries, evals = [], []
     for s in job.members:
-        if s.input_site != s.output_site:  # the layouts hold one hook point per SAE
+        i, o = Site.parse(s.input_site), Site.parse(s.output_site)
+        if i != o and (s.kind not in TRANSCODERS or i.layer != o.layer
+                       or (i.kind, o.kind) != TRANSCODER_SITES):  # fmt: skip
             raise ValueError(
                 f"{job.repo}: dictionary {s.spec['path']} reads {s.input_site} and "
-                f"writes {s.output_site}; release layouts for such dictionaries are "
-                "not built yet"
+                f"writes {s.output_site}; the layouts hold SAEs and transcoders of "
+                "one layer's MLP"
+            )
+        if s.kind == "skip_transcoder" and job.layout == "gemma-scope":
+            raise ValueError(
+                f"config key 'release.layout': {s.spec['path']} is a skip-transcoder "
+                "and Gemma Scope 1's layout (gemma-scope) has no skip connection, "
+                "which its readers would drop: use gemma-scope-2 or saelens"
             )
         ev = read_json(s.eval)
         evals.append(ev)

@@ -18,9 +18,12 @@ WEIGHTS = {
 
 
 def loading_snippet(
-    layout: str, repo: str, path: str, overrides: dict[str, Any] | None
-) -> str:
-    """Python that loads one SAE of the release with SAELens (tests run it)."""
+    layout: str, repo: str, path: str, overrides: dict[str, Any] | None,
+    transcoders: bool = False,
+) -> str:  # fmt: skip
+    """Python that loads one SAE (or transcoder) of the release with SAELens (tests
+    run it)."""
+    gs1 = "gemma_2_transcoder" if transcoders else "gemma_2_sae"
     if layout == "saelens":
         return (
             f'from sae_lens import SAE\n\nsae = SAE.from_pretrained("{repo}", "{path}")'
@@ -36,10 +39,11 @@ def loading_snippet(
     return (
         "from sae_lens import SAE\n"
         "from sae_lens.loading.pretrained_sae_loaders import "
-        "gemma_2_sae_huggingface_loader\n\n\n"
+        f"{gs1}_huggingface_loader\n\n\n"
         "def converter(**kw):  # SAELens infers these for Gemma 2 repos only\n"
-        f'    kw["cfg_overrides"] = {{**kw["cfg_overrides"], **{overrides!r}}}\n'
-        "    return gemma_2_sae_huggingface_loader(**kw)\n\n\n"
+        '    kw["cfg_overrides"] = {**(kw["cfg_overrides"] or {}), '
+        f"**{overrides!r}}}\n"
+        f"    return {gs1}_huggingface_loader(**kw)\n\n\n"
         f'sae = SAE.from_pretrained("{repo}", "{path}", converter=converter)'
     )
 
@@ -96,7 +100,13 @@ def model_card(
         "## Loading",
         "",
         "```python",
-        loading_snippet(layout, repo, first["path"], overrides),
+        loading_snippet(
+            layout,
+            repo,
+            first["path"],
+            overrides,
+            any(r.get("kind", "sae") != "sae" for r in index),
+        ),
         "```",
         "",
         f"Or without SAELens: each SAE folder holds `{weights}` with {keys} "

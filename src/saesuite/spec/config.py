@@ -217,6 +217,13 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
                     f"(suite.{gi}.widths); a target L0 must be below the width"
                 )
     rel = config["release"]
+    skips = [gi for gi, g in enumerate(config["suite"]) if g.get("skip") is not None]
+    if rel["layout"] == "gemma-scope" and skips:
+        raise ConfigError(
+            f"config key 'release.layout': suite.{skips[0]} asks for skip-transcoders "
+            "and Gemma Scope 1's layout (gemma-scope) has no skip connection, which "
+            "its readers would drop: use gemma-scope-2 or saelens"
+        )
     if rel["layout"] == "gemma-scope" and "{site}" not in rel["repo"]:
         raise ConfigError(
             "config key 'release.repo': the gemma-scope layout has no site in its "

@@ -26,8 +26,8 @@ from saesuite.spec.sizes import dictionary_bytes
 # A dictionary's kinds: an SAE reconstructs the site it reads; a transcoder reads one
 # site and predicts another (an MLP's input and output), a skip-transcoder with an
 # affine skip connection too (Gemma Scope 2). Suite groups ask for transcoders
-# (config: kind, skip); training and evaluation take all three, the release layouts
-# SAEs only so far (spec.releases leaves transcoders out; issue 16).
+# (config: kind, skip); training, evaluation and the release layouts take all three
+# (a model's transcoders go to one repo, {site} = transcoder: spec.releases).
 KINDS = ("sae", "transcoder", "skip_transcoder")
 TRANSCODERS = frozenset({"transcoder", "skip_transcoder"})
 
@@ -312,6 +312,7 @@ def release_job(
                 "penalty": s.penalty,
                 "value": s.value,
                 "path": s.path,
+                **({"kind": s.kind} if s.kind != "sae" else {}),
             },  # fmt: skip
             sae_dir=paths.sae_dir(root, s),
             eval=paths.sae_eval(root, model, model, "text", s.path),

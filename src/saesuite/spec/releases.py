@@ -30,13 +30,13 @@ def repo_id(config: dict[str, Any], model: str, site: str) -> str:
 def release_groups(
     config: dict[str, Any], suite: list[SAESpec]
 ) -> dict[str, list[SAESpec]]:
-    """SAEs by the repo they are released in. Transcoders are not released yet
-    (their layouts: issue 16): they stay trained and evaluated under saes/."""
+    """Dictionaries by the repo they are released in: a site's SAEs, or a model's
+    transcoders, plain and skip together, as {site} = "transcoder" (Gemma Scope's
+    transcoder repos)."""
     groups: dict[str, list[SAESpec]] = {}
     for spec in suite:
-        if spec.kind != "sae":
-            continue
-        groups.setdefault(repo_id(config, spec.model, spec.site), []).append(spec)
+        site = spec.site if spec.kind == "sae" else "transcoder"
+        groups.setdefault(repo_id(config, spec.model, site), []).append(spec)
     return groups
 
 
