@@ -163,6 +163,7 @@ class ChunkWriter:
         self._row_bytes = {
             k: math.prod(s[1:]) * d.itemsize for k, (s, d) in specs.items()
         }
+        self._block = {k: block_rows(b) * b for k, b in self._row_bytes.items()}
         self._hash = {k: xxhash.xxh3_64() for k in specs}
         self._filled = dict.fromkeys(specs, 0)
         self._digests: dict[str, list[str]] = {k: [] for k in specs}
@@ -188,7 +189,7 @@ class ChunkWriter:
         if name == "mask":
             self.valid += int(t.sum())
         self.rows[name] += t.shape[0]
-        row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        row_bytes = self._row_bytes[name]
         self._f.seek(len(self._header) + self.offsets[name] + row * row_bytes)
         data = t.detach().cpu().contiguous().view(torch.uint8).reshape(-1).numpy().data
         self._f.write(data)
@@ -198,11 +199,10 @@ class ChunkWriter:
             self._in_order.discard(name)
 
     def _streamed(self, name: str) -> int:
-        block = block_rows(self._row_bytes[name]) * self._row_bytes[name]
-        return len(self._digests[name]) * block + self._filled[name]
+        return len(self._digests[name]) * self._block[name] + self._filled[name]
 
     def _stream(self, name: str, data: memoryview) -> None:
-        block = block_rows(self._row_bytes[name]) * self._row_bytes[name]
+        block = self._block[name]
         h = self._hash[name]
         while len(data):
             take = min(len(data), block - self._filled[name])
@@ -230,7 +230,7 @@ class ChunkWriter:
         }
 
     def _file_digests(self, f: Any, name: str) -> list[str]:
-        block = block_rows(self._row_bytes[name]) * self._row_bytes[name]
+        block = self._block[name]
         start = len(self._header) + self.offsets[name]
         end = start + self.specs[name][0][0] * self._row_bytes[name]
         out = []

@@ -50,7 +50,7 @@ from saesuite.spec import paths
 from saesuite.spec.io import atomic_path, versions, write_json
 from saesuite.spec.jobs import EvalJob
 from saesuite.spec.metrics import scalar_metrics
-from saesuite.spec.sites import TRANSCODER_SITES, Site
+from saesuite.spec.sites import Site, dictionary_sites_error
 from saesuite.spec.sizes import dictionary_bytes
 
 DENSE_FREQUENCY = 0.1
@@ -380,21 +380,15 @@ def evaluate_layer(
     JSON and a per-latent frequency file per SAE, then the layer summary `out`.
     Each dictionary is encoded at its input site and spliced in at its output site:
     an SAE's two sites are one; a transcoder reads an MLP's input and predicts its
-    output (TRANSCODER_SITES), its metrics those of the prediction.
+    output (spec.sites.TRANSCODER_SITES), its metrics those of the prediction.
 
     On a GPU the SAEs are loaded and evaluated in groups whose weights fit beside the
     model (`job.group_bytes` overrides the budget); each group repeats the clean
     passes, which gives the same metrics as one group."""
     ev = job.evaluate
     for s in job.members:
-        i, o = Site.parse(s.input_site), Site.parse(s.output_site)
-        if i != o and (i.layer != o.layer or (i.kind, o.kind) != TRANSCODER_SITES):
-            want = " → ".join(TRANSCODER_SITES)
-            raise ValueError(
-                f"dictionary {s.key} reads {s.input_site} and writes {s.output_site}: "
-                "an SAE reconstructs the site it reads, a transcoder predicts one "
-                f"layer's MLP output from its input ({want})"
-            )
+        if why := dictionary_sites_error(s.input_site, s.output_site):
+            raise ValueError(f"dictionary {s.key} {why}")
     ids, mask = load_tokens(data_path)
     ctx = ids.shape[1]
     n_seq = len(ids) if ev["tokens"] is None else max(1, ev["tokens"] // ctx)

@@ -43,7 +43,12 @@ from saesuite.spec.io import (
 from saesuite.spec.jobs import TRANSCODERS, ReleaseJob
 from saesuite.spec.metrics import scalar_metrics
 from saesuite.spec.releases import hub_model_id, width_label
-from saesuite.spec.sites import SITE_KINDS, TRANSCODER_SITES, Site, hf_hook_point
+from saesuite.spec.sites import (
+    SITE_KINDS,
+    TRANSCODER_SITES,
+    dictionary_sites_error,
+    hf_hook_point,
+)
 from saesuite.spec.sparsity import sparsity_label
 
 LAYOUTS = ("gemma-scope-2", "gemma-scope", "saelens")
@@ -363,14 +368,12 @@ def make_release(
     info = read_json(model_info)
     entries, evals = [], []
     for s in job.members:
-        i, o = Site.parse(s.input_site), Site.parse(s.output_site)
-        if i != o and (s.kind not in TRANSCODERS or i.layer != o.layer
-                       or (i.kind, o.kind) != TRANSCODER_SITES):  # fmt: skip
-            raise ValueError(
-                f"{job.repo}: dictionary {s.spec['path']} reads {s.input_site} and "
-                f"writes {s.output_site}; the layouts hold SAEs and transcoders of "
-                "one layer's MLP"
-            )
+        why = dictionary_sites_error(s.input_site, s.output_site)
+        if why is None and (s.kind in TRANSCODERS) != (s.input_site != s.output_site):
+            why = (f"reads {s.input_site} and writes {s.output_site} but is a "
+                   f"{s.kind}: only a transcoder's two sites differ")  # fmt: skip
+        if why:
+            raise ValueError(f"{job.repo}: dictionary {s.spec['path']} {why}")
         if s.kind == "skip_transcoder" and job.layout == "gemma-scope":
             raise ValueError(
                 f"config key 'release.layout': {s.spec['path']} is a skip-transcoder "
