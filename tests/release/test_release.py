@@ -19,6 +19,7 @@ from saesuite.release.build import (
     Entry,
     build_release,
     canonical,
+    folder_paths,
 )
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec.io import read_json, sha256_file
@@ -136,6 +137,19 @@ def test_saes_with_the_same_rounded_l0_get_distinct_folders(tmp_path):
         "layer_2/width_128/average_l0_20",
     ]
     assert not list(tmp_path.glob(".release.*"))  # the build folder is gone
+
+
+def test_skip_transcoders_with_the_same_rounded_l0_keep_affine_last():
+    """Gemma Scope 2 ends a skip-transcoder's folder with _affine: the sparsity
+    setting that tells two apart goes before it."""
+    made = [Entry({"layer": 0, "site": "mlp", "width": 128, "penalty": "target_l0",
+                   "value": v, "path": f"layer_0/skip_transcoder/width_128/l0_{v}",
+                   "kind": "skip_transcoder"}, "unused", {"l0": 21.2})
+            for v in (8, 16)]  # fmt: skip
+    assert sorted(folder_paths("gemma-scope-2", made, True)) == [
+        "transcoder_all/layer_0_width_128_l0_21_target_16_affine",
+        "transcoder_all/layer_0_width_128_l0_21_target_8_affine",
+    ]
 
 
 def test_a_failed_build_leaves_no_folder(tmp_path):

@@ -91,3 +91,50 @@ def test_nearest_l0_is_in_log_ratio_and_representative_layer_is_the_middle():
     assert nearest_l0(df, 100)["l0"].tolist() == [190.0]
     assert representative_layer([5, 1, 9, 3]) == 3
     assert representative_layer([7]) == 7
+
+
+def test_transcoders_are_compared_with_the_mlp_saes_of_their_layer():
+    """Issue 16, item 8: at each layer with transcoders, one plot holds the MLP-output
+    SAEs, the transcoders and the skip-transcoders, each its own line."""
+    rows = []
+    for site in ("mlp", "transcoder", "skip_transcoder"):
+        for layer in (1, 2) if site != "mlp" else (1,):
+            for k, target in enumerate((10, 40)):
+                l0 = target + k + layer
+                rows.append(
+                    {
+                        "model": "m",
+                        "layer": layer,
+                        "site": site,
+                        "width": 16,
+                        "penalty": "target_l0",
+                        "value": target,
+                        "l0": l0,
+                        "fvu": 1 / l0,
+                        "delta_loss": len(site) / l0,
+                        "path": f"layer_{layer}/{site}/width_16/l0_{target}",
+                    }
+                )
+    df = pd.DataFrame(rows)
+    sae_jsons, logs = side_files(df)
+    figs = dict(figures(df, sae_jsons.__getitem__, logs.__getitem__, "m", 40))
+    compared = sorted(k for k in figs if "/compare_" in k)
+    assert compared == sorted(
+        f"transcoder/compare_{m}_layer_{L}_width_16"
+        for L in (1, 2)
+        for m in ("delta_loss", "fvu")
+    )
+    ax = figs["transcoder/compare_delta_loss_layer_1_width_16"].axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == [
+        "MLP output",
+        "transcoder (MLP input → output)",
+        "skip-transcoder (MLP input → output)",
+    ]
+    for line, site in zip(ax.get_lines(), ("mlp", "transcoder", "skip_transcoder")):
+        want = df[(df.site == site) & (df.layer == 1)].sort_values("l0")
+        x, y = line.get_data()
+        assert np.allclose(x, want["l0"]) and np.allclose(y, want["delta_loss"])
+    # layer 2 has no MLP SAEs: its plot has the two transcoder lines only
+    ax2 = figs["transcoder/compare_fvu_layer_2_width_16"].axes[0]
+    assert len(ax2.get_lines()) == 2

@@ -25,10 +25,21 @@ def test_default_config_validates_and_fills_defaults():
     assert cfg["models"]["gemma-3-270m"]["trust_remote_code"] is False
     assert cfg["activations"]["min_free_gb"] == 1.0
     specs = expand_suite(cfg)
-    # 4 layers × 3 sites × 1 width × 2 targets
-    assert len(specs) == 24
+    # 4 layers × 3 sites × 1 width × 2 targets, and 2 layers × 2 kinds × 2 targets
+    assert len(specs) == 24 + 8
     assert {s.site for s in specs} == {"res", "att", "mlp"}
-    assert len(model_sites(cfg, "gemma-3-270m")) == 12
+    kinds = sorted((s.layer, s.kind) for s in specs if s.kind != "sae")
+    assert kinds == sorted(
+        2
+        * [
+            (9, "transcoder"),
+            (15, "transcoder"),
+            (9, "skip_transcoder"),
+            (15, "skip_transcoder"),
+        ]
+    )
+    # the transcoders read the MLP's input at their layers: two more cached sites
+    assert len(model_sites(cfg, "gemma-3-270m")) == 12 + 2
     assert n_chunks(cfg) == 4
 
 

@@ -57,6 +57,27 @@ def test_a_train_job_covers_one_site_and_travels_as_json(wf):
     assert jobs.TrainJob.from_dict(here.to_dict()) == here
 
 
+def test_a_layers_plain_and_skip_transcoders_checkpoint_apart(tmp_path):
+    """The two kinds read and write the same sites in two jobs, which may run at
+    once: each has its own checkpoint (they once shared layer_L.mlp_in.pt)."""
+    cfg = make_config("google/gemma-2-2b", output_root=str(tmp_path / "out"))
+    base = {**cfg["suite"][0], "layers": [1], "sites": ["mlp"],
+            "kind": "transcoder"}  # fmt: skip
+    cfg["suite"] = [base, {**base, "skip": "affine"}]
+    wf = Workflow(load_config(cfg))
+    where = (
+        paths.manifest(wf.scratch, "tiny"),
+        paths.normalization(wf.scratch, "tiny"),
+    )
+    ckpts = {
+        kind: jobs.TrainJob.from_dict(wf.train_params("tiny", 1, kind))
+        .located(*where)
+        .checkpoint
+        for kind in ("transcoder", "skip_transcoder")
+    }
+    assert ckpts == {k: f"{wf.scratch}/tiny/checkpoints/layer_1.{k}.pt" for k in ckpts}
+
+
 def test_every_job_round_trips_through_json(wf):
     built = [
         jobs.eval_job(wf.config, wf.suite, "tiny", "tiny", "text", 1),

@@ -23,7 +23,13 @@ import torch
 
 from saesuite.data.sites import ARCHITECTURES
 from saesuite.spec.config import source_kind
-from saesuite.spec.io import atomic_path, new_dir_beside, sha256_file
+from saesuite.spec.io import (
+    atomic_path,
+    new_dir_beside,
+    read_json,
+    sha256_file,
+    write_json,
+)
 from saesuite.spec.known_models import text_site_width
 from saesuite.spec.sizes import BYTES
 
@@ -99,6 +105,7 @@ def converted_dir(
     digest = (digest or sha256_file(gguf))[:12]
     target = Path(cache_root) / "models" / f"{gguf.stem}-{digest}"
     if (target / "config.json").exists():
+        _name_architecture(target / "config.json")  # for folders converted before
         return target
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -124,6 +131,7 @@ def converted_dir(
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.config.save_pretrained(tmp)
+        _name_architecture(tmp / "config.json")
         try:
             os.rename(tmp, target)
         except OSError:
@@ -132,6 +140,19 @@ def converted_dir(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _name_architecture(config_json: Path) -> None:
+    """Write the causal-LM class into a converted config.json: transformers leaves
+    `architectures` out of configs read from GGUF, and clients that pick by it
+    (circuit-tracer's nnsight backend) then refuse the folder."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = read_json(config_json)
+    if not config.get("architectures"):
+        causal_lm = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config["model_type"]]
+        config["architectures"] = [causal_lm]
+        write_json(config_json, config)
 
 
 def _pretrained_args(

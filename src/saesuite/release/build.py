@@ -10,7 +10,10 @@ will be, in one of three layouts SAELens reads:
 - `saelens`: layer_{L}_{site}_width_{16k}_l0_{K}/cfg.json + sae_weights.safetensors,
   as SAELens saves its own SAEs.
 
-K is the SAE's average L0 measured on the held-out split, rounded. Normalisation is
+K is the SAE's average L0 measured on the held-out split, rounded. Transcoders that
+cover every layer with one kind, width and sparsity setting also get a circuit-tracer
+transcoder-set config, circuit_tracer/{kind}_width_{16k}_{setting}/config.yaml
+(`circuit_tracer_sets`; `saesuite.release.circuit_tracer` loads one). Normalisation is
 folded in everywhere: every SAE takes raw activations. Next to the SAEs: index.json
 (every SAE with its metrics, the canonical one per layer × site × width),
 pretrained_saes.yaml (a SAELens registry entry), README.md (the model card) and
@@ -44,6 +47,8 @@ from saesuite.spec.jobs import TRANSCODERS, ReleaseJob
 from saesuite.spec.metrics import scalar_metrics
 from saesuite.spec.releases import hub_model_id, width_label
 from saesuite.spec.sites import (
+    CIRCUIT_TRACER_HOOKS,
+    CIRCUIT_TRACER_MODEL_TYPES,
     SITE_KINDS,
     TRANSCODER_SITES,
     dictionary_sites_error,
@@ -52,6 +57,13 @@ from saesuite.spec.sites import (
 from saesuite.spec.sparsity import sparsity_label
 
 LAYOUTS = ("gemma-scope-2", "gemma-scope", "saelens")
+# each layout's weights file, in every SAE folder
+PARAMS = {
+    "gemma-scope-2": "params.safetensors",
+    "gemma-scope": "params.npz",
+    "saelens": "sae_weights.safetensors",
+}
+CIRCUIT_TRACER_DIR = "circuit_tracer"
 IDENTITY = ("layer", "site", "width", "penalty", "value")
 log = logging.getLogger(__name__)
 
@@ -107,7 +119,8 @@ def folder_paths(
 ) -> dict[str, Entry]:
     """Each SAE's folder. SAEs that measure the same rounded L0 at the same layer,
     site and width (a ladder that missed its targets) would share one: all of them
-    then get their sparsity setting appended (…_l0_34_target_8, …_l0_34_target_16)."""
+    then get their sparsity setting appended (…_l0_34_target_8, …_l0_34_target_16;
+    …_l0_34_target_8_affine for skip-transcoders)."""
     by_path: dict[str, list[Entry]] = {}
     for e in entries:
         by_path.setdefault(sae_path(layout, e, all_layers), []).append(e)
@@ -118,7 +131,10 @@ def folder_paths(
             continue
         log.warning("%d SAEs measure the same L0 at %s: suffixing", len(group), p)
         for e in group:
-            q = f"{p}_{sparsity_suffix(e)}"
+            # before Gemma Scope 2's _affine, which stays last as in its repos
+            stem, affine = (p[: -len("_affine")], "_affine") if p.endswith(
+                "_affine") else (p, "")  # fmt: skip
+            q = f"{stem}_{sparsity_suffix(e)}{affine}"
             if q in out:
                 raise ValueError(
                     f"SAEs {out[q].spec['path']} and {e.spec['path']} both map to {q}"
@@ -147,7 +163,7 @@ def write_sae(layout: str, e: Entry, folder: Path, meta: dict[str, Any]) -> None
     hook_out = hf_hook_point(meta["model_type"], L, site)
     tc = e.kind != "sae"
     if layout == "gemma-scope":
-        with atomic_path(folder / "params.npz") as tmp, open(tmp, "wb") as f:
+        with atomic_path(folder / PARAMS[layout]) as tmp, open(tmp, "wb") as f:
             np.savez(f, **{k: v.numpy() for k, v in t.items()})
     elif layout == "gemma-scope-2":
         names = {
@@ -158,7 +174,7 @@ def write_sae(layout: str, e: Entry, folder: Path, meta: dict[str, Any]) -> None
             "threshold": "threshold",
             "W_skip": "affine_skip_connection",
         }  # (d_in, d_out), as ours
-        with atomic_path(folder / "params.safetensors") as tmp:
+        with atomic_path(folder / PARAMS[layout]) as tmp:
             save_file({names[k]: v for k, v in t.items()}, str(tmp))
         write_json(folder / "config.json", {
             "architecture": "jump_relu",
@@ -172,7 +188,7 @@ def write_sae(layout: str, e: Entry, folder: Path, meta: dict[str, Any]) -> None
     else:
         if "W_skip" in t:  # SAELens holds it as (d_out, d_in)
             t["W_skip"] = t["W_skip"].T.contiguous()
-        with atomic_path(folder / "sae_weights.safetensors") as tmp:
+        with atomic_path(folder / PARAMS[layout]) as tmp:
             save_file(t, str(tmp))
         d_in, d_sae = t["W_enc"].shape
         arch = {
@@ -202,6 +218,38 @@ def write_sae(layout: str, e: Entry, folder: Path, meta: dict[str, Any]) -> None
                 "saesuite_version": meta["versions"].get("saesuite"),
             },
         })  # fmt: skip
+
+
+def circuit_tracer_sets(
+    repo: str, layout: str, folders: dict[str, Entry], meta: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """circuit-tracer transcoder-set configs (its config.yaml, hf:// paths into this
+    repo), one per kind × width × sparsity setting whose transcoders cover every
+    layer of the model; none where circuit-tracer has no reader for the layout
+    (saelens) or no mapping of our sites for the model (CIRCUIT_TRACER_MODEL_TYPES)."""
+    if layout == "saelens" or meta["model_type"] not in CIRCUIT_TRACER_MODEL_TYPES:
+        return {}
+    by_set: dict[tuple, dict[int, str]] = {}
+    for path, e in folders.items():
+        if e.kind != "sae":
+            key = (e.kind, e.spec["width"], sparsity_suffix(e))
+            by_set.setdefault(key, {})[e.spec["layer"]] = path
+    sets = {}
+    for (kind, width, setting), layers in sorted(by_set.items()):
+        if sorted(layers) != list(range(meta["n_layers"])):
+            continue
+        name = f"{kind}_width_{width_label(width)}_{setting}"
+        sets[name] = {
+            "model_name": meta["hub_model"],
+            "model_kind": "transcoder_set",
+            "feature_input_hook": CIRCUIT_TRACER_HOOKS[0],
+            "feature_output_hook": CIRCUIT_TRACER_HOOKS[1],
+            "scan": f"{repo}//{CIRCUIT_TRACER_DIR}/{name}",
+            "transcoders": [
+                f"hf://{repo}/{layers[L]}/{PARAMS[layout]}" for L in sorted(layers)
+            ],
+        }
+    return sets
 
 
 CONVERSIONS = {"gemma-scope": "gemma_2", "gemma-scope-2": "gemma_3"}
@@ -288,10 +336,15 @@ def build_release(
                 "trained_as": e.spec["path"],
                 **e.metrics,
             })  # fmt: skip
+        sets = circuit_tracer_sets(repo, layout, folders, meta)
+        for name, cfg in sets.items():
+            with atomic_path(tmp / CIRCUIT_TRACER_DIR / name / "config.yaml") as f:
+                f.write_text(yaml.safe_dump(cfg, sort_keys=False))
         write_json(tmp / "index.json", {
             "repo_id": repo, "layout": layout, "model": meta["model"],
             "base_model": meta["hub_model"], "canonical_l0": canonical_l0,
             "saes": index,
+            "circuit_tracer_sets": {n: f"{CIRCUIT_TRACER_DIR}/{n}" for n in sets},
         })  # fmt: skip
         registry = registry_entry(repo, layout, index, meta)
         with atomic_path(tmp / "pretrained_saes.yaml") as f:
@@ -299,7 +352,7 @@ def build_release(
         overrides = next(iter(registry.values())).get("config_overrides")
         pareto_plot(index, repo, tmp / "pareto.png")
         with atomic_path(tmp / "README.md") as f:
-            card = model_card(repo, layout, index, meta, overrides)
+            card = model_card(repo, layout, index, meta, overrides, sorted(sets))
             f.write_text(card, encoding="utf-8")
         files = {
             str(f.relative_to(tmp)): {

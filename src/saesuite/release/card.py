@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from saesuite.eval.plots import pareto_axes, pareto_series, save_png, subplots
+from saesuite.spec.sites import TRANSCODER_SITES
 from saesuite.spec.sparsity import sparsity_label
 
 WEIGHTS = {
@@ -48,6 +49,38 @@ def loading_snippet(
     )
 
 
+# a skip-transcoder's skip term, as each layout stores the matrix
+SKIP_LINES = {
+    "gemma-scope-2": "y_hat += x @ affine_skip_connection   # skip-transcoders",
+    "saelens": "y_hat += x @ W_skip.T   # skip-transcoders (W_skip is [d_out, d_in])",
+}
+KIND_WORDS = {
+    "sae": "SAEs",
+    "transcoder": "transcoders",
+    "skip_transcoder": "skip-transcoders (affine skip connection)",
+}
+
+
+def _family(r: dict[str, Any]) -> str:
+    """An index row's series: its site for an SAE, its kind for a transcoder."""
+    kind = r.get("kind", "sae")
+    return r["site"] if kind == "sae" else kind
+
+
+def circuit_tracer_snippet(repo: str, name: str) -> str:
+    """The lines that compute an attribution graph from one transcoder set of a
+    local copy of this release (tests run them)."""
+    return (
+        "# in circuit-tracer's environment (README: Circuits with circuit-tracer)\n"
+        "from circuit_tracer import attribute\n"
+        "from huggingface_hub import snapshot_download\n"
+        "from saesuite.release.circuit_tracer import replacement_model\n\n"
+        f'release = snapshot_download("{repo}")\n'
+        f'model = replacement_model(release, "{name}", model_dir="<the model>")\n'
+        'graph = attribute("The capital of France is", model)'
+    )
+
+
 def _fmt(v: Any) -> str:
     return "–" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
 
@@ -58,6 +91,7 @@ def model_card(
     index: list[dict[str, Any]],
     meta: dict[str, Any],
     overrides: dict[str, Any] | None = None,
+    circuit_tracer_sets: list[str] | tuple[str, ...] = (),
 ) -> str:
     header = {
         "license": meta["license"],
@@ -79,6 +113,17 @@ def model_card(
     sites = sorted({r["site"] for r in index})
     layers = sorted({r["layer"] for r in index})
     widths = sorted({r["width"] for r in index})
+    kinds = {}
+    for r in index:
+        kinds[r.get("kind", "sae")] = kinds.get(r.get("kind", "sae"), 0) + 1
+    transcoders = set(kinds) != {"sae"}
+    what = " and ".join(f"{n} {KIND_WORDS[k]}" for k, n in sorted(kinds.items()))
+    where = (
+        "each predicting an MLP's output (after its post-norm) from its input "
+        "(after its pre-norm) at layers"
+        if transcoders
+        else f"on sites {', '.join(sites)} of layers"
+    )
     lines = [
         "---",
         yaml.safe_dump(header, sort_keys=False).strip(),
@@ -86,8 +131,8 @@ def model_card(
         "",
         f"# {repo}",
         "",
-        f"JumpReLU sparse autoencoders on **{meta['hub_model']}** — {len(index)} SAEs "
-        f"on sites {', '.join(sites)} of layers {', '.join(map(str, layers))}, widths "
+        f"JumpReLU dictionaries on **{meta['hub_model']}** — {what}, {where} "
+        f"{', '.join(map(str, layers))}, widths "
         f"{', '.join(map(str, widths))} — trained with "
         "saesuite (a Snakemake workflow) following the Gemma Scope recipe, in the "
         f"`{layout}` layout. Every SAE takes raw activations (the normalisation "
@@ -105,7 +150,7 @@ def model_card(
             repo,
             first["path"],
             overrides,
-            any(r.get("kind", "sae") != "sae" for r in index),
+            transcoders,
         ),
         "```",
         "",
@@ -115,21 +160,49 @@ def model_card(
         "```python",
         "pre = x @ W_enc + b_enc",
         "f = pre * (pre > threshold)      # JumpReLU",
-        "x_hat = f @ W_dec + b_dec",
+        *(
+            [
+                "y_hat = f @ W_dec + b_dec      # the MLP's output, from its input x",
+                *([SKIP_LINES[layout]] if "skip_transcoder" in kinds else []),
+            ]
+            if transcoders
+            else ["x_hat = f @ W_dec + b_dec"]
+        ),
         "```",
         "",
         "`pretrained_saes.yaml` in this repo is an entry for SAELens's registry; "
         "`index.json` lists every SAE with its metrics; `release_manifest.json` the "
         "provenance and sha256 of every file.",
         "",
+    ]
+    if circuit_tracer_sets:
+        lines += [
+            "## Circuits with circuit-tracer",
+            "",
+            "These transcoder sets cover every layer; each folder's `config.yaml` is "
+            "circuit-tracer's own transcoder-set config: "
+            + ", ".join(f"`circuit_tracer/{n}`" for n in circuit_tracer_sets)
+            + ".",
+            "",
+            "```python",
+            circuit_tracer_snippet(repo, circuit_tracer_sets[0]),
+            "```",
+            "",
+        ]
+    lines += [
         "## Hook points",
         "",
         "| layer | site | Hugging Face module | SAELens hook |",
         "|---|---|---|---|",
     ]
-    hooks = {(r["layer"], r["site"]): r for r in index}  # one row per layer and site
-    for (layer, site), row in sorted(hooks.items()):
-        lines.append(f"| {layer} | {site} | `{row['hf_hook']}` | `{row['hook']}` |")
+    hooks = {}  # one row per layer and hook point: a transcoder's input and output
+    for r in index:
+        reads = TRANSCODER_SITES[0] if r.get("hf_hook_out") else r["site"]
+        hooks[(r["layer"], reads)] = (r["hf_hook"], r["hook"])
+        if r.get("hf_hook_out"):
+            hooks[(r["layer"], r["site"])] = (r["hf_hook_out"], r["hook_out"])
+    for (layer, site), (hf, tl) in sorted(hooks.items()):
+        lines.append(f"| {layer} | {site} | `{hf}` | `{tl}` |")
     ev = meta["evaluate"]
     lines += [
         "",
@@ -140,18 +213,21 @@ def model_card(
         "with BOS/EOS/padding masked. FVU = Σ‖x − x̂‖² / Σ‖x − mean x‖²; delta loss = "
         "next-token cross-entropy with the reconstruction spliced in minus the clean "
         "loss; canonical = the SAE whose L0 is closest to "
-        f"{meta['canonical_l0']:g} for its layer, site and width.",
+        f"{meta['canonical_l0']:g} for its layer, site (or kind) and width."
+        + (" A transcoder's FVU is of the MLP's output it predicts; delta loss and "
+           "loss recovered splice that prediction in for the MLP's output (loss "
+           "recovered against zero-ablating the MLP)." if transcoders else ""),
         "",
         "![Pareto](pareto.png)",
         "",
-        "| path | layer | site | width | sparsity | L0 | FVU | delta loss "
+        "| path | layer | dictionary | width | sparsity | L0 | FVU | delta loss "
         "| loss recovered | canonical |",
         "|---|---:|---|---:|---|---:|---:|---:|---:|:---:|",
     ]  # fmt: skip
     for r in index:
         spars = sparsity_label(r["penalty"], r["value"], "legend")
         lines.append(
-            f"| `{r['path']}` | {r['layer']} | {r['site']} | {r['width']} | {spars} "
+            f"| `{r['path']}` | {r['layer']} | {_family(r)} | {r['width']} | {spars} "
             f"| {_fmt(r['l0'])} | {_fmt(r['fvu'])} | {_fmt(r.get('delta_loss'))} "
             f"| {_fmt(r.get('loss_recovered'))} | {'✓' if r['canonical'] else ''} |"
         )
@@ -174,11 +250,12 @@ def model_card(
 
 
 def pareto_plot(index: list[dict[str, Any]], repo: str, out: str | Path) -> None:
-    """Delta loss and FVU against L0, a series per site × width."""
+    """Delta loss and FVU against L0, a series per site (or transcoder kind) × width
+    × layer: plain and skip-transcoders of one layer are two curves."""
     fig, axes = subplots(1, 2, figsize=(10, 3.8))
     series: dict[tuple, list[dict[str, Any]]] = {}
     for r in index:
-        series.setdefault((r["site"], r["width"], r["layer"]), []).append(r)
+        series.setdefault((_family(r), r["width"], r["layer"]), []).append(r)
     for i, ((site, width, layer), rows) in enumerate(sorted(series.items())):
         for ax, metric in zip(axes, ("delta_loss", "fvu"), strict=True):
             ys = [r.get(metric) for r in rows]

@@ -6,6 +6,9 @@
   per width at the layer with the most widths), per-layer bars at the L0 nearest
   `report.target_l0`, and, at that site's representative layer, latent-frequency
   histograms, metrics by sequence position and training curves;
+- `figures/<transcoder kind>/compare_<metric>_layer_<L>_width_<W>.png`, at each layer
+  and width with transcoders: its MLP-output SAEs, transcoders and skip-transcoders
+  on one Pareto plot (the MLP's output is what all three reconstruct);
 - `tables/<name>.html`: the evaluation table.
 
 Every function takes the evaluation table (`tables.eval_frame`) or the files it
@@ -42,6 +45,10 @@ def _title(model: str, site: str, rest: str) -> str:
     return f"{model} · {FAMILY_TITLES.get(site, site)} · {rest}"
 
 
+def _key(layer: int, width: int) -> str:
+    return f"layer_{layer}_width_{width}"
+
+
 def _at(layer: int, width: int) -> str:
     return f"layer {layer}, width {width_label(width)}"
 
@@ -75,6 +82,25 @@ def pareto(df: pd.DataFrame, model: str, site: str, metric: str, by: str, at: in
     title = _title(model, site, f"{what}: {metric.replace('_', ' ')} vs L0")
     pareto_axes(ax, metric, log_y=metric == "fvu", title=title)
     ax.legend(fontsize="small", ncol=1 + len(groups) // 12, title=by)
+    return fig
+
+
+# What a layer's MLP-output SAEs and transcoders reconstruct is the same tensor.
+COMPARED = ("mlp", "transcoder", "skip_transcoder")
+
+
+def compare(df: pd.DataFrame, model: str, metric: str, layer: int, width: int):
+    """`metric` against L0 at one layer and width: a line per family of COMPARED."""
+    sub = df[(df["layer"] == layer) & (df["width"] == width)]
+    fig, ax = subplots(figsize=(6.4, 4.4))
+    for colour, family in zip(_colours(len(COMPARED)), COMPARED, strict=True):
+        line = sub[sub["site"] == family]
+        pareto_series(ax, list(line["l0"]), list(line[metric]),
+                      label=FAMILY_TITLES[family], color=colour, ms=4)  # fmt: skip
+    title = (f"{model} · MLP output: SAEs and transcoders · {_at(layer, width)}: "
+             f"{metric.replace('_', ' ')} vs L0")  # fmt: skip
+    pareto_axes(ax, metric, log_y=metric == "fvu", title=title)
+    ax.legend(fontsize="small")
     return fig
 
 
@@ -205,7 +231,7 @@ def figures(
             layer = representative_layer(list(w["layer"].unique()))
             rows = w[w["layer"] == layer].sort_values("l0")
             saes = [sae_json(p) for p in rows["path"]]
-            at = f"layer_{layer}_width_{width}"
+            at = _key(layer, width)
             yield f"{site}/frequency_{at}", frequency(saes, model, site, width, layer)
             yield f"{site}/position_{at}", by_position(saes, model, site, width, layer)
             logs = {_sae_label(r): train_log(r["path"]) for _, r in rows.iterrows()}
@@ -218,6 +244,15 @@ def figures(
                 yield (
                     f"{site}/pareto_{metric}_layer_{layer}",
                     pareto(df, model, site, metric, "width", layer),
+                )
+    kinds = [k for k in COMPARED[1:] if k in set(df["site"])]
+    if kinds:  # beside the MLP's SAEs, in the first transcoder kind's folder
+        tc = df[df["site"].isin(kinds)]
+        for layer, width in sorted(set(zip(tc["layer"], tc["width"], strict=True))):
+            for metric in METRICS:
+                yield (
+                    f"{kinds[0]}/compare_{metric}_{_key(layer, width)}",
+                    compare(df, model, metric, int(layer), int(width)),
                 )
 
 

@@ -108,10 +108,20 @@ class TrainJob(_Json):
         """The site the activation reader reads (the input site)."""
         return self.input_site
 
+    @property
+    def name(self) -> str:
+        """layer_L.{family}: the input site for SAEs, layer_L.{kind} for transcoders
+        (a layer's plain and skip-transcoders read and write the same sites but are
+        two jobs, which must not share a checkpoint)."""
+        kind = self.dictionaries[0].kind
+        if kind == "sae":
+            return self.input_site
+        return f"layer_{Site.parse(self.input_site).layer}.{kind}"
+
     def located(self, manifest: str, normalization: str) -> TrainJob:
         """This job reading the cache at `manifest`, checkpointing beside it."""
         scratch = str(PurePosixPath(manifest).parent.parent.parent)
-        ckpt = paths.checkpoint(scratch, self.model, self.input_site)
+        ckpt = paths.checkpoint(scratch, self.model, self.name)
         return dataclasses.replace(
             self, manifest=manifest, normalization=normalization, checkpoint=ckpt
         )

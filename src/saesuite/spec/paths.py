@@ -98,8 +98,9 @@ def site_summary(root: str, model: str, layer: int | str, kind: str) -> str:
     return f"{root}/{model}/saes/layer_{layer}/{kind}/site.json"
 
 
-def checkpoint(root: str, model: str, site: str) -> str:
-    return f"{root}/{model}/checkpoints/{site}.pt"
+def checkpoint(root: str, model: str, job: str) -> str:
+    """A train job's checkpoint; `job` is TrainJob.name (one per job)."""
+    return f"{root}/{model}/checkpoints/{job}.pt"
 
 
 def eval_dir(root: str, sae_model: str, lm: str, data: str) -> str:

@@ -29,6 +29,13 @@ SITE_NAMES = {k: v.title for k, v in SITE_KINDS.items()}
 # A transcoder reads an MLP's input (after its pre-norm) and predicts the MLP's output
 # (after its post-norm) at the same layer (Gemma Scope's transcoders).
 TRANSCODER_SITES = ("mlp_in", "mlp")
+# circuit-tracer's names for those two sites (`feature_input_hook`,
+# `feature_output_hook`), and the model types whose circuit-tracer mapping puts them
+# where ours are: the outputs of pre_/post_feedforward_layernorm (Gemma 3), of
+# post_attention_layernorm / mlp (Llama). Its Gemma 2 mapping has no mlp.hook_in (its
+# ln2.hook_normalized is the norm before its weight): no set is written for Gemma 2.
+CIRCUIT_TRACER_HOOKS = ("mlp.hook_in", "hook_mlp_out")
+CIRCUIT_TRACER_MODEL_TYPES = ("gemma3_text", "llama")
 
 
 def dictionary_sites_error(input_site: str, output_site: str) -> str | None:
