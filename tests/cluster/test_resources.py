@@ -149,3 +149,18 @@ def test_extract_memory_is_one_batch_whatever_the_chunk():
 def test_bad_resource_settings_name_the_key(bad):
     with pytest.raises(Exception, match="resources"):
         cfg(**bad)
+
+
+def test_a_skip_transcoders_bytes_count_its_skip_matrix():
+    """Issue 16: W_skip (d_in × d_in, fp32) is 7 % of a 2B transcoder at 2^14: the
+    sizes count it; whole on every process of a sharded job, with its gradient and
+    Adam's two moments."""
+    from saesuite.cluster.resources import sae_gpu_bytes
+    from saesuite.spec.sizes import dictionary_bytes
+
+    d, w = 2304, 2**14
+    assert dictionary_bytes(d, w, skip=True) - dictionary_bytes(d, w) == 4 * d * d
+    for nproc, sharded in ((1, False), (4, False), (4, True)):
+        plain = sae_gpu_bytes(4096, d, w, nproc, sharded=sharded)
+        skip = sae_gpu_bytes(4096, d, w, nproc, sharded=sharded, skip=True)
+        assert skip - plain == 4 * 4 * d * d

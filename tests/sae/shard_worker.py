@@ -12,6 +12,7 @@ from saesuite.sae.shard import bounds, clip_grad_norm_, gather_state
 from saesuite.sae.step import dense_step, sparse_step
 
 D, WIDTH, SEED = 12, 37, 5  # 37 latents: blocks of unequal size
+D_OUT = 9  # a transcoder's output width, unequal to its input's
 
 
 def whole() -> JumpReLUSAE:
@@ -28,19 +29,42 @@ def whole() -> JumpReLUSAE:
     return sae
 
 
+def whole_skip_transcoder() -> JumpReLUSAE:
+    """A skip-transcoder (D → D_OUT) to shard likewise: its W_skip is replicated."""
+    tc = JumpReLUSAE(D, WIDTH, d_out=D_OUT, skip=True, bandwidth=0.5,
+                     apply_b_dec_to_input=False).initialize(
+        torch.Generator().manual_seed(SEED))  # fmt: skip
+    g = torch.Generator().manual_seed(SEED + 3)
+    with torch.no_grad():
+        tc.b_enc.copy_(0.1 * torch.randn(WIDTH, generator=g))
+        tc.b_dec.copy_(0.3 * torch.randn(D_OUT, generator=g))
+        tc.threshold_raw.copy_(1.0 + 2.0 * torch.rand(WIDTH, generator=g))
+        tc.W_skip.copy_(0.2 * torch.randn(D, D_OUT, generator=g))
+    return tc
+
+
 def batch() -> torch.Tensor:
     return torch.randn(64, D, generator=torch.Generator().manual_seed(SEED + 2))
 
 
+def tc_target() -> torch.Tensor:
+    """What the skip-transcoder predicts from batch()."""
+    return torch.randn(64, D_OUT, generator=torch.Generator().manual_seed(SEED + 4))
+
+
 def shard_of(full: JumpReLUSAE, rank: int, world: int) -> JumpReLUSAE:
     lo, hi = bounds(WIDTH, world, rank)
-    sae = JumpReLUSAE(D, hi - lo, bandwidth=0.5)
+    sae = JumpReLUSAE(D, hi - lo, d_out=full.W_dec.shape[1], skip=full.skip,
+                      bandwidth=0.5,
+                      apply_b_dec_to_input=full.apply_b_dec_to_input)  # fmt: skip
     with torch.no_grad():
         sae.W_enc.copy_(full.W_enc[:, lo:hi])
         sae.W_dec.copy_(full.W_dec[lo:hi])
         sae.b_enc.copy_(full.b_enc[lo:hi])
         sae.b_dec.copy_(full.b_dec)
         sae.threshold_raw.copy_(full.threshold_raw[lo:hi])
+        if full.skip:
+            sae.W_skip.copy_(full.W_skip)
     return sae
 
 
@@ -66,6 +90,14 @@ def main(out: str) -> None:
             if name == "dense" and penalty == "l0":
                 res["norm"] = clip_grad_norm_(sae, 0.01)
                 res["clipped"] = {k: p.grad.clone() for k, p in sae.named_parameters()}
+        tc = shard_of(whole_skip_transcoder(), rank, world)
+        st = fn(tc, x, target=tc_target(), penalty="target_l0", coefficient=0.3,
+                target_l0=4.0, sharded=True)  # fmt: skip
+        res[f"{name}/skip_transcoder"] = {
+            "stats": [st.loss, st.reconstruction, st.l0, st.fvu],
+            "fired": st.fired,
+            "grads": {k: p.grad.clone() for k, p in tc.named_parameters()},
+        }
     res["gathered"] = gather_state(
         shard_of(full, rank, world).state_dict(), rank, world
     )

@@ -88,6 +88,26 @@ def test_sharded_steps_give_the_whole_saes_loss_and_gradients(ranks, step, penal
         torch.testing.assert_close(grads[k], p.grad, rtol=1e-5, atol=1e-6, msg=k)
 
 
+@pytest.mark.parametrize("step", ["dense", "sparse"])
+def test_a_sharded_skip_transcoder_gives_the_whole_ones_loss_and_gradients(ranks, step):
+    """Issue 16: a skip-transcoder's latents shard as an SAE's do; its W_skip (and
+    b_dec) stay whole on every process, with the same gradient on each."""
+    full, x, y = w.whole_skip_transcoder(), w.batch(), w.tc_target()
+    st = dense_step(full, x, target=y, penalty="target_l0", coefficient=0.3,
+                    target_l0=4.0)  # fmt: skip
+    assert st.fired.any() and not st.fired.all()
+    for r in ranks:
+        torch.testing.assert_close(
+            torch.tensor(r[f"{step}/skip_transcoder"]["stats"]),
+            torch.tensor([st.loss, st.reconstruction, st.l0, st.fvu]),
+        )
+    grads = cat([r[f"{step}/skip_transcoder"]["grads"] for r in ranks])
+    assert set(grads) == {k for k, _ in full.named_parameters()} >= {"W_skip"}
+    for k, p in full.named_parameters():
+        assert p.grad.abs().sum() > 0, k
+        torch.testing.assert_close(grads[k], p.grad, rtol=1e-5, atol=1e-6, msg=k)
+
+
 def test_clipping_uses_the_norm_of_the_whole_gradient(ranks):
     full, x = w.whole(), w.batch()
     dense_step(full, x, penalty="l0", coefficient=0.3)

@@ -605,3 +605,30 @@ def test_an_sae_in_a_transcoder_job_is_refused(pair_store, tmp_path):
     with pytest.raises(ValueError, match="dictionary transcoder is a sae"):
         train_site(replace(job, dictionaries=(sae,)))
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("group_bytes", [None, 1], ids=["data_parallel", "sharded"])
+def test_two_processes_train_a_skip_transcoder_as_one(pair_store, tmp_path, group_bytes):
+    """Issue 16: a skip-transcoder job over 2 gloo processes, data-parallel or (a
+    device budget it fits no GPU by) latent-sharded with W_skip whole on each, ends
+    where one process ends (80 steps; float-order differences only)."""
+
+    def short(out: Path) -> TrainJob:
+        job = transcoder_job(pair_store, out, kinds=("skip_transcoder",))
+        return replace(job, dictionaries=(replace(job.dictionaries[0],
+                                                  tokens=128 * 80),))  # fmt: skip
+
+    one = short(tmp_path / "one")
+    train_site(one)
+    two = replace(short(tmp_path / "two"), group_bytes=group_bytes)
+    p = run_cli(two, tmp_path / "job.json", nproc=2)
+    text = output(p)
+    assert p.returncode == 0, text
+    assert ("sharded over 2 processes" in text) == (group_bytes == 1)
+    a, b = two.dictionaries[0], one.dictionaries[0]
+    for name in ("train_state.safetensors", "sae.safetensors"):
+        sa, sb = load_file(Path(a.out_dir) / name), load_file(Path(b.out_dir) / name)
+        assert sa.keys() == sb.keys() and "W_skip" in sa
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert read_json(Path(a.out_dir) / "sae.json")["steps"] == 80

@@ -33,7 +33,9 @@ from saesuite.cluster.resources import (
 )
 from saesuite.spec.checks import evaluations, transfer_checks
 from saesuite.spec.config import SAESpec, expand_suite, model_layers, sequences
+from saesuite.spec.jobs import TRANSCODERS
 from saesuite.spec.known_models import known_shape
+from saesuite.spec.sites import TRANSCODER_SITES
 
 
 def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
@@ -129,15 +131,16 @@ def gpu_memory(config: dict[str, Any]) -> tuple[list[str], list[str]]:
             continue
         nproc = train_nproc(config, [s.width for s in specs])
         d_in = shape.site_width(specs[0].input_site.kind)
+        skip = specs[0].kind == "skip_transcoder"  # one kind per job
         for width in sorted({s.width for s in specs}):
-            if sae_gpu_bytes(batch, d_in, width, nproc) > budget:
-                found.setdefault((model, site, width, nproc), []).append(layer)
+            if sae_gpu_bytes(batch, d_in, width, nproc, skip=skip) > budget:
+                found.setdefault((model, site, width, nproc, skip), []).append(layer)
     sharded, problems = [], []
-    for (model, site, width, nproc), layers in found.items():
+    for (model, site, width, nproc, skip), layers in found.items():
         shape = known_shape(config["models"][model]["source"])
-        d_in = shape.site_width(site)
+        d_in = shape.site_width(TRANSCODER_SITES[0] if site in TRANSCODERS else site)
         where = f"{model} {site} width {width} (layers {', '.join(map(str, layers))})"
-        need = sae_gpu_bytes(batch, d_in, width, nproc, sharded=True)
+        need = sae_gpu_bytes(batch, d_in, width, nproc, sharded=True, skip=skip)
         if nproc > 1 and need <= budget:
             sharded.append(f"{where}: {need / 1e9:.0f} GB per GPU over {nproc} GPUs")
             continue

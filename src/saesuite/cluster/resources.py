@@ -97,12 +97,14 @@ def train_mem_mb(config: dict[str, Any], specs: list[SAESpec], d_in: int) -> int
     they are serialised). GPU memory is not requested: a GRES is whole GPUs."""
     t = config["train"]
     bucket = config["activations"]["shuffle_bucket"] * d_in * 4
-    params = sum(dictionary_bytes(d_in, s.width) for s in specs)
+    sizes = [dictionary_bytes(d_in, s.width, skip=s.kind == "skip_transcoder")
+             for s in specs]  # fmt: skip
+    params = sum(sizes)
     if uses_gpu(config, "train"):
         # one SAE at least: weights, gradients and two Adam moments
-        group = max(4 * dictionary_bytes(d_in, s.width) for s in specs)
+        group = max(4 * n for n in sizes)
         group = max(group, train_group_bytes(config) or 0)
-        gathered = max(2 * dictionary_bytes(d_in, s.width) for s in specs)
+        gathered = max(2 * n for n in sizes)
         saes = max(min(3 * params, 3 * group // 4), gathered)
     else:
         work = sum(6 * 4 * t["batch_size"] * s.width for s in specs)
@@ -111,18 +113,22 @@ def train_mem_mb(config: dict[str, Any], specs: list[SAESpec], d_in: int) -> int
 
 
 def sae_gpu_bytes(
-    batch_size: int, d_in: int, width: int, nproc: int, sharded: bool = False
-) -> int:
+    batch_size: int, d_in: int, width: int, nproc: int, sharded: bool = False,
+    skip: bool = False,
+) -> int:  # fmt: skip
     """Bytes one SAE takes on each GPU of a job of `nproc` processes: fp32 weights,
     gradients and two Adam moments, and the (rows, width) pre-activations,
     activations, masks and their gradients (~6 tensors). Data parallelism gives each
     process the whole SAE and batch/nproc rows; `sharded` gives it width/nproc
-    latents (saesuite.sae.shard) and the whole batch."""
+    latents (saesuite.sae.shard) and the whole batch. `skip`: a skip-transcoder,
+    whose W_skip every process holds whole."""
     if sharded:
         latents = -(-width // nproc)
         return (4 * dictionary_bytes(d_in, latents) + 16 * d_in
+                + (16 * d_in * d_in if skip else 0)
                 + 6 * 4 * batch_size * latents)  # fmt: skip
-    return 4 * dictionary_bytes(d_in, width) + 6 * 4 * (batch_size // nproc) * width
+    return (4 * dictionary_bytes(d_in, width, skip=skip)
+            + 6 * 4 * (batch_size // nproc) * width)  # fmt: skip
 
 
 def fit_groups(
@@ -197,7 +203,8 @@ def evaluate_estimate(
     """(mem_mb, flops) of one evaluate job: one layer's SAEs (`specs`) through lm."""
     shape = _shape(config, lm)
     ev = config["evaluate"]
-    sizes = [dictionary_bytes(shape.site_width(s.site) if shape else 4096, s.width)
+    sizes = [dictionary_bytes(shape.site_width(s.site) if shape else 4096, s.width,
+                              skip=s.kind == "skip_transcoder")
              for s in specs]  # fmt: skip
     # On a GPU the SAEs pass through the host one at a time (saesuite.eval.evaluate).
     sae_mb = max(sizes, default=0) if uses_gpu(config, "evaluate") else sum(sizes)

@@ -22,6 +22,7 @@ its site and computes only the layers from the site on.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,6 @@ from saesuite.spec.io import atomic_path, versions, write_json
 from saesuite.spec.jobs import EvalJob
 from saesuite.spec.metrics import scalar_metrics
 from saesuite.spec.sites import Site, dictionary_sites_error
-from saesuite.spec.sizes import dictionary_bytes
 
 DENSE_FREQUENCY = 0.1
 ENCODE_BYTES = 2**31  # work tensors while encoding one SAE's batch
@@ -355,6 +355,13 @@ def released_shape(sae_dir: str | Path) -> tuple[int, int]:
     return d_in, d_sae
 
 
+def released_bytes(sae_dir: str | Path) -> int:
+    """Bytes of a released dictionary's tensors (a skip-transcoder's W_skip too), read
+    from its header only."""
+    with safe_open(str(paths.sae_file(sae_dir, "weights")), "pt") as f:
+        return sum(4 * math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
 def device_sae_budget(model: torch.nn.Module, ev: dict[str, Any], ctx: int):
     """Bytes of SAE weights one pass may hold on the model's GPU (None on CPU): what
     the GPU has after the model, less the work of encoding and the head's logits."""
@@ -407,7 +414,7 @@ def evaluate_layer(
             )
     device = next(model.parameters()).device
     budget = job.group_bytes or device_sae_budget(model, ev, ctx)
-    groups = fit_groups([dictionary_bytes(d, w) for d, w in shapes], budget)
+    groups = fit_groups([released_bytes(s.dir) for s in job.members], budget)
     acc: dict[str, Accumulator] = {}
     start = time.perf_counter()
     with tqdm(

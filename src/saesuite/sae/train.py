@@ -265,13 +265,14 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def needs_sharding(
-    width: int, d_in: int, cfg: dict[str, Any], world: int, budget: float | None
-) -> bool:
+    width: int, d_in: int, cfg: dict[str, Any], world: int, budget: float | None,
+    skip: bool = False,
+) -> bool:  # fmt: skip
     """Whether an SAE's latents are split over the job's processes: when its data-
     parallel copy does not fit `budget` and there is more than one process."""
     if world == 1 or budget is None:
         return False
-    return sae_gpu_bytes(cfg["batch_size"], d_in, width, world) > budget
+    return sae_gpu_bytes(cfg["batch_size"], d_in, width, world, skip=skip) > budget
 
 
 def sae_groups(
@@ -283,10 +284,12 @@ def sae_groups(
     alone, sharded (`needs_sharding`). The batches are a function of the step and
     each SAE's initialisation of its own seed, so grouping does not change results."""
     b = cfg["batch_size"]
-    sizes = [sae_gpu_bytes(b, d_in, s.width, world) for s in saes]
+    skips = [s.kind == "skip_transcoder" for s in saes]
+    sizes = [sae_gpu_bytes(b, d_in, s.width, world, skip=k)
+             for s, k in zip(saes, skips, strict=True)]  # fmt: skip
     alone = frozenset(
         i for i, s in enumerate(saes)
-        if needs_sharding(s.width, d_in, cfg, world, budget)
+        if needs_sharding(s.width, d_in, cfg, world, budget, skips[i])
     )  # fmt: skip
     return fit_groups(sizes, budget, alone)
 
@@ -358,8 +361,11 @@ def train_site(
     budget = job.group_bytes or device_budget(device, world)
 
     def shards(idx: list[int]) -> int | None:
-        w = job.dictionaries[idx[0]].width
-        one = len(idx) == 1 and needs_sharding(w, reader.d_in, cfg, world, budget)
+        d = job.dictionaries[idx[0]]
+        skip = d.kind == "skip_transcoder"
+        one = len(idx) == 1 and needs_sharding(
+            d.width, reader.d_in, cfg, world, budget, skip
+        )
         return world if one else None
 
     # The checkpoint's group first, as it was formed (the GPU may differ this time),
@@ -438,9 +444,13 @@ def _gather_members(members: list[Member], rank: int, world: int) -> None:
         state = gather_state(m.sae.state_dict(), rank, world)
         if state is None:
             continue
+        # as the shard was built: a transcoder's output width, skip matrix and input
+        # (no b_dec subtracted) included
         full = JumpReLUSAE(
-            m.sae.d_in, m.spec.width, threshold_param=m.sae.threshold_param,
-            bandwidth=m.sae.bandwidth, device="meta",
+            m.sae.d_in, m.spec.width, d_out=m.sae.W_dec.shape[1], skip=m.sae.skip,
+            apply_b_dec_to_input=m.sae.apply_b_dec_to_input,
+            threshold_param=m.sae.threshold_param, bandwidth=m.sae.bandwidth,
+            device="meta",
         )  # fmt: skip
         full.load_state_dict(state, assign=True)
         m.sae = full

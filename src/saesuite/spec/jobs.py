@@ -326,7 +326,8 @@ def release_job(
             },  # fmt: skip
             sae_dir=paths.sae_dir(root, s),
             eval=paths.sae_eval(root, model, model, "text", s.path),
-            n_bytes=dictionary_bytes(site_width, s.width),
+            n_bytes=dictionary_bytes(site_width, s.width,
+                                     skip=s.kind == "skip_transcoder"),  # fmt: skip
             kind=s.kind,
             input_site=s.input_site.name,
             output_site=s.output_site.name,

@@ -4,6 +4,9 @@ with `getattr(torch, name)`) and a dictionary's weight bytes (torch-free)."""
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def dictionary_bytes(d_in: int, width: int, dtype: str = "float32") -> int:
-    """W_enc and W_dec of a dictionary (the biases and thresholds are negligible)."""
-    return 2 * d_in * width * BYTES[dtype]
+def dictionary_bytes(
+    d_in: int, width: int, dtype: str = "float32", skip: bool = False
+) -> int:
+    """W_enc and W_dec of a dictionary, and a skip-transcoder's W_skip (d_in × d_in:
+    an MLP's input and output are one width); biases and thresholds are negligible."""
+    return (2 * d_in * width + (d_in * d_in if skip else 0)) * BYTES[dtype]
