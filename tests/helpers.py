@@ -163,7 +163,8 @@ def make_config(
 # test runs give them one thread each and run two at once: 99 s instead of ~160 s for
 # the tiny workflow here, and the same bytes (sha256 of every chunk and SAE checked).
 ONE_THREAD_EACH = ["--set-threads"] + [
-    f"{rule}=1" for rule in ("extract", "train", "evaluate", "transfer_rollouts")
+    f"{rule}=1"
+    for rule in ("extract", "train", "evaluate", "dashboards", "transfer_rollouts")
 ]
 
 
@@ -263,3 +264,146 @@ def circuit_tracer_python() -> Path:
                 )
         stamp.touch()
     return python
+
+
+def run_circuit_tracer(
+    out: Path, model_dir: Path, inputs: dict[str, torch.Tensor], sets: list[str]
+) -> list[tuple[dict, dict[str, torch.Tensor]]]:
+    """circuit-tracer, in its own environment, loads each `release:set` of `sets`
+    and computes an attribution graph for inputs["input_ids"] (tests/
+    circuit_tracer_client.py); per set, its JSON summary and its tensors: the graph's
+    logits, token vectors and adjacency, and each layer's transcoder prediction on
+    inputs["layer_L.mlp_in"]."""
+    import json
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in inputs.items()}, str(out / "inputs.st"))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    client = Path(__file__).with_name("circuit_tracer_client.py")
+    done = subprocess.run(
+        [str(circuit_tracer_python()), str(client), str(out / "inputs.st"), str(out),
+         str(model_dir), *sets],
+        capture_output=True, text=True, env=env, timeout=600, cwd=out,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [
+        (
+            json.loads((out / f"{n}.json").read_text()),
+            load_file(out / f"{n}.safetensors"),
+        )
+        for n in range(len(sets))
+    ]
+
+
+def check_attribution(
+    results: list[tuple[dict, dict[str, torch.Tensor]]],
+    ids: torch.Tensor,
+    logits: torch.Tensor,
+    embedded: torch.Tensor,
+) -> None:
+    """What every graph must show (`logits`, `embedded`: the model's own, computed
+    with saesuite's transformers): the replacement model's logits are the model's,
+    its token vectors the model's embedding output (Gemma's √d_model scale included),
+    and its nodes one per active feature, layer × position error, token and logit,
+    the logit nodes the model's top tokens."""
+    n_pos = len(ids)
+    for info, tensors in results:
+        torch.testing.assert_close(tensors["logits"], logits, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(tensors["token_vectors"], embedded,
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+        n_logits = len(info["logit_token_ids"])
+        n_nodes = info["n_features"] + info["n_layers"] * n_pos + n_pos + n_logits
+        assert tensors["adjacency"].shape == (n_nodes, n_nodes)
+        assert info["n_features"] > 0 and info["n_pos"] == n_pos
+        assert info["logit_token_ids"] == logits[-1].topk(n_logits).indices.tolist()
+        tok = tensors["adjacency"][:, n_nodes - n_pos - n_logits : n_nodes - n_logits]
+        assert torch.isfinite(tok).all() and tok.abs().sum() > 0
+
+
+def release_meta(n_layers: int = 4, d: int = 64) -> dict:
+    """What make_release passes build_release, for a release built in a test."""
+    return {
+        "model": "tiny",
+        "hub_model": "google/gemma-3-270m",
+        "model_type": "gemma3_text",
+        "n_layers": n_layers,
+        "site_widths": {"res": d, "att": d, "mlp": d, "mlp_in": d},
+        "release_layers": [1, 2],
+        "context_size": 32,
+        "config_hash": "abc",
+        "code": "0.1.0+test",
+        "versions": {"saesuite": "0.1.0"},
+        "data": {
+            "sources": [{"type": "embedded"}],
+            "context_size": 32,
+            "train_tokens": 4096,
+            "eval_tokens": 1024,
+        },
+        "seed": 0,
+        "train": {"lr": 1e-3},
+        "license": "apache-2.0",
+        "canonical_l0": 100,
+        "source_note": None,
+        "evaluate": {"tokens": 1000, "loss_tokens": 100},
+    }
+
+
+def chromium() -> str:
+    """Debian's Chromium: skipped without it, failed when CI requires it."""
+    import os
+    import shutil
+
+    import pytest
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        why = "no chromium (Debian's chromium package; .ci/system-deps installs it)"
+        if os.environ.get("SAESUITE_REQUIRE_CHROMIUM"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return exe
+
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+CLIENT_PACKAGES = REPO_ROOT / ".venv-clients"
+
+
+def client_module(package: str, requirement: str, module_path: str):
+    """One module of a client package installed without its dependencies into
+    .venv-clients/<package> (once), loaded from its file alone, without the package's
+    __init__ (whose imports pin other versions of our dependencies): e.g.
+    SAEDashboard's Neuronpedia dataclasses, which import only numpy."""
+    import importlib.util
+
+    target = CLIENT_PACKAGES / package
+    stamp = target / f".installed-{requirement}"
+    if not stamp.exists():
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade",
+             "--target", str(target), requirement],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        if done.returncode:
+            raise RuntimeError(f"pip install {requirement}:\n{done.stderr[-3000:]}")
+        stamp.touch()
+    spec = importlib.util.spec_from_file_location(
+        f"_client_{module_path.replace('/', '_')}", target / module_path
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves annotations through it
+    spec.loader.exec_module(module)
+    return module

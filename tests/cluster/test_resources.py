@@ -164,3 +164,24 @@ def test_a_skip_transcoders_bytes_count_its_skip_matrix():
         plain = sae_gpu_bytes(4096, d, w, nproc, sharded=sharded)
         skip = sae_gpu_bytes(4096, d, w, nproc, sharded=sharded, skip=True)
         assert skip - plain == 4 * 4 * d * d
+
+
+def test_dashboard_memory_depends_on_width_and_k_not_on_tokens():
+    """Issue 17, item 2: a dashboards job streams its top-k, so its request grows
+    with the SAEs' width × (top_k + samples) × window, never with dashboards.tokens."""
+    from saesuite.cluster.resources import dashboards_estimate
+
+    def estimate(**dash):
+        cfg = load_config(make_config("google/gemma-2-2b", dashboards=dash))
+        specs = [s for s in expand_suite(cfg) if s.layer == 1]
+        return dashboards_estimate(cfg, "tiny", specs)
+
+    mem, flops = estimate(tokens=256)  # of the 1024 held-out tokens
+    mem4, flops4 = estimate(tokens=1024)
+    assert mem4 == mem and flops4 > 3 * flops / 2
+    wide, _ = estimate(tokens=256, top_k=200)
+    specs = [s for s in expand_suite(load_config(make_config("google/gemma-2-2b")))
+             if s.layer == 1]  # fmt: skip
+    slots = 180 * (2 * 8 + 1) * 12  # 180 more contexts of 17 tokens, 12 bytes each
+    want = sum(s.width for s in specs) * slots * 1.5 / 2**20
+    assert wide - mem == pytest.approx(want, abs=2)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import release_meta
 from safetensors.torch import save_file
 
 from saesuite.release.build import (
@@ -81,30 +82,7 @@ def entry(tmp_path, layer: int, value: float, l0: float, d_in=64, width=128, see
 
 
 def meta(n_layers: int = 4) -> dict:
-    return {
-        "model": "tiny",
-        "hub_model": "google/gemma-3-270m",
-        "model_type": "gemma3_text",
-        "n_layers": n_layers,
-        "site_widths": {"res": 64, "att": 64, "mlp": 64, "mlp_in": 64},
-        "release_layers": [1, 2],
-        "context_size": 32,
-        "config_hash": "abc",
-        "code": "0.1.0+test",
-        "versions": {"saesuite": "0.1.0"},
-        "data": {
-            "sources": [{"type": "embedded"}],
-            "context_size": 32,
-            "train_tokens": 4096,
-            "eval_tokens": 1024,
-        },
-        "seed": 0,
-        "train": {"lr": 1e-3},
-        "license": "apache-2.0",
-        "canonical_l0": 100,
-        "source_note": None,
-        "evaluate": {"tokens": 1000, "loss_tokens": 100},
-    }
+    return release_meta(n_layers)
 
 
 def test_canonical_is_closest_to_the_target(tmp_path):

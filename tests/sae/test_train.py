@@ -608,7 +608,9 @@ def test_an_sae_in_a_transcoder_job_is_refused(pair_store, tmp_path):
 
 
 @pytest.mark.parametrize("group_bytes", [None, 1], ids=["data_parallel", "sharded"])
-def test_two_processes_train_a_skip_transcoder_as_one(pair_store, tmp_path, group_bytes):
+def test_two_processes_train_a_skip_transcoder_as_one(
+    pair_store, tmp_path, group_bytes
+):
     """Issue 16: a skip-transcoder job over 2 gloo processes, data-parallel or (a
     device budget it fits no GPU by) latent-sharded with W_skip whole on each, ends
     where one process ends (80 steps; float-order differences only)."""

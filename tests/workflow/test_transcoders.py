@@ -7,8 +7,6 @@ transcoder-set configs (tests/release/test_circuit_tracer.py loads them)."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,22 +14,30 @@ import pytest
 import torch
 import yaml
 from helpers import (
-    circuit_tracer_python,
+    check_attribution,
     job_counts,
     load_tiny,
     make_config,
+    run_circuit_tracer,
     snakemake,
 )
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from saesuite.data.sites import capture
 from saesuite.eval.evaluate import load_released
 from saesuite.release.build import make_release
 from saesuite.spec import jobs, paths
-from saesuite.spec.config import REPO_ROOT, load_config
+from saesuite.spec.config import load_config
 from saesuite.spec.io import read_json
 from saesuite.spec.sites import Site
 from saesuite.spec.workflow import Workflow
+
+
+def load_tok(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
 
 pytestmark = pytest.mark.slow
 N_LAYERS = 4  # the tiny models' (helpers.tiny_hf_config)
@@ -44,6 +50,8 @@ def transcoder_config(model_dir: Path) -> dict:
     every = {**base, "layers": list(range(N_LAYERS)), "kind": "transcoder"}
     cfg["suite"] = [base, every, {**every, "skip": "affine"}]
     cfg["transfer"] = {"format_shift": False}
+    cfg["dashboards"] = {"enabled": True, "top_k": 5, "window": 3, "samples": 3,
+                         "logit_tokens": 5}  # fmt: skip
     return cfg
 
 
@@ -64,7 +72,7 @@ def test_transcoders_train_and_evaluate_beside_the_mlps_saes(tc_run):
     from that cache; evaluation splices them in for the MLP beside the MLP's SAEs."""
     root, counts = tc_run
     assert counts["train"] == 1 + 2 * N_LAYERS and counts["evaluate"] == N_LAYERS
-    assert counts["release"] == 2
+    assert counts["release"] == 2 and counts["dashboards"] == N_LAYERS
     manifest = read_json(root / "tiny" / "activations" / "manifest.json")
     tensors = set(manifest["chunks"][0]["tensors"])
     assert tensors - {"input_ids", "mask"} == {f"layer_{L}.{s}" for L in range(N_LAYERS)
@@ -135,11 +143,11 @@ def circuit_tracer_run(tc_run, tiny_models, tmp_path_factory, tokenizer):
     """circuit-tracer, in its own environment, loads a plain and an affine set of
     the workflow's release (Gemma Scope 2's layout) and a plain set of the same
     transcoders re-released in Gemma Scope 1's (npz), and computes an attribution
-    graph for one prompt from each. The tiny Gemma 3, not the embedded 270m model:
-    circuit-tracer needs a transcoder at every layer, and 18 layers' worth through
-    the workflow would add minutes to CI; BENCHMARKS.md has the 270m run."""
+    graph for one prompt from each. tests/release/test_circuit_tracer.py does the
+    same on the embedded gemma-3-270m with untrained transcoders (18 layers of
+    trained ones through the workflow would add minutes to CI; BENCHMARKS.md has
+    that run)."""
     root, _ = tc_run
-    work = root.parent
     out = tmp_path_factory.mktemp("ct")
     wf = Workflow(load_config({**transcoder_config(tiny_models["gemma3"]),
                                "output_root": str(root)}))  # fmt: skip
@@ -158,23 +166,12 @@ def circuit_tracer_run(tc_run, tiny_models, tmp_path_factory, tokenizer):
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0]
         embedded = model.get_input_embeddings()(ids)[0]
-    inputs = {"input_ids": ids[0]}
-    inputs.update({s.name: acts[s][0].contiguous() for s in sites})
-    save_file(inputs, str(out / "inputs.safetensors"))
+    inputs = {"input_ids": ids[0], **{s.name: acts[s][0] for s in sites}}
     release = root / "release" / TC_REPO
     sets = [f"{release}:transcoder_width_128_target_8",
             f"{release}:skip_transcoder_width_128_target_8",
             f"{gs1}:transcoder_width_128_target_8"]  # fmt: skip
-    python = circuit_tracer_python()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [str(python), str(Path(__file__).with_name("circuit_tracer_client.py")),
-         str(out / "inputs.safetensors"), str(out), str(model_dir), *sets],
-        capture_output=True, text=True, env=env, timeout=600, cwd=work,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
-    results = [(read_json(out / f"{n}.json"), load_file(out / f"{n}.safetensors"))
-               for n in range(len(sets))]  # fmt: skip
+    results = run_circuit_tracer(out / "client", model_dir, inputs, sets)
     return results, inputs, logits, embedded, release, gs1
 
 
@@ -182,12 +179,12 @@ def test_circuit_tracer_reads_each_layout_and_predicts_like_us(circuit_tracer_ru
     """circuit-tracer's own Gemma Scope readers (safetensors with
     affine_skip_connection, and npz) load our files unchanged: each layer's
     transcoder predicts the MLP output from real activations as saesuite's does."""
-    results, inputs, *_ = circuit_tracer_run
-    release, gs1 = circuit_tracer_run[4], circuit_tracer_run[5]
+    results, inputs, _, _, release, gs1 = circuit_tracer_run
     index = read_json(release / "index.json")["saes"]
+    assert read_json(gs1 / "index.json")["layout"] == "gemma-scope"
     assert [info["skip"] for info, _ in results] == [False, True, False]
-    for (info, tensors), kind in zip(results, ("transcoder", "skip_transcoder",
-                                               "transcoder"), strict=True):  # fmt: skip
+    kinds = ("transcoder", "skip_transcoder", "transcoder")
+    for (_, tensors), kind in zip(results, kinds, strict=True):
         for layer in range(N_LAYERS):
             (row,) = [r for r in index if (r["layer"], r["kind"], r["value"])
                       == (layer, kind, 8.0)]  # fmt: skip
@@ -197,31 +194,68 @@ def test_circuit_tracer_reads_each_layout_and_predicts_like_us(circuit_tracer_ru
                 expected = ours(inputs[f"layer_{layer}.mlp_in"])
             torch.testing.assert_close(tensors[f"layer_{layer}"], expected,
                                        rtol=1e-5, atol=1e-5)  # fmt: skip
-    assert read_json(gs1 / "index.json")["layout"] == "gemma-scope"
 
 
 def test_circuit_tracer_graph_agrees_with_the_model(circuit_tracer_run):
-    """The replacement model is the model: its logits are the model's (computed here
-    with saesuite's transformers), its token vectors the model's embedding output
-    (Gemma's √d_model scale included: circuit-tracer's nnsight backend leaves it
-    out, 8× here, 25.3× on gemma-3-270m), and the graph has a node per active
-    feature, per layer × position error, per token and per logit."""
+    """The replacement model is the model (helpers.check_attribution): logits, token
+    vectors (Gemma's √d_model scale, 8 here, which circuit-tracer's nnsight backend
+    leaves out) and the graph's nodes."""
     results, inputs, logits, embedded, *_ = circuit_tracer_run
-    for info, tensors in results:
-        torch.testing.assert_close(tensors["logits"], logits, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(tensors["token_vectors"], embedded,
-                                   rtol=1e-5, atol=1e-6)  # fmt: skip
-        n_pos = len(inputs["input_ids"])
-        n_nodes = (info["n_features"] + info["n_layers"] * n_pos + n_pos
-                   + len(info["logit_token_ids"]))  # fmt: skip
-        assert tensors["adjacency"].shape == (n_nodes, n_nodes)
-        assert info["n_features"] > 0 and info["n_pos"] == n_pos
-        top = logits[-1].topk(3).indices.tolist()
-        assert info["logit_token_ids"] == top
-        # the token nodes' edges are there and finite
-        tok = tensors["adjacency"][:, n_nodes - n_pos - 3 : n_nodes - 3]
-        assert torch.isfinite(tok).all() and tok.abs().sum() > 0
-        print(
-            f"{info['set']}: {info['n_features']} features, {n_nodes} nodes, "
-            f"{info['seconds']:.1f} s"
-        )
+    check_attribution(results, inputs["input_ids"], logits, embedded)
+
+
+def test_dashboards_show_each_latents_top_contexts_and_logit_effect(
+    tc_run, tiny_models
+):
+    """Issue 17's data, for an SAE and a transcoder of layer 1: the top contexts
+    equal a brute-force ranking of the latent's per-sequence maxima over the
+    held-out split (computed here from the model and the released weights), never
+    at a masked position, with the tokens of text.js; the logit effect is the
+    decoder row through the unembedding."""
+    from saesuite.data.tokens import load_tokens
+    from saesuite.eval.dashboards import read_js
+
+    root, _ = tc_run
+    summary = read_json(paths.dashboards_layer(str(root), "tiny", 1))
+    keys = {d["key"] for d in summary["dashboards"]}
+    assert keys == {
+        f"layer_1/{f}/width_128/l0_{t}"
+        for t in (8, 16)
+        for f in ("mlp", "transcoder", "skip_transcoder")
+    }
+    ids, mask = load_tokens(paths.eval_data(str(root), "tiny", "text"))
+    model = load_tiny(tiny_models["gemma3"])
+    for key, site in (
+        ("layer_1/mlp/width_128/l0_8", Site(1, "mlp")),
+        ("layer_1/transcoder/width_128/l0_8", Site(1, "mlp_in")),
+    ):
+        folder = Path(paths.dashboard_dir(str(root), "tiny", key))
+        info = read_json(folder / "dashboard.json")
+        n = info["sequences"]
+        (text,) = read_js(folder / "text.js")
+        assert text["ids"] == ids[:n].tolist()
+        shard, records = read_js(folder / "shards" / "shard_00000.js")
+        assert shard == 0 and [r["i"] for r in records] == list(range(128))
+        sae = load_released(root / "tiny" / "saes" / key)
+        with torch.no_grad():
+            f = sae.encode(capture(model, ids[:n], [site])[site])
+        f = f.masked_fill(~mask[:n].unsqueeze(-1), 0.0)
+        shown = 0
+        for r in records:
+            c = r["i"]
+            best, where = f[..., c].max(dim=1)
+            want = sorted((-float(v), b) for b, v in enumerate(best) if v > 0)[:5]
+            assert [ctx[0] for ctx in r["top"]] == [b for _, b in want]
+            for (neg, b), ctx in zip(want, r["top"], strict=True):
+                assert ctx[1] == int(where[b]) and mask[b, ctx[1]]
+                assert ctx[2] == pytest.approx(-neg, rel=1e-3)
+            assert r["freq"] == pytest.approx(
+                float((f[..., c] > 0).sum() / mask[:n].sum()), rel=1e-3
+            )
+            shown += bool(r["top"])
+        assert shown > 64  # most latents fire somewhere
+        # the logit effect: the decoder row through the (tied) unembedding
+        W_U = model.get_output_embeddings().weight
+        top = (sae.W_dec[3] @ W_U.T).topk(5).indices
+        decoded = [load_tok(tiny_models["gemma3"]).decode([int(t)]) for t in top]
+        assert [p[0] for p in records[3]["pos"]] == decoded

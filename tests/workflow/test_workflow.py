@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 import yaml
-from helpers import copy_run, job_counts, load_tiny, make_config, snakemake
+from helpers import chromium, copy_run, job_counts, load_tiny, make_config, snakemake
 from safetensors.torch import load_file
 
 from saesuite.spec.config import REPO_ROOT
@@ -351,19 +351,6 @@ def test_report_embeds_every_figure_and_table(report):
         data = embedded(html, f"results/{f}")
         assert data and data == (results / f).read_bytes(), f
     assert html.count('"data_uri": "data:image/png') == len(REPORT_FIGURES) + 1
-
-
-def chromium() -> str:
-    import os
-    import shutil
-
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        why = "no chromium (Debian's chromium package; .ci/system-deps installs it)"
-        if os.environ.get("SAESUITE_REQUIRE_CHROMIUM"):
-            pytest.fail(why)
-        pytest.skip(why)
-    return exe
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):

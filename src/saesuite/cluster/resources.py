@@ -13,6 +13,9 @@ clamped to [min_runtime, max_runtime] minutes; memory has a 1.5× margin):
   FLOPs 10·d_in·width per token per SAE;
 - evaluate: the model and the layer's SAEs (on GPUs one SAE at a time: they go to
   the GPU in groups that fit beside the model); FLOPs as in the pre-flight plan;
+- dashboards: the model, the layer's SAEs and per latent its streamed contexts (top-k
+  and sample, each a window of values and token ids); FLOPs a truncated forward over
+  the tokens plus 2·d_in·width per token per SAE;
 - transfer_rollouts: the model; decoding runs ~10× below the dense rate.
 An unknown model (not in known_models) gets conservative fixed requests.
 """
@@ -28,7 +31,9 @@ from saesuite.spec.known_models import ModelShape, known_shape
 from saesuite.spec.sizes import BYTES, dictionary_bytes
 from saesuite.spec.workflow import Workflow
 
-GPU_STAGES = frozenset({"extract", "train", "evaluate", "transfer_rollouts"})
+GPU_STAGES = frozenset(
+    {"extract", "train", "evaluate", "dashboards", "transfer_rollouts"}
+)
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt"}
 BASE_MB = 2048  # interpreter, torch, transformers
 
@@ -195,6 +200,27 @@ def extract_estimate(config: dict[str, Any], model: str, sites: list[tuple[int, 
     mem = model_mb(config, model) + int((acts + ids) / 2**20 * 1.5) + BASE_MB
     last = max(L for L, _ in sites)
     return mem, forward_flops(shape, tokens, last + 1)
+
+
+def dashboards_estimate(
+    config: dict[str, Any], model: str, specs: list[SAESpec]
+) -> tuple[int, float | None]:
+    """(mem_mb, flops) of one dashboards job: one layer's SAEs (`specs`) on `model`;
+    memory depends on width × (top_k + samples) × window, not on the token budget."""
+    shape = _shape(config, model)
+    d = config["dashboards"]
+    slots = (d["top_k"] + d["samples"]) * (2 * d["window"] + 1)
+    widths = [shape.site_width(s.input_site.kind) if shape else 4096 for s in specs]
+    saes = sum(dictionary_bytes(w_in, s.width, skip=s.kind == "skip_transcoder")
+               for w_in, s in zip(widths, specs, strict=True))  # fmt: skip
+    stats = sum(s.width * (slots * 12 + 8 * 70) for s in specs)  # values, ids, hist
+    mem = model_mb(config, model) + int(1.5 * (saes + stats) / 2**20) + BASE_MB
+    if shape is None:
+        return mem, None
+    tokens = min(d["tokens"], config["data"]["eval_tokens"])
+    layer = specs[0].layer
+    encode = sum(2 * w_in * s.width for w_in, s in zip(widths, specs, strict=True))
+    return mem, forward_flops(shape, tokens, layer + 1) + encode * tokens
 
 
 def evaluate_estimate(
@@ -366,6 +392,11 @@ class JobResources:
             specs = wf.layer_specs(w["model"], int(w["layer"]))
             est = evaluate_estimate(config, w["lm"], w["data"], specs)
             return request(config, stage, *est)
+        if stage == "dashboards":
+            specs = wf.layer_specs(w["model"], int(w["layer"]))
+            return request(
+                config, stage, *dashboards_estimate(config, w["model"], specs)
+            )
         if stage == "transfer_rollouts":
             return request(config, stage, *rollouts_estimate(config, w["model"]))
         if stage == "publish":

@@ -26,7 +26,8 @@ CODE_VERSIONS: dict[str, int] = {
     "eval_table": 1,
     "transfer_rollouts": 1,
     "transfer_table": 1,
-    "release": 1,
+    "dashboards": 1,
+    "release": 2,  # 2: circuit-tracer set configs, transcoders in the card and plot
     "publish": 1,
-    "report_figures": 1,
+    "report_figures": 2,  # 2: each layer's MLP SAEs beside its transcoders
 }

@@ -170,6 +170,21 @@ class EvalJob(_Json):
 
 
 @dataclass(frozen=True)
+class DashboardJob(_Json):
+    """Every dictionary of `model` at one layer: what its latents respond to on the
+    model's held-out split (each member's `out` is its dashboard folder)."""
+
+    NESTED = {"members": EvalMember}
+
+    model: str
+    layer: int
+    model_cfg: dict[str, Any]
+    dashboards: dict[str, Any]
+    seed: int
+    members: tuple[EvalMember, ...]
+
+
+@dataclass(frozen=True)
 class RolloutsJob(_Json):
     """Chat rollouts of one model for the transfer checks."""
 
@@ -294,6 +309,33 @@ def eval_job(
                    config["evaluate"], members)  # fmt: skip
 
 
+def dashboard_job(
+    config: dict[str, Any], suite: list[SAESpec], model: str, layer: int
+) -> DashboardJob:
+    """Every dictionary of `model` at `layer`, for its dashboards."""
+    root = config["output_root"]
+    members = tuple(
+        EvalMember(
+            key=s.path,
+            dir=paths.sae_dir(root, s),
+            out=paths.dashboard_dir(root, model, s.path),
+            input_site=s.input_site.name,
+            output_site=s.output_site.name,
+            identity={
+                "model": model,
+                "layer": layer,
+                "site": s.family,
+                "width": s.width,
+                "path": s.path,
+            },
+        )  # fmt: skip
+        for s in suite
+        if s.model == model and s.layer == layer
+    )
+    return DashboardJob(model, layer, config["models"][model], config["dashboards"],
+                        config["seed"], members)  # fmt: skip
+
+
 def rollouts_job(config: dict[str, Any], model: str) -> RolloutsJob:
     return RolloutsJob(model, config["models"][model], config["data"]["context_size"],
                        config["transfer"], config["seed"])  # fmt: skip
@@ -326,8 +368,9 @@ def release_job(
             },  # fmt: skip
             sae_dir=paths.sae_dir(root, s),
             eval=paths.sae_eval(root, model, model, "text", s.path),
-            n_bytes=dictionary_bytes(site_width, s.width,
-                                     skip=s.kind == "skip_transcoder"),  # fmt: skip
+            n_bytes=dictionary_bytes(
+                site_width, s.width, skip=s.kind == "skip_transcoder"
+            ),  # fmt: skip
             kind=s.kind,
             input_site=s.input_site.name,
             output_site=s.output_site.name,

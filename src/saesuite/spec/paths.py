@@ -119,6 +119,16 @@ def sae_eval(root: str, sae_model: str, lm: str, data: str, sae_path: str) -> st
     return f"{eval_dir(root, sae_model, lm, data)}/{sae_path}.json"
 
 
+def dashboards_layer(root: str, model: str, layer: int | str) -> str:
+    """The summary of one layer's dashboards job, written after its folders."""
+    return f"{root}/{model}/dashboards/layer_{layer}.json"
+
+
+def dashboard_dir(root: str, model: str, sae_path: str) -> str:
+    """One dictionary's dashboard folder (saesuite.eval.dashboards)."""
+    return f"{root}/{model}/dashboards/{sae_path}"
+
+
 def frequencies(sae_eval_json: str | PurePath) -> Path:
     """The per-latent firing frequencies beside an SAE's evaluation JSON."""
     return Path(sae_eval_json).with_suffix(".frequencies.safetensors")

@@ -94,6 +94,14 @@ class Workflow:
         """A model's SAEs on its own held-out text, every layer."""
         return self.eval_layers(Evaluation(model, model, "text"))
 
+    def dashboard_layers(self, model: str | None = None) -> list[str]:
+        """The dashboards jobs' summaries (none unless dashboards.enabled)."""
+        if not self.config["dashboards"]["enabled"]:
+            return []
+        layers = sorted({(s.model, s.layer) for s in self.suite
+                         if model is None or s.model == model})  # fmt: skip
+        return [paths.dashboards_layer(self.root, m, L) for m, L in layers]
+
     def transfer_inputs(self, name: str) -> list[str]:
         return [f for e in self.checks[name].evaluations for f in self.eval_layers(e)]
 
@@ -112,6 +120,9 @@ class Workflow:
 
     def eval_params(self, model: str, lm: str, data: str, layer: int) -> dict:
         return jobs.eval_job(self.config, self.suite, model, lm, data, layer).to_dict()
+
+    def dashboard_params(self, model: str, layer: int) -> dict[str, Any]:
+        return jobs.dashboard_job(self.config, self.suite, model, layer).to_dict()
 
     def rollouts_params(self, model: str) -> dict[str, Any]:
         return jobs.rollouts_job(self.config, model).to_dict()
@@ -139,6 +150,7 @@ class Workflow:
         out += [paths.report_dirs(root, m)[k] for m in self.trained
                 for k in ("figures", "tables")]  # fmt: skip
         out += [paths.release_manifest(root, name) for name in self.releases]
+        out += self.dashboard_layers()
         return out
 
     def publish_targets(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""Run by circuit-tracer's own Python (tests/workflow/test_transcoders.py): load
+"""Run by circuit-tracer's own Python (helpers.run_circuit_tracer): load
 each named transcoder set of a release with saesuite.release.circuit_tracer, compute
 an attribution graph for the token ids given, and write what the test compares
 with saesuite's own computations: the graph's logits and token vectors, each
