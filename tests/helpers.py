@@ -407,3 +407,18 @@ def client_module(package: str, requirement: str, module_path: str):
     sys.modules[spec.name] = module  # pydantic resolves annotations through it
     spec.loader.exec_module(module)
     return module
+
+
+def chromium_dom(url: str, profile: Path) -> str:
+    """The DOM of `url` after its scripts ran (Chromium's --dump-dom), failing on
+    any console message."""
+    done = subprocess.run(
+        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+         "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0",
+         "--dump-dom", url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    console = [ln for ln in done.stderr.splitlines() if "CONSOLE" in ln]
+    assert not console, console
+    return done.stdout

@@ -6,11 +6,10 @@ as written."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 import torch
-from helpers import CHROMIUM_FLAGS, chromium
+from helpers import chromium_dom
 
 from saesuite.eval.dashboards import (
     PAGE,
@@ -63,17 +62,7 @@ def build(folder):
 
 
 def dom(page, tmp_path, name: str) -> str:
-    """The page's DOM after its scripts ran (Chromium's --dump-dom)."""
-    done = subprocess.run(
-        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / name}",
-         "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0",
-         "--dump-dom", page],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    console = [ln for ln in done.stderr.splitlines() if "CONSOLE" in ln]
-    assert not console, console
-    return done.stdout
+    return chromium_dom(page, tmp_path / name)
 
 
 def test_the_data_files_read_back_as_written(tmp_path):

@@ -15,6 +15,7 @@ import torch
 import yaml
 from helpers import (
     check_attribution,
+    chromium_dom,
     job_counts,
     load_tiny,
     make_config,
@@ -24,6 +25,7 @@ from helpers import (
 from safetensors.torch import load_file
 
 from saesuite.data.sites import capture
+from saesuite.eval.dashboards import read_js
 from saesuite.eval.evaluate import load_released
 from saesuite.release.build import make_release
 from saesuite.spec import jobs, paths
@@ -99,7 +101,7 @@ def test_transcoders_train_and_evaluate_beside_the_mlps_saes(tc_run):
     assert (figures / "transcoder").is_dir() and (figures / "skip_transcoder").is_dir()
 
 
-def test_transcoders_are_released_with_circuit_tracer_sets(tc_run):
+def test_transcoders_are_released_with_circuit_tracer_sets(tc_run, tmp_path):
     """Every layer: Gemma Scope 2's transcoder_all/ folders, plain and _affine side
     by side, and one circuit-tracer config per kind × setting listing each layer's
     params.safetensors in layer order."""
@@ -136,6 +138,17 @@ def test_transcoders_are_released_with_circuit_tracer_sets(tc_run):
             "transcoder_set", "mlp.hook_in", "hook_mlp_out")  # fmt: skip
     card = (release / "README.md").read_text()
     assert "## Circuits with circuit-tracer" in card and "transcoder_all/" in card
+    # the dashboards travel with the release (release.dashboards), linked from the card
+    for r in index:
+        assert r["dashboard"] == f"{r['path']}/dashboard/index.html"
+        assert (release / r["dashboard"]).is_file()
+        assert f"[latents]({r['dashboard']})" in card
+    row = index[0]
+    records = read_js(release / row["path"] / "dashboard" / "shards" / "shard_00000.js")
+    c = max(records[1], key=lambda r: r["max"])["i"]
+    url = (release / row["dashboard"]).resolve().as_uri()
+    html = chromium_dom(f"{url}#latent/{c}", tmp_path / "chromium")
+    assert f'data-latent="{c}"' in html and 'class="tok peak"' in html
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +226,6 @@ def test_dashboards_show_each_latents_top_contexts_and_logit_effect(
     at a masked position, with the tokens of text.js; the logit effect is the
     decoder row through the unembedding."""
     from saesuite.data.tokens import load_tokens
-    from saesuite.eval.dashboards import read_js
 
     root, _ = tc_run
     summary = read_json(paths.dashboards_layer(str(root), "tiny", 1))

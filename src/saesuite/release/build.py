@@ -64,6 +64,7 @@ PARAMS = {
     "saelens": "sae_weights.safetensors",
 }
 CIRCUIT_TRACER_DIR = "circuit_tracer"
+DASHBOARD_DIR = "dashboard"  # in an SAE's folder: its latent dashboard
 IDENTITY = ("layer", "site", "width", "penalty", "value")
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Entry:
     spec: dict[str, Any]  # layer, site, width, penalty, value, path (kind: not sae)
     sae_dir: str
     metrics: dict[str, Any]  # scalar metrics on the held-out split
+    dashboard: str = ""  # its dashboard folder, copied in as dashboard/ when given
 
     @property
     def l0_label(self) -> int:
@@ -315,6 +317,8 @@ def build_release(
             folders.items(), key=lambda kv: (kv[1].spec["layer"], kv[0])
         ):
             write_sae(layout, e, tmp / p, meta)
+            if e.dashboard:  # a folder that opens from disk (saesuite.eval.dashboards)
+                shutil.copytree(e.dashboard, tmp / p / DASHBOARD_DIR)
             layer, site = e.spec["layer"], e.in_site
             out_hooks = {}
             if e.kind != "sae":  # a transcoder: where it reads and where it writes
@@ -333,6 +337,8 @@ def build_release(
                 "hook": SITE_KINDS[site].tl_hook.format(L=layer),
                 **out_hooks,
                 "canonical": e.spec["path"] in best,
+                **({"dashboard": f"{p}/{DASHBOARD_DIR}/index.html"}
+                   if e.dashboard else {}),
                 "trained_as": e.spec["path"],
                 **e.metrics,
             })  # fmt: skip
@@ -435,7 +441,8 @@ def make_release(
             )
         ev = read_json(s.eval)
         evals.append(ev)
-        entries.append(Entry(s.spec, s.sae_dir, scalar_metrics(ev["metrics"])))
+        entries.append(Entry(s.spec, s.sae_dir, scalar_metrics(ev["metrics"]),
+                             s.dashboard))  # fmt: skip
     meta = {
         "model": job.model,
         "hub_model": hub_model_id(job.model_cfg),

@@ -117,6 +117,7 @@ def model_card(
     for r in index:
         kinds[r.get("kind", "sae")] = kinds.get(r.get("kind", "sae"), 0) + 1
     transcoders = set(kinds) != {"sae"}
+    dashboards = any(r.get("dashboard") for r in index)
     what = " and ".join(f"{n} {KIND_WORDS[k]}" for k, n in sorted(kinds.items()))
     where = (
         "each predicting an MLP's output (after its post-norm) from its input "
@@ -170,6 +171,17 @@ def model_card(
         ),
         "```",
         "",
+        *(
+            [
+                "Each dictionary's folder holds `dashboard/`: its latents' top "
+                "contexts, activation histograms and logit effects on held-out "
+                "text; open `dashboard/index.html` from disk (no server, no "
+                "network).",
+                "",
+            ]
+            if dashboards
+            else []
+        ),
         "`pretrained_saes.yaml` in this repo is an entry for SAELens's registry; "
         "`index.json` lists every SAE with its metrics; `release_manifest.json` the "
         "provenance and sha256 of every file.",
@@ -221,15 +233,18 @@ def model_card(
         "![Pareto](pareto.png)",
         "",
         "| path | layer | dictionary | width | sparsity | L0 | FVU | delta loss "
-        "| loss recovered | canonical |",
-        "|---|---:|---|---:|---|---:|---:|---:|---:|:---:|",
+        "| loss recovered | canonical |" + (" dashboard |" if dashboards else ""),
+        "|---|---:|---|---:|---|---:|---:|---:|---:|:---:|"
+        + ("---|" if dashboards else ""),
     ]  # fmt: skip
     for r in index:
         spars = sparsity_label(r["penalty"], r["value"], "legend")
+        link = f" [latents]({r['dashboard']}) |" if r.get("dashboard") else ""
         lines.append(
             f"| `{r['path']}` | {r['layer']} | {_family(r)} | {r['width']} | {spars} "
             f"| {_fmt(r['l0'])} | {_fmt(r['fvu'])} | {_fmt(r.get('delta_loss'))} "
             f"| {_fmt(r.get('loss_recovered'))} | {'✓' if r['canonical'] else ''} |"
+            + (link or (" |" if dashboards else ""))
         )
     d = meta["data"]
     lines += [

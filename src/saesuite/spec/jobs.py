@@ -206,6 +206,7 @@ class ReleaseMember:
     kind: str = "sae"
     input_site: str = ""  # Site names, as in DictionarySpec
     output_site: str = ""
+    dashboard: str = ""  # its dashboard folder, when the release includes it
 
 
 @dataclass(frozen=True)
@@ -368,6 +369,11 @@ def release_job(
             },  # fmt: skip
             sae_dir=paths.sae_dir(root, s),
             eval=paths.sae_eval(root, model, model, "text", s.path),
+            dashboard=(
+                paths.dashboard_dir(root, model, s.path)
+                if config["dashboards"]["enabled"] and rel["dashboards"]
+                else ""
+            ),  # fmt: skip
             n_bytes=dictionary_bytes(
                 site_width, s.width, skip=s.kind == "skip_transcoder"
             ),  # fmt: skip

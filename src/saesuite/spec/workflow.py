@@ -107,8 +107,11 @@ class Workflow:
 
     def release_inputs(self, name: str) -> list[str]:
         job = self.releases[name]
-        return [paths.eval_layer(self.root, job.model, job.model, "text", L)
-                for L in job.layers]  # fmt: skip
+        out = [paths.eval_layer(self.root, job.model, job.model, "text", L)
+               for L in job.layers]  # fmt: skip
+        if any(m.dashboard for m in job.members):
+            out += [paths.dashboards_layer(self.root, job.model, L) for L in job.layers]
+        return out
 
     # -- jobs -----------------------------------------------------------------------
 
