@@ -8,6 +8,7 @@ rule report_figures:
         table=paths.eval_table(ROOT, "{model}")["csv"],
         layers=lambda w: WF.model_eval_layers(w.model),
         sites=lambda w: WF.site_summaries(w.model),
+        dashboards=lambda w: WF.dashboard_layers(w.model),
     output:
         figures=report(
             directory(paths.report_dirs(ROOT, "{model}")["figures"]),

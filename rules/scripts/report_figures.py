@@ -12,4 +12,5 @@ with job_log(sm.log[0], sm.threads):
         sm.params.target_l0,
         sm.output.figures,
         sm.output.tables,
+        list(sm.input.dashboards),
     )

@@ -2,6 +2,8 @@
 
 saesuite ls RESULTS [--model M] [--csv]   the SAEs of a run, with their metrics
 saesuite show SAE_DIR                      one SAE: how it was trained, how it scored
+saesuite neuronpedia DASHBOARD --model-id M --source S --out DIR
+                                           a dashboard as Neuronpedia batch files
 """
 
 from __future__ import annotations
@@ -120,6 +122,19 @@ def cmd_plan(args: argparse.Namespace) -> None:
         print(f"written to {args.csv}")
 
 
+def cmd_neuronpedia(args: argparse.Namespace) -> None:
+    from saesuite.eval.dashboards import neuronpedia_batches  # torch: not for `plan`
+
+    written = neuronpedia_batches(
+        args.dashboard,
+        args.out,
+        model_id=args.model_id,
+        source=args.source,
+        batch_size=args.batch_size,
+    )
+    print(f"{len(written)} batch files in {args.out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="saesuite", description=__doc__.split("\n")[0]
@@ -144,6 +159,17 @@ def main(argv: list[str] | None = None) -> None:
         "sae", help="an SAE folder, e.g. results/m/saes/layer_9/res/width_4096/l0_20"
     )
     show.set_defaults(func=cmd_show)
+    npx = sub.add_parser("neuronpedia", help="a dashboard as Neuronpedia batch files")
+    npx.add_argument(
+        "dashboard",
+        help="a dashboard folder (results/<model>/"
+        "dashboards/<sae path>, or dashboard/ in a release)",
+    )
+    npx.add_argument("--model-id", required=True, help="Neuronpedia's model id")
+    npx.add_argument("--source", required=True, help="its SAE set, e.g. 9-res-ss")
+    npx.add_argument("--out", required=True, help="folder for batch-N.json")
+    npx.add_argument("--batch-size", type=int, default=128, help="features a file")
+    npx.set_defaults(func=cmd_neuronpedia)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -124,6 +124,25 @@ def test_the_neuronpedia_export_loads_with_its_own_code(tmp_path):
     batches = neuronpedia_batches(
         tmp_path / "d", tmp_path / "np", model_id="m", source="3-res-ss", batch_size=250
     )
+    # the command line writes the same files
+    from saesuite.cli import main
+
+    main(
+        [
+            "neuronpedia",
+            str(tmp_path / "d"),
+            "--model-id",
+            "m",
+            "--source",
+            "3-res-ss",
+            "--out",
+            str(tmp_path / "cli"),
+            "--batch-size",
+            "250",
+        ]
+    )
+    for p in batches:
+        assert (tmp_path / "cli" / p.name).read_bytes() == p.read_bytes()
     assert [p.name for p in batches] == ["batch-0.json", "batch-1.json", "batch-2.json"]
     sd = client_module(
         "sae-dashboard",

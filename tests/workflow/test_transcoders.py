@@ -235,6 +235,13 @@ def test_dashboards_show_each_latents_top_contexts_and_logit_effect(
         for t in (8, 16)
         for f in ("mlp", "transcoder", "skip_transcoder")
     }
+    # the report's table of the middle layer's latents links every dashboard
+    table = Path(paths.report_dirs(str(root), "tiny")["tables"]) / "latents.html"
+    page = table.read_text()
+    for key in keys:
+        folder = Path(paths.dashboard_dir(str(root), "tiny", key)).resolve()
+        assert f"<a href='{folder.as_uri()}/index.html'>{key}</a>" in page
+    assert page.count("#latent/") >= 5 * len(keys) and "<mark>" in page
     ids, mask = load_tokens(paths.eval_data(str(root), "tiny", "text"))
     model = load_tiny(tiny_models["gemma3"])
     for key, site in (

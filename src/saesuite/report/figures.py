@@ -9,7 +9,8 @@
 - `figures/<transcoder kind>/compare_<metric>_layer_<L>_width_<W>.png`, at each layer
   and width with transcoders: its MLP-output SAEs, transcoders and skip-transcoders
   on one Pareto plot (the MLP's output is what all three reconstruct);
-- `tables/<name>.html`: the evaluation table.
+- `tables/<name>.html`: the evaluation table, and with dashboards the middle layer's
+  latents (saesuite.report.dashboards).
 
 Every function takes the evaluation table (`tables.eval_frame`) or the files it
 names, and returns figures; `write_report` writes them atomically.
@@ -34,6 +35,7 @@ from saesuite.eval.plots import (
     subplots,
 )
 from saesuite.eval.tables import html_table
+from saesuite.report.dashboards import dashboards_table
 from saesuite.spec import paths
 from saesuite.spec.io import atomic_path, read_json
 from saesuite.spec.releases import width_label
@@ -268,8 +270,11 @@ def write_report(
     target_l0: float,
     figures_dir: str | Path,
     tables_dir: str | Path,
+    dashboard_layers: list[str | Path] = (),
 ) -> list[str]:
-    """Write one model's figures (PNG + SVG) and tables; return the figure keys."""
+    """Write one model's figures (PNG + SVG) and tables; return the figure keys.
+    With `dashboard_layers` (the dashboards jobs' summaries), also the table of the
+    middle layer's latents, linked to their dashboards."""
     df = pd.read_csv(table_csv)
     df = df[(df["trained_on"] == model) & (df["evaluated_on"] == model)]
     df = df[df["data"] == "text"]
@@ -299,4 +304,9 @@ def write_report(
     cols = [c for c in df.columns if c not in ("trained_on", "evaluated_on", "data")]
     with atomic_path(Path(tables_dir) / "evaluation.html") as tmp:
         tmp.write_text(html_table(df[cols], f"{model}: evaluation of every SAE"))
+    if dashboard_layers:
+        by_layer = {read_json(p)["layer"]: p for p in dashboard_layers}
+        middle = by_layer[representative_layer(list(by_layer))]
+        with atomic_path(Path(tables_dir) / "latents.html") as tmp:
+            tmp.write_text(dashboards_table(middle, model), encoding="utf-8")
     return sorted(keys)
