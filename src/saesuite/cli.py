@@ -123,7 +123,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_neuronpedia(args: argparse.Namespace) -> None:
-    from saesuite.eval.dashboards import neuronpedia_batches  # torch: not for `plan`
+    # here, not at the top: it imports torch, which `saesuite plan` must not
+    from saesuite.eval.dashboards import neuronpedia_batches
 
     written = neuronpedia_batches(
         args.dashboard,
