@@ -123,3 +123,12 @@ def test_logit_effects_are_the_decoder_rows_through_the_unembedding():
     assert torch.equal(bi, full.topk(4, dim=1, largest=False).indices)
     torch.testing.assert_close(tv, full.topk(4, dim=1).values)
     torch.testing.assert_close(bv, full.topk(4, dim=1, largest=False).values)
+
+
+def test_each_bin_centre_falls_in_its_own_bin():
+    from saesuite.eval.latents import bin_centres
+
+    centres = torch.tensor(bin_centres())
+    assert len(centres) == len(LOG10_EDGES) + 1
+    assert torch.equal(torch.bucketize(centres.log10(), LOG10_EDGES),
+                       torch.arange(len(centres)))  # fmt: skip

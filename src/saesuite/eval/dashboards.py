@@ -41,7 +41,12 @@ from saesuite.data.models import load_model, load_tokenizer
 from saesuite.data.sites import capture
 from saesuite.data.tokens import load_tokens
 from saesuite.eval.evaluate import load_released
-from saesuite.eval.latents import LatentStats, TopContexts, logit_effects
+from saesuite.eval.latents import (
+    LatentStats,
+    TopContexts,
+    bin_centres,
+    logit_effects,
+)
 from saesuite.spec.io import atomic_path, new_dir_beside, swap_in, versions, write_json
 from saesuite.spec.jobs import DashboardJob
 from saesuite.spec.sites import ARCHITECTURES, Site
@@ -308,7 +313,7 @@ def neuronpedia_batches(
     (info,) = read_js(folder / "info.js")
     (text,) = read_js(folder / "text.js")
     ids, strings = text["ids"], text["strings"]
-    centres = [10 ** (-3.0 + 0.1 * (b - 0.5)) for b in range(62)]  # LOG10_EDGES bins
+    centres = bin_centres()
 
     def activation(ctx: list[Any], lo: float, hi: float, share: float) -> dict:
         seq, pos, _, nz = ctx

@@ -23,6 +23,17 @@ import torch
 LOG10_EDGES = torch.linspace(-3.0, 3.0, 61)  # log10 activation, 0.1 wide
 
 
+def bin_centres() -> list[float]:
+    """The activation at the middle of each histogram bin (torch.bucketize's: bin 0
+    below the first edge, bin len(edges) above the last), in activation units."""
+    e = LOG10_EDGES.tolist()
+    step = e[1] - e[0]
+    mids = (
+        [e[0] - step / 2] + [(a + b) / 2 for a, b in zip(e, e[1:])] + [e[-1] + step / 2]
+    )
+    return [10**m for m in mids]
+
+
 BLOCK = 4096  # latents updated at once: bounds the (B, T, block) work tensors
 
 

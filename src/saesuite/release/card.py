@@ -69,7 +69,8 @@ def _family(r: dict[str, Any]) -> str:
 
 def circuit_tracer_snippet(repo: str, name: str) -> str:
     """The lines that compute an attribution graph from one transcoder set of a
-    local copy of this release (tests run them)."""
+    copy of this release (tests/release/test_circuit_tracer.py calls the same
+    function on a local folder; the Hub download itself is not tested)."""
     return (
         "# in circuit-tracer's environment (README: Circuits with circuit-tracer)\n"
         "from circuit_tracer import attribute\n"
