@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from saesuite.cluster.resources import sae_gpu_bytes
 from saesuite.data.extract import extract_batches
@@ -56,7 +55,7 @@ from saesuite.eval.evaluate import evaluate
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.sae.step import dense_step, sparse_step
 from saesuite.sae.train import Member, train_step
-from saesuite.spec.config import SCHEMA_PATH
+from saesuite.spec.config import schema_defaults
 from saesuite.spec.io import atomic_open, write_json
 from saesuite.spec.jobs import DictionarySpec
 from saesuite.spec.known_models import KNOWN
@@ -203,12 +202,6 @@ def threshold_for(l0: float, width: int) -> float:
     return float(
         torch.special.ndtri(torch.tensor(1.0 - l0 / width, dtype=torch.float64))
     )
-
-
-def train_defaults() -> dict[str, Any]:
-    """The train section's defaults, read from the schema (no snakemake needed)."""
-    props = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["train"]["properties"]
-    return {k: v["default"] for k, v in props.items() if "default" in v}
 
 
 def bench_spec(width: int, tokens: int, coefficient: float) -> DictionarySpec:
@@ -381,7 +374,10 @@ def free(device: str) -> None:
 
 # --- 3. training and memory ---------------------------------------------------------
 def training(device: str, s: dict, ceiling: float) -> list[dict[str, Any]]:
-    cfg = train_defaults() | {"batch_size": s["train_batch"], "log_every": 10**9}
+    cfg = schema_defaults("train") | {
+        "batch_size": s["train_batch"],
+        "log_every": 10**9,
+    }
     steps = s["warmup"] + s["steps"]
     cuda = device.startswith("cuda")
     rows = []
@@ -472,7 +468,7 @@ def saelens(device: str, s: dict, ours: list[dict[str, Any]]) -> list[dict[str, 
             [torch.randn(s["train_batch"], d, generator=g) for _ in range(steps)]
         ).to(device)
         for w in s["widths"]:
-            hp = train_defaults() | {"init_threshold": threshold_for(l0, w),
+            hp = schema_defaults("train") | {"init_threshold": threshold_for(l0, w),
                                      "_lr_warmup": 0, "_lam_warmup": 0}  # fmt: skip
             args = argparse.Namespace(steps=steps, width=w, batch=s["train_batch"],
                                       l0_coef=1e-4)  # fmt: skip

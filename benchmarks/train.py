@@ -23,7 +23,7 @@ import torch
 
 from saesuite.data.store import ActivationReader
 from saesuite.sae.train import Member, train_step
-from saesuite.spec.config import REPO_ROOT
+from saesuite.spec.config import REPO_ROOT, schema_defaults
 from saesuite.spec.io import read_json
 from saesuite.spec.jobs import DictionarySpec
 
@@ -57,6 +57,7 @@ def bench_spec(width: int, tokens: int, lam: float, path: str) -> DictionarySpec
 
 def run_ours(batches, args, hp):
     cfg = {
+        **schema_defaults("train"),
         **hp,
         "step": "auto",
         "log_every": 10**9,  # dead latents are counted on logged steps only
@@ -100,7 +101,7 @@ def run_saelens(batches, args, hp, device: str = "cpu"):
     ours = Member(
         bench_spec(args.width, args.batch, 0.0, "init"),
         batches.shape[-1],
-        {**hp, "threshold_param": "direct"},
+        {**schema_defaults("train"), **hp, "threshold_param": "direct"},
         seed=0,
         device="cpu",
     ).sae

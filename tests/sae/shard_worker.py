@@ -13,6 +13,13 @@ from saesuite.sae.step import dense_step, sparse_step
 
 D, WIDTH, SEED = 12, 37, 5  # 37 latents: blocks of unequal size
 D_OUT = 9  # a transcoder's output width, unequal to its input's
+# penalty, target L0, frequency coefficient (issue 19's penalty on top of the L0 one)
+PENALTIES = {
+    "l0": ("l0", None, 0.0),
+    "target_l0": ("target_l0", 4.0, 0.0),
+    "frequency": ("target_l0", 4.0, 0.5),
+}
+MAX_FREQUENCY = 0.1
 
 
 def whole() -> JumpReLUSAE:
@@ -78,11 +85,12 @@ def main(out: str) -> None:
     res = {"init": {k: v.clone() for k, v in init.state_dict().items()}}
     full, x = whole(), batch()
     for name, fn in (("dense", dense_step), ("sparse", sparse_step)):
-        for penalty, target in (("l0", None), ("target_l0", 4.0)):
+        for key, (penalty, target, mu) in PENALTIES.items():
             sae = shard_of(full, rank, world)
             st = fn(sae, x, penalty=penalty, coefficient=0.3, target_l0=target,
-                    sharded=True)  # fmt: skip
-            res[f"{name}/{penalty}"] = {
+                    sharded=True, frequency_coefficient=mu,
+                    max_frequency=MAX_FREQUENCY)  # fmt: skip
+            res[f"{name}/{key}"] = {
                 "stats": [st.loss, st.reconstruction, st.l0, st.fvu],
                 "fired": st.fired,
                 "grads": {k: p.grad.clone() for k, p in sae.named_parameters()},

@@ -69,20 +69,26 @@ def test_each_block_is_initialised_as_its_slice_of_the_whole_sae(ranks):
 
 
 @pytest.mark.parametrize("step", ["dense", "sparse"])
-@pytest.mark.parametrize("penalty", ["l0", "target_l0"])
-def test_sharded_steps_give_the_whole_saes_loss_and_gradients(ranks, step, penalty):
+@pytest.mark.parametrize("key", list(w.PENALTIES))
+def test_sharded_steps_give_the_whole_saes_loss_and_gradients(ranks, step, key):
     full, x = w.whole(), w.batch()
-    target = 4.0 if penalty == "target_l0" else None
-    st = dense_step(full, x, penalty=penalty, coefficient=0.3, target_l0=target)
+    penalty, target, mu = w.PENALTIES[key]
+    freq = dict(frequency_coefficient=mu, max_frequency=w.MAX_FREQUENCY)
+    st = dense_step(full, x, penalty=penalty, coefficient=0.3, target_l0=target, **freq)
     assert st.fired.any() and not st.fired.all()  # a real mix of latents
     for r in ranks:  # every process has the whole loss, L0 and FVU
         torch.testing.assert_close(
-            torch.tensor(r[f"{step}/{penalty}"]["stats"]),
+            torch.tensor(r[f"{step}/{key}"]["stats"]),
             torch.tensor([st.loss, st.reconstruction, st.l0, st.fvu]),
         )
-    fired = torch.cat([r[f"{step}/{penalty}"]["fired"] for r in ranks])
+    if mu:  # the frequency penalty is really on: it adds to the loss
+        assert (
+            ranks[0][f"{step}/{key}"]["stats"][0]
+            > ranks[0][f"{step}/target_l0"]["stats"][0]
+        )
+    fired = torch.cat([r[f"{step}/{key}"]["fired"] for r in ranks])
     assert torch.equal(fired, st.fired)
-    grads = cat([r[f"{step}/{penalty}"]["grads"] for r in ranks])
+    grads = cat([r[f"{step}/{key}"]["grads"] for r in ranks])
     for k, p in full.named_parameters():
         assert p.grad.abs().sum() > 0, k
         torch.testing.assert_close(grads[k], p.grad, rtol=1e-5, atol=1e-6, msg=k)

@@ -32,12 +32,12 @@ from saesuite.sae.train import (
     sae_seed,
     train_site,
 )
-from saesuite.spec.config import REPO_ROOT
+from saesuite.spec.config import REPO_ROOT, schema_defaults
 from saesuite.spec.io import read_json, write_json
 from saesuite.spec.jobs import DictionarySpec, TrainJob
 
 D, ATOMS = 16, 48
-TRAIN = {
+TRAIN = schema_defaults("train") | {
     "batch_size": 128, "lr": 3e-3, "lr_warmup_steps": 1000, "lr_decay": "none",
     "lr_decay_fraction": 0.2, "adam_beta1": 0.0, "adam_beta2": 0.999, "adam_eps": 1e-8,
     "lambda_warmup_steps": 10000, "max_lr_warmup_fraction": 0.05,

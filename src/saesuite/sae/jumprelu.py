@@ -92,6 +92,23 @@ def sparsity_penalty(
     return coefficient * (2.0 / target_l0 * (l0_per_token - target_l0) ** 2).mean()
 
 
+def frequency_penalty(
+    frequency: torch.Tensor, coefficient: float, max_frequency: float
+) -> torch.Tensor:
+    """μ · Σ_i max(0, p_i − p_max)² / p_max, p_i the share of the batch's tokens on
+    which latent i fires (through the step's straight-through estimator, so only θ
+    learns from it, as from the L0 term).
+
+    Gemma Scope 2 adds "a frequency penalty which prevented the formation of
+    high-frequency features" and publishes no formula; this is ours. It is zero for
+    every latent at or below p_max, so it leaves the L0 target's trade-off alone
+    there, and it grows quadratically above: ∂/∂p_i = 2μ(p_i − p_max)/p_max, so a
+    latent firing on twice p_max is pushed up its threshold 2μ per unit of
+    frequency, against λ from the linear L0 term (choose μ ≫ λ to forbid it)."""
+    over = (frequency - max_frequency).clamp_min(0.0)
+    return coefficient * over.pow(2).sum() / max_frequency
+
+
 class JumpReLUSAE(nn.Module):
     """A JumpReLU SAE with W_enc [d_in, d_sae], W_dec [d_sae, d_out], b_enc [d_sae],
     b_dec [d_out] and one threshold θ > 0 per latent; d_out = d_in for an SAE.
@@ -163,19 +180,22 @@ class JumpReLUSAE(nn.Module):
         *,
         full_width: int | None = None,
         start: int = 0,
+        encoder_scale: float = 1.0,
     ) -> JumpReLUSAE:
-        """He-uniform W_dec with unit-norm rows, W_enc = W_decᵀ (a transcoder whose
+        """He-uniform W_dec with unit-norm rows, W_enc = s·W_decᵀ (a transcoder whose
         sites differ in width draws W_enc the same way, after W_dec), zero biases and
-        skip connection. A shard (`saesuite.sae.shard`) takes latents start.. of the
+        skip connection. s = `encoder_scale`: 1 is Gemma Scope's initialisation;
+        SAELens's (decoder rows of norm 0.1, W_enc = W_decᵀ) is s = 0.01 with the
+        unit-norm decoder this module keeps, as a latent's contribution f·W_dec is
+        what counts. A shard (`saesuite.sae.shard`) takes latents start.. of the
         `full_width` SAE the same seed gives: rows are drawn in blocks and the others
         dropped, so memory stays at a block however wide the SAE."""
         full_width = full_width or self.d_sae
         w = self._unit_rows(generator, full_width, start, self.d_out)
         self.W_dec.copy_(w)
-        if self.d_out == self.d_in:
-            self.W_enc.copy_(w.T)
-        else:
-            self.W_enc.copy_(self._unit_rows(generator, full_width, start, self.d_in).T)
+        if self.d_out != self.d_in:
+            w = self._unit_rows(generator, full_width, start, self.d_in)
+        self.W_enc.copy_(encoder_scale * w.T)
         self.b_enc.zero_()
         self.b_dec.zero_()
         if self.skip:
@@ -231,9 +251,13 @@ class JumpReLUSAE(nn.Module):
         coefficient: float = 0.0,
         target_l0: float | None = None,
         sharded: bool = False,
+        frequency_coefficient: float = 0.0,
+        max_frequency: float = 1.0,
     ) -> LossOutput:
         """‖y − ŷ‖² + sparsity, with the straight-through estimators; dense path.
-        y is `target` (a transcoder's output site) or x itself (an SAE).
+        y is `target` (a transcoder's output site) or x itself (an SAE). The
+        sparsity holds the L0 term and, when `frequency_coefficient` > 0, the
+        `frequency_penalty` above `max_frequency`.
         `sharded`: this module holds one block of the latents (`saesuite.sae.shard`);
         the reconstruction and L0 are summed over the processes holding the others."""
         fan, total = (fan_out, reduce_sum) if sharded else (_identity, _identity)
@@ -246,8 +270,14 @@ class JumpReLUSAE(nn.Module):
         if self.skip:  # every process holds the whole skip matrix: added once
             x_hat = x_hat + x @ self.W_skip
         recon = (y - x_hat).pow(2).sum(-1).mean()
-        l0 = total(StepFn.apply(pre, theta, self.bandwidth).sum(-1))  # (B,)
+        fires = StepFn.apply(pre, theta, self.bandwidth)  # (B, d_sae)
+        l0 = total(fires.sum(-1))  # (B,)
         sparse = sparsity_penalty(l0, penalty, coefficient, target_l0)
+        if frequency_coefficient > 0:  # a shard sums its own latents' terms
+            freq = frequency_penalty(
+                fires.mean(0), frequency_coefficient, max_frequency
+            )
+            sparse = sparse + total(freq)
         return LossOutput(
             recon + sparse,
             recon,

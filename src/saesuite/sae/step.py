@@ -24,7 +24,13 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from saesuite.sae.jumprelu import JumpReLUSAE, Penalty, rectangle, sparsity_penalty
+from saesuite.sae.jumprelu import (
+    JumpReLUSAE,
+    Penalty,
+    frequency_penalty,
+    rectangle,
+    sparsity_penalty,
+)
 from saesuite.sae.shard import all_reduce_
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -54,11 +60,14 @@ def dense_step(
     coefficient: float,
     target_l0: float | None = None,
     sharded: bool = False,
+    frequency_coefficient: float = 0.0,
+    max_frequency: float = 1.0,
 ) -> StepStats:
     y = x if target is None else target
     out = sae.training_loss(
         x, target=target, penalty=penalty, coefficient=coefficient,
         target_l0=target_l0, sharded=sharded,
+        frequency_coefficient=frequency_coefficient, max_frequency=max_frequency,
     )  # fmt: skip
     out.loss.backward()
     err = (y - out.x_hat).pow(2).sum()
@@ -135,6 +144,8 @@ def sparse_step(
     coefficient: float,
     target_l0: float | None = None,
     sharded: bool = False,
+    frequency_coefficient: float = 0.0,
+    max_frequency: float = 1.0,
 ) -> StepStats:
     reduce = all_reduce_ if sharded else (lambda t: t)
     y = x if target is None else target
@@ -171,6 +182,13 @@ def sparse_step(
     order = torch.argsort(cols, stable=True)
     r_by_c, c_sorted = rows[order], cols[order]
     per_latent = torch.bincount(c_sorted, minlength=d_sae)
+    if frequency_coefficient > 0:  # this module's latents; a shard's are its own
+        freq = per_latent.to(x.dtype) / B
+        fpen = frequency_penalty(freq, frequency_coefficient, max_frequency)
+        sparse = sparse + reduce(fpen.clone())
+        # ∂penalty/∂p_i, and ∂p_i/∂θ_i = −(1/ε)·Σ_b K / B through the step
+        dfreq = 2 * frequency_coefficient * (freq - max_frequency).clamp_min(0.0)
+        dfreq /= max_frequency * B
     g_Wdec = _bag_sum(g_xhat, r_by_c, per_latent, vals[order])  # (d_sae, d_out)
     g_pre = g_f[order]  # JumpReLU passes the gradient where active
     g_Wenc_T = _bag_sum(xc, r_by_c, per_latent, g_pre)  # (d_sae, d_in)
@@ -190,6 +208,8 @@ def sparse_step(
         else:
             dpen = coefficient * (4.0 / target_l0) * (l0_f - target_l0) / B
         g_theta.index_add_(0, kc, -(1.0 / eps) * k * dpen[kr])
+        if frequency_coefficient > 0:
+            g_theta.index_add_(0, kc, -(1.0 / eps) * k * dfreq[kc])
 
     g_bdec = g_xhat.sum(0)
     if sae.apply_b_dec_to_input:  # xc = x − b_dec feeds the encoder

@@ -128,7 +128,10 @@ class Member:
             device=device,
         )
         self.sae.initialize(
-            torch.Generator().manual_seed(seed), full_width=spec.width, start=start
+            torch.Generator().manual_seed(seed),
+            full_width=spec.width,
+            start=start,
+            encoder_scale=cfg["encoder_init_scale"],
         )
         self.sae.to(device)
         self.opt = torch.optim.Adam(
@@ -542,6 +545,18 @@ def _train_group(
             f.close()
 
 
+@torch.no_grad()
+def init_b_dec(m: Member, y: torch.Tensor, world: int) -> None:
+    """b_dec ← the mean of the first batch's targets (over every process's share of
+    the batch): an SAE then encodes x − mean from the first step, so the dataset's
+    mean direction (large in the residual stream) no longer excites every latent."""
+    mean = y.mean(0).to(m.sae.b_dec.dtype)
+    if world > 1 and not m.sharded:  # data-parallel: each process has a slice
+        dist.all_reduce(mean)
+        mean /= world
+    m.sae.b_dec.copy_(mean)
+
+
 def train_step(
     m: Member, x: torch.Tensor, step: int, cfg: dict, world: int,
     target: torch.Tensor | None = None,
@@ -557,8 +572,12 @@ def train_step(
         mode = "sparse" if m.last_l0 < cfg["sparse_density"] * spec.width else "dense"
     fn = sparse_step if mode == "sparse" else dense_step
     l0_target = spec.value if spec.penalty == "target_l0" else None
+    if step == 0 and cfg["b_dec_init"] == "mean":
+        init_b_dec(m, x if target is None else target, world)
+    mu = cfg["frequency_coefficient"] * sched.lam_factor(step)
     stats = fn(m.sae, x, target=target, penalty=spec.penalty, coefficient=coef,
-               target_l0=l0_target, sharded=m.sharded)  # fmt: skip
+               target_l0=l0_target, sharded=m.sharded, frequency_coefficient=mu,
+               max_frequency=cfg["max_frequency"])  # fmt: skip
     fired = stats.fired
     loss, l0, fvu, recon = stats.loss, stats.l0, stats.fvu, stats.reconstruction
     if world > 1 and not m.sharded:  # sharded: every process has the whole sums

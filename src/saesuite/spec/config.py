@@ -32,6 +32,13 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the offending key."""
 
 
+def schema_defaults(section: str) -> dict[str, Any]:
+    """The defaults config/schema.yaml gives the keys of one top-level section (as
+    `train`), for code that builds a section by hand (benchmarks)."""
+    props = yaml.safe_load(SCHEMA_PATH.read_text())["properties"][section]
+    return {k: v["default"] for k, v in props["properties"].items() if "default" in v}
+
+
 def load_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
     """Read (if a path), validate against the schema with defaults filled, and check."""
     from jsonschema.exceptions import ValidationError

@@ -1,0 +1,105 @@
+"""Issue 19's recipe options in the trainer: the frequency penalty's value and
+gradient against a closed form (θ only, zero below p_max), the sparse step against
+autograd with it on, the encoder's initial scale, and b_dec started at the data mean."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import sae64, x_near_threshold
+from test_sae import closed_form_theta_grad
+
+from saesuite.sae.jumprelu import JumpReLUSAE, frequency_penalty
+from saesuite.sae.step import dense_step, sparse_step
+from saesuite.sae.train import Member, init_b_dec, train_step
+from saesuite.spec.config import schema_defaults
+from saesuite.spec.jobs import DictionarySpec
+
+MU, P_MAX = 0.8, 0.3
+
+
+def test_frequency_penalty_value_by_hand():
+    p = torch.tensor([0.0, 0.1, 0.3, 0.5, 1.0])
+    # only 0.5 and 1.0 exceed 0.3: 0.8·((0.2)² + (0.7)²)/0.3
+    want = MU * (0.2**2 + 0.7**2) / P_MAX
+    assert float(frequency_penalty(p, MU, P_MAX)) == pytest.approx(want)
+    assert float(frequency_penalty(p, MU, 1.0)) == 0.0
+
+
+@pytest.mark.parametrize("param", ["direct", "log"])
+def test_frequency_penalty_trains_theta_only_by_its_closed_form(param):
+    sae = sae64(threshold_param=param)
+    x = x_near_threshold(sae)
+    pre = sae.pre_acts(x).detach()
+    theta = sae.threshold.detach()
+    freq = (pre > theta).double().mean(0)
+    assert (freq > P_MAX).any() and (freq <= P_MAX).any()  # both sides exercised
+    out = sae.training_loss(x, coefficient=0.0, frequency_coefficient=MU,
+                            max_frequency=P_MAX)  # fmt: skip
+    assert float(out.sparsity.detach()) == pytest.approx(
+        float(MU * ((freq - P_MAX).clamp_min(0) ** 2).sum() / P_MAX)
+    )
+    out.sparsity.backward()
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        g = getattr(sae, name).grad
+        assert g is None or torch.count_nonzero(g) == 0, name
+    # ∂/∂p_j = 2μ(p_j − p_max)₊/p_max, and p_j = mean_b H(pre_bj − θ_j)
+    dp = 2 * MU * (freq - P_MAX).clamp_min(0) / P_MAX / x.shape[0]
+    want = closed_form_theta_grad(pre, theta, dp.expand_as(pre), scale_by_theta=False)
+    assert want.abs().sum() > 0
+    got = (
+        sae.threshold_raw.grad if param == "direct" else sae.log_threshold.grad / theta
+    )
+    torch.testing.assert_close(got, want)
+    assert torch.all(got[freq <= P_MAX] == 0)
+
+
+@pytest.mark.parametrize("penalty, target", [("l0", None), ("target_l0", 2.0)])
+def test_sparse_step_equals_autograd_with_the_frequency_penalty(penalty, target):
+    kw = dict(penalty=penalty, coefficient=0.4, target_l0=target,
+              frequency_coefficient=MU, max_frequency=P_MAX)  # fmt: skip
+    sae = sae64()
+    x = x_near_threshold(sae)
+    a = dense_step(sae, x, **kw)
+    ga = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad(set_to_none=True)
+    b = sparse_step(sae, x, **kw)
+    gb = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    off = dense_step(sae64(), x, **{**kw, "frequency_coefficient": 0.0})
+    assert a.loss > off.loss  # the penalty is on
+    assert a.loss == pytest.approx(b.loss, rel=1e-12)
+    for n in ga:
+        torch.testing.assert_close(gb[n], ga[n], msg=n)
+
+
+def test_encoder_init_scale_scales_only_the_encoder():
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    one = JumpReLUSAE(16, 64).initialize(g())
+    small = JumpReLUSAE(16, 64).initialize(g(), encoder_scale=0.01)
+    assert torch.equal(small.W_dec, one.W_dec)
+    torch.testing.assert_close(small.W_enc, 0.01 * one.W_dec.T)
+    tc = JumpReLUSAE(16, 64, d_out=8, apply_b_dec_to_input=False)
+    tc_one = JumpReLUSAE(16, 64, d_out=8, apply_b_dec_to_input=False)
+    tc.initialize(g(), encoder_scale=0.1)
+    tc_one.initialize(g())
+    torch.testing.assert_close(tc.W_enc, 0.1 * tc_one.W_enc)
+
+
+def member(cfg: dict) -> Member:
+    spec = DictionarySpec("sae", "layer_0.res", "layer_0.res", 32, "l0", 1e-3, 1e-3,
+                          64 * 10, "p", "")  # fmt: skip
+    return Member(spec, 8, cfg, seed=0, device="cpu")
+
+
+@pytest.mark.parametrize("how", ["zeros", "mean"])
+def test_b_dec_starts_at_the_first_batchs_mean(how):
+    cfg = schema_defaults("train") | {"batch_size": 64, "lr": 1e-3, "b_dec_init": how}
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1)) + 3.0
+    m = member(cfg)
+    train_step(m, x, 0, cfg, 1)
+    start = x.mean(0) if how == "mean" else torch.zeros(8)
+    # one Adam step moves each entry by at most ~lr (here 0.1·lr: the warm-up's start)
+    assert (m.sae.b_dec.detach() - start).abs().max() <= 1.01 * 1e-3
+    again = member(cfg)
+    init_b_dec(again, x, 1)
+    torch.testing.assert_close(again.sae.b_dec.detach(), x.mean(0))
