@@ -178,3 +178,41 @@ def test_gpu_benchmark_compares_saelens_where_it_is_installed(tmp_path, capsys):
     for r in rows:
         assert r["tok_s"] > 0 and r["ratio"] > 0 and 0 < r["l0"] < r["width"]
     assert "saesuite / SAELens" in capsys.readouterr().out
+
+
+def test_quality_benchmark_on_synthetic_data(capsys):
+    """Issue 19: both trainers on sae_lens.synthetic data, scored by its evaluator."""
+    bench("quality").main(["synthetic", "--quick", "--budgets", "8192",
+                           "--lens-lams", "1", "--recipes", "default run"])  # fmt: skip
+    out = capsys.readouterr().out
+    runs = table(out.split("Every run:")[1])
+    assert [r[1] for r in runs] == ["SAELens (defaults)", "saesuite (default run)"]
+    ev = [numbers(r[6])[0] for r in runs]  # explained variance: negative is possible
+    assert all(math.isfinite(v) and v <= 1 for v in ev)
+    assert_measured([r[3:6] + r[7:] for r in runs], range(0, 6))  # L0 … s but EV
+    assert "512 true features in 64 dimensions" in out
+
+
+def test_quality_benchmark_converts_saes_both_ways_exactly():
+    """What the quality benchmark scores is what each trainer trained: SAELens's SAE
+    as saesuite's released form, and ours as SAELens's, give SAELens's own outputs."""
+    from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+
+    q = bench("quality")
+    torch.manual_seed(0)
+    lens = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=16, d_sae=64))
+    with torch.no_grad():  # free decoder norms, a b_dec, spread thresholds
+        lens.W_dec.mul_(torch.rand(64, 1) + 0.5)
+        lens.b_dec.normal_()
+        lens.b_enc.normal_(0, 0.1)
+        lens.threshold.uniform_(0.0, 0.3)
+    x = torch.randn(200, 16)
+    ours = q.lens_as_ours(lens)
+    with torch.no_grad():
+        want = lens.encode(x)
+        assert 0 < (want > 0).float().mean() < 1
+        torch.testing.assert_close(ours.encode(x), want)
+        torch.testing.assert_close(ours(x), lens.decode(want))
+        back = q.to_saelens(ours)
+        torch.testing.assert_close(back.encode(x), want)
+        torch.testing.assert_close(back.decode(back.encode(x)), lens.decode(want))

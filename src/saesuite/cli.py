@@ -90,7 +90,7 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> None:
     # Here, not at the top: `ls` and `show` need neither the schema nor the planner.
-    from saesuite.cluster.plan import format_plan, gpu_memory, preflight
+    from saesuite.cluster.plan import data_reuse, format_plan, gpu_memory, preflight
     from saesuite.spec.config import REPO_ROOT, ConfigError, load_config
 
     path = args.configfile or REPO_ROOT / "config" / "config.yaml"
@@ -101,6 +101,9 @@ def cmd_plan(args: argparse.Namespace) -> None:
     df = preflight(config, args.tflops)
     print(f"plan for {path}")
     print(format_plan(df, args.tflops))
+    print("\nData reuse (epochs = an SAE's tokens / the unique tokens cached):")
+    for line in data_reuse(config):
+        print(f"  {line}")
     sharded, problems = gpu_memory(config)
     if sharded:
         print("\nSAEs too wide for one GPU, sharded by latents over the job's GPUs:")

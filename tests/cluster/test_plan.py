@@ -10,7 +10,7 @@ import yaml
 from helpers import make_config
 
 from saesuite.cli import main
-from saesuite.cluster.plan import format_plan, preflight
+from saesuite.cluster.plan import data_reuse, format_plan, preflight
 from saesuite.spec.config import REPO_ROOT, load_config
 from saesuite.spec.known_models import KNOWN
 
@@ -107,3 +107,28 @@ def test_plan_shards_saes_too_wide_for_one_gpu_and_names_those_that_still_do_not
     c["resources"]["gpu"] = False
     c["resources"]["gpu_mem_gb"] = 1
     assert gpu_memory(c) == ([], [])
+
+
+def test_data_reuse_shows_epochs_and_the_cache_that_repeats_nothing():
+    """Issue 19, item 6: 300k tokens per SAE over 131,072 cached tokens are 2.29
+    epochs; with data.train_tokens "unique" the cache holds 300,032 tokens (whole
+    128-token sequences) and no SAE repeats one."""
+    raw = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    lines = data_reuse(load_config(raw))
+    assert lines[0] == (
+        "gemma-3-270m: 131 k unique tokens cached; 32 SAEs × 300 k tokens (2.29 epochs)"
+    )
+    per_token = (4 * (640 + 640 + 1024) + 2 * 640) * 4 + 5  # as the extract row
+    size = 300032 * per_token / 1e9
+    assert lines[1] == (
+        "  no token repeated (data.train_tokens: unique): 300 k tokens, "
+        f"a cache of {size:.3g} GB"
+    )
+    raw["data"]["train_tokens"] = "unique"
+    cfg = load_config(raw)
+    assert cfg["data"]["train_tokens"] == 300032
+    assert data_reuse(cfg) == [
+        "gemma-3-270m: 300 k unique tokens cached; 32 SAEs × 300 k tokens (1 epoch)"
+    ]
+    extract = preflight(cfg, 0.1).set_index("stage").loc["extract"]
+    assert extract["cache_bytes"] == 300032 * per_token

@@ -203,6 +203,13 @@ def test_nested_command_line_strings_take_their_schema_types():
     assert out["publish"]["upload"] is True and out["publish"]["private"] is False
     assert out["models"]["tiny"]["revision"] == "12345"
     assert out["train"]["lr"] == 3e-4
+    # a oneOf of an integer and a constant: "2048" is the integer, "unique" stays
+    # ("unique": the largest SAE budget, rounded up to whole 32-token sequences)
+    for given, want in (("2048", 2048), ("unique", 626 * 32)):
+        cfg = make_config("test/tiny")
+        cfg["data"] = {**cfg["data"], "train_tokens": given}
+        cfg["suite"][0]["tokens"] = 20001
+        assert load_config(coerce_cli_strings(cfg))["data"]["train_tokens"] == want
     with pytest.raises(ConfigError, match="evaluate.loss_tokens"):
         load_config(
             coerce_cli_strings(

@@ -17,6 +17,7 @@ Shapes come from saesuite's table of known models; an unknown model gets no FLOP
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pandas as pd
@@ -153,22 +154,61 @@ def gpu_memory(config: dict[str, Any]) -> tuple[list[str], list[str]]:
     return sharded, problems
 
 
-def format_plan(df: pd.DataFrame, tflops: float) -> str:
-    def num(v: Any, unit: str = "") -> str:
-        if v is None or pd.isna(v):
-            return "?"
-        for div, suffix in (
-            (1e18, "E"),
-            (1e15, "P"),
-            (1e12, "T"),
-            (1e9, "G"),
-            (1e6, "M"),
-            (1e3, "k"),
-        ):
-            if abs(v) >= div:
-                return f"{v / div:.3g} {suffix}{unit}"
-        return f"{v:.3g} {unit}".strip()
+def num(v: Any, unit: str = "") -> str:
+    """1.41e+16 → "14.1 P"; None or NaN → "?"."""
+    if v is None or pd.isna(v):
+        return "?"
+    for div, suffix in (
+        (1e18, "E"),
+        (1e15, "P"),
+        (1e12, "T"),
+        (1e9, "G"),
+        (1e6, "M"),
+        (1e3, "k"),
+    ):
+        if abs(v) >= div:
+            return f"{v / div:.3g} {suffix}{unit}"
+    return f"{v:.3g} {unit}".strip()
 
+
+def data_reuse(config: dict[str, Any]) -> list[str]:
+    """Per model: the unique training tokens its cache holds and, per SAE budget, how
+    many SAEs train on it and how many passes over the cache (epochs) each makes;
+    where any SAE repeats tokens, the tokens and bytes of a cache in which none does
+    (data.train_tokens: unique). Gemma Scope trained every SAE on fresh activations."""
+    suite = expand_suite(config)
+    unique = sequences(config, "train") * config["data"]["context_size"]
+    lines = []
+    for model in sorted({s.model for s in suite}):
+        specs = [s for s in suite if s.model == model]
+        budgets = Counter(s.tokens for s in specs)
+        parts = []
+        for b, n in sorted(budgets.items()):
+            e = f"{b / unique:.3g}"
+            parts.append(f"{n} SAE{'s' * (n > 1)} × {num(b)} tokens ({e} epoch"
+                         f"{'s' * (e != '1')})")  # fmt: skip
+        lines.append(
+            f"{model}: {num(unique)} unique tokens cached; " + ", ".join(parts)
+        )
+        most = max(budgets)
+        if most > unique:
+            shape = known_shape(config["models"][model]["source"])
+            size = "?"
+            if shape:
+                sites = {x for s in specs for x in (s.input_site, s.output_site)}
+                widths = {
+                    f"{x.layer}.{x.kind}": shape.site_width(x.kind) for x in sites
+                }
+                dtype = config["activations"]["dtype"]
+                size = num(sum(cache_plan(widths, most, dtype).values()), "B")
+            lines.append(
+                f"  no token repeated (data.train_tokens: unique): {num(most)} tokens, "
+                f"a cache of {size}"
+            )
+    return lines
+
+
+def format_plan(df: pd.DataFrame, tflops: float) -> str:
     lines = [
         "| model | stage | SAEs | tokens | cache | FLOPs "
         f"| GPU-hours at {tflops:g} TFLOP/s |",

@@ -88,6 +88,12 @@ def coerce_cli_strings(config: dict[str, Any]) -> dict[str, Any]:
             return [walk(v, sch.get("items")) for v in value]
         types = sch.get("type", [])
         types = [types] if isinstance(types, str) else types
+        alts = [resolve(a) for a in sch.get("oneOf", [])]  # e.g. an integer or "unique"
+        if any(a.get("const") == value for a in alts):
+            return value
+        for a in alts:
+            t = a.get("type", [])
+            types = [*types, *([t] if isinstance(t, str) else t)]
         if isinstance(value, str) and types and "string" not in types:
             try:
                 parsed = yaml.safe_load(value)
@@ -175,8 +181,19 @@ def has_chat_template(model_cfg: dict[str, Any]) -> bool | None:
     return tok is not None and bool(json.loads(tok.read_text()).get("chat_template"))
 
 
+def resolve_train_tokens(config: dict[str, Any]) -> None:
+    """data.train_tokens "unique" → the largest SAE budget of the suite, rounded up
+    to whole sequences (in place; an integer stays as it is)."""
+    data = config["data"]
+    if data["train_tokens"] == "unique":
+        ctx = data["context_size"]
+        most = max(s.tokens for s in expand_suite(config))
+        data["train_tokens"] = -(-most // ctx) * ctx
+
+
 def check_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Checks the schema cannot express; returns the config unchanged."""
+    """Checks the schema cannot express; returns the config, changed in place only
+    where `resolve_train_tokens` resolves data.train_tokens "unique"."""
     models = config["models"]
     for key, m in models.items():
         try:
@@ -255,6 +272,7 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
                 f"config key 'data.sources.{si}.{need}' is required for type "
                 f"'{src['type']}'"
             )
+    resolve_train_tokens(config)
     data = config["data"]
     for split in ("train_tokens", "eval_tokens"):
         if data[split] < data["context_size"]:

@@ -1,0 +1,404 @@
+"""Quality per token (issue 19): saesuite's trainer, with Gemma Scope's recipe and with
+issue 19's options, against SAELens's JumpReLU trainer with SAELens's own defaults,
+on data neither of us wrote for the comparison.
+
+    .venv/bin/pip install -e '.[bench]'                   # sae-lens
+    .venv/bin/python benchmarks/quality.py synthetic [--budgets 500000 2000000]
+
+`synthetic`: ground truth from `sae_lens.synthetic` (a SyntheticModel: 4096 features
+with Zipfian firing, a hierarchy and low-rank correlations, in 256 dimensions, true L0
+≈ 20). Every trainer sees the same samples in the same order (drawn once, held in
+memory) and is scored by SAELens's own evaluator (`eval_sae_on_synthetic_data`: MCC
+of decoder rows against the true features, per-latent F1 as a detector of its
+matched feature, explained variance, dead latents, shrinkage) on the same 50k
+held-out samples. Trainers with a linear L0 penalty are swept over λ; the table
+interpolates each metric to L0 = 20 (linearly in log L0) between the two runs that
+bracket it, and lists every run.
+
+    .venv/bin/python benchmarks/quality.py real [--layer 9] [--tokens 300000]
+
+`real`: the default run's activation cache (`make run`, or just its cache:
+`snakemake --profile config/profiles/local --cores 2
+results/gemma-3-270m/activations/normalization.json`) at the residual, attention and
+MLP sites of one layer, the same tokens in the same order for every trainer, scored by
+saesuite's evaluation on the held-out split (FVU and dead/dense latents on
+`--eval-tokens`, delta loss and loss recovered on the first `--loss-tokens`).
+
+Trainers (width 4096 each):
+- `SAELens (defaults)`: `JumpReLUTrainingSAE` with its config's defaults (decoder rows
+  of norm 0.1, W_enc = W_decᵀ, θ₀ = 0.01, ε = 0.05, the "step" L0 loss, no decoder-norm
+  constraint) and the trainer defaults SAELens's synthetic runner uses (Adam 0.9/0.999,
+  lr 3e-4 constant, batch 1024), on raw activations; λ swept.
+- `saesuite (gemma-scope)`: Gemma Scope 1's recipe as the embedded default runs it
+  (config/config.yaml's train section: batch 1024, lr 1e-3 with a cosine decay,
+  gradient clipping), inputs scaled to E‖x‖² = 1 and folded back; λ swept.
+- `saesuite (<option>)`: the same with one of issue 19's options (`RECIPES` below).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import time
+from typing import Any
+
+import torch
+import yaml
+
+from saesuite.sae.train import Member, train_step
+from saesuite.spec.config import REPO_ROOT, schema_defaults
+from saesuite.spec.jobs import DictionarySpec
+
+WIDTH, TARGET_L0, EVAL_SAMPLES, BATCH = 4096, 20.0, 50_000, 1024
+SITE = "layer_0.res"
+
+# The default run's train section over the schema's defaults: what `make run` trains.
+DEFAULT_TRAIN = (
+    schema_defaults("train")
+    | yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())["train"]
+)
+# Issue 19's options, each on top of the default run's recipe (Gemma Scope 1's
+# hyperparameters with Gemma Scope 2's quadratic penalty toward the target L0).
+RECIPES: dict[str, dict[str, Any]] = {
+    "default run": {},
+    "encoder 0.1": {"encoder_init_scale": 0.1},
+    "b_dec mean": {"b_dec_init": "mean"},
+    "freq 0.1": {"frequency_coefficient": 1.0, "max_frequency": 0.1},
+}
+
+
+def synthetic_model(quick: bool):
+    from sae_lens.synthetic import (
+        HierarchyConfig,
+        LowRankCorrelationConfig,
+        SyntheticModel,
+        SyntheticModelConfig,
+        ZipfianFiringProbabilityConfig,
+    )
+
+    n, d = (512, 64) if quick else (4096, 256)
+    cfg = SyntheticModelConfig(
+        num_features=n,
+        hidden_dim=d,
+        firing_probability=ZipfianFiringProbabilityConfig(
+            exponent=0.5, max_prob=0.5, min_prob=0.002
+        ),
+        hierarchy=HierarchyConfig(
+            total_root_nodes=n // 64,
+            branching_factor=4,
+            max_depth=2,
+            mutually_exclusive_portion=0.5,
+        ),  # fmt: skip
+        correlation=LowRankCorrelationConfig(rank=32, correlation_scale=0.1, seed=0),
+        std_firing_magnitudes=0.2,
+        mean_firing_magnitudes=1.0,
+        seed=0,
+    )
+    return SyntheticModel(cfg)
+
+
+@torch.no_grad()
+def draw(model, n: int, seed: int, keep: bool = True) -> torch.Tensor:
+    """n samples; with `keep`, kept under results/benchmarks/ (drawing 2M takes
+    minutes here), named by the model's config and the seed; the first n of a longer
+    draw are its draw of n (the stream is sequential)."""
+    from safetensors.torch import load_file, save_file
+
+    from saesuite.spec.hashing import stable_hash
+    from saesuite.spec.io import atomic_path
+
+    if not keep:
+        torch.manual_seed(seed)
+        return torch.cat([model.sample(min(4096, n - i)) for i in range(0, n, 4096)])
+    folder = REPO_ROOT / "results" / "benchmarks"
+    tag = stable_hash({"model": model.cfg.to_dict(), "seed": seed})[:12]
+    for f in sorted(folder.glob(f"synthetic_{tag}_*.safetensors")):
+        if int(f.stem.rsplit("_", 1)[1]) >= n:
+            return load_file(str(f))["x"][:n]
+    torch.manual_seed(seed)
+    x = torch.cat([model.sample(min(4096, n - i)) for i in range(0, n, 4096)])
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / f"synthetic_{tag}_{n}.safetensors") as tmp:
+        save_file({"x": x.contiguous()}, str(tmp))
+    return x
+
+
+def to_saelens(sae_raw) -> Any:
+    """Our raw-space SAE as a SAELens JumpReLU SAE (how SAELens loads our releases)."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+    t = sae_raw.release_tensors()
+    d, w = t["W_enc"].shape
+    out = JumpReLUSAE(JumpReLUSAEConfig(d_in=d, d_sae=w, apply_b_dec_to_input=False))
+    out.load_state_dict(t)
+    return out
+
+
+def train_saesuite(
+    x: torch.Tensor, width: int, lam: float | None, recipe: dict,
+    scale: float | None = None,
+) -> Any:  # fmt: skip
+    """Trained on x / C (C = `scale`, or what gives E‖x/C‖² = 1, as the cache does),
+    returned folded onto raw x. λ None: the default run's penalty (Gemma Scope 2's
+    quadratic one, target L0 20, λ = 1); else Gemma Scope 1's λ·L0. Returns our
+    JumpReLUSAE; `to_saelens` makes it SAELens's."""
+    cfg = DEFAULT_TRAIN | recipe | {"log_every": 10**9, "device": "cpu"}
+    scale = scale or float(x.pow(2).sum(-1).mean().sqrt())
+    if lam is None:
+        penalty, value, coef = "target_l0", TARGET_L0, 1.0
+    else:
+        penalty, value, coef = "l0", lam, lam
+    spec = DictionarySpec(
+        "sae", SITE, SITE, width, penalty, value, coef, len(x), "q", ""
+    )
+    m = Member(spec, x.shape[1], cfg, seed=0, device="cpu")
+    for step in range(m.schedule.total_steps):
+        train_step(m, x[step * BATCH : (step + 1) * BATCH] / scale, step, cfg, 1)
+    return m.sae.fold_normalization(scale)
+
+
+def train_saelens(x: torch.Tensor, width: int, lam: float) -> Any:
+    from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    torch.manual_seed(0)
+    sae = JumpReLUTrainingSAE(
+        JumpReLUTrainingSAEConfig(d_in=x.shape[1], d_sae=width, l0_coefficient=lam)
+    )
+    # The trainer settings of sae_lens.synthetic.train_toy_sae (its synthetic-data
+    # defaults), fed our samples instead of its own draws.
+    cfg = SAETrainerConfig(
+        n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
+        total_training_samples=len(x), device="cpu", autocast=False, lr=3e-4,
+        lr_end=3e-4, lr_scheduler_name="constant", lr_warm_up_steps=0,
+        adam_beta1=0.9, adam_beta2=0.999, lr_decay_steps=0, n_restart_cycles=1,
+        train_batch_size_samples=BATCH, dead_feature_window=1000,
+        feature_sampling_window=2000,
+        logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2**31 - 1),
+        n_batches_for_norm_estimate=1000,
+    )  # fmt: skip
+
+    def provider():
+        for i in range(0, len(x), BATCH):
+            yield x[i : i + BATCH]
+        while True:  # the trainer may ask once more before it stops
+            yield x[:BATCH]
+
+    SAETrainer(cfg, sae, provider()).fit()
+    return sae
+
+
+def score(sae, model, quick: bool) -> dict[str, float]:
+    from sae_lens.synthetic import eval_sae_on_synthetic_data
+
+    torch.manual_seed(12345)  # the same held-out draws for every SAE
+    with torch.no_grad():
+        r = eval_sae_on_synthetic_data(
+            sae, model.feature_dict, model.activation_generator,
+            num_samples=5000 if quick else EVAL_SAMPLES, batch_size=5000,
+        )  # fmt: skip
+    return {
+        "L0": r.sae_l0,
+        "MCC": r.mcc,
+        "F1": r.classification.f1_score,
+        "EV": r.explained_variance,
+        "dead": r.dead_latents,
+        "shrinkage": r.shrinkage,
+        "true L0": r.true_l0,
+    }
+
+
+def at_target(runs: list[dict[str, float]]) -> dict[str, float] | None:
+    """Each metric at L0 = TARGET_L0, linear in log L0 between the bracketing runs;
+    one run within 10 % of the target stands for itself."""
+    runs = sorted(runs, key=lambda r: r["L0"])
+    if len(runs) == 1:
+        return runs[0] if abs(runs[0]["L0"] / TARGET_L0 - 1) < 0.1 else None
+    for a, b in zip(runs, runs[1:]):
+        if a["L0"] <= TARGET_L0 <= b["L0"]:
+            t = (math.log(TARGET_L0) - math.log(a["L0"])) / (
+                math.log(b["L0"]) - math.log(a["L0"])
+            )
+            return {k: a[k] + t * (b[k] - a[k]) for k in a}
+    return None
+
+
+def synthetic(args: argparse.Namespace) -> None:
+    width = 256 if args.quick else WIDTH
+    model = synthetic_model(args.quick)
+    t = time.perf_counter()
+    data = draw(model, max(args.budgets), seed=1, keep=not args.quick)
+    print(f"drew {len(data):,} samples in {time.perf_counter() - t:.0f} s")
+    lens = lambda x, lam: train_saelens(x, width, lam)  # noqa: E731
+    trainers = {"SAELens (defaults)": (lens, args.lens_lams)} if args.lens_lams else {}
+    if args.ours_lams:  # Gemma Scope 1's linear penalty, swept
+        trainers["saesuite (gemma-scope 1, λ·L0)"] = (
+            lambda x, lam: train_saesuite(x, width, lam, {}),
+            args.ours_lams,
+        )
+    for name in args.recipes:
+        trainers[f"saesuite ({name})"] = (
+            lambda x, lam, r=RECIPES[name]: train_saesuite(x, width, None, r),
+            [None],
+        )
+    rows = []
+    for budget in args.budgets:
+        for name, (fn, lams) in trainers.items():
+            runs = []
+            for lam in lams:
+                t = time.perf_counter()
+                sae = fn(data[:budget], lam)
+                res = score(sae, model, args.quick) | {"λ": lam or 0.0}
+                res["s"] = time.perf_counter() - t
+                shown = "  ".join(f"{k} {v:.3f}" for k, v in res.items())
+                print(f"{budget:>9,} {name:<34} {shown}", flush=True)
+                runs.append(res)
+            rows.append((budget, name, runs, at_target(runs)))
+    print_tables(rows, model, width)
+
+
+def fmt(v: float, col: str) -> str:
+    return f"{v:.0f}" if col in ("dead", "dense_latents") else f"{v:.3f}"
+
+
+def print_tables(rows, model, width: int) -> None:
+    true_l0 = rows[0][2][0]["true L0"]
+    print(
+        f"\n{platform.node()}, torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads; {model.cfg.num_features} true features in {model.cfg.hidden_dim} "
+        f"dimensions, true L0 {true_l0:.1f}; SAE width {width}\n"
+    )
+    cols = ("MCC", "F1", "EV", "dead", "shrinkage")
+    print(f"At L0 = {TARGET_L0:g} (interpolated between the bracketing λ):\n")
+    print("| samples | trainer | " + " | ".join(cols) + " |")
+    print("|---:|---|" + "---:|" * len(cols))
+    for budget, name, _, r in rows:
+        blank = ["(not bracketed)"] + [""] * (len(cols) - 1)
+        vals = [fmt(r[c], c) for c in cols] if r else blank
+        print(f"| {budget:,} | {name} | " + " | ".join(vals) + " |")
+    print("\nEvery run:\n")
+    print("| samples | trainer | λ | L0 | " + " | ".join(cols) + " | s |")
+    print("|---:|---|---:|---:|" + "---:|" * (len(cols) + 1))
+    for budget, name, runs, _ in rows:
+        for r in runs:
+            vals = [fmt(r[c], c) for c in cols]
+            lam = f"{r['λ']:g}" if r["λ"] else "target 20"
+            print(f"| {budget:,} | {name} | {lam} | {r['L0']:.1f} | "
+                  + " | ".join(vals) + f" | {r['s']:.0f} |")  # fmt: skip
+
+
+def lens_as_ours(sae) -> Any:
+    """A SAELens JumpReLU SAE (raw input, b_dec subtracted first, free decoder norms)
+    as saesuite's released form: the same function, b_dec folded into b_enc."""
+    from saesuite.sae.jumprelu import JumpReLUSAE
+
+    ours = JumpReLUSAE(sae.cfg.d_in, sae.cfg.d_sae)
+    with torch.no_grad():
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            getattr(ours, name).copy_(getattr(sae, name).float())
+        ours.threshold_raw.copy_(sae.threshold.float())
+    return ours.fold_normalization(1.0)
+
+
+def real(args: argparse.Namespace) -> None:
+    from saesuite.data.models import load_model
+    from saesuite.data.store import ActivationReader
+    from saesuite.data.tokens import load_tokens
+    from saesuite.eval.evaluate import evaluate
+    from saesuite.spec import paths
+    from saesuite.spec.config import cache_root, load_config
+    from saesuite.spec.io import read_json
+    from saesuite.spec.sites import Site
+
+    cfg = load_config(REPO_ROOT / "config" / "config.yaml")
+    key = next(iter(cfg["models"]))
+    root = str(REPO_ROOT / cfg["output_root"])
+    manifest = paths.manifest(root, key)
+    scales = read_json(paths.normalization(root, key))["scale"]
+    model = load_model(
+        {**cfg["models"][key], "device": "cpu"}, REPO_ROOT / cache_root(cfg)
+    )
+    ids, mask = load_tokens(paths.tokens(root, key)["eval"])
+    ctx = ids.shape[1]
+    ids, mask = ids[: args.eval_tokens // ctx], mask[: args.eval_tokens // ctx]
+    steps = args.tokens // BATCH
+    bucket = cfg["activations"]["shuffle_bucket"]
+    rows = []
+    for kind in args.sites:
+        site = Site(args.layer, kind)
+        c = scales[site.name]
+        reader = ActivationReader(manifest, site.name, BATCH, bucket, cfg["seed"], 1.0)
+        x = torch.cat([reader.batch(j) for j in range(steps)])  # raw, same order
+        trained = {}
+        for lam in args.lens_lams:
+            t = time.perf_counter()
+            trained[("SAELens (defaults)", lam)] = (
+                lens_as_ours(train_saelens(x, WIDTH, lam)),
+                time.perf_counter() - t,
+            )
+        for name in args.recipes:
+            t = time.perf_counter()
+            sae = train_saesuite(x, WIDTH, None, RECIPES[name], scale=c)
+            trained[(f"saesuite ({name})", 0.0)] = (sae, time.perf_counter() - t)
+        saes = {str(i): (site, sae) for i, (sae, _) in enumerate(trained.values())}
+        n_loss = args.loss_tokens // ctx
+        acc = evaluate(model, ids, mask, saes, batch_size=8, loss_sequences=n_loss,
+                       loss_batch_size=2)  # fmt: skip
+        for i, ((name, lam), (_, secs)) in enumerate(trained.items()):
+            m = acc[str(i)].metrics()
+            rows.append((site.name, name, lam, m, secs))
+            print(site.name, name, lam, {k: m[k] for k in REAL_COLS}, flush=True)
+    print(
+        f"\n{platform.node()}, torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads; {key}, {args.tokens:,} training tokens per SAE (width {WIDTH}), "
+        f"{len(ids) * ctx:,} held-out tokens ({args.loss_tokens} for the loss)\n"
+    )
+    print("| site | trainer | λ | " + " | ".join(REAL_COLS) + " | train s |")
+    print("|---|---|---:|" + "---:|" * (len(REAL_COLS) + 1))
+    for site, name, lam, m, secs in rows:
+        vals = [
+            f"{m[k]:.3f}" if isinstance(m[k], float) else str(m[k]) for k in REAL_COLS
+        ]
+        lam_s = f"{lam:g}" if lam else "target 20"
+        print(f"| {site} | {name} | {lam_s} | " + " | ".join(vals) + f" | {secs:.0f} |")
+
+
+REAL_COLS = ("l0", "fvu", "delta_loss", "loss_recovered", "dead", "dense_latents")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("synthetic")
+    s.add_argument("--budgets", type=int, nargs="+", default=[250_000, 1_000_000])
+    s.add_argument("--lens-lams", type=float, nargs="*", default=[1.0, 3.0, 10.0])
+    s.add_argument("--ours-lams", type=float, nargs="*", default=[])
+    s.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=RECIPES)
+    s.add_argument("--quick", action="store_true", help="tiny shapes (the test)")
+    r = sub.add_parser("real")
+    r.add_argument("--layer", type=int, default=9)
+    r.add_argument("--sites", nargs="+", default=["res", "att", "mlp"])
+    r.add_argument("--tokens", type=int, default=300_000)
+    r.add_argument("--eval-tokens", type=int, default=16_384)
+    r.add_argument("--loss-tokens", type=int, default=512)
+    r.add_argument("--lens-lams", type=float, nargs="*", default=[1.0])
+    r.add_argument("--recipes", nargs="*", default=["default run"], choices=RECIPES)
+    for p in (s, r):
+        p.add_argument("--try", dest="extra", action="append", default=[],
+                       metavar="NAME:KEY=VALUE,...",
+                       help="an extra recipe over the default run's")  # fmt: skip
+    args = ap.parse_args(argv)
+    for spec in args.extra:  # e.g. "lr3e-4:lr=3e-4,b_dec_init=mean"
+        name, _, sets = spec.partition(":")
+        RECIPES[name] = {
+            k: yaml.safe_load(v)
+            for k, v in (kv.split("=", 1) for kv in sets.split(","))
+        }
+        args.recipes = [*args.recipes, name]
+    (synthetic if args.what == "synthetic" else real)(args)
+
+
+if __name__ == "__main__":
+    main()
