@@ -68,7 +68,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def synthetic_model(quick: bool):
+def synthetic_model(n: int, d: int, min_prob: float):
     from sae_lens.synthetic import (
         HierarchyConfig,
         LowRankCorrelationConfig,
@@ -77,12 +77,11 @@ def synthetic_model(quick: bool):
         ZipfianFiringProbabilityConfig,
     )
 
-    n, d = (512, 64) if quick else (4096, 256)
     cfg = SyntheticModelConfig(
         num_features=n,
         hidden_dim=d,
         firing_probability=ZipfianFiringProbabilityConfig(
-            exponent=0.5, max_prob=0.5, min_prob=0.002
+            exponent=0.5, max_prob=0.5, min_prob=min_prob
         ),
         hierarchy=HierarchyConfig(
             total_root_nodes=n // 64,
@@ -226,8 +225,12 @@ def at_target(runs: list[dict[str, float]]) -> dict[str, float] | None:
 
 
 def synthetic(args: argparse.Namespace) -> None:
-    width = 256 if args.quick else WIDTH
-    model = synthetic_model(args.quick)
+    global TARGET_L0
+    TARGET_L0 = args.target_l0
+    if args.quick:
+        args.features, args.dim, args.width = 512, 64, 256
+    width = args.width
+    model = synthetic_model(args.features, args.dim, args.min_prob)
     t = time.perf_counter()
     data = draw(model, max(args.budgets), seed=1, keep=not args.quick)
     print(f"drew {len(data):,} samples in {time.perf_counter() - t:.0f} s")
@@ -284,7 +287,7 @@ def print_tables(rows, model, width: int) -> None:
     for budget, name, runs, _ in rows:
         for r in runs:
             vals = [fmt(r[c], c) for c in cols]
-            lam = f"{r['λ']:g}" if r["λ"] else "target 20"
+            lam = f"{r['λ']:g}" if r["λ"] else f"target {TARGET_L0:g}"
             print(f"| {budget:,} | {name} | {lam} | {r['L0']:.1f} | "
                   + " | ".join(vals) + f" | {r['s']:.0f} |")  # fmt: skip
 
@@ -361,11 +364,20 @@ def real(args: argparse.Namespace) -> None:
         vals = [
             f"{m[k]:.3f}" if isinstance(m[k], float) else str(m[k]) for k in REAL_COLS
         ]
-        lam_s = f"{lam:g}" if lam else "target 20"
+        lam_s = f"{lam:g}" if lam else f"target {TARGET_L0:g}"
         print(f"| {site} | {name} | {lam_s} | " + " | ".join(vals) + f" | {secs:.0f} |")
 
 
 REAL_COLS = ("l0", "fvu", "delta_loss", "loss_recovered", "dead", "dense_latents")
+
+
+def value(text: str) -> Any:
+    """A --try value as YAML reads it, but "3e-4" a float (YAML 1.1 reads a string)."""
+    v = yaml.safe_load(text)
+    try:
+        return float(v) if isinstance(v, str) else v
+    except ValueError:
+        return v
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -376,6 +388,13 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--lens-lams", type=float, nargs="*", default=[1.0, 3.0, 10.0])
     s.add_argument("--ours-lams", type=float, nargs="*", default=[])
     s.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=RECIPES)
+    s.add_argument("--features", type=int, default=4096)
+    s.add_argument("--dim", type=int, default=256)
+    s.add_argument("--width", type=int, default=WIDTH)
+    s.add_argument("--min-prob", type=float, default=0.002,
+                   help="the rarest feature's firing probability (Zipf, exponent 0.5, "
+                   "from 0.5); sets the true L0")  # fmt: skip
+    s.add_argument("--target-l0", type=float, default=TARGET_L0)
     s.add_argument("--quick", action="store_true", help="tiny shapes (the test)")
     r = sub.add_parser("real")
     r.add_argument("--layer", type=int, default=9)
@@ -393,8 +412,7 @@ def main(argv: list[str] | None = None) -> None:
     for spec in args.extra:  # e.g. "lr3e-4:lr=3e-4,b_dec_init=mean"
         name, _, sets = spec.partition(":")
         RECIPES[name] = {
-            k: yaml.safe_load(v)
-            for k, v in (kv.split("=", 1) for kv in sets.split(","))
+            k: value(v) for k, v in (kv.split("=", 1) for kv in sets.split(","))
         }
         args.recipes = [*args.recipes, name]
     (synthetic if args.what == "synthetic" else real)(args)

@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from saesuite.report.figures import figures, nearest_l0, representative_layer
+from saesuite.report.figures import (
+    figures,
+    health_frame,
+    nearest_l0,
+    representative_layer,
+)
+from saesuite.spec.metrics import health_warnings
 
 
 def frame() -> pd.DataFrame:
@@ -138,3 +144,28 @@ def test_transcoders_are_compared_with_the_mlp_saes_of_their_layer():
     # layer 2 has no MLP SAEs: its plot has the two transcoder lines only
     ax2 = figs["transcoder/compare_fvu_layer_2_width_16"].axes[0]
     assert len(ax2.get_lines()) == 2
+
+
+def test_health_warnings_name_what_is_wrong():
+    assert health_warnings(100, 50, 0.2) == []  # half dead is not more than half
+    assert health_warnings(100, 51, -0.25) == [
+        "worse than zero-ablation (loss recovered -0.25)",
+        "51 of 100 latents dead",
+    ]
+    assert health_warnings(100, None, None) == []
+
+
+def test_health_table_flags_the_saes_a_researcher_should_distrust():
+    df = frame()
+    df["dead"], df["dense_latents"], df["loss_recovered"] = 1, 0, 0.5
+    df.loc[0, "loss_recovered"] = -1.3  # worse than zero-ablating the site
+    df.loc[1, "dead"] = 9  # of 16
+    logs = {p: [{"tokens": 1, "fvu": 123.0, "dead": 0, "dense": 2000},
+                {"tokens": 9, "fvu": 0.4, "dead": 3, "dense": 1}]
+            for p in df["path"]}  # fmt: skip
+    h = health_frame(df, logs.__getitem__)
+    assert len(h) == len(df) and list(h["initial FVU"].unique()) == [123.0]
+    assert list(h["dense (training)"].unique()) == [1]
+    assert h.loc[0, "warnings"] == "worse than zero-ablation (loss recovered -1.30)"
+    assert h.loc[1, "warnings"] == "9 of 16 latents dead"
+    assert (h.loc[2:, "warnings"] == "").all()

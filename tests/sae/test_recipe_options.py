@@ -1,8 +1,11 @@
 """Issue 19's recipe options in the trainer: the frequency penalty's value and
 gradient against a closed form (θ only, zero below p_max), the sparse step against
-autograd with it on, the encoder's initial scale, and b_dec started at the data mean."""
+autograd with it on, the encoder's initial scale, b_dec started at the data mean, and
+the training log's dead and dense latent counts."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -103,3 +106,26 @@ def test_b_dec_starts_at_the_first_batchs_mean(how):
     again = member(cfg)
     init_b_dec(again, x, 1)
     torch.testing.assert_close(again.sae.b_dec.detach(), x.mean(0))
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_the_log_counts_dense_and_dead_latents_of_the_batch(mode):
+    """log_every 1: each logged step's window is its own batch, so dense = latents
+    firing on > 10 % of it, and dead (a run shorter than dead_window_tokens) = those
+    not firing on it, both computed here by encoding the batch before the step."""
+    cfg = schema_defaults("train") | {"batch_size": 64, "log_every": 1, "step": mode}
+    m = member(cfg)
+    with torch.no_grad():
+        m.sae.threshold_raw.uniform_(0.5, 3.0)  # a spread of frequencies
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(2))
+    before = copy.deepcopy(m.sae)
+    out = train_step(m, x, 0, cfg, 1)
+    with torch.no_grad():
+        freq = (before.encode(x) != 0).double().mean(0)
+    assert 0 < out["dense"] < 32 and 0 < out["dead"] < 32, out
+    assert out["dense"] == int((freq > 0.1).sum())
+    assert out["dead"] == int((freq == 0).sum())
+    x2 = torch.randn(64, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        freq2 = (m.sae.encode(x2) != 0).double().mean(0)
+    assert train_step(m, x2, 1, cfg, 1)["dense"] == int((freq2 > 0.1).sum())

@@ -50,10 +50,9 @@ from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec import paths
 from saesuite.spec.io import atomic_path, versions, write_json
 from saesuite.spec.jobs import EvalJob
-from saesuite.spec.metrics import scalar_metrics
+from saesuite.spec.metrics import DENSE_FREQUENCY, health_warnings, scalar_metrics
 from saesuite.spec.sites import Site, dictionary_sites_error
 
-DENSE_FREQUENCY = 0.1
 ENCODE_BYTES = 2**31  # work tensors while encoding one SAE's batch
 HIST_EDGES = np.linspace(-10.0, 0.0, 41)  # log10 frequency, 0.25 wide
 log = logging.getLogger(__name__)
@@ -456,6 +455,9 @@ def evaluate_layer(
             {"identity": s.identity, "evaluation": meta, "metrics": metrics},
         )
         summary.append({"key": s.key, "json": s.out, **scalar_metrics(metrics)})
+        d_sae = shapes[job.members.index(s)][1]
+        for w in health_warnings(d_sae, metrics["dead"], metrics.get("loss_recovered")):
+            log.warning("%s on %s: %s", s.key, job.evaluated_on, w)
     log.info(
         "%d SAEs in %d group(s) on %d sequences (%d with loss metrics) in %.1f s",
         len(job.members), len(groups), n_seq, min(n_loss, n_seq), elapsed,

@@ -19,6 +19,7 @@ names, and returns figures; `write_report` writes them atomically.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,12 @@ from saesuite.eval.tables import html_table
 from saesuite.report.dashboards import dashboards_table
 from saesuite.spec import paths
 from saesuite.spec.io import atomic_path, read_json
+from saesuite.spec.metrics import health_warnings
 from saesuite.spec.releases import width_label
 from saesuite.spec.sites import FAMILY_TITLES
 from saesuite.spec.sparsity import sparsity_label
+
+log = logging.getLogger(__name__)
 
 
 def _title(model: str, site: str, rest: str) -> str:
@@ -258,6 +262,29 @@ def figures(
                 )
 
 
+def health_frame(
+    df: pd.DataFrame, train_log: Callable[[str], list[dict[str, Any]]]
+) -> pd.DataFrame:
+    """Training health per SAE (issue 19): FVU on the first and last training
+    batches, dead and dense latents at the end of training (logged) and on the
+    held-out split, loss recovered, and the warnings of `health_warnings`."""
+    rows = []
+    for _, r in df.iterrows():
+        log = train_log(r["path"])
+        first, last = log[0], log[-1]
+        rows.append({
+            "layer": r["layer"], "site": r["site"], "width": r["width"],
+            "sparsity": sparsity_label(r["penalty"], r["value"], "legend"),
+            "initial FVU": first["fvu"], "final FVU": last["fvu"],
+            "dead (training)": last.get("dead"), "dense (training)": last.get("dense"),
+            "dead (held-out)": r["dead"], "dense (held-out)": r["dense_latents"],
+            "loss recovered": r.get("loss_recovered"),
+            "warnings": "; ".join(health_warnings(
+                int(r["width"]), int(r["dead"]), r.get("loss_recovered"))),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def read_train_log(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
 
@@ -304,6 +331,14 @@ def write_report(
     cols = [c for c in df.columns if c not in ("trained_on", "evaluated_on", "data")]
     with atomic_path(Path(tables_dir) / "evaluation.html") as tmp:
         tmp.write_text(html_table(df[cols], f"{model}: evaluation of every SAE"))
+    health = health_frame(df, lambda p: read_train_log(log_path[p]))
+    flagged = health[health["warnings"] != ""]
+    for _, r in flagged.iterrows():
+        log.warning("%s layer %s %s (%s): %s", model, r["layer"], r["site"],
+                    r["sparsity"], r["warnings"])  # fmt: skip
+    title = f"{model}: training health ({len(flagged)} of {len(health)} SAEs flagged)"
+    with atomic_path(Path(tables_dir) / "health.html") as tmp:
+        tmp.write_text(html_table(health, title), encoding="utf-8")
     if dashboard_layers:
         by_layer = {read_json(p)["layer"]: p for p in dashboard_layers}
         middle = by_layer[representative_layer(list(by_layer))]

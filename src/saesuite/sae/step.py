@@ -43,7 +43,12 @@ class StepStats(NamedTuple):
     reconstruction: float  # mean ‖x − x̂‖²
     l0: float  # mean active latents per token
     fvu: float  # Σ‖x − x̂‖² / Σ‖x − mean x‖² over the batch
-    fired: torch.Tensor  # (d_sae,) bool: latents active on this batch
+    counts: torch.Tensor  # (d_sae,) int64: the batch's tokens each latent fires on
+
+    @property
+    def fired(self) -> torch.Tensor:
+        """(d_sae,) bool: latents active on this batch."""
+        return self.counts > 0
 
 
 def _fvu(err_sq_sum: torch.Tensor, x: torch.Tensor) -> float:
@@ -76,7 +81,7 @@ def dense_step(
         float(out.reconstruction.detach()),
         float(out.l0),
         _fvu(err, y),
-        (out.feature_acts != 0).any(0),
+        (out.feature_acts != 0).sum(0),
     )
 
 
@@ -226,7 +231,7 @@ def sparse_step(
     else:
         _add_grad(sae.threshold_raw, g_theta)
 
-    fired = per_latent > 0
     return StepStats(
-        float(recon + sparse), float(recon), float(l0_f.mean()), _fvu(err_sq, y), fired
-    )
+        float(recon + sparse), float(recon), float(l0_f.mean()), _fvu(err_sq, y),
+        per_latent,
+    )  # fmt: skip

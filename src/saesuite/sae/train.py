@@ -50,6 +50,7 @@ from saesuite.spec import paths
 from saesuite.spec.hashing import derived_seed
 from saesuite.spec.io import atomic_open, atomic_path, read_json, versions, write_json
 from saesuite.spec.jobs import TRANSCODERS, DictionarySpec, TrainJob
+from saesuite.spec.metrics import DENSE_FREQUENCY, health_warnings
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,9 @@ class Member:
         # tokens since each latent last fired
         self.since_fired = torch.zeros(stop - start, dtype=torch.int64)
         self.last_l0 = float(spec.width)
+        # tokens each latent fired on since the last logged step, and tokens seen
+        self.window_counts = torch.zeros(stop - start, dtype=torch.int64)
+        self.window_tokens = 0
 
 
 def sae_seed(seed: int, site: str, path: str) -> int:
@@ -176,6 +180,8 @@ def _member_state(members: list[Member]) -> list[dict[str, Any]]:
             "opt": m.opt.state_dict(),
             "since_fired": m.since_fired,
             "last_l0": m.last_l0,
+            "window_counts": m.window_counts,
+            "window_tokens": m.window_tokens,
         }
         for m in members
     ]
@@ -248,6 +254,8 @@ def _load_checkpoint(path: Path, members: list[Member], rank: int = 0) -> int:
         m.opt.load_state_dict(s["opt"])
         m.since_fired = s["since_fired"]
         m.last_l0 = s["last_l0"]
+        if "window_counts" in s:  # checkpoints before the dense-latent count lack it
+            m.window_counts, m.window_tokens = s["window_counts"], s["window_tokens"]
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"])
 
@@ -513,6 +521,9 @@ def _train_group(
                 if rank == 0 and (step % cfg["log_every"] == 0 or last):
                     files[i].write(json.dumps(stats) + "\n")
                     files[i].flush()
+                if rank == 0 and last:
+                    for w in health_warnings(m.spec.width, stats["dead"]):
+                        log.warning("%s: %s at the end of training", m.spec.path, w)
                 if i == 0:
                     bar.set_postfix(
                         loss=f"{stats['loss']:.4g}",
@@ -578,15 +589,15 @@ def train_step(
     stats = fn(m.sae, x, target=target, penalty=spec.penalty, coefficient=coef,
                target_l0=l0_target, sharded=m.sharded, frequency_coefficient=mu,
                max_frequency=cfg["max_frequency"])  # fmt: skip
-    fired = stats.fired
+    counts = stats.counts
     loss, l0, fvu, recon = stats.loss, stats.l0, stats.fvu, stats.reconstruction
     if world > 1 and not m.sharded:  # sharded: every process has the whole sums
         buf = torch.tensor([loss, l0, fvu, recon], dtype=torch.float64)
         dist.all_reduce(buf)
         loss, l0, fvu, recon = (buf / world).tolist()
-        fired_i = fired.to(torch.int32)
-        dist.all_reduce(fired_i, op=dist.ReduceOp.MAX)
-        fired = fired_i.bool()
+        counts = counts.clone()
+        dist.all_reduce(counts)  # over every process's share of the batch
+    fired = counts > 0
     if not m.sharded:
         _reduce_grads(m.sae, world)
     m.sae.remove_parallel_decoder_grad()
@@ -604,10 +615,19 @@ def train_step(
     m.last_l0 = l0
     m.since_fired += cfg["batch_size"]
     m.since_fired[fired.cpu()] = 0
-    dead = None  # counted only for the steps that are logged
+    m.window_counts += counts.cpu()
+    m.window_tokens += cfg["batch_size"]
+    dead = dense = None  # counted only for the steps that are logged
     if step % cfg["log_every"] == 0 or step == sched.total_steps - 1:
-        dead_t = (m.since_fired >= cfg["dead_window_tokens"]).sum()
+        # not fired in the window, or (a run shorter than it) in the whole run so far
+        window = min(cfg["dead_window_tokens"], (step + 1) * cfg["batch_size"])
+        dead_t = (m.since_fired >= window).sum()
         dead = int(all_reduce_(dead_t) if m.sharded else dead_t)
+        # latents firing on more than DENSE_FREQUENCY of the tokens since the last log
+        dense_t = (m.window_counts > DENSE_FREQUENCY * m.window_tokens).sum()
+        dense = int(all_reduce_(dense_t) if m.sharded else dense_t)
+        m.window_counts.zero_()
+        m.window_tokens = 0
     return {
         "step": step,
         "tokens": (step + 1) * cfg["batch_size"],
@@ -616,6 +636,7 @@ def train_step(
         "l0": l0,
         "fvu": fvu,
         "dead": dead,
+        "dense": dense,
         "lr": lr,
         "lambda": coef,
         "path": mode,

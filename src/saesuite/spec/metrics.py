@@ -4,7 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+# A latent firing on more than this share of tokens is "dense" (tables, logs, report).
+DENSE_FREQUENCY = 0.1
+
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """The metrics that fit a table cell (not the by-position curves, histograms)."""
     return {k: v for k, v in metrics.items() if not isinstance(v, list | dict)}
+
+
+def health_warnings(
+    width: int, dead: int | None, loss_recovered: float | None = None
+) -> list[str]:
+    """What should make a researcher distrust an SAE (issue 19): worse than
+    zero-ablating its site (loss recovered < 0), or more than half its latents dead."""
+    out = []
+    if loss_recovered is not None and loss_recovered < 0:
+        out.append(f"worse than zero-ablation (loss recovered {loss_recovered:.2f})")
+    if dead is not None and dead > width / 2:
+        out.append(f"{dead} of {width} latents dead")
+    return out
