@@ -51,6 +51,7 @@ from saesuite.spec.config import REPO_ROOT, schema_defaults
 from saesuite.spec.jobs import DictionarySpec
 
 WIDTH, TARGET_L0, EVAL_SAMPLES, BATCH = 4096, 20.0, 50_000, 1024
+LENS, LENS_Q = "SAELens (defaults)", "SAELens (defaults, quadratic L0 loss)"
 SITE = "layer_0.res"
 
 # The default run's train section over the schema's defaults: what `make run` trains.
@@ -157,14 +158,23 @@ def train_saesuite(
     return m.sae.fold_normalization(scale)
 
 
-def train_saelens(x: torch.Tensor, width: int, lam: float) -> Any:
+def train_saelens(
+    x: torch.Tensor, width: int, lam: float, target: float | None = None
+) -> Any:
+    """SAELens's JumpReLU with its defaults and its "step" L0 loss (λ·L0), or with
+    `target` its "quadratic" one (Gemma Scope 2's, λ·(2/L0*)·(L0 − L0*)²)."""
     from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
     torch.manual_seed(0)
+    mode = {} if target is None else {
+        "jumprelu_sparsity_loss_mode": "quadratic", "target_l0": target
+    }  # fmt: skip
     sae = JumpReLUTrainingSAE(
-        JumpReLUTrainingSAEConfig(d_in=x.shape[1], d_sae=width, l0_coefficient=lam)
+        JumpReLUTrainingSAEConfig(
+            d_in=x.shape[1], d_sae=width, l0_coefficient=lam, **mode
+        )
     )
     # The trainer settings of sae_lens.synthetic.train_toy_sae (its synthetic-data
     # defaults), fed our samples instead of its own draws.
@@ -234,16 +244,24 @@ def synthetic(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     data = draw(model, max(args.budgets), seed=1, keep=not args.quick)
     print(f"drew {len(data):,} samples in {time.perf_counter() - t:.0f} s")
-    lens = lambda x, lam: train_saelens(x, width, lam)  # noqa: E731
-    trainers = {"SAELens (defaults)": (lens, args.lens_lams)} if args.lens_lams else {}
+    trainers = {}
+    if args.lens_lams:
+        trainers[LENS] = (lambda x, lam: train_saelens(x, width, lam), args.lens_lams)
+    if args.lens_quadratic:
+        trainers[LENS_Q] = (
+            lambda x, lam: train_saelens(x, width, lam, TARGET_L0),
+            args.lens_quadratic,
+        )
     if args.ours_lams:  # Gemma Scope 1's linear penalty, swept
         trainers["saesuite (gemma-scope 1, λ·L0)"] = (
-            lambda x, lam: train_saesuite(x, width, lam, {}),
+            lambda x, lam: to_saelens(train_saesuite(x, width, lam, {})),
             args.ours_lams,
         )
     for name in args.recipes:
         trainers[f"saesuite ({name})"] = (
-            lambda x, lam, r=RECIPES[name]: train_saesuite(x, width, None, r),
+            lambda x, lam, r=RECIPES[name]: to_saelens(
+                train_saesuite(x, width, None, r)
+            ),
             [None],
         )
     rows = []
@@ -335,10 +353,13 @@ def real(args: argparse.Namespace) -> None:
         reader = ActivationReader(manifest, site.name, BATCH, bucket, cfg["seed"], 1.0)
         x = torch.cat([reader.batch(j) for j in range(steps)])  # raw, same order
         trained = {}
-        for lam in args.lens_lams:
+        lens = [(LENS, lam, None) for lam in args.lens_lams] + [
+            (LENS_Q, lam, TARGET_L0) for lam in args.lens_quadratic
+        ]
+        for name, lam, target in lens:
             t = time.perf_counter()
-            trained[("SAELens (defaults)", lam)] = (
-                lens_as_ours(train_saelens(x, WIDTH, lam)),
+            trained[(name, lam)] = (
+                lens_as_ours(train_saelens(x, WIDTH, lam, target)),
                 time.perf_counter() - t,
             )
         for name in args.recipes:
@@ -405,6 +426,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--lens-lams", type=float, nargs="*", default=[1.0])
     r.add_argument("--recipes", nargs="*", default=["default run"], choices=RECIPES)
     for p in (s, r):
+        p.add_argument("--lens-quadratic", type=float, nargs="*", default=[1.0],
+                       metavar="λ", help="SAELens with its quadratic loss toward the "
+                       "target L0 (Gemma Scope 2's), at these λ")  # fmt: skip
         p.add_argument("--try", dest="extra", action="append", default=[],
                        metavar="NAME:KEY=VALUE,...",
                        help="an extra recipe over the default run's")  # fmt: skip

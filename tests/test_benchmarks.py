@@ -186,7 +186,11 @@ def test_quality_benchmark_on_synthetic_data(capsys):
                            "--lens-lams", "1", "--recipes", "default run"])  # fmt: skip
     out = capsys.readouterr().out
     runs = table(out.split("Every run:")[1])
-    assert [r[1] for r in runs] == ["SAELens (defaults)", "saesuite (default run)"]
+    assert [r[1] for r in runs] == [
+        "SAELens (defaults)",
+        "SAELens (defaults, quadratic L0 loss)",
+        "saesuite (default run)",
+    ]
     ev = [numbers(r[6])[0] for r in runs]  # explained variance: negative is possible
     assert all(math.isfinite(v) and v <= 1 for v in ev)
     assert_measured([r[3:6] + r[7:] for r in runs], range(0, 6))  # L0 … s but EV
