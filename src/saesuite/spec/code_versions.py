@@ -21,7 +21,7 @@ CODE_VERSIONS: dict[str, int] = {
     "extract": 2,  # 2: block checksums in each chunk's sidecar
     "manifest": 2,  # 2: names each chunk's sidecar (info_file)
     "normalize": 1,
-    "train": 1,
+    "train": 2,  # 2: dense latents logged; dead over runs shorter than the window
     "evaluate": 1,
     "eval_table": 1,
     "transfer_rollouts": 1,
@@ -29,5 +29,5 @@ CODE_VERSIONS: dict[str, int] = {
     "dashboards": 1,
     "release": 2,  # 2: circuit-tracer set configs, transcoders in the card and plot
     "publish": 1,
-    "report_figures": 2,  # 2: each layer's MLP SAEs beside its transcoders
+    "report_figures": 3,  # 2: each layer's MLP SAEs beside its transcoders; 3: health
 }
