@@ -28,15 +28,19 @@ MLP sites of one layer, the same tokens in the same order for every trainer, sco
 saesuite's evaluation on the held-out split (FVU and dead/dense latents on
 `--eval-tokens`, delta loss and loss recovered on the first `--loss-tokens`).
 
-Trainers (width 4096 each):
+Trainers:
 - `SAELens (defaults)`: `JumpReLUTrainingSAE` with its config's defaults (decoder rows
-  of norm 0.1, W_enc = W_decᵀ, θ₀ = 0.01, ε = 0.05, the "step" L0 loss, no decoder-norm
-  constraint) and the trainer defaults SAELens's synthetic runner uses (Adam 0.9/0.999,
-  lr 3e-4 constant, batch 1024), on raw activations; λ swept.
-- `saesuite (gemma-scope)`: Gemma Scope 1's recipe as the embedded default runs it
-  (config/config.yaml's train section: batch 1024, lr 1e-3 with a cosine decay,
-  gradient clipping), inputs scaled to E‖x‖² = 1 and folded back; λ swept.
-- `saesuite (<option>)`: the same with one of issue 19's options (`RECIPES` below).
+  of norm 0.1, W_enc = W_decᵀ, θ₀ = 0.01, ε = 0.05, the "step" L0 loss λ·L0, no
+  decoder-norm constraint) and the trainer defaults SAELens's synthetic runner uses
+  (Adam 0.9/0.999, lr 3e-4 constant, batch 1024), on raw activations; `--lens-lams`.
+- `SAELens (defaults, quadratic L0 loss)`: the same with its "quadratic" loss toward
+  the target L0 (Gemma Scope 2's), the equal-penalty setting; `--lens-quadratic`.
+- `saesuite (gemma-scope 1, λ·L0)`: the default run's train section (Gemma Scope 1's
+  hyperparameters, batch 1024, lr 1e-3 with a cosine decay, gradient clipping) with
+  Gemma Scope 1's penalty, inputs scaled to E‖x‖² = 1 and folded back; `--ours-lams`.
+- `saesuite (<recipe>)`: the default run's train section with Gemma Scope 2's quadratic
+  penalty toward the target (λ of the schema, 1), plus a named recipe's changes
+  (`RECIPES` below, or `--try NAME:key=value,...`; `lambda=` sets the quadratic λ).
 """
 
 from __future__ import annotations
