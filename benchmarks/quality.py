@@ -18,6 +18,9 @@ features, per-latent F1 as a detector of its matched feature, explained variance
 dead latents, shrinkage) on the same 50k held-out samples. Trainers with a linear L0
 penalty are swept over λ; the table interpolates each metric to the target L0
 (linearly in log L0) between the two runs that bracket it, and lists every run.
+`--epochs 4 16` adds each recipe trained on the same number of samples drawn from
+budget/E unique ones, each seen E times in the same order (the suites' cache reuse,
+issue 19 item 6).
 
     .venv/bin/python benchmarks/quality.py real [--layer 9] [--tokens 300000]
 
@@ -278,6 +281,14 @@ def synthetic(args: argparse.Namespace) -> None:
             ),
             [None],
         )
+    for e in args.epochs:  # issue 19, item 6: the same total samples, repeated
+        for name in args.recipes:
+            trainers[f"saesuite ({name}, {e} epochs)"] = (
+                lambda x, lam, r=RECIPES[name], e=e: to_saelens(
+                    train_saesuite(x[: len(x) // e].repeat(e, 1), width, None, r)
+                ),
+                [None],
+            )
     rows = []
     for budget in args.budgets:
         for name, (fn, lams) in trainers.items():
@@ -430,6 +441,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="the rarest feature's firing probability (Zipf, exponent 0.5, "
                    "from 0.5); sets the true L0")  # fmt: skip
     s.add_argument("--target-l0", type=float, default=10.0)
+    s.add_argument("--epochs", type=int, nargs="*", default=[], metavar="E",
+                   help="also train each recipe on budget/E unique samples seen E "
+                   "times (the suites' cache reuse)")  # fmt: skip
     s.add_argument("--quick", action="store_true", help="tiny shapes (the test)")
     r = sub.add_parser("real")
     r.add_argument("--layer", type=int, default=9)

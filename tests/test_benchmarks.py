@@ -183,13 +183,15 @@ def test_gpu_benchmark_compares_saelens_where_it_is_installed(tmp_path, capsys):
 def test_quality_benchmark_on_synthetic_data(capsys):
     """Issue 19: both trainers on sae_lens.synthetic data, scored by its evaluator."""
     bench("quality").main(["synthetic", "--quick", "--budgets", "8192",
-                           "--lens-lams", "1", "--recipes", "default run"])  # fmt: skip
+                           "--lens-lams", "1", "--recipes", "default run",
+                           "--epochs", "2"])  # fmt: skip
     out = capsys.readouterr().out
     runs = table(out.split("Every run:")[1])
     assert [r[1] for r in runs] == [
         "SAELens (defaults)",
         "SAELens (defaults, quadratic L0 loss)",
         "saesuite (default run)",
+        "saesuite (default run, 2 epochs)",
     ]
     ev = [numbers(r[6])[0] for r in runs]  # explained variance: negative is possible
     assert all(math.isfinite(v) and v <= 1 for v in ev)
