@@ -270,8 +270,8 @@ def health_frame(
     held-out split, loss recovered, and the warnings of `health_warnings`."""
     rows = []
     for _, r in df.iterrows():
-        log = train_log(r["path"])
-        first, last = log[0], log[-1]
+        lines = train_log(r["path"])  # not `log`: the module's logger
+        first, last = lines[0], lines[-1]
         rows.append({
             "layer": r["layer"], "site": r["site"], "width": r["width"],
             "sparsity": sparsity_label(r["penalty"], r["value"], "legend"),

@@ -597,6 +597,7 @@ def train_step(
         loss, l0, fvu, recon = (buf / world).tolist()
         counts = counts.clone()
         dist.all_reduce(counts)  # over every process's share of the batch
+    counts = counts.cpu()  # one device→host copy per step, for both counters
     fired = counts > 0
     if not m.sharded:
         _reduce_grads(m.sae, world)
@@ -614,8 +615,8 @@ def train_step(
             m.sae.threshold_raw.clamp_(min=1e-6)
     m.last_l0 = l0
     m.since_fired += cfg["batch_size"]
-    m.since_fired[fired.cpu()] = 0
-    m.window_counts += counts.cpu()
+    m.since_fired[fired] = 0
+    m.window_counts += counts
     m.window_tokens += cfg["batch_size"]
     dead = dense = None  # counted only for the steps that are logged
     if step % cfg["log_every"] == 0 or step == sched.total_steps - 1:
