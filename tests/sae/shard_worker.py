@@ -7,19 +7,35 @@ import sys
 import torch
 import torch.distributed as dist
 
-from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.sae.jumprelu import JumpReLUSAE, prefix_ends
 from saesuite.sae.shard import bounds, clip_grad_norm_, gather_state
 from saesuite.sae.step import dense_step, sparse_step
 
 D, WIDTH, SEED = 12, 37, 5  # 37 latents: blocks of unequal size
 D_OUT = 9  # a transcoder's output width, unequal to its input's
-# penalty, target L0, frequency coefficient (issue 19's penalty on top of the L0 one)
+# penalty, target L0, frequency coefficient (issue 19's penalty on top of the L0 one),
+# Matryoshka prefixes as fractions of the width, pre-activation loss coefficient
 PENALTIES = {
-    "l0": ("l0", None, 0.0),
-    "target_l0": ("target_l0", 4.0, 0.0),
-    "frequency": ("target_l0", 4.0, 0.5),
+    "l0": ("l0", None, 0.0, (), 0.0),
+    "target_l0": ("target_l0", 4.0, 0.0, (), 0.0),
+    "frequency": ("target_l0", 4.0, 0.5, (), 0.0),
+    # prefixes 5, 15, 30 of 37: on two ranks (0–18, 19–36) one straddles a boundary
+    "matryoshka_pre_act": ("target_l0", 4.0, 0.5, (0.14, 0.4, 0.8), 0.2),
 }
 MAX_FREQUENCY = 0.1
+DEAD = torch.arange(WIDTH) % 3 == 0  # latents the pre-activation loss treats as dead
+
+
+def step_kwargs(key: str, rank: int | None = None, world: int = 1) -> dict:
+    """dense_step/sparse_step keywords of PENALTIES[key], for the whole SAE or (rank
+    given) the block of latents that rank holds."""
+    penalty, target, mu, fractions, pre = PENALTIES[key]
+    lo, hi = (0, WIDTH) if rank is None else bounds(WIDTH, world, rank)
+    return dict(
+        penalty=penalty, coefficient=0.3, target_l0=target, frequency_coefficient=mu,
+        max_frequency=MAX_FREQUENCY, prefixes=prefix_ends(fractions, WIDTH, lo, hi),
+        pre_act_coefficient=pre, dead=DEAD[lo:hi], sharded=rank is not None,
+    )  # fmt: skip
 
 
 def whole() -> JumpReLUSAE:
@@ -85,11 +101,9 @@ def main(out: str) -> None:
     res = {"init": {k: v.clone() for k, v in init.state_dict().items()}}
     full, x = whole(), batch()
     for name, fn in (("dense", dense_step), ("sparse", sparse_step)):
-        for key, (penalty, target, mu) in PENALTIES.items():
+        for key, (penalty, *_) in PENALTIES.items():
             sae = shard_of(full, rank, world)
-            st = fn(sae, x, penalty=penalty, coefficient=0.3, target_l0=target,
-                    sharded=True, frequency_coefficient=mu,
-                    max_frequency=MAX_FREQUENCY)  # fmt: skip
+            st = fn(sae, x, **step_kwargs(key, rank, world))
             res[f"{name}/{key}"] = {
                 "stats": [st.loss, st.reconstruction, st.l0, st.fvu],
                 "fired": st.fired,

@@ -72,20 +72,20 @@ def test_each_block_is_initialised_as_its_slice_of_the_whole_sae(ranks):
 @pytest.mark.parametrize("key", list(w.PENALTIES))
 def test_sharded_steps_give_the_whole_saes_loss_and_gradients(ranks, step, key):
     full, x = w.whole(), w.batch()
-    penalty, target, mu = w.PENALTIES[key]
-    freq = dict(frequency_coefficient=mu, max_frequency=w.MAX_FREQUENCY)
-    st = dense_step(full, x, penalty=penalty, coefficient=0.3, target_l0=target, **freq)
+    st = dense_step(full, x, **w.step_kwargs(key))
     assert st.fired.any() and not st.fired.all()  # a real mix of latents
     for r in ranks:  # every process has the whole loss, L0 and FVU
         torch.testing.assert_close(
             torch.tensor(r[f"{step}/{key}"]["stats"]),
             torch.tensor([st.loss, st.reconstruction, st.l0, st.fvu]),
         )
-    if mu:  # the frequency penalty is really on: it adds to the loss
-        assert (
-            ranks[0][f"{step}/{key}"]["stats"][0]
-            > ranks[0][f"{step}/target_l0"]["stats"][0]
-        )
+    # each extra term is really on: it adds to the loss (the frequency penalty to the
+    # quadratic one; the Matryoshka and pre-activation terms to both)
+    losses = {k: ranks[0][f"{step}/{k}"]["stats"][0] for k in w.PENALTIES}
+    if key == "frequency":
+        assert losses[key] > losses["target_l0"]
+    if key == "matryoshka_pre_act":
+        assert losses[key] > losses["frequency"]
     fired = torch.cat([r[f"{step}/{key}"]["fired"] for r in ranks])
     assert torch.equal(fired, st.fired)
     grads = cat([r[f"{step}/{key}"]["grads"] for r in ranks])

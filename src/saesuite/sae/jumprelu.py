@@ -109,6 +109,30 @@ def frequency_penalty(
     return coefficient * over.pow(2).sum() / max_frequency
 
 
+def pre_act_penalty(
+    pre: torch.Tensor, theta: torch.Tensor, dead: torch.Tensor, coefficient: float
+) -> torch.Tensor:
+    """c · mean_b Σ_{i dead} relu(θ_i − pre_{b,i}) (Anthropic's pre-activation loss,
+    as SAELens applies it: to dead latents only; its factor ‖W_dec[i]‖ is 1 here, the
+    decoder rows being kept at unit norm). It pulls a dead latent's pre-activations
+    up to its threshold, and the threshold down, on every token, until it fires."""
+    gap = (theta[dead] - pre[:, dead]).clamp_min(0.0)
+    return coefficient * gap.sum() / pre.shape[0]
+
+
+def prefix_ends(
+    fractions: list[float] | tuple[float, ...], width: int, start: int = 0,
+    stop: int | None = None,
+) -> tuple[int, ...]:  # fmt: skip
+    """The Matryoshka loss's inner prefixes of a `width`-latent SAE, latents
+    [0, round(f·width)) for each fraction f, as ends local to the block [start, stop)
+    a shard holds (clipped to it, so every shard has as many; the full width is
+    always a prefix and not listed)."""
+    stop = width if stop is None else stop
+    ends = sorted({max(1, round(f * width)) for f in fractions})
+    return tuple(min(max(e - start, 0), stop - start) for e in ends if e < width)
+
+
 class JumpReLUSAE(nn.Module):
     """A JumpReLU SAE with W_enc [d_in, d_sae], W_dec [d_sae, d_out], b_enc [d_sae],
     b_dec [d_out] and one threshold θ > 0 per latent; d_out = d_in for an SAE.
@@ -253,11 +277,19 @@ class JumpReLUSAE(nn.Module):
         sharded: bool = False,
         frequency_coefficient: float = 0.0,
         max_frequency: float = 1.0,
+        prefixes: tuple[int, ...] = (),
+        pre_act_coefficient: float = 0.0,
+        dead: torch.Tensor | None = None,
     ) -> LossOutput:
         """‖y − ŷ‖² + sparsity, with the straight-through estimators; dense path.
         y is `target` (a transcoder's output site) or x itself (an SAE). The
         sparsity holds the L0 term and, when `frequency_coefficient` > 0, the
-        `frequency_penalty` above `max_frequency`.
+        `frequency_penalty` above `max_frequency`, and when `pre_act_coefficient` > 0
+        the `pre_act_penalty` of the `dead` latents (bool, this module's).
+        `prefixes` (`prefix_ends`): the Matryoshka loss, Σ over the inner prefixes P
+        of ‖y − ŷ_P‖², ŷ_P decoded from latents [0, P) only (biases and skip
+        connection included), added to the full reconstruction's term (SAELens's
+        Matryoshka SAEs: unweighted); `reconstruction` stays the full one's.
         `sharded`: this module holds one block of the latents (`saesuite.sae.shard`);
         the reconstruction and L0 are summed over the processes holding the others."""
         fan, total = (fan_out, reduce_sum) if sharded else (_identity, _identity)
@@ -270,6 +302,14 @@ class JumpReLUSAE(nn.Module):
         if self.skip:  # every process holds the whole skip matrix: added once
             x_hat = x_hat + x @ self.W_skip
         recon = (y - x_hat).pow(2).sum(-1).mean()
+        inner = recon.new_zeros(())
+        partial, lo = self.b_dec, 0
+        if prefixes and self.skip:
+            partial = partial + x @ self.W_skip
+        for hi in prefixes:
+            partial = partial + total(f[:, lo:hi] @ self.W_dec[lo:hi])
+            inner = inner + (y - partial).pow(2).sum(-1).mean()
+            lo = hi
         fires = StepFn.apply(pre, theta, self.bandwidth)  # (B, d_sae)
         l0 = total(fires.sum(-1))  # (B,)
         sparse = sparsity_penalty(l0, penalty, coefficient, target_l0)
@@ -278,8 +318,12 @@ class JumpReLUSAE(nn.Module):
                 fires.mean(0), frequency_coefficient, max_frequency
             )
             sparse = sparse + total(freq)
+        if pre_act_coefficient > 0 and dead is not None:
+            sparse = sparse + total(
+                pre_act_penalty(pre, theta, dead, pre_act_coefficient)
+            )
         return LossOutput(
-            recon + sparse,
+            recon + inner + sparse,
             recon,
             sparse,
             l0.mean().detach(),

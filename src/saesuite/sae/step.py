@@ -28,6 +28,7 @@ from saesuite.sae.jumprelu import (
     JumpReLUSAE,
     Penalty,
     frequency_penalty,
+    pre_act_penalty,
     rectangle,
     sparsity_penalty,
 )
@@ -67,12 +68,16 @@ def dense_step(
     sharded: bool = False,
     frequency_coefficient: float = 0.0,
     max_frequency: float = 1.0,
+    prefixes: tuple[int, ...] = (),
+    pre_act_coefficient: float = 0.0,
+    dead: torch.Tensor | None = None,
 ) -> StepStats:
     y = x if target is None else target
     out = sae.training_loss(
         x, target=target, penalty=penalty, coefficient=coefficient,
         target_l0=target_l0, sharded=sharded,
         frequency_coefficient=frequency_coefficient, max_frequency=max_frequency,
+        prefixes=prefixes, pre_act_coefficient=pre_act_coefficient, dead=dead,
     )  # fmt: skip
     out.loss.backward()
     err = (y - out.x_hat).pow(2).sum()
@@ -151,6 +156,9 @@ def sparse_step(
     sharded: bool = False,
     frequency_coefficient: float = 0.0,
     max_frequency: float = 1.0,
+    prefixes: tuple[int, ...] = (),
+    pre_act_coefficient: float = 0.0,
+    dead: torch.Tensor | None = None,
 ) -> StepStats:
     reduce = all_reduce_ if sharded else (lambda t: t)
     y = x if target is None else target
@@ -169,19 +177,49 @@ def sparse_step(
     kr, kc, kv = r[in_kernel], c[in_kernel], v[in_kernel]
     l0_tok = torch.bincount(rows, minlength=B)  # (B,) of this module's latents
 
-    # Decode over active latents only: x̂[b] = b_dec + Σ_c f[b,c] W_dec[c].
-    x_hat = reduce(_bag_sum(sae.W_dec, cols, l0_tok, vals)) + sae.b_dec
-    if sae.skip:  # whole on every process: added once, after the sum over shards
-        x_hat += x @ sae.W_skip
-    err = x_hat - y
+    # Latents fall in groups [ends[g], ends[g+1]): one for the whole SAE, or the
+    # Matryoshka prefixes' differences. Group g's decoded part P_g feeds every
+    # reconstruction from prefix g on, so its gradient is G_g = Σ_{j ≥ g} ∂/∂x̂_j.
+    ends = (0, *prefixes, d_sae)
+    base = sae.b_dec + x @ sae.W_skip if sae.skip else sae.b_dec
+    if prefixes:
+        grp = torch.bucketize(
+            cols, torch.tensor(ends[1:-1], device=x.device), right=True
+        )
+        masks = [grp == g for g in range(len(ends) - 1)]
+        parts = torch.stack([
+            _bag_sum(sae.W_dec, cols[m], torch.bincount(rows[m], minlength=B), vals[m])
+            for m in masks
+        ])  # fmt: skip
+        parts = reduce(parts)  # (groups, B, d_out): summed over shards in one call
+        x_hats = base + parts.cumsum(0)  # reconstruction from each prefix
+        errs = x_hats - y
+        err = errs[-1]
+        inner_sq = errs[:-1].pow(2).sum()
+        # G_g: suffix sums of the per-prefix gradients (2/B)·err_j
+        G = (errs * (2.0 / B)).flip(0).cumsum(0).flip(0)
+    else:
+        # Decode over active latents only: x̂[b] = b_dec + Σ_c f[b,c] W_dec[c].
+        x_hat = reduce(_bag_sum(sae.W_dec, cols, l0_tok, vals)) + sae.b_dec
+        if sae.skip:  # whole on every process: added once, after the sum over shards
+            x_hat += x @ sae.W_skip
+        err = x_hat - y
+        inner_sq = err.new_zeros(())
+        G = (err * (2.0 / B))[None]
     err_sq = err.pow(2).sum()
     recon = err_sq / B
     l0_f = reduce(l0_tok.to(x.dtype))  # over all latents
     sparse = sparsity_penalty(l0_f, penalty, coefficient, target_l0)
 
-    g_xhat = err * (2.0 / B)  # ∂recon/∂x̂, (B, d_out)
-    # ∂/∂f at active latents: g_xhat[b] · W_dec[c]
-    g_f = _sampled_dot(g_xhat, sae.W_dec, rows, cols, l0_tok)  # (nnz,)
+    # ∂/∂f at active latents: G_g[b] · W_dec[c] for latent c of group g
+    if prefixes:
+        g_f = torch.empty_like(vals)
+        for g, m in enumerate(masks):
+            if m.any():
+                per_row = torch.bincount(rows[m], minlength=B)
+                g_f[m] = _sampled_dot(G[g], sae.W_dec, rows[m], cols[m], per_row)
+    else:
+        g_f = _sampled_dot(G[0], sae.W_dec, rows, cols, l0_tok)  # (nnz,)
 
     # Per-latent bags (sorted by latent) for ∂W_dec, ∂W_enc and ∂b_enc.
     order = torch.argsort(cols, stable=True)
@@ -194,7 +232,20 @@ def sparse_step(
         # ∂penalty/∂p_i, and ∂p_i/∂θ_i = −(1/ε)·Σ_b K / B through the step
         dfreq = 2 * frequency_coefficient * (freq - max_frequency).clamp_min(0.0)
         dfreq /= max_frequency * B
-    g_Wdec = _bag_sum(g_xhat, r_by_c, per_latent, vals[order])  # (d_sae, d_out)
+    # sorted by latent, each group's entries are one slice: [starts[g], starts[g+1])
+    vals_sorted = vals[order]
+    if prefixes:
+        starts = torch.cat([per_latent.new_zeros(1), per_latent.cumsum(0)])
+        starts = starts[list(ends)].tolist()
+        g_Wdec = torch.zeros_like(sae.W_dec)  # (d_sae, d_out)
+        for g, (lo, hi) in enumerate(zip(ends[:-1], ends[1:])):
+            a, b = starts[g], starts[g + 1]
+            if hi > lo:  # a shard may hold none of a group's latents
+                g_Wdec[lo:hi] = _bag_sum(
+                    G[g], r_by_c[a:b], per_latent[lo:hi], vals_sorted[a:b]
+                )
+    else:
+        g_Wdec = _bag_sum(G[0], r_by_c, per_latent, vals_sorted)  # (d_sae, d_out)
     g_pre = g_f[order]  # JumpReLU passes the gradient where active
     g_Wenc_T = _bag_sum(xc, r_by_c, per_latent, g_pre)  # (d_sae, d_in)
     g_benc = torch.zeros(d_sae, dtype=x.dtype, device=x.device)
@@ -204,7 +255,13 @@ def sparse_step(
     g_theta = torch.zeros(d_sae, dtype=x.dtype, device=x.device)
     if len(kr):
         k = rectangle((kv - theta[kc]) / eps)
-        g_f_k = _gather_dot(g_xhat, kr, sae.W_dec, kc)
+        if prefixes:  # row g·B + b of the stacked G is G_g[b]
+            kg = torch.bucketize(
+                kc, torch.tensor(ends[1:-1], device=x.device), right=True
+            )
+            g_f_k = _gather_dot(G.flatten(0, 1), kg * B + kr, sae.W_dec, kc)
+        else:
+            g_f_k = _gather_dot(G[0], kr, sae.W_dec, kc)
         # reconstruction through JumpReLU: −(θ/ε) K g_f
         g_theta.index_add_(0, kc, -(theta[kc] / eps) * k * g_f_k)
         # sparsity through the step: −(1/ε) K ∂penalty/∂L0_b
@@ -216,12 +273,23 @@ def sparse_step(
         if frequency_coefficient > 0:
             g_theta.index_add_(0, kc, -(1.0 / eps) * k * dfreq[kc])
 
-    g_bdec = g_xhat.sum(0)
+    if pre_act_coefficient > 0 and dead is not None and bool(dead.any()):
+        # c·mean_b Σ_dead relu(θ − pre): a dense (B, n_dead) block, dead latents only
+        idx = dead.nonzero(as_tuple=True)[0]
+        below = (pre[:, idx] < theta[idx]).to(x.dtype)  # (B, n_dead)
+        pen = pre_act_penalty(pre, theta, dead, pre_act_coefficient)
+        sparse = sparse + reduce(pen.clone())
+        g_below = below * (-pre_act_coefficient / B)  # ∂/∂pre
+        g_Wenc_T.index_add_(0, idx, g_below.T @ xc)
+        g_benc.index_add_(0, idx, g_below.sum(0))
+        g_theta.index_add_(0, idx, -g_below.sum(0))
+
+    g_bdec = G[0].sum(0)
     if sae.apply_b_dec_to_input:  # xc = x − b_dec feeds the encoder
         g_bdec -= reduce(sae.W_enc @ g_benc)
 
-    if sae.skip:
-        _add_grad(sae.W_skip, x.T @ g_xhat)  # (d_in, d_out), the same on every shard
+    if sae.skip:  # in every prefix's reconstruction; the same on every shard
+        _add_grad(sae.W_skip, x.T @ G[0])  # (d_in, d_out)
     _add_grad(sae.W_dec, g_Wdec)
     _add_grad(sae.W_enc, g_Wenc_T.T)
     _add_grad(sae.b_enc, g_benc)
@@ -232,6 +300,6 @@ def sparse_step(
         _add_grad(sae.threshold_raw, g_theta)
 
     return StepStats(
-        float(recon + sparse), float(recon), float(l0_f.mean()), _fvu(err_sq, y),
-        per_latent,
+        float(recon + inner_sq / B + sparse), float(recon), float(l0_f.mean()),
+        _fvu(err_sq, y), per_latent,
     )  # fmt: skip

@@ -42,7 +42,7 @@ from saesuite.cluster.resources import GPU_HEADROOM, fit_groups, sae_gpu_bytes
 from saesuite.data.logs import OwnLineHandler, progress_interval
 from saesuite.data.models import pick_device
 from saesuite.data.store import ActivationReader
-from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.sae.jumprelu import JumpReLUSAE, prefix_ends
 from saesuite.sae.launch import PREEMPTED_EXIT, torchrun
 from saesuite.sae.shard import all_reduce_, bounds, clip_grad_norm_, gather_state
 from saesuite.sae.step import dense_step, sparse_step
@@ -142,6 +142,10 @@ class Member:
             eps=cfg["adam_eps"],
         )
         self.schedule = make_schedule(spec.tokens, cfg)
+        # the Matryoshka loss's inner prefixes, local to this block of latents
+        self.prefixes = prefix_ends(
+            cfg["matryoshka_fractions"], spec.width, start, stop
+        )
         # tokens since each latent last fired
         self.since_fired = torch.zeros(stop - start, dtype=torch.int64)
         self.last_l0 = float(spec.width)
@@ -568,6 +572,15 @@ def init_b_dec(m: Member, y: torch.Tensor, world: int) -> None:
     m.sae.b_dec.copy_(mean)
 
 
+def dead_mask(m: Member, cfg: dict) -> torch.Tensor | None:
+    """The latents the pre-activation loss revives: those that have not fired in
+    `pre_act_window_tokens` (SAELens: `dead_feature_window` forward passes); None
+    when the loss is off."""
+    if not cfg["pre_act_coefficient"] > 0:
+        return None
+    return m.since_fired >= cfg["pre_act_window_tokens"]
+
+
 def train_step(
     m: Member, x: torch.Tensor, step: int, cfg: dict, world: int,
     target: torch.Tensor | None = None,
@@ -586,9 +599,12 @@ def train_step(
     if step == 0 and cfg["b_dec_init"] == "mean":
         init_b_dec(m, x if target is None else target, world)
     mu = cfg["frequency_coefficient"] * sched.lam_factor(step)
+    dead = dead_mask(m, cfg)
     stats = fn(m.sae, x, target=target, penalty=spec.penalty, coefficient=coef,
                target_l0=l0_target, sharded=m.sharded, frequency_coefficient=mu,
-               max_frequency=cfg["max_frequency"])  # fmt: skip
+               max_frequency=cfg["max_frequency"], prefixes=m.prefixes,
+               pre_act_coefficient=cfg["pre_act_coefficient"],
+               dead=None if dead is None else dead.to(x.device))  # fmt: skip
     counts = stats.counts
     loss, l0, fvu, recon = stats.loss, stats.l0, stats.fvu, stats.reconstruction
     if world > 1 and not m.sharded:  # sharded: every process has the whole sums

@@ -21,7 +21,7 @@ CODE_VERSIONS: dict[str, int] = {
     "extract": 2,  # 2: block checksums in each chunk's sidecar
     "manifest": 2,  # 2: names each chunk's sidecar (info_file)
     "normalize": 1,
-    "train": 2,  # 2: dense latents logged; dead over runs shorter than the window
+    "train": 3,  # 3: Matryoshka and pre-activation losses; 2: dense latents logged
     "evaluate": 1,
     "eval_table": 1,
     "transfer_rollouts": 1,
