@@ -82,6 +82,37 @@ RECIPES: dict[str, dict[str, Any]] = {
     "b_dec mean": {"b_dec_init": "mean"},
     "freq 0.1": {"frequency_coefficient": 1.0, "max_frequency": 0.1},
 }
+# The best of those (BENCHMARKS.md, 2026-12-01), then each of the later options on it.
+# The pre-activation loss's window is 100k tokens (~100 steps): its default, 1M, is
+# longer than these runs' dead latents take to show.
+CANDIDATE = {"lambda": 0.01, "encoder_init_scale": 0.1}
+SAELENS_RECIPE = {
+    "decoder_norm": "free", "decoder_init_norm": 0.1, "encoder_init_scale": 0.1,
+    "init_threshold": 0.003, "bandwidth": 0.015, "adam_beta1": 0.9, "lr": 3e-4,
+    "lr_decay": "none", "lr_warmup_steps": 0, "lambda_warmup_steps": 0,
+    "max_grad_norm": None, "lambda": 0.086,
+}  # fmt: skip
+PRE_ACT = {"pre_act_window_tokens": 100_000}
+RECIPES |= {
+    "λ 0.01, encoder 0.1": CANDIDATE,
+    "… pre-act 1e-3": CANDIDATE | PRE_ACT | {"pre_act_coefficient": 1e-3},
+    "… pre-act 1e-2": CANDIDATE | PRE_ACT | {"pre_act_coefficient": 1e-2},
+    "… pre-act 1e-1": CANDIDATE | PRE_ACT | {"pre_act_coefficient": 1e-1},
+    "… Matryoshka 1/4": CANDIDATE | {"matryoshka_fractions": [0.25]},
+    "… Matryoshka 1/16, 1/4": CANDIDATE | {"matryoshka_fractions": [0.0625, 0.25]},
+    # SAELens's JumpReLU recipe in saesuite's trainer, in normalised units: its
+    # init (free decoder rows of norm 0.1, W_enc = W_decᵀ), θ₀ 0.01 and ε 0.05 on
+    # raw inputs of RMS norm ~3.4 here (0.003, 0.015), Adam 0.9/0.999 at a constant
+    # 3e-4 without warm-ups or clipping, and its quadratic λ 1 on raw inputs (the
+    # reconstruction term is E‖x‖² ≈ 11.6 times ours: λ 0.086)
+    "SAELens's recipe": SAELENS_RECIPE,
+    "… λ 0.01": SAELENS_RECIPE | {"lambda": 0.01},
+    "… lr 1e-3 cosine, clip 1": SAELENS_RECIPE
+    | {"lr": 1e-3, "lr_decay": "cosine", "max_grad_norm": 1.0},
+    "… Matryoshka 1/16, 1/4, pre-act 1e-2": CANDIDATE
+    | PRE_ACT
+    | {"matryoshka_fractions": [0.0625, 0.25], "pre_act_coefficient": 1e-2},
+}
 
 
 def synthetic_model(n: int, d: int, min_prob: float):

@@ -49,7 +49,8 @@ def one_of(names):
 
 
 wildcard_constraints:
-    model=one_of(config["models"]),
+    model=one_of([*config["models"], *WF.tuned]),
+    tuned=one_of(WF.tuned),
     lm=one_of(config["models"]),
     chunk=r"\d{5}",
     layer=r"\d+",

@@ -55,3 +55,28 @@ rule transfer_table:
         check=lambda w: WF.check_params(w.check),
     script:
         "scripts/transfer_table.py"
+
+
+# Gemma Scope 2's IT SAEs (transfer.finetune_share > 0): one site's PT dictionaries
+# fine-tuned on a check's target model, written under the fine-tuned key.
+rule finetune:
+    input:
+        unpack(lambda w: WF.finetune_inputs(w.tuned, int(w.layer), w.kind)),
+    output:
+        paths.finetune_summary(ROOT, "{tuned}", "{layer}", "{kind}"),
+    log:
+        f"{ROOT}/logs/finetune/{{tuned}}/layer_{{layer}}.{{kind}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/finetune/{{tuned}}/layer_{{layer}}.{{kind}}.tsv"
+    conda:
+        "../envs/saesuite.yaml"
+    threads: job_threads("finetune")
+    resources:
+        **resources_of("finetune"),
+    params:
+        code=CODE_VERSIONS["finetune"],
+        job=lambda w: WF.finetune_params(w.tuned, int(w.layer), w.kind),
+        cache_root=CACHE,
+        scratch=SCRATCH,
+    script:
+        "scripts/finetune.py"

@@ -72,6 +72,37 @@ def test_it_saes_sit_beside_pt_saes_on_the_same_data():
     assert Evaluation("other", "other", "chat") not in planned  # format_shift off
 
 
+def test_fine_tuned_saes_join_every_check_at_its_layers_and_are_labelled():
+    """transfer.finetune_share > 0: each check's base SAEs, fine-tuned on its target,
+    are evaluated on the target's text and chat data (at the layers the check
+    compares), under a key no model may take, and labelled by what they are."""
+    from saesuite.eval.transfer import saes_label
+    from saesuite.spec.checks import finetuned_specs
+    from saesuite.spec.config import ConfigError
+    from saesuite.spec.workflow import Workflow
+
+    cfg = pair_config(it_trained=True)
+    cfg["transfer"]["finetune_share"] = 0.1
+    suite = expand_suite(cfg)
+    checks = {c.name: c for c in transfer_checks(cfg, suite)}
+    pair, shift = checks["tiny-to-tiny-it"], checks["other-format-shift"]
+    assert pair.finetuned == "tiny-ft-tiny-it"
+    assert Evaluation("tiny-ft-tiny-it", "tiny-it", "chat", (1,)) in pair.evaluations
+    assert Evaluation("other-ft-other", "other", "text", (1, 2)) in shift.evaluations
+    tuned = finetuned_specs(cfg, suite, list(checks.values()))
+    assert {(s.model, s.layer) for s in tuned} == {
+        ("tiny-ft-tiny-it", 1), ("other-ft-other", 1), ("other-ft-other", 2)
+    }  # fmt: skip
+    assert {s.tokens for s in tuned} == {2000}  # 0.1 of 20,000
+    assert saes_label(pair, "tiny") == "PT-trained"
+    assert saes_label(pair, "tiny-ft-tiny-it") == "PT, fine-tuned on IT"
+    assert saes_label(pair, "tiny-it") == "IT-trained"
+    assert "format shift" in saes_label(shift, "other-ft-other")
+    cfg["models"]["tiny-ft-tiny-it"] = {**cfg["models"]["other"]}
+    with pytest.raises(ConfigError, match="models.tiny-ft-tiny-it"):
+        Workflow(cfg)
+
+
 def test_prompt_files(tmp_path):
     assert len(load_prompts(None)) >= 32
     txt = tmp_path / "p.txt"

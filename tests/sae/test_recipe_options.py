@@ -129,3 +129,36 @@ def test_the_log_counts_dense_and_dead_latents_of_the_batch(mode):
     with torch.no_grad():
         freq2 = (m.sae.encode(x2) != 0).double().mean(0)
     assert train_step(m, x2, 1, cfg, 1)["dense"] == int((freq2 > 0.1).sum())
+
+
+@pytest.mark.parametrize("norm", ["unit", "free"])
+def test_decoder_rows_stay_unit_or_train_freely_from_their_init_norm(norm):
+    cfg = schema_defaults("train") | {"batch_size": 64, "lr": 1e-2,
+                                      "decoder_norm": norm}  # fmt: skip
+    if norm == "free":
+        cfg["decoder_init_norm"] = 0.1
+    m = member(cfg)
+    start = m.sae.W_dec.detach().norm(dim=1)
+    want = 1.0 if norm == "unit" else 0.1
+    torch.testing.assert_close(start, torch.full_like(start, want))
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(5))
+    for step in range(3):
+        train_step(m, x, step, cfg, 1)
+    after = m.sae.W_dec.detach().norm(dim=1)
+    if norm == "unit":
+        torch.testing.assert_close(after, torch.ones_like(after))
+    else:  # the rows moved off norm 0.1 (the gradient's parallel part is kept)
+        assert (after - 0.1).abs().max() > 1e-3
+
+
+def test_a_decoder_init_norm_needs_a_free_decoder():
+    from helpers import make_config
+
+    from saesuite.spec.config import ConfigError, check_config, load_config
+
+    cfg = make_config("test/placeholder")
+    cfg["train"] |= {"decoder_init_norm": 0.1}
+    with pytest.raises(ConfigError, match="train.decoder_init_norm"):
+        check_config(load_config(cfg))
+    cfg["train"] |= {"decoder_norm": "free"}
+    check_config(load_config(cfg))

@@ -398,11 +398,14 @@ def test_pt_to_it_workflow(run, tiny_models, tiny_it_model, tokenizer, tmp_path)
     cfg["suite"][0]["models"] = ["tiny"]
     it_group = {"models": ["tiny-it"], "layers": [1], "sites": ["res", "att"]}
     cfg["suite"].append({**cfg["suite"][0], **it_group})
+    # Gemma Scope 2's IT SAEs too: the PT SAEs at layer 1 fine-tuned on the IT model
+    cfg["transfer"]["finetune_share"] = 0.25
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     res = snakemake(work, "--cores", "2")
     assert res.returncode == 0, res.stderr[-3000:]
     ran = job_counts(res.stdout + res.stderr)
     assert ran["train"] == 2 and ran["extract"] == 4  # the IT model's only
+    assert ran["finetune"] == 3  # layer 1's res, att and mlp ladders
     out = work / "results"
     table = pd.read_csv(out / "transfer" / "tiny-to-tiny-it" / "table.csv")
     assert (table["check"] == "pt->it").all()
@@ -413,9 +416,23 @@ def test_pt_to_it_workflow(run, tiny_models, tiny_it_model, tokenizer, tmp_path)
         ("tiny", "tiny-it", "chat"): 6,
         ("tiny-it", "tiny-it", "text"): 4,
         ("tiny-it", "tiny-it", "chat"): 4,
+        ("tiny-ft-tiny-it", "tiny-it", "text"): 6,
+        ("tiny-ft-tiny-it", "tiny-it", "chat"): 6,
     }
     assert set(table[table.trained_on == "tiny"]["saes"]) == {"PT-trained"}
     assert set(table[table.trained_on == "tiny-it"]["saes"]) == {"IT-trained"}
+    tuned = table[table.trained_on == "tiny-ft-tiny-it"]
+    assert set(tuned["saes"]) == {"PT, fine-tuned on IT"}
+    assert set(tuned["train_tokens"]) == {5000}  # 0.25 of the PT SAEs' 20,000
+    info = read_json(out / "tiny-ft-tiny-it" / "saes" / "layer_1" / "res" /
+                     "width_128" / "l0_8" / "sae.json")  # fmt: skip
+    assert info["finetuned_from"]["model"] == "tiny"
+    assert info["finetune_data"] == "chat-formatted training text through tiny-it"
+    # fine-tuned on the IT model's chat-formatted text, they reconstruct its chat
+    # rollouts better than the PT SAEs they started from, SAE for SAE
+    chat = table[(table.data == "chat") & (table.evaluated_on == "tiny-it")]
+    fvu = chat.pivot_table(index="path", columns="trained_on", values="fvu")
+    assert (fvu["tiny-ft-tiny-it"] < fvu["tiny"]).mean() >= 0.5, fvu
     assert set(table["layer"]) == {1}  # compared where the IT model has SAEs
     assert (
         read_json(out / "tiny-it" / "rollouts" / "rollouts.json")["model"] == "tiny-it"

@@ -16,7 +16,10 @@ clamped to [min_runtime, max_runtime] minutes; memory has a 1.5× margin):
 - dashboards: the model, the layer's SAEs and per latent its streamed contexts (top-k
   and sample, each a window of values and token ids); FLOPs a truncated forward over
   the tokens plus 2·d_in·width per token per SAE;
-- transfer_rollouts: the model; decoding runs ~10× below the dense rate.
+- transfer_rollouts: the model; decoding runs ~10× below the dense rate;
+- finetune: the target model, its activations of the budget's chat-formatted tokens
+  at the site (float32, in memory, twice while they are selected), and a train job's
+  memory; FLOPs a truncated forward over those tokens plus the training.
 An unknown model (not in known_models) gets conservative fixed requests.
 """
 
@@ -32,7 +35,7 @@ from saesuite.spec.sizes import BYTES, dictionary_bytes
 from saesuite.spec.workflow import Workflow
 
 GPU_STAGES = frozenset(
-    {"extract", "train", "evaluate", "dashboards", "transfer_rollouts"}
+    {"extract", "train", "evaluate", "dashboards", "transfer_rollouts", "finetune"}
 )
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt"}
 BASE_MB = 2048  # interpreter, torch, transformers
@@ -223,6 +226,24 @@ def dashboards_estimate(
     return mem, forward_flops(shape, tokens, layer + 1) + encode * tokens
 
 
+def finetune_estimate(
+    config: dict[str, Any], target: str, specs: list[SAESpec]
+) -> tuple[int, float | None]:
+    """(mem_mb, flops) of one finetune job: `specs` (one site's fine-tuned
+    dictionaries) trained on `target`'s activations (saesuite.sae.finetune)."""
+    shape = _shape(config, target)
+    s0 = specs[0]
+    d_in = known_site_width(config, target, s0.input_site.kind)
+    d_out = known_site_width(config, target, s0.output_site.kind)
+    tokens = max(s.tokens for s in specs) * 5 // 4  # ~1/5 of chat tokens are masked
+    acts = 2 * 4 * tokens * (d_in + (d_out if s0.kind != "sae" else 0))
+    train = train_mem_mb(config, specs, d_in)
+    mem = model_mb(config, target) + int(1.5 * acts / 2**20) + train
+    if shape is None:
+        return mem, None
+    return mem, forward_flops(shape, tokens, s0.layer + 1) + train_flops(specs, d_in)
+
+
 def evaluate_estimate(
     config: dict[str, Any], lm: str, data: str, specs: list[SAESpec]
 ) -> tuple[int, float | None]:
@@ -388,6 +409,11 @@ class JobResources:
             return request(config, stage, train_mem_mb(config, specs, d_in),
                            train_flops(specs, d_in),
                            self.train_nproc(model, layer, kind))  # fmt: skip
+        if stage == "finetune":
+            c = wf.tuned[w["tuned"]]
+            specs = [s for s in wf.layer_specs(w["tuned"], int(w["layer"]))
+                     if s.family == w["kind"]]  # fmt: skip
+            return request(config, stage, *finetune_estimate(config, c.target, specs))
         if stage == "evaluate":
             specs = wf.layer_specs(w["model"], int(w["layer"]))
             est = evaluate_estimate(config, w["lm"], w["data"], specs)

@@ -21,7 +21,7 @@ from saesuite.data.models import chat_template, load_model, load_tokenizer
 from saesuite.data.tokens import chat_wrap, save_tokens, special_ids
 from saesuite.eval.plots import pareto_axes, pareto_series, save_png, save_svg, subplots
 from saesuite.eval.tables import eval_frame, html_table, write_table
-from saesuite.spec.checks import TransferCheck, check_label
+from saesuite.spec.checks import FORMAT_SHIFT, TransferCheck, check_label
 from saesuite.spec.hashing import derived_seed
 from saesuite.spec.io import atomic_path, versions, write_json
 from saesuite.spec.jobs import RolloutsJob
@@ -167,11 +167,21 @@ def transfer_frame(check: TransferCheck, layer_jsons: list[str | Path]):
     df = eval_frame(layer_jsons)
     df.insert(0, "check", check.kind)
     df.insert(1, "check_label", check_label(check.kind))
-    trained = df["trained_on"].map(
-        lambda m: "PT-trained" if m == check.base else "IT-trained"
-    )
-    df.insert(2, "saes", trained)
+    df.insert(2, "saes", df["trained_on"].map(lambda m: saes_label(check, m)))
     return df
+
+
+def saes_label(check: TransferCheck, trained_on: str) -> str:
+    """What a row's SAEs are: the base's, the base's fine-tuned on the check's target
+    (transfer.finetune_share; on the PT model itself in a format-shift check), or
+    the IT model's own."""
+    if trained_on == check.base:
+        return "PT-trained"
+    if trained_on == check.finetuned:
+        if check.kind == FORMAT_SHIFT:
+            return "PT, fine-tuned on chat-formatted text (format shift)"
+        return "PT, fine-tuned on IT"
+    return "IT-trained"
 
 
 def plot_transfer(df, check: TransferCheck, out: str | Path, svg: str | Path) -> None:
@@ -192,7 +202,8 @@ def plot_transfer(df, check: TransferCheck, out: str | Path, svg: str | Path) ->
                     pareto_series(
                         ax, list(gs["l0"]), list(gs[metric]), line=False,
                         marker=markers.get(site, "x"), color=f"C{gi}", alpha=0.8,
-                        label=f"{trained_on} SAEs on {evaluated_on} ({site})",
+                        label=f"{saes_label(check, trained_on)} SAEs on "
+                        f"{evaluated_on} ({site})",
                     )  # fmt: skip
             pareto_axes(ax, metric, title=f"{metric.replace('_', ' ')} on {data} data")
     axes[0][0].legend(fontsize=7)

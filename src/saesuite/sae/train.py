@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from saesuite.cluster.resources import GPU_HEADROOM, fit_groups, sae_gpu_bytes
@@ -44,7 +44,13 @@ from saesuite.data.models import pick_device
 from saesuite.data.store import ActivationReader
 from saesuite.sae.jumprelu import JumpReLUSAE, prefix_ends
 from saesuite.sae.launch import PREEMPTED_EXIT, torchrun
-from saesuite.sae.shard import all_reduce_, bounds, clip_grad_norm_, gather_state
+from saesuite.sae.shard import (
+    LATENT_DIM,
+    all_reduce_,
+    bounds,
+    clip_grad_norm_,
+    gather_state,
+)
 from saesuite.sae.step import dense_step, sparse_step
 from saesuite.spec import paths
 from saesuite.spec.hashing import derived_seed
@@ -134,6 +140,9 @@ class Member:
             start=start,
             encoder_scale=cfg["encoder_init_scale"],
         )
+        if cfg["decoder_init_norm"] != 1.0:  # decoder_norm: free (check_config)
+            with torch.no_grad():
+                self.sae.W_dec.mul_(cfg["decoder_init_norm"])
         self.sae.to(device)
         self.opt = torch.optim.Adam(
             self.sae.parameters(),
@@ -323,11 +332,17 @@ def device_budget(device: str, world: int) -> float | None:
 
 
 def train_site(
-    job: TrainJob, stop_at: Callable[[int], bool] | None = None
-) -> list[dict[str, Any]]:
+    job: TrainJob, stop_at: Callable[[int], bool] | None = None, *,
+    reader: Any = None, init: dict[str, str] | None = None,
+    info: dict[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
     """Train every dictionary of `job` on its site, in groups that fit the device
     (`job.group_bytes` overrides what the GPU has); write their outputs.
     `stop_at(step)`: a stop signal for tests, as if one came after that step.
+    Fine-tuning (`saesuite.sae.finetune`) passes its own `reader` (what
+    ActivationReader offers: pair(step), d_in, d_out, n_valid), the trained folder
+    each dictionary starts from (`init`, by path) and what to add to their sae.json
+    (`info`, by path).
 
     A retried job skips the SAEs whose outputs it finished (listed in a marker file
     beside the checkpoint) and resumes the group in its checkpoint; a checkpoint or
@@ -356,7 +371,7 @@ def train_site(
     norm = read_json(job.normalization)
     scale = norm["scale"][job.site]
     target_scale = norm["scale"][job.output_site]
-    reader = ActivationReader(
+    reader = reader or ActivationReader(
         job.manifest,
         job.site,
         batch_size=cfg["batch_size"],
@@ -424,6 +439,9 @@ def train_site(
                        else None, d_out=reader.d_out)
                 for i in idx
             ]  # fmt: skip
+            if init:
+                for m in members:
+                    start_from(m, init[m.spec.path], rank, world)
             desc = job.site
             if len(groups) > 1 or done:
                 desc += f" [{len(done) + len(idx)}/{len(job.dictionaries)} SAEs]"
@@ -438,7 +456,10 @@ def train_site(
                 for m in members:
                     done[m.spec.path] = write_outputs(
                         m, job, scale, reader.n_valid, target_scale
-                    )
+                    ) | (info or {}).get(m.spec.path, {})
+                    if info:  # the fine-tuning's own record, beside the trainer's
+                        write_json(paths.sae_file(m.spec.out_dir, "info"),
+                                   done[m.spec.path])  # fmt: skip
                 write_json(marker, {"job": fingerprint, "saes": done})
                 _remove_checkpoint(ckpt)
             if world > 1:
@@ -451,6 +472,28 @@ def train_site(
         return []
     marker.unlink(missing_ok=True)
     return [done[s.path] for s in job.dictionaries]
+
+
+@torch.no_grad()
+def start_from(m: Member, sae_dir: str, rank: int = 0, world: int = 1) -> None:
+    """`m`'s SAE ← the training state of a trained dictionary (its block of latents
+    when sharded); Adam and the counters start afresh."""
+    state = load_file(str(paths.sae_file(sae_dir, "state")))
+    mine = m.sae.state_dict()
+    if set(state) != set(mine):
+        raise ValueError(
+            f"{sae_dir}: its training state has {sorted(state)}, this dictionary "
+            f"{sorted(mine)} (trained under another train.threshold_param?)"
+        )
+    if m.sharded:
+        lo, hi = bounds(m.spec.width, world, rank)
+        state = {k: v.narrow(LATENT_DIM[k], lo, hi - lo) if k in LATENT_DIM else v
+                 for k, v in state.items()}  # fmt: skip
+    for k, v in state.items():
+        if v.shape != mine[k].shape:
+            raise ValueError(f"{sae_dir}: {k} is {tuple(v.shape)}, not "
+                             f"{tuple(mine[k].shape)}")  # fmt: skip
+    m.sae.load_state_dict(state)
 
 
 def _gather_members(members: list[Member], rank: int, world: int) -> None:
@@ -617,7 +660,9 @@ def train_step(
     fired = counts > 0
     if not m.sharded:
         _reduce_grads(m.sae, world)
-    m.sae.remove_parallel_decoder_grad()
+    unit = cfg["decoder_norm"] == "unit"
+    if unit:
+        m.sae.remove_parallel_decoder_grad()
     if cfg.get("max_grad_norm"):  # a sharded SAE's norm spans every process
         if m.sharded:
             clip_grad_norm_(m.sae, cfg["max_grad_norm"])
@@ -625,7 +670,8 @@ def train_step(
             torch.nn.utils.clip_grad_norm_(m.sae.parameters(), cfg["max_grad_norm"])
     m.opt.step()
     m.opt.zero_grad(set_to_none=True)
-    m.sae.normalize_decoder()
+    if unit:
+        m.sae.normalize_decoder()
     if m.sae.threshold_param == "direct":  # θ must stay positive
         with torch.no_grad():
             m.sae.threshold_raw.clamp_(min=1e-6)

@@ -3,6 +3,7 @@ check's evaluations, every evaluation the workflow runs."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ class TransferCheck:
     base: str  # the PT model whose SAEs are checked
     target: str  # the model they run through
     evaluations: tuple[Evaluation, ...]
+    finetuned: str | None = None  # the key of the base's SAEs fine-tuned on target
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TransferCheck:
@@ -36,7 +38,52 @@ class TransferCheck:
             Evaluation(**{**e, "layers": e["layers"] and tuple(e["layers"])})
             for e in d["evaluations"]
         )
-        return cls(d["name"], d["kind"], d["base"], d["target"], evals)
+        return cls(d["name"], d["kind"], d["base"], d["target"], evals,
+                   d.get("finetuned"))  # fmt: skip
+
+
+def finetuned_key(base: str, target: str) -> str:
+    """Where the base's SAEs fine-tuned on `target` live, as a model key would
+    (<output_root>/<key>/saes/...): no model of a config may take it."""
+    return f"{base}-ft-{target}"
+
+
+def with_finetuned(
+    check: TransferCheck, suite: list[SAESpec], share: float
+) -> TransferCheck:
+    """The check with the base's SAEs fine-tuned on its target (share > 0) evaluated
+    on the target's data, at the check's layers (every layer of the base's SAEs)."""
+    if share <= 0:
+        return check
+    key = finetuned_key(check.base, check.target)
+    layers = check.evaluations[-1].layers or tuple(
+        sorted({s.layer for s in suite if s.model == check.base})
+    )
+    evals = tuple(Evaluation(key, check.target, d, layers) for d in ("text", "chat"))
+    return dataclasses.replace(
+        check, evaluations=check.evaluations + evals, finetuned=key
+    )
+
+
+def finetuned_specs(
+    config: dict[str, Any], suite: list[SAESpec], checks: list[TransferCheck]
+) -> list[SAESpec]:
+    """The fine-tuned SAEs of every check: each of the base's SAEs at the check's
+    layers under the fine-tuned key, its budget `transfer.finetune_share` of the PT
+    one's (at least one batch)."""
+    share = config["transfer"]["finetune_share"]
+    batch = config["train"]["batch_size"]
+    out = []
+    for c in checks:
+        if c.finetuned is None:
+            continue
+        layers = set(c.evaluations[-1].layers or ())
+        out += [
+            dataclasses.replace(s, model=c.finetuned,
+                                tokens=max(batch, round(share * s.tokens)))
+            for s in suite if s.model == c.base and s.layer in layers
+        ]  # fmt: skip
+    return out
 
 
 def models_with_saes(suite: list[SAESpec]) -> set[str]:
@@ -77,7 +124,8 @@ def transfer_checks(
             checks.append(
                 TransferCheck(f"{pt}-format-shift", FORMAT_SHIFT, pt, pt, evals)
             )
-    return checks
+    share = config["transfer"]["finetune_share"]
+    return [with_finetuned(c, suite, share) for c in checks]
 
 
 def evaluations(config: dict[str, Any], suite: list[SAESpec]) -> list[Evaluation]:

@@ -25,6 +25,7 @@ CODE_VERSIONS: dict[str, int] = {
     "evaluate": 1,
     "eval_table": 1,
     "transfer_rollouts": 1,
+    "finetune": 1,
     "transfer_table": 1,
     "dashboards": 1,
     "release": 2,  # 2: circuit-tracer set configs, transcoders in the card and plot

@@ -211,6 +211,12 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
                     f"config key 'models.{key}.base': a base pairs an 'it' model with "
                     "a 'pt' model"
                 )
+    t = config["train"]
+    if t["decoder_norm"] == "unit" and t["decoder_init_norm"] != 1.0:
+        raise ConfigError(
+            f"config key 'train.decoder_init_norm': {t['decoder_init_norm']} needs "
+            "train.decoder_norm: free (unit-norm decoder rows are renormalised)"
+        )
     for gi, group in enumerate(config["suite"]):
         for mk in group["models"] or []:
             if mk not in models:

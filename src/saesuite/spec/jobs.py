@@ -196,6 +196,37 @@ class RolloutsJob(_Json):
 
 
 @dataclass(frozen=True)
+class FinetuneJob(_Json):
+    """Gemma Scope 2's IT SAEs for one site: `train`'s dictionaries (the fine-tuned
+    ones, under the fine-tuned key) start from the trained states in `init_dirs`
+    (the base's SAEs, in the same order) and train on `target`'s activations of
+    chat-formatted training text, normalised by the base's scalars so the states
+    carry on in their units. `corpus` and `train.normalization` are the rule's
+    inputs, set with `located`."""
+
+    NESTED = {"train": TrainJob}
+
+    train: TrainJob
+    base: str
+    target: str
+    target_cfg: dict[str, Any]
+    data: dict[str, Any]  # context_size, train_tokens, eval_tokens
+    init_dirs: tuple[str, ...]
+    corpus: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FinetuneJob:
+        return cls(**{**d, "train": TrainJob.from_dict(d["train"]),
+                      "init_dirs": tuple(d["init_dirs"])})  # fmt: skip
+
+    def located(self, corpus: str, normalization: str, checkpoint: str) -> FinetuneJob:
+        train = dataclasses.replace(
+            self.train, normalization=normalization, checkpoint=checkpoint
+        )
+        return dataclasses.replace(self, train=train, corpus=corpus)
+
+
+@dataclass(frozen=True)
 class ReleaseMember:
     """One dictionary of a release: what it is, its trained folder, its evaluation."""
 
@@ -276,6 +307,44 @@ def train_job(
         },
         dictionaries=tuple(DictionarySpec.of(s, root) for s in specs),
     ).located(paths.manifest(scratch, model), paths.normalization(scratch, model))
+
+
+def finetune_job(
+    config: dict[str, Any], suite: list[SAESpec], finetuned: list[SAESpec],
+    key: str, base: str, target: str, layer: int, kind: str,
+) -> FinetuneJob:  # fmt: skip
+    """The fine-tuning of `base`'s dictionaries of one site (`finetuned`: every
+    fine-tuned SAESpec, spec.checks.finetuned_specs) on `target` under `key`. The
+    train section's λ warm-up is dropped (the states are sparse already) and b_dec
+    kept (not re-initialised)."""
+    root = config["output_root"]
+    specs = [s for s in finetuned if s.model == key and s.layer == layer
+             and s.family == kind]  # fmt: skip
+    if not specs:
+        raise ValueError(f"no fine-tuned dictionaries {key} at layer {layer}, {kind}")
+    pt = {s.path: s for s in suite if s.model == base}
+    m = config["models"][target]
+    train = config["train"] | {"lambda_warmup_steps": 0, "b_dec_init": "zeros"}
+    job = TrainJob(
+        model=key,
+        input_site=specs[0].input_site.name,
+        output_site=specs[0].output_site.name,
+        seed=config["seed"],
+        shuffle_bucket=config["activations"]["shuffle_bucket"],
+        train=train,
+        identity={
+            "model": key,
+            "base": base,
+            "target": target,
+            "source": m["source"],
+            "revision": m["revision"],
+        },  # fmt: skip
+        dictionaries=tuple(DictionarySpec.of(s, root) for s in specs),
+    )
+    data = {k: config["data"][k] for k in ("context_size", "train_tokens",
+                                           "eval_tokens")}  # fmt: skip
+    init = tuple(paths.sae_dir(root, pt[s.path]) for s in specs)
+    return FinetuneJob(job, base, target, m, data, init)
 
 
 def eval_job(

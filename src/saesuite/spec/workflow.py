@@ -13,10 +13,12 @@ from saesuite.spec.checks import (
     Evaluation,
     TransferCheck,
     evaluations,
+    finetuned_specs,
     require_chat_templates,
     transfer_checks,
 )
 from saesuite.spec.config import (
+    ConfigError,
     SAESpec,
     expand_suite,
     known_site_width,
@@ -39,6 +41,17 @@ class Workflow:
             c.name: c for c in transfer_checks(config, self.suite)
         }
         require_chat_templates(config, list(self.checks.values()))
+        # the base's SAEs fine-tuned on each check's target (transfer.finetune_share)
+        self.finetuned: list[SAESpec] = finetuned_specs(
+            config, self.suite, list(self.checks.values())
+        )
+        self.tuned = {c.finetuned: c for c in self.checks.values() if c.finetuned}
+        for key in self.tuned:
+            if key in config["models"]:
+                raise ConfigError(
+                    f"models.{key}: the name is taken by the fine-tuned SAEs of a "
+                    "transfer check (transfer.finetune_share); rename the model"
+                )
 
     @cached_property
     def releases(self) -> dict[str, jobs.ReleaseJob]:
@@ -56,7 +69,9 @@ class Workflow:
                 and s.family == kind]  # fmt: skip
 
     def layer_specs(self, model: str, layer: int) -> list[SAESpec]:
-        return [s for s in self.suite if s.model == model and s.layer == layer]
+        """The dictionaries of `model` (or of a fine-tuned key) at `layer`."""
+        return [s for s in self.suite + self.finetuned
+                if s.model == model and s.layer == layer]  # fmt: skip
 
     def train_families(self, model: str) -> list[tuple[int, str]]:
         """(layer, family) of each train job of the model (spec.sites.FAMILY_TITLES)."""
@@ -82,8 +97,21 @@ class Workflow:
         return [paths.site_summary(self.root, m, L, k) for m, L, k in sorted(sites)]
 
     def layer_site_summaries(self, model: str, layer: int) -> list[str]:
+        """What writes the layer's dictionaries: train jobs, or finetune jobs."""
         kinds = sorted({s.family for s in self.layer_specs(model, layer)})
-        return [paths.site_summary(self.root, model, layer, k) for k in kinds]
+        summary = paths.finetune_summary if model in self.tuned else paths.site_summary
+        return [summary(self.root, model, layer, k) for k in kinds]
+
+    def finetune_inputs(self, key: str, layer: int, kind: str) -> dict[str, str]:
+        """A finetune job's inputs: the base's trained site, the target's model
+        info, the corpus and the base's normalisation scalars."""
+        c = self.tuned[key]
+        return {
+            "site": paths.site_summary(self.root, c.base, layer, kind),
+            "model": paths.model_info(self.root, c.target),
+            "corpus": paths.corpus(self.root)["jsonl"],
+            "normalization": paths.normalization(self.scratch, c.base),
+        }
 
     def eval_layers(self, e: Evaluation) -> list[str]:
         layers = e.layers or model_layers(self.config, e.trained_on)
@@ -122,7 +150,17 @@ class Workflow:
         return {k: v for k, v in job.items() if k not in jobs.TrainJob.LOCATION}
 
     def eval_params(self, model: str, lm: str, data: str, layer: int) -> dict:
-        return jobs.eval_job(self.config, self.suite, model, lm, data, layer).to_dict()
+        suite = self.suite + self.finetuned
+        return jobs.eval_job(self.config, suite, model, lm, data, layer).to_dict()
+
+    def finetune_params(self, key: str, layer: int, kind: str) -> dict[str, Any]:
+        """The finetune job as the rule's param, without where its inputs are."""
+        c = self.tuned[key]
+        job = jobs.finetune_job(self.config, self.suite, self.finetuned, key, c.base,
+                                c.target, layer, kind).to_dict()  # fmt: skip
+        job["train"] = {k: v for k, v in job["train"].items()
+                        if k not in jobs.TrainJob.LOCATION}  # fmt: skip
+        return {k: v for k, v in job.items() if k != "corpus"}
 
     def dashboard_params(self, model: str, layer: int) -> dict[str, Any]:
         return jobs.dashboard_job(self.config, self.suite, model, layer).to_dict()

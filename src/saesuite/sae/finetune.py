@@ -1,0 +1,131 @@
+"""Gemma Scope 2's IT SAEs (rule `finetune`): a PT model's trained dictionaries of one
+site, fine-tuned on another model's activations (a check's target: the IT model, or
+the PT model itself in the format-shift variant) for a share of their budget.
+
+The data is the target's chat-formatted training text: the corpus's training
+documents (after the held-out ones, as the tokens rule splits them), each wrapped in
+the target's chat template as a user turn, the user prefix and special tokens masked,
+which is how Gemma Scope 1 trained its IT SAEs. Activations are extracted in the job,
+only as many sequences as the largest budget needs, held in memory (a few hundred MB
+at the embedded default's scale) and normalised by the base model's scalars, so the
+training states carry on in the units they were trained in. Training is the train
+rule's (`saesuite.sae.train.train_site`: groups, checkpoints, resumption), from each
+PT dictionary's state, with λ at full strength from the first step.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saesuite.data.corpus import read_corpus
+from saesuite.data.extract import extract_batches
+from saesuite.data.models import chat_template, load_model, load_tokenizer
+from saesuite.data.tokens import chat_wrap, tokenize_splits
+from saesuite.sae.train import train_site
+from saesuite.spec.io import read_json
+from saesuite.spec.jobs import FinetuneJob
+from saesuite.spec.sites import Site
+
+log = logging.getLogger(__name__)
+EXTRACT_BATCH = 8  # sequences per forward pass
+
+
+class MemoryReader:
+    """What `train_site` reads from an activation cache, from tensors in memory:
+    batch `step` of a seeded permutation of the rows, a new one each epoch."""
+
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor | None, *, batch_size: int, seed: int,
+        scale: float, target_scale: float,
+    ):  # fmt: skip
+        if len(x) < batch_size:
+            raise ValueError(
+                f"{len(x)} fine-tuning tokens, fewer than one batch ({batch_size})"
+            )
+        self.x, self.y = x, y
+        self.batch_size, self.seed = batch_size, seed
+        self.scale, self.target_scale = scale, target_scale
+        self.n_valid = len(x)
+        self.d_in = x.shape[1]
+        self.d_out = (x if y is None else y).shape[1]
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.int64)
+
+    def pair(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        per_epoch = self.n_valid // self.batch_size
+        epoch, i = divmod(step, per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            self._epoch, self._order = epoch, torch.randperm(self.n_valid, generator=g)
+        rows = self._order[i * self.batch_size : (i + 1) * self.batch_size]
+        x = self.x[rows] / self.scale
+        y = None if self.y is None else self.y[rows] / self.target_scale
+        return x, y
+
+
+def chat_sequences(
+    job: FinetuneJob, tokenizer: Any, model_type: str, tokens_needed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of the fewest chat-formatted training sequences holding
+    `tokens_needed` unmasked tokens (all of the split when it holds fewer: the
+    training then repeats them)."""
+    ctx = job.data["context_size"]
+    template = chat_template(tokenizer, job.target_cfg, model_type)
+    splits = tokenize_splits(
+        read_corpus(job.corpus),
+        tokenizer,
+        ctx=ctx,
+        n_train=job.data["train_tokens"] // ctx,
+        n_eval=job.data["eval_tokens"] // ctx,
+        chat=chat_wrap(template, tokenizer),
+    )
+    ids, mask = splits["train"]
+    kept = mask.sum(1).cumsum(0)
+    n = int(torch.searchsorted(kept, tokens_needed)) + 1
+    return ids[:n], mask[:n]
+
+
+def finetune_site(
+    job: FinetuneJob, *, model_info: str | Path, cache_root: str | Path
+) -> list[dict[str, Any]]:
+    """Rule `finetune`: fine-tune the base's dictionaries of one site on the target's
+    chat-formatted activations; write them as the train rule writes its own."""
+    t = job.train
+    if len(job.init_dirs) != len(t.dictionaries):
+        raise ValueError("a finetune job needs one trained folder per dictionary")
+    need = max(d.tokens for d in t.dictionaries)
+    info = read_json(model_info)
+    tokenizer = load_tokenizer(job.target_cfg, cache_root)
+    ids, mask = chat_sequences(job, tokenizer, info["model_type"], need)
+    model = load_model(job.target_cfg, cache_root)
+    sites = sorted({t.input_site, t.output_site})
+    widths = {s: int(info["site_widths"][Site.parse(s).kind]) for s in sites}
+    acts = extract_batches(model, ids, sites, widths, "float32", EXTRACT_BATCH,
+                           desc=f"{job.target} chat {t.input_site}")  # fmt: skip
+    del model
+    keep = mask.reshape(-1)
+    x = acts[t.input_site][keep]
+    y = acts[t.output_site][keep] if t.output_site != t.input_site else None
+    norm = read_json(t.normalization)["scale"]
+    reader = MemoryReader(
+        x, y, batch_size=t.train["batch_size"], seed=t.seed,
+        scale=norm[t.input_site], target_scale=norm[t.output_site],
+    )  # fmt: skip
+    epochs = need / reader.n_valid
+    log.info(
+        "%s: %d chat-formatted tokens of %s (%d sequences) for %d fine-tuning tokens "
+        "(%.2f epochs)", t.name, reader.n_valid, job.target, len(ids), need, epochs,
+    )  # fmt: skip
+    init = {d.path: s for d, s in zip(t.dictionaries, job.init_dirs, strict=True)}
+    record = {
+        d.path: {
+            "finetuned_from": {"model": job.base, "sae_dir": init[d.path]},
+            "finetune_data": f"chat-formatted training text through {job.target}",
+            "finetune_unique_tokens": reader.n_valid,
+        }
+        for d in t.dictionaries
+    }
+    return train_site(t, reader=reader, init=init, info=record)
