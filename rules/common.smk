@@ -11,6 +11,7 @@ from saesuite.cluster.resources import JobResources
 from saesuite.spec import paths
 from saesuite.spec.code_versions import CODE_VERSIONS
 from saesuite.spec.config import (
+    apply_train_recipe,
     check_config,
     coerce_cli_strings,
     seqs_per_chunk,
@@ -21,6 +22,7 @@ from saesuite.spec.workflow import Workflow
 # Types first (clean messages), then again to fill the schema's defaults.
 coerce_cli_strings(config)
 validate(config, "../config/schema.yaml", set_default=False)
+apply_train_recipe(config)  # train.recipe's values, then the schema's defaults
 validate(config, "../config/schema.yaml")
 check_config(config)
 

@@ -57,17 +57,18 @@ rule transfer_table:
         "scripts/transfer_table.py"
 
 
-# Gemma Scope 2's IT SAEs (transfer.finetune_share > 0): one site's PT dictionaries
-# fine-tuned on a check's target model, written under the fine-tuned key.
+# Gemma Scope 2's IT SAEs (transfer.finetune_share > 0): one layer's PT dictionaries
+# fine-tuned on a check's target model (its activations extracted once per layer),
+# written under the fine-tuned key.
 rule finetune:
     input:
-        unpack(lambda w: WF.finetune_inputs(w.tuned, int(w.layer), w.kind)),
+        unpack(lambda w: WF.finetune_inputs(w.tuned, int(w.layer))),
     output:
-        paths.finetune_summary(ROOT, "{tuned}", "{layer}", "{kind}"),
+        paths.finetune_summary(ROOT, "{tuned}", "{layer}"),
     log:
-        f"{ROOT}/logs/finetune/{{tuned}}/layer_{{layer}}.{{kind}}.log",
+        f"{ROOT}/logs/finetune/{{tuned}}/layer_{{layer}}.log",
     benchmark:
-        f"{ROOT}/benchmarks/finetune/{{tuned}}/layer_{{layer}}.{{kind}}.tsv"
+        f"{ROOT}/benchmarks/finetune/{{tuned}}/layer_{{layer}}.tsv"
     conda:
         "../envs/saesuite.yaml"
     threads: job_threads("finetune")
@@ -75,7 +76,7 @@ rule finetune:
         **resources_of("finetune"),
     params:
         code=CODE_VERSIONS["finetune"],
-        job=lambda w: WF.finetune_params(w.tuned, int(w.layer), w.kind),
+        job=lambda w: WF.finetune_params(w.tuned, int(w.layer)),
         cache_root=CACHE,
         scratch=SCRATCH,
     script:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from saesuite.data.models import GEMMA_CHAT_TEMPLATE, describe_model
 from saesuite.data.tokens import chat_wrap
-from saesuite.sae.finetune import MemoryReader, chat_sequences, finetune_site
+from saesuite.sae.finetune import MemoryReader, chat_sequences, finetune_layer
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.sae.train import Member, start_from
 from saesuite.spec import paths
@@ -67,28 +67,28 @@ def corpus_file(path: Path, n: int = 400) -> Path:
     return path
 
 
-def located_job(config, tmp_path, kind: str) -> FinetuneJob:
-    """The finetune job of layer 1 `kind`, with the files it reads written here: the
+def located_job(config, tmp_path) -> FinetuneJob:
+    """The finetune job of layer 1, with the files it reads written here: the
     corpus, the model info, unit normalisation scalars and PT states (seeded
     initialisations standing in for trained ones)."""
     suite = expand_suite(config)
     checks = transfer_checks(config, suite)
     tuned = finetuned_specs(config, suite, checks)
     key = checks[0].finetuned
-    job = finetune_job(config, suite, tuned, key, "tiny", "tiny", 1, kind)
+    job = finetune_job(config, suite, tuned, key, "tiny", "tiny", 1)
     root = Path(config["output_root"])
     norm = root / "norm.json"
     write_json(norm, {"scale": {"layer_1.res": 1.0, "layer_1.mlp": 1.0,
                                 "layer_1.mlp_in": 1.0}})  # fmt: skip
-    for d, pt in zip(job.train.dictionaries, job.init_dirs, strict=True):
-        sae = JumpReLUSAE(64, d.width, d_out=64, skip=d.kind == "skip_transcoder",
-                          apply_b_dec_to_input=d.kind == "sae")  # fmt: skip
-        sae.initialize(torch.Generator().manual_seed(d.width + len(d.path)))
-        Path(pt).mkdir(parents=True, exist_ok=True)
-        save_file(sae.state_dict(), str(paths.sae_file(pt, "state")))
-    return job.located(
-        str(corpus_file(tmp_path / "corpus.jsonl")), str(norm), str(root / "ckpt.pt")
-    )
+    for t, dirs in zip(job.trains, job.init_dirs, strict=True):
+        for d, pt in zip(t.dictionaries, dirs, strict=True):
+            sae = JumpReLUSAE(64, d.width, d_out=64, skip=d.kind == "skip_transcoder",
+                              apply_b_dec_to_input=d.kind == "sae")  # fmt: skip
+            sae.initialize(torch.Generator().manual_seed(d.width + len(d.path)))
+            Path(pt).mkdir(parents=True, exist_ok=True)
+            save_file(sae.state_dict(), str(paths.sae_file(pt, "state")))
+    return job.located(str(corpus_file(tmp_path / "corpus.jsonl")), str(norm),
+                       str(root / "scratch"))  # fmt: skip
 
 
 def test_the_plan_fine_tunes_every_pt_sae_for_its_share(ft_config):
@@ -109,7 +109,7 @@ def test_the_plan_fine_tunes_every_pt_sae_for_its_share(ft_config):
 def test_chat_sequences_mask_the_user_prefix_and_stop_at_the_budget(
     ft_config, tmp_path, tokenizer
 ):
-    job = located_job(ft_config, tmp_path, "res")
+    job = located_job(ft_config, tmp_path)
     ids, mask = chat_sequences(job, tokenizer, "gemma3_text", 1000)
     kept = mask.sum(1).cumsum(0)
     assert kept[-1] >= 1000 > kept[-2]  # the fewest sequences that hold the budget
@@ -120,11 +120,11 @@ def test_chat_sequences_mask_the_user_prefix_and_stop_at_the_budget(
 
 
 def test_a_member_starts_from_the_pt_state_exactly(ft_config, tmp_path):
-    job = located_job(ft_config, tmp_path, "res")
-    d = job.train.dictionaries[0]
-    m = Member(d, 64, job.train.train, seed=0, device="cpu")
-    start_from(m, job.init_dirs[0])
-    want = load_file(str(paths.sae_file(job.init_dirs[0], "state")))
+    job = located_job(ft_config, tmp_path)
+    d = job.trains[0].dictionaries[0]
+    m = Member(d, 64, job.trains[0].train, seed=0, device="cpu")
+    start_from(m, job.init_dirs[0][0])
+    want = load_file(str(paths.sae_file(job.init_dirs[0][0], "state")))
     for k, v in m.sae.state_dict().items():
         assert torch.equal(v, want[k]), k
     bad = tmp_path / "bad"
@@ -134,25 +134,25 @@ def test_a_member_starts_from_the_pt_state_exactly(ft_config, tmp_path):
         start_from(m, str(bad))
 
 
-@pytest.mark.parametrize("kind", ["res", "skip_transcoder"])
-def test_the_job_fine_tunes_on_the_targets_chat_activations(
-    ft_config, tmp_path, tiny_models, kind
+def test_the_job_fine_tunes_every_site_on_the_targets_chat_activations(
+    ft_config, tmp_path, tiny_models
 ):
-    job = located_job(ft_config, tmp_path, kind)
+    job = located_job(ft_config, tmp_path)
+    assert [t.name for t in job.trains] == ["layer_1.res", "layer_1.skip_transcoder"]
     info = tmp_path / "model.json"
     write_json(info, describe_model("tiny", ft_config["models"]["tiny"], tmp_path))
-    captured = {}
+    captured = []
     import saesuite.sae.finetune as ft
 
     real = ft.MemoryReader
 
     def spy(x, y, **kw):
-        captured["x"], captured["y"] = x, y
+        captured.append((x, y))
         return real(x, y, **kw)
 
     ft.MemoryReader = spy
     try:
-        results = finetune_site(job, model_info=info, cache_root=tmp_path)
+        results = finetune_layer(job, model_info=info, cache_root=tmp_path)
     finally:
         ft.MemoryReader = real
     # the activations: an independent forward pass with hooks on the same tokens
@@ -176,15 +176,17 @@ def test_the_job_fine_tunes_on_the_targets_chat_activations(
     for h in hooks:
         h.remove()
     keep = mask.reshape(-1)
-    first = "res" if kind == "res" else "mlp_in"
+    want = {k: v.reshape(-1, 64)[keep] for k, v in got.items()}
     close = dict(rtol=1e-4, atol=1e-5)  # sdpa attention there, eager here
-    torch.testing.assert_close(captured["x"], got[first].reshape(-1, 64)[keep], **close)
-    if kind != "res":
-        want = got["mlp"].reshape(-1, 64)[keep]
-        torch.testing.assert_close(captured["y"], want, **close)
-    else:
-        assert captured["y"] is None
-    for d, r, pt in zip(job.train.dictionaries, results, job.init_dirs, strict=True):
+    (x_res, y_res), (x_tc, y_tc) = captured
+    torch.testing.assert_close(x_res, want["res"], **close)
+    assert y_res is None
+    torch.testing.assert_close(x_tc, want["mlp_in"], **close)
+    torch.testing.assert_close(y_tc, want["mlp"], **close)
+    dicts = [d for t in job.trains for d in t.dictionaries]
+    inits = [p for dirs in job.init_dirs for p in dirs]
+    assert len(results) == len(dicts) == 3
+    for d, r, pt in zip(dicts, results, inits, strict=True):
         assert r["finetuned_from"] == {"model": "tiny", "sae_dir": pt}
         assert r["steps"] == 1024 // 128 and r["schedule"]["lambda_warmup_steps"] == 0
         assert read_json(paths.sae_file(d.out_dir, "info")) == r
@@ -194,16 +196,16 @@ def test_the_job_fine_tunes_on_the_targets_chat_activations(
         # Adam (β1 0) moves each weight a few lr per step at most, from where the PT
         # state left it; the PT states here differ from a fresh init by ~0.1
         assert 0 < moved <= 3 * 1e-3 * r["steps"]
-        fresh = Member(d, 64, job.train.train, seed=0, device="cpu").sae.W_enc.detach()
-        assert float((end["W_enc"] - fresh).abs().max()) > 10 * moved
+        fresh = Member(d, 64, job.trains[0].train, seed=0, device="cpu")
+        assert float((end["W_enc"] - fresh.sae.W_enc.detach()).abs().max()) > 10 * moved
 
 
-def test_a_job_with_another_lr_rebuilds_from_the_pt_state(ft_config, tmp_path):
-    """The fingerprint covers the fine-tuning's train section: a changed lr is a new
-    job, not a resumption."""
-    a = located_job(ft_config, tmp_path, "res")
-    b = dataclasses.replace(
-        a, train=dataclasses.replace(a.train, train={**a.train.train, "lr": 2e-3})
-    )
-    assert a.train.fingerprint() != b.train.fingerprint()
+def test_the_job_round_trips_and_its_fingerprint_covers_the_recipe(ft_config, tmp_path):
+    """The rule passes the job as JSON; a changed lr is a new fine-tuning, not a
+    resumption of the old one's checkpoint."""
+    a = located_job(ft_config, tmp_path)
     assert FinetuneJob.from_dict(a.to_dict()) == a
+    t = a.trains[0]
+    b = dataclasses.replace(t, train={**t.train, "lr": 2e-3})
+    assert t.fingerprint() != b.fingerprint()
+    assert t.checkpoint.endswith("layer_1.res.pt") and "tiny-ft-tiny" in t.checkpoint

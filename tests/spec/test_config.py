@@ -346,3 +346,33 @@ def test_skip_transcoders_are_refused_for_gemma_scope_1s_layout():
         load_config(cfg)
     cfg["suite"][0].pop("skip")
     assert load_config(cfg)["suite"][0]["kind"] == "transcoder"
+
+
+def test_a_train_recipe_fills_its_keys_and_a_set_key_wins():
+    """train.recipe: gemma-scope-1 is the schema's defaults exactly (what the paper's
+    suites get); a named recipe sets its keys over them; a key the config sets wins
+    over its recipe; the GS2 suite uses GS2's recipe."""
+    from saesuite.spec.config import SCHEMA_PATH, TRAIN_RECIPES, schema_defaults
+
+    gs1 = load_config(make_config(MODEL, train={}))["train"]
+    assert gs1 == schema_defaults("train")
+    assert gs1["recipe"] == "gemma-scope-1" and gs1["decoder_norm"] == "unit"
+    ours = load_config(make_config(MODEL, train={"recipe": "saesuite", "lr": 2e-3}))
+    t = ours["train"]
+    assert {k: t[k] for k in TRAIN_RECIPES["saesuite"]} == TRAIN_RECIPES["saesuite"]
+    assert t["lr"] == 2e-3 and t["batch_size"] == gs1["batch_size"]
+    no_pre = {"recipe": "saesuite", "pre_act_coefficient": 0.0}
+    mine = load_config(make_config(MODEL, train=no_pre))
+    assert mine["train"]["pre_act_coefficient"] == 0.0
+    assert mine["train"]["decoder_norm"] == "free"
+    with pytest.raises(ConfigError, match="train.recipe"):
+        load_config(make_config(MODEL, train={"recipe": "gemma-scope-3"}))
+    # every recipe's key is a train key of the schema
+    keys = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["train"]["properties"]
+    assert all(set(r) <= set(keys) for r in TRAIN_RECIPES.values())
+    gs2 = load_config(REPO_ROOT / "config" / "suites" / "gemma-scope-2-270m.yaml")
+    assert gs2["train"]["recipe"] == "gemma-scope-2"
+    assert gs2["train"]["matryoshka_fractions"] == [0.0625, 0.25]
+    for name in ("gemma-2-2b-pt", "gemma-2-9b-it", "gemma-2-2b-transcoders"):
+        suite = load_config(REPO_ROOT / "config" / "suites" / f"{name}.yaml")
+        assert suite["train"]["recipe"] == "gemma-scope-1", name

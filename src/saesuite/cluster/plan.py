@@ -25,6 +25,7 @@ import pandas as pd
 from saesuite.cluster.resources import (
     cache_plan,
     evaluate_estimate,
+    finetune_estimate,
     forward_flops,
     sae_gpu_bytes,
     shards_needed,
@@ -32,7 +33,7 @@ from saesuite.cluster.resources import (
     train_group_bytes,
     train_nproc,
 )
-from saesuite.spec.checks import evaluations, transfer_checks
+from saesuite.spec.checks import evaluations, finetuned_specs, transfer_checks
 from saesuite.spec.config import SAESpec, expand_suite, model_layers, sequences
 from saesuite.spec.jobs import TRANSCODERS
 from saesuite.spec.known_models import known_shape
@@ -72,8 +73,24 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
             }
             flops = sum(train_flops(v, shape.site_width(k)) for k, v in by_site.items())
         add(model, "train", len(specs), sum(s.tokens for s in specs), None, flops)
+    checks = transfer_checks(config, suite)
+    tuned = finetuned_specs(config, suite, checks)
+    for c in checks:  # Gemma Scope 2's IT SAEs (transfer.finetune_share)
+        mine = [s for s in tuned if s.model == c.finetuned]
+        if not mine:
+            continue
+        shape = known_shape(config["models"][c.target]["source"])
+        flops = None
+        if shape:  # one job per layer (saesuite.cluster.resources)
+            flops = sum(
+                finetune_estimate(config, c.target,
+                                  [s for s in mine if s.layer == L])[1]
+                for L in sorted({s.layer for s in mine})
+            )  # fmt: skip
+        add(c.target, f"finetune ({c.base} SAEs)", len(mine),
+            sum(s.tokens for s in mine), None, flops)  # fmt: skip
     for e in evaluations(config, suite):
-        specs = [s for s in suite if s.model == e.trained_on
+        specs = [s for s in suite + tuned if s.model == e.trained_on
                  and (e.layers is None or s.layer in e.layers)]  # fmt: skip
         shape = known_shape(config["models"][e.evaluated_on]["source"])
         n_tok = ev["tokens"] or (
@@ -95,7 +112,7 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
         )
         add(e.evaluated_on, f"{stage} ({e.trained_on} SAEs, {e.data})", len(specs),
             n_tok, None, flops)  # fmt: skip
-    rollout_models = {c.target for c in transfer_checks(config, suite)}
+    rollout_models = {c.target for c in checks}
     for model in sorted(rollout_models):
         shape = known_shape(config["models"][model]["source"])
         tok = config["transfer"]["tokens"]

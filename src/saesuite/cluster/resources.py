@@ -229,19 +229,26 @@ def dashboards_estimate(
 def finetune_estimate(
     config: dict[str, Any], target: str, specs: list[SAESpec]
 ) -> tuple[int, float | None]:
-    """(mem_mb, flops) of one finetune job: `specs` (one site's fine-tuned
-    dictionaries) trained on `target`'s activations (saesuite.sae.finetune)."""
+    """(mem_mb, flops) of one finetune job: `specs` (one layer's fine-tuned
+    dictionaries) trained on `target`'s activations (saesuite.sae.finetune), every
+    site they read or predict extracted once."""
     shape = _shape(config, target)
-    s0 = specs[0]
-    d_in = known_site_width(config, target, s0.input_site.kind)
-    d_out = known_site_width(config, target, s0.output_site.kind)
+    sites = {x for s in specs for x in (s.input_site, s.output_site)}
+    d_sum = sum(known_site_width(config, target, x.kind) for x in sites)
     tokens = max(s.tokens for s in specs) * 5 // 4  # ~1/5 of chat tokens are masked
-    acts = 2 * 4 * tokens * (d_in + (d_out if s0.kind != "sae" else 0))
-    train = train_mem_mb(config, specs, d_in)
+    acts = 2 * 4 * tokens * d_sum
+    train = 0  # the families train one after another
+    for family in {s.family for s in specs}:
+        group = [s for s in specs if s.family == family]
+        d_in = known_site_width(config, target, group[0].input_site.kind)
+        train = max(train, train_mem_mb(config, group, d_in))
     mem = model_mb(config, target) + int(1.5 * acts / 2**20) + train
     if shape is None:
         return mem, None
-    return mem, forward_flops(shape, tokens, s0.layer + 1) + train_flops(specs, d_in)
+    layer = specs[0].layer
+    flops = sum(train_flops([s], known_site_width(config, target, s.input_site.kind))
+                for s in specs)  # fmt: skip
+    return mem, forward_flops(shape, tokens, layer + 1) + flops
 
 
 def evaluate_estimate(
@@ -411,8 +418,7 @@ class JobResources:
                            self.train_nproc(model, layer, kind))  # fmt: skip
         if stage == "finetune":
             c = wf.tuned[w["tuned"]]
-            specs = [s for s in wf.layer_specs(w["tuned"], int(w["layer"]))
-                     if s.family == w["kind"]]  # fmt: skip
+            specs = wf.layer_specs(w["tuned"], int(w["layer"]))
             return request(config, stage, *finetune_estimate(config, c.target, specs))
         if stage == "evaluate":
             specs = wf.layer_specs(w["model"], int(w["layer"]))

@@ -1,13 +1,15 @@
 """Gemma Scope 2's IT SAEs (rule `finetune`): a PT model's trained dictionaries of one
-site, fine-tuned on another model's activations (a check's target: the IT model, or
+layer, fine-tuned on another model's activations (a check's target: the IT model, or
 the PT model itself in the format-shift variant) for a share of their budget.
 
 The data is the target's chat-formatted training text: the corpus's training
 documents (after the held-out ones, as the tokens rule splits them), each wrapped in
 the target's chat template as a user turn, the user prefix and special tokens masked,
 which is how Gemma Scope 1 trained its IT SAEs. Activations are extracted in the job,
-only as many sequences as the largest budget needs, held in memory (a few hundred MB
-at the embedded default's scale) and normalised by the base model's scalars, so the
+every site of the layer in one pass over only as many sequences as the largest budget
+needs, held in memory (tens of MB per site at the embedded default's scale: this is
+not the paper-scale path, whose budgets need an activation cache) and normalised by
+the base model's scalars, so the
 training states carry on in the units they were trained in. Training is the train
 rule's (`saesuite.sae.train.train_site`: groups, checkpoints, resumption), from each
 PT dictionary's state, with λ at full strength from the first step.
@@ -88,44 +90,51 @@ def chat_sequences(
     return ids[:n], mask[:n]
 
 
-def finetune_site(
+def finetune_layer(
     job: FinetuneJob, *, model_info: str | Path, cache_root: str | Path
 ) -> list[dict[str, Any]]:
-    """Rule `finetune`: fine-tune the base's dictionaries of one site on the target's
-    chat-formatted activations; write them as the train rule writes its own."""
-    t = job.train
-    if len(job.init_dirs) != len(t.dictionaries):
+    """Rule `finetune`: fine-tune the base's dictionaries of one layer on the
+    target's chat-formatted activations (every site extracted in one pass); write
+    them as the train rule writes its own. Returns their sae.json records."""
+    if len(job.init_dirs) != len(job.trains) or any(
+        len(i) != len(t.dictionaries) for i, t in zip(job.init_dirs, job.trains)
+    ):  # fmt: skip
         raise ValueError("a finetune job needs one trained folder per dictionary")
-    need = max(d.tokens for d in t.dictionaries)
+    need = max(d.tokens for t in job.trains for d in t.dictionaries)
     info = read_json(model_info)
     tokenizer = load_tokenizer(job.target_cfg, cache_root)
     ids, mask = chat_sequences(job, tokenizer, info["model_type"], need)
     model = load_model(job.target_cfg, cache_root)
-    sites = sorted({t.input_site, t.output_site})
+    sites = sorted({x for t in job.trains for x in (t.input_site, t.output_site)})
     widths = {s: int(info["site_widths"][Site.parse(s).kind]) for s in sites}
     acts = extract_batches(model, ids, sites, widths, "float32", EXTRACT_BATCH,
-                           desc=f"{job.target} chat {t.input_site}")  # fmt: skip
+                           desc=f"{job.target} chat-formatted")  # fmt: skip
     del model
     keep = mask.reshape(-1)
-    x = acts[t.input_site][keep]
-    y = acts[t.output_site][keep] if t.output_site != t.input_site else None
-    norm = read_json(t.normalization)["scale"]
-    reader = MemoryReader(
-        x, y, batch_size=t.train["batch_size"], seed=t.seed,
-        scale=norm[t.input_site], target_scale=norm[t.output_site],
-    )  # fmt: skip
-    epochs = need / reader.n_valid
-    log.info(
-        "%s: %d chat-formatted tokens of %s (%d sequences) for %d fine-tuning tokens "
-        "(%.2f epochs)", t.name, reader.n_valid, job.target, len(ids), need, epochs,
-    )  # fmt: skip
-    init = {d.path: s for d, s in zip(t.dictionaries, job.init_dirs, strict=True)}
-    record = {
-        d.path: {
-            "finetuned_from": {"model": job.base, "sae_dir": init[d.path]},
-            "finetune_data": f"chat-formatted training text through {job.target}",
-            "finetune_unique_tokens": reader.n_valid,
+    acts = {s: a[keep] for s, a in acts.items()}
+    out = []
+    for t, dirs in zip(job.trains, job.init_dirs, strict=True):
+        norm = read_json(t.normalization)["scale"]
+        paired = t.output_site != t.input_site
+        reader = MemoryReader(
+            acts[t.input_site], acts[t.output_site] if paired else None,
+            batch_size=t.train["batch_size"], seed=t.seed,
+            scale=norm[t.input_site], target_scale=norm[t.output_site],
+        )  # fmt: skip
+        tokens = max(d.tokens for d in t.dictionaries)
+        log.info(
+            "%s: %d chat-formatted tokens of %s (%d sequences) for %d fine-tuning "
+            "tokens (%.2f epochs)", t.name, reader.n_valid, job.target, len(ids),
+            tokens, tokens / reader.n_valid,
+        )  # fmt: skip
+        init = {d.path: s for d, s in zip(t.dictionaries, dirs, strict=True)}
+        record = {
+            d.path: {
+                "finetuned_from": {"model": job.base, "sae_dir": init[d.path]},
+                "finetune_data": f"chat-formatted training text through {job.target}",
+                "finetune_unique_tokens": reader.n_valid,
+            }
+            for d in t.dictionaries
         }
-        for d in t.dictionaries
-    }
-    return train_site(t, reader=reader, init=init, info=record)
+        out += train_site(t, reader=reader, init=init, info=record)
+    return out

@@ -147,7 +147,7 @@ class Member:
         self.opt = torch.optim.Adam(
             self.sae.parameters(),
             lr=cfg["lr"],
-            betas=(cfg["adam_beta1"], cfg["adam_beta2"]),
+            betas=(float(cfg["adam_beta1"]), float(cfg["adam_beta2"])),  # YAML: 0 is int
             eps=cfg["adam_eps"],
         )
         self.schedule = make_schedule(spec.tokens, cfg)

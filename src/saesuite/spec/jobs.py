@@ -197,33 +197,35 @@ class RolloutsJob(_Json):
 
 @dataclass(frozen=True)
 class FinetuneJob(_Json):
-    """Gemma Scope 2's IT SAEs for one site: `train`'s dictionaries (the fine-tuned
-    ones, under the fine-tuned key) start from the trained states in `init_dirs`
-    (the base's SAEs, in the same order) and train on `target`'s activations of
-    chat-formatted training text, normalised by the base's scalars so the states
-    carry on in their units. `corpus` and `train.normalization` are the rule's
-    inputs, set with `located`."""
+    """Gemma Scope 2's IT SAEs for one layer: each of `trains` (one per site family,
+    its dictionaries the fine-tuned ones, under the fine-tuned key) starts from the
+    trained states in the matching `init_dirs` (the base's SAEs, in the same order)
+    and trains on `target`'s activations of chat-formatted training text, extracted
+    once for the layer and normalised by the base's scalars so the states carry on
+    in their units. `corpus`, each train's normalisation and checkpoint are set from
+    the rule's inputs (`located`)."""
 
-    NESTED = {"train": TrainJob}
-
-    train: TrainJob
+    trains: tuple[TrainJob, ...]
     base: str
     target: str
     target_cfg: dict[str, Any]
     data: dict[str, Any]  # context_size, train_tokens, eval_tokens
-    init_dirs: tuple[str, ...]
+    init_dirs: tuple[tuple[str, ...], ...]
     corpus: str = ""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FinetuneJob:
-        return cls(**{**d, "train": TrainJob.from_dict(d["train"]),
-                      "init_dirs": tuple(d["init_dirs"])})  # fmt: skip
+        trains = tuple(TrainJob.from_dict(t) for t in d["trains"])
+        inits = tuple(tuple(x) for x in d["init_dirs"])
+        return cls(**{**d, "trains": trains, "init_dirs": inits})
 
-    def located(self, corpus: str, normalization: str, checkpoint: str) -> FinetuneJob:
-        train = dataclasses.replace(
-            self.train, normalization=normalization, checkpoint=checkpoint
-        )
-        return dataclasses.replace(self, train=train, corpus=corpus)
+    def located(self, corpus: str, normalization: str, scratch: str) -> FinetuneJob:
+        trains = tuple(
+            dataclasses.replace(t, normalization=normalization,
+                                checkpoint=paths.checkpoint(scratch, t.model, t.name))
+            for t in self.trains
+        )  # fmt: skip
+        return dataclasses.replace(self, trains=trains, corpus=corpus)
 
 
 @dataclass(frozen=True)
@@ -311,40 +313,37 @@ def train_job(
 
 def finetune_job(
     config: dict[str, Any], suite: list[SAESpec], finetuned: list[SAESpec],
-    key: str, base: str, target: str, layer: int, kind: str,
+    key: str, base: str, target: str, layer: int,
 ) -> FinetuneJob:  # fmt: skip
-    """The fine-tuning of `base`'s dictionaries of one site (`finetuned`: every
-    fine-tuned SAESpec, spec.checks.finetuned_specs) on `target` under `key`. The
-    train section's λ warm-up is dropped (the states are sparse already) and b_dec
-    kept (not re-initialised)."""
+    """The fine-tuning of `base`'s dictionaries at one layer (`finetuned`: every
+    fine-tuned SAESpec, spec.checks.finetuned_specs) on `target` under `key`, one
+    train job per site family. The train section's λ warm-up is dropped (the states
+    are sparse already) and b_dec kept (not re-initialised)."""
     root = config["output_root"]
-    specs = [s for s in finetuned if s.model == key and s.layer == layer
-             and s.family == kind]  # fmt: skip
+    specs = [s for s in finetuned if s.model == key and s.layer == layer]
     if not specs:
-        raise ValueError(f"no fine-tuned dictionaries {key} at layer {layer}, {kind}")
+        raise ValueError(f"no fine-tuned dictionaries {key} at layer {layer}")
     pt = {s.path: s for s in suite if s.model == base}
     m = config["models"][target]
     train = config["train"] | {"lambda_warmup_steps": 0, "b_dec_init": "zeros"}
-    job = TrainJob(
-        model=key,
-        input_site=specs[0].input_site.name,
-        output_site=specs[0].output_site.name,
-        seed=config["seed"],
-        shuffle_bucket=config["activations"]["shuffle_bucket"],
-        train=train,
-        identity={
-            "model": key,
-            "base": base,
-            "target": target,
-            "source": m["source"],
-            "revision": m["revision"],
-        },  # fmt: skip
-        dictionaries=tuple(DictionarySpec.of(s, root) for s in specs),
-    )
+    trains, inits = [], []
+    for family in sorted({s.family for s in specs}):
+        group = [s for s in specs if s.family == family]
+        trains.append(TrainJob(
+            model=key,
+            input_site=group[0].input_site.name,
+            output_site=group[0].output_site.name,
+            seed=config["seed"],
+            shuffle_bucket=config["activations"]["shuffle_bucket"],
+            train=train,
+            identity={"model": key, "base": base, "target": target,
+                      "source": m["source"], "revision": m["revision"]},
+            dictionaries=tuple(DictionarySpec.of(s, root) for s in group),
+        ))  # fmt: skip
+        inits.append(tuple(paths.sae_dir(root, pt[s.path]) for s in group))
     data = {k: config["data"][k] for k in ("context_size", "train_tokens",
                                            "eval_tokens")}  # fmt: skip
-    init = tuple(paths.sae_dir(root, pt[s.path]) for s in specs)
-    return FinetuneJob(job, base, target, m, data, init)
+    return FinetuneJob(tuple(trains), base, target, m, data, tuple(inits))
 
 
 def eval_job(

@@ -98,9 +98,10 @@ def site_summary(root: str, model: str, layer: int | str, kind: str) -> str:
     return f"{root}/{model}/saes/layer_{layer}/{kind}/site.json"
 
 
-def finetune_summary(root: str, key: str, layer: int | str, kind: str) -> str:
-    """A finetune job's summary (spec.checks.finetuned_key: the SAEs it writes)."""
-    return f"{root}/{key}/saes/layer_{layer}/{kind}/finetune.json"
+def finetune_summary(root: str, key: str, layer: int | str) -> str:
+    """A finetune job's summary: the SAEs of one layer it wrote under `key`
+    (spec.checks.finetuned_key)."""
+    return f"{root}/{key}/saes/layer_{layer}/finetune.json"
 
 
 def checkpoint(root: str, model: str, job: str) -> str:

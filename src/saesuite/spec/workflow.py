@@ -97,17 +97,18 @@ class Workflow:
         return [paths.site_summary(self.root, m, L, k) for m, L, k in sorted(sites)]
 
     def layer_site_summaries(self, model: str, layer: int) -> list[str]:
-        """What writes the layer's dictionaries: train jobs, or finetune jobs."""
+        """What writes the layer's dictionaries: train jobs, or a finetune job."""
+        if model in self.tuned:
+            return [paths.finetune_summary(self.root, model, layer)]
         kinds = sorted({s.family for s in self.layer_specs(model, layer)})
-        summary = paths.finetune_summary if model in self.tuned else paths.site_summary
-        return [summary(self.root, model, layer, k) for k in kinds]
+        return [paths.site_summary(self.root, model, layer, k) for k in kinds]
 
-    def finetune_inputs(self, key: str, layer: int, kind: str) -> dict[str, str]:
-        """A finetune job's inputs: the base's trained site, the target's model
-        info, the corpus and the base's normalisation scalars."""
+    def finetune_inputs(self, key: str, layer: int) -> dict[str, Any]:
+        """A finetune job's inputs: the base's trained sites at the layer, the
+        target's model info, the corpus and the base's normalisation scalars."""
         c = self.tuned[key]
         return {
-            "site": paths.site_summary(self.root, c.base, layer, kind),
+            "sites": self.layer_site_summaries(c.base, layer),
             "model": paths.model_info(self.root, c.target),
             "corpus": paths.corpus(self.root)["jsonl"],
             "normalization": paths.normalization(self.scratch, c.base),
@@ -153,13 +154,14 @@ class Workflow:
         suite = self.suite + self.finetuned
         return jobs.eval_job(self.config, suite, model, lm, data, layer).to_dict()
 
-    def finetune_params(self, key: str, layer: int, kind: str) -> dict[str, Any]:
+    def finetune_params(self, key: str, layer: int) -> dict[str, Any]:
         """The finetune job as the rule's param, without where its inputs are."""
         c = self.tuned[key]
         job = jobs.finetune_job(self.config, self.suite, self.finetuned, key, c.base,
-                                c.target, layer, kind).to_dict()  # fmt: skip
-        job["train"] = {k: v for k, v in job["train"].items()
-                        if k not in jobs.TrainJob.LOCATION}  # fmt: skip
+                                c.target, layer).to_dict()  # fmt: skip
+        for t in job["trains"]:
+            for k in jobs.TrainJob.LOCATION:
+                t.pop(k)
         return {k: v for k, v in job.items() if k != "corpus"}
 
     def dashboard_params(self, model: str, layer: int) -> dict[str, Any]:
