@@ -169,3 +169,23 @@ def test_health_table_flags_the_saes_a_researcher_should_distrust():
     assert h.loc[0, "warnings"] == "worse than zero-ablation (loss recovered -1.30)"
     assert h.loc[1, "warnings"] == "9 of 16 latents dead"
     assert (h.loc[2:, "warnings"] == "").all()
+
+
+def test_the_training_figure_plots_dead_and_dense_latents_as_logged():
+    from saesuite.report.figures import training
+
+    logs = {
+        "target L0 10": [{"tokens": 1, "l0": 9, "fvu": 2.0, "dead": None},
+                         {"tokens": 10, "l0": 5, "fvu": 1.0, "dead": 40, "dense": 7},
+                         {"tokens": 99, "l0": 4, "fvu": 0.5, "dead": 12, "dense": 2}],
+        "target L0 40": [{"tokens": 10, "l0": 50, "fvu": 0.4, "dead": 3, "dense": 0}],
+    }  # fmt: skip
+    fig = training(logs, "m", "res", 64, 1)
+    ax = fig.axes[2]
+    solid = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    # unlogged counts (None: the steps between log lines) are left out
+    assert [list(ln.get_data()[0]) for ln in solid] == [[10, 99], [10]]
+    assert [list(ln.get_data()[1]) for ln in solid] == [[40, 12], [3]]
+    assert [list(ln.get_data()[1]) for ln in dashed] == [[7, 2], [0]]
+    assert "64" in ax.get_ylabel()

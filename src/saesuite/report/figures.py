@@ -180,19 +180,27 @@ def by_position(
 
 def training(logs: dict[str, list[dict[str, Any]]], model: str, site: str, width: int,
              layer: int):  # fmt: skip
-    """L0 and FVU of the training batches against tokens seen, one line per SAE."""
-    fig, axes = subplots(2, 1, figsize=(7.2, 5.6), sharex=True)
+    """L0 and FVU of the training batches against tokens seen, and the dead (solid)
+    and dense (dashed) latents each logged step counts, one colour per SAE."""
+    fig, axes = subplots(3, 1, figsize=(7.2, 7.8), sharex=True)
     for colour, (label, rows) in zip(_colours(len(logs)), logs.items(), strict=True):
         tokens = [r["tokens"] for r in rows]
         axes[0].plot(tokens, [r["l0"] for r in rows], color=colour, label=label)
         axes[1].plot(tokens, [r["fvu"] for r in rows], color=colour, label=label)
+        counted = [r for r in rows if r.get("dead") is not None]  # older logs lack it
+        t = [r["tokens"] for r in counted]
+        axes[2].plot(t, [r["dead"] for r in counted], color=colour, label=label)
+        axes[2].plot(t, [r.get("dense") or 0 for r in counted], color=colour,
+                     linestyle="--")  # fmt: skip
     axes[0].set_ylabel("L0 (training batch)")
     axes[1].set_ylabel("FVU (training batch)")
-    axes[1].set_xlabel("training tokens (log scale)")
+    axes[2].set_ylabel(f"latents of {width}: dead —, dense - -")
+    axes[2].set_xlabel("training tokens (log scale)")
     for ax in axes:
         ax.set_xscale("log")
-        ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
+    for ax in axes[:2]:
+        ax.set_yscale("log")
     axes[0].legend(fontsize="small")
     axes[0].set_title(_title(model, site, f"{_at(layer, width)}: training"))
     return fig

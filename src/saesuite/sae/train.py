@@ -147,7 +147,8 @@ class Member:
         self.opt = torch.optim.Adam(
             self.sae.parameters(),
             lr=cfg["lr"],
-            betas=(float(cfg["adam_beta1"]), float(cfg["adam_beta2"])),  # YAML: 0 is int
+            # float(): YAML reads `adam_beta1: 0` as an int, which Adam refuses
+            betas=(float(cfg["adam_beta1"]), float(cfg["adam_beta2"])),
             eps=cfg["adam_eps"],
         )
         self.schedule = make_schedule(spec.tokens, cfg)

@@ -30,5 +30,5 @@ CODE_VERSIONS: dict[str, int] = {
     "dashboards": 1,
     "release": 2,  # 2: circuit-tracer set configs, transcoders in the card and plot
     "publish": 1,
-    "report_figures": 3,  # 2: each layer's MLP SAEs beside its transcoders; 3: health
+    "report_figures": 4,  # 4: dead and dense latents over training
 }
