@@ -162,3 +162,9 @@ def test_a_decoder_init_norm_needs_a_free_decoder():
         check_config(load_config(cfg))
     cfg["train"] |= {"decoder_norm": "free"}
     check_config(load_config(cfg))
+
+
+def test_integer_adam_betas_from_yaml_are_taken():
+    """`adam_beta1: 0` in a YAML config is an int, which torch's Adam refuses."""
+    m = member(schema_defaults("train") | {"adam_beta1": 0, "adam_beta2": 1})
+    assert m.opt.param_groups[0]["betas"] == (0.0, 1.0)

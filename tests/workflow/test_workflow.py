@@ -8,6 +8,7 @@ an IT model (PT→IT transfer); a bad config fails before any job runs."""
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -321,6 +322,22 @@ def test_report_figures_and_tables_are_written(run):
         assert "<svg" in svg and "tiny · " in svg, name
     table = (work / "results/tiny/report/tables/evaluation.html").read_text()
     assert table.count("</tr>") == 1 + 12  # the header and 12 SAEs
+    # the health table: a row per SAE, its training columns from the SAE's log and
+    # its held-out ones from its evaluation
+    text = (work / "results/tiny/report/tables/health.html").read_text()
+    head = re.findall(r"<th>(.*?)</th>", text)
+    rows = [dict(zip(head, re.findall(r"<td>(.*?)</td>", tr, re.S), strict=True))
+            for tr in re.findall(r"<tr>(.*?)</tr>", text, re.S)[1:]]  # fmt: skip
+    assert len(rows) == 12
+    sae = "layer_1/res/width_128/l0_8"
+    lines = (work / "results/tiny/saes" / sae / "train_log.jsonl").read_text()
+    log = [json.loads(x) for x in lines.splitlines()]
+    ev = read_json(work / "results/tiny/eval/tiny/text" / f"{sae}.json")
+    row = next(r for r in rows if (r["layer"], r["site"], r["sparsity"]) ==
+               ("1", "res", "target L0 8"))  # fmt: skip
+    assert int(row["dead (training)"]) == log[-1]["dead"]
+    assert float(row["initial FVU"]) == pytest.approx(log[0]["fvu"], rel=1e-3)
+    assert int(row["dead (held-out)"]) == ev["metrics"]["dead"]
 
 
 @pytest.fixture(scope="module")
