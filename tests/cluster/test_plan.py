@@ -63,7 +63,12 @@ def test_cli_plan(tmp_path, capsys):
     main(["plan", "--tflops", "0.1", "--csv", str(out)])
     printed = capsys.readouterr().out
     assert "| gemma-3-270m | train | 32 |" in printed and "5.5 GB" in printed
-    assert len(pd.read_csv(out)) == 5
+    df = pd.read_csv(out)
+    # extract, train, evaluate, rollouts, PT SAEs on chat; and the default run's
+    # fine-tuning (transfer.finetune_share 0.1) with its two evaluations
+    assert len(df) == 8
+    ft = df.set_index("stage").loc["finetune (gemma-3-270m SAEs)"]
+    assert ft["saes"] == 32 and ft["tokens"] == 32 * 30_000
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"models": {"m": {"source": "x", "dtype": "f64"}},
                                    "suite": []}))  # fmt: skip
