@@ -78,6 +78,5 @@ rule finetune:
         code=CODE_VERSIONS["finetune"],
         job=lambda w: WF.finetune_params(w.tuned, int(w.layer)),
         cache_root=CACHE,
-        scratch=SCRATCH,
     script:
         "scripts/finetune.py"

@@ -10,7 +10,7 @@ from saesuite.spec.jobs import FinetuneJob
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):
     job = FinetuneJob.from_dict(sm.params.job).located(
-        sm.input.corpus, sm.input.normalization, sm.params.scratch
+        sm.input.corpus, sm.input.normalization
     )
     h = config_hash(sm.config)
     job = dataclasses.replace(

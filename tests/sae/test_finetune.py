@@ -77,7 +77,8 @@ def located_job(config, tmp_path) -> FinetuneJob:
     key = checks[0].finetuned
     job = finetune_job(config, suite, tuned, key, "tiny", "tiny", 1)
     root = Path(config["output_root"])
-    norm = root / "norm.json"
+    norm = root / "tiny" / "activations" / "normalization.json"  # as the rule's input
+    norm.parent.mkdir(parents=True)
     write_json(norm, {"scale": {"layer_1.res": 1.0, "layer_1.mlp": 1.0,
                                 "layer_1.mlp_in": 1.0}})  # fmt: skip
     for t, dirs in zip(job.trains, job.init_dirs, strict=True):
@@ -87,8 +88,7 @@ def located_job(config, tmp_path) -> FinetuneJob:
             sae.initialize(torch.Generator().manual_seed(d.width + len(d.path)))
             Path(pt).mkdir(parents=True, exist_ok=True)
             save_file(sae.state_dict(), str(paths.sae_file(pt, "state")))
-    return job.located(str(corpus_file(tmp_path / "corpus.jsonl")), str(norm),
-                       str(root / "scratch"))  # fmt: skip
+    return job.located(str(corpus_file(tmp_path / "corpus.jsonl")), str(norm))
 
 
 def test_the_plan_fine_tunes_every_pt_sae_for_its_share(ft_config):
@@ -208,4 +208,5 @@ def test_the_job_round_trips_and_its_fingerprint_covers_the_recipe(ft_config, tm
     t = a.trains[0]
     b = dataclasses.replace(t, train={**t.train, "lr": 2e-3})
     assert t.fingerprint() != b.fingerprint()
-    assert t.checkpoint.endswith("layer_1.res.pt") and "tiny-ft-tiny" in t.checkpoint
+    root = ft_config["output_root"]
+    assert t.checkpoint == f"{root}/tiny-ft-tiny/checkpoints/layer_1.res.pt"

@@ -219,7 +219,10 @@ class FinetuneJob(_Json):
         inits = tuple(tuple(x) for x in d["init_dirs"])
         return cls(**{**d, "trains": trains, "init_dirs": inits})
 
-    def located(self, corpus: str, normalization: str, scratch: str) -> FinetuneJob:
+    def located(self, corpus: str, normalization: str) -> FinetuneJob:
+        """This job reading `corpus` and the base's scalars at `normalization`,
+        checkpointing in the scratch that holds them (as TrainJob.located does)."""
+        scratch = str(PurePosixPath(normalization).parent.parent.parent)
         trains = tuple(
             dataclasses.replace(t, normalization=normalization,
                                 checkpoint=paths.checkpoint(scratch, t.model, t.name))
