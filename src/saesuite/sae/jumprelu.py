@@ -355,8 +355,9 @@ class JumpReLUSAE(nn.Module):
         subtracted before the encoder if it was (r = C_y / C_x):
             W_enc′ = r·W_enc,  b_enc′ = C_y·(b_enc − W_encᵀ b_dec),  θ′ = C_y·θ,
             b_dec′ = C_y·b_dec,  W_skip′ = r·W_skip;  W_dec unchanged.
-        Its latents are C_y times the trained ones, so decoder rows keep unit norm and
-        a latent's value is its contribution in the output's raw units; the output is
+        Its latents are C_y times the trained ones, so decoder rows keep their norm
+        (unit under train.decoder_norm: unit, where a latent's value is then its
+        contribution in the output's raw units); the output is
         C_y times the trained one. For an SAE (r = 1) W_enc and W_dec are shared with
         this module, not copied (a 2^20-latent SAE's matrices are tens of GB)."""
         c_y = scale if target_scale is None else target_scale
