@@ -64,7 +64,7 @@ def test_the_pre_activation_loss_and_its_gradient_by_hand():
     want = C_PRE * float(gap.sum()) / len(x)
     assert float(pre_act_penalty(pre, theta, dead, C_PRE)) == pytest.approx(want)
     out = sae.training_loss(x, coefficient=0.0, pre_act_coefficient=C_PRE, dead=dead)
-    assert float(out.sparsity) == pytest.approx(want)
+    assert float(out.sparsity.detach()) == pytest.approx(want)
     out.sparsity.backward()
     below = ((pre < theta) & dead).double()  # where relu(θ − pre) has slope 1
     # ∂/∂b_enc = −c/B·#below, ∂/∂θ = +c/B·#below, only for dead latents
