@@ -210,3 +210,18 @@ def test_the_job_round_trips_and_its_fingerprint_covers_the_recipe(ft_config, tm
     assert t.fingerprint() != b.fingerprint()
     root = ft_config["output_root"]
     assert t.checkpoint == f"{root}/tiny-ft-tiny/checkpoints/layer_1.res.pt"
+
+
+def test_a_share_too_large_for_memory_is_refused_before_the_model_loads(
+    ft_config, tmp_path, monkeypatch
+):
+    import saesuite.sae.finetune as ft
+
+    job = located_job(ft_config, tmp_path)
+    info = tmp_path / "model.json"
+    write_json(info, describe_model("tiny", ft_config["models"]["tiny"], tmp_path))
+    monkeypatch.setattr(ft, "available_bytes", lambda: 1 << 20)  # 1 MiB left
+    monkeypatch.setattr(ft, "load_model", lambda *a: pytest.fail("model loaded"))
+    with pytest.raises(MemoryError, match="transfer.finetune_share"):
+        finetune_layer(job, model_info=info, cache_root=tmp_path)
+    assert not any(Path(d.out_dir).exists() for t in job.trains for d in t.dictionaries)

@@ -18,6 +18,7 @@ PT dictionary's state, with λ at full strength from the first step.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,11 @@ class MemoryReader:
         return x, y
 
 
+def available_bytes() -> int:
+    """Memory the job may still take (the kernel's estimate of what is available)."""
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def chat_sequences(
     job: FinetuneJob, tokenizer: Any, model_type: str, tokens_needed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,9 +110,19 @@ def finetune_layer(
     info = read_json(model_info)
     tokenizer = load_tokenizer(job.target_cfg, cache_root)
     ids, mask = chat_sequences(job, tokenizer, info["model_type"], need)
-    model = load_model(job.target_cfg, cache_root)
     sites = sorted({x for t in job.trains for x in (t.input_site, t.output_site)})
     widths = {s: int(info["site_widths"][Site.parse(s).kind]) for s in sites}
+    # every position's float32 activations, then the kept ones: refused up front
+    held = 2 * 4 * ids.numel() * sum(widths.values())
+    if held > available_bytes():
+        raise MemoryError(
+            f"fine-tuning {job.trains[0].model} at layer "
+            f"{Site.parse(sites[0]).layer} holds its activations in memory: "
+            f"{held / 2**30:.1f} GiB for {need:,} tokens, more than the "
+            f"{available_bytes() / 2**30:.1f} GiB available; lower "
+            "transfer.finetune_share"
+        )
+    model = load_model(job.target_cfg, cache_root)
     acts = extract_batches(model, ids, sites, widths, "float32", EXTRACT_BATCH,
                            desc=f"{job.target} chat-formatted")  # fmt: skip
     del model
