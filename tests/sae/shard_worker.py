@@ -23,7 +23,9 @@ PENALTIES = {
     "matryoshka_pre_act": ("target_l0", 4.0, 0.5, (0.14, 0.4, 0.8), 0.2),
 }
 MAX_FREQUENCY = 0.1
-DEAD = torch.arange(WIDTH) % 3 == 0  # latents the pre-activation loss treats as dead
+# latents the pre-activation loss treats as dead: on rank 0's block only (of two),
+# so a shard with none dead must still join the sum over processes
+DEAD = torch.arange(WIDTH) < 12
 
 
 def step_kwargs(key: str, rank: int | None = None, world: int = 1) -> dict:

@@ -113,9 +113,11 @@ def pre_act_penalty(
     pre: torch.Tensor, theta: torch.Tensor, dead: torch.Tensor, coefficient: float
 ) -> torch.Tensor:
     """c · mean_b Σ_{i dead} relu(θ_i − pre_{b,i}) (Anthropic's pre-activation loss,
-    as SAELens applies it: to dead latents only; its factor ‖W_dec[i]‖ is 1 here, the
-    decoder rows being kept at unit norm). It pulls a dead latent's pre-activations
-    up to its threshold, and the threshold down, on every token, until it fires."""
+    as SAELens applies it: to dead latents only). SAELens also weights each latent
+    by ‖W_dec[i]‖; this term does not (the same with unit decoder rows; with
+    train.decoder_norm: free it is what BENCHMARKS.md measured). It pulls a dead
+    latent's pre-activations up to its threshold, and the threshold down, on every
+    token, until it fires."""
     gap = (theta[dead] - pre[:, dead]).clamp_min(0.0)
     return coefficient * gap.sum() / pre.shape[0]
 

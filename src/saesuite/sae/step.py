@@ -28,7 +28,6 @@ from saesuite.sae.jumprelu import (
     JumpReLUSAE,
     Penalty,
     frequency_penalty,
-    pre_act_penalty,
     rectangle,
     sparsity_penalty,
 )
@@ -273,13 +272,14 @@ def sparse_step(
         if frequency_coefficient > 0:
             g_theta.index_add_(0, kc, -(1.0 / eps) * k * dfreq[kc])
 
-    if pre_act_coefficient > 0 and dead is not None and bool(dead.any()):
-        # c·mean_b Σ_dead relu(θ − pre): a dense (B, n_dead) block, dead latents only
+    if pre_act_coefficient > 0 and dead is not None:
+        # c·mean_b Σ_dead relu(θ − pre) (jumprelu.pre_act_penalty): a dense
+        # (B, n_dead) block, dead latents only; reduced on every shard, even one
+        # with none dead, so that the processes' collectives stay in step
         idx = dead.nonzero(as_tuple=True)[0]
-        below = (pre[:, idx] < theta[idx]).to(x.dtype)  # (B, n_dead)
-        pen = pre_act_penalty(pre, theta, dead, pre_act_coefficient)
-        sparse = sparse + reduce(pen.clone())
-        g_below = below * (-pre_act_coefficient / B)  # ∂/∂pre
+        gap = (theta[idx] - pre[:, idx]).clamp_min(0.0)  # (B, n_dead)
+        sparse = sparse + reduce(pre_act_coefficient * gap.sum() / B)
+        g_below = (gap > 0).to(x.dtype) * (-pre_act_coefficient / B)  # ∂/∂pre
         g_Wenc_T.index_add_(0, idx, g_below.T @ xc)
         g_benc.index_add_(0, idx, g_below.sum(0))
         g_theta.index_add_(0, idx, -g_below.sum(0))

@@ -56,7 +56,7 @@ def with_finetuned(
     if share <= 0:
         return check
     key = finetuned_key(check.base, check.target)
-    layers = check.evaluations[-1].layers or tuple(
+    layers = check.evaluations[0].layers or tuple(  # its evaluations share them
         sorted({s.layer for s in suite if s.model == check.base})
     )
     evals = tuple(Evaluation(key, check.target, d, layers) for d in ("text", "chat"))
@@ -77,7 +77,8 @@ def finetuned_specs(
     for c in checks:
         if c.finetuned is None:
             continue
-        layers = set(c.evaluations[-1].layers or ())
+        layers = set(next(e.layers for e in c.evaluations
+                          if e.trained_on == c.finetuned))  # fmt: skip
         out += [
             dataclasses.replace(s, model=c.finetuned,
                                 tokens=max(batch, round(share * s.tokens)))
