@@ -129,3 +129,32 @@ def test_job_resources_are_the_formulas_computed_once(wf):
     name = next(iter(wf.releases))
     publish = res("publish", {"release": name})
     assert publish["runtime"] >= wf.config["resources"]["min_runtime"]
+
+
+def test_dashboards_layers_choose_the_jobs_and_the_release_folders_that_carry_them(
+    tmp_path,
+):
+    """Issue 17: dashboards.layers restricts the dashboards jobs to those layers, the
+    release carries a dashboard only for their dictionaries (and waits only on their
+    jobs), and a layer the suite lacks is refused, naming the key."""
+    from saesuite.spec.config import ConfigError
+
+    cfg = make_config("google/gemma-2-2b", output_root=str(tmp_path / "out"))
+    cfg["suite"][0]["layers"] = [1, 3]
+    cfg["dashboards"] = {"enabled": True, "layers": [3]}
+    wf = Workflow(load_config(cfg))
+    assert wf.dashboard_layers() == [paths.dashboards_layer(wf.root, "tiny", 3)]
+    assert wf.dashboard_layers() == [f for f in wf.final_outputs()
+                                     if "/dashboards/" in f]  # fmt: skip
+    for name, job in wf.releases.items():
+        with_dash = {m.spec["layer"] for m in job.members if m.dashboard}
+        assert with_dash == {3} and {m.spec["layer"] for m in job.members} == {1, 3}
+        deps = [f for f in wf.release_inputs(name) if "/dashboards/" in f]
+        assert deps == wf.dashboard_layers()
+    cfg["dashboards"]["layers"] = None  # every layer
+    assert len(Workflow(load_config(cfg)).dashboard_layers()) == 2
+    cfg["dashboards"]["layers"] = [2, 3]
+    with pytest.raises(ConfigError, match=r"'dashboards.layers'.*\[2\]"):
+        load_config(cfg)
+    cfg["dashboards"]["enabled"] = False
+    assert Workflow(load_config(cfg)).dashboard_layers() == []

@@ -31,7 +31,7 @@ from typing import Any
 
 from saesuite.spec.config import SAESpec, known_site_width, sequences
 from saesuite.spec.known_models import ModelShape, known_shape
-from saesuite.spec.sizes import BYTES, dictionary_bytes
+from saesuite.spec.sizes import BYTES, LOGIT_BLOCK_BYTES, dictionary_bytes
 from saesuite.spec.workflow import Workflow
 
 GPU_STAGES = frozenset(
@@ -217,13 +217,17 @@ def dashboards_estimate(
     saes = sum(dictionary_bytes(w_in, s.width, skip=s.kind == "skip_transcoder")
                for w_in, s in zip(widths, specs, strict=True))  # fmt: skip
     stats = sum(s.width * (slots * 12 + 8 * 70) for s in specs)  # values, ids, hist
-    mem = model_mb(config, model) + int(1.5 * (saes + stats) / 2**20) + BASE_MB
+    logits = LOGIT_BLOCK_BYTES  # one block of logit effects (saesuite.eval.latents)
+    mem = model_mb(config, model) + int(1.5 * (saes + stats + logits) / 2**20)
+    mem += BASE_MB
     if shape is None:
         return mem, None
     tokens = min(d["tokens"], config["data"]["eval_tokens"])
     layer = specs[0].layer
     encode = sum(2 * w_in * s.width for w_in, s in zip(widths, specs, strict=True))
-    return mem, forward_flops(shape, tokens, layer + 1) + encode * tokens
+    # the logit effects: every latent's residual direction through the unembedding
+    effects = sum(2 * shape.d_model * shape.vocab * s.width for s in specs)
+    return mem, forward_flops(shape, tokens, layer + 1) + encode * tokens + effects
 
 
 def finetune_estimate(

@@ -330,7 +330,23 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
                     f"layer {layer} requested for model '{key}', which has {n} layers "
                     f"(0..{n - 1}); check 'suite.*.layers'"
                 )
+    asked = config["dashboards"]["layers"]
+    if config["dashboards"]["enabled"] and asked is not None:
+        present = {layer for key in models for layer in model_layers(config, key)}
+        missing = sorted(set(asked) - present)
+        if missing:
+            raise ConfigError(
+                f"config key 'dashboards.layers': no dictionary of the suite is at "
+                f"layer(s) {missing} (the suite's layers: {sorted(present)})"
+            )
     return config
+
+
+def has_dashboards(config: dict[str, Any], layer: int) -> bool:
+    """Whether the dictionaries at `layer` get dashboards (dashboards.enabled and
+    dashboards.layers)."""
+    d = config["dashboards"]
+    return d["enabled"] and (d["layers"] is None or layer in d["layers"])
 
 
 def config_hash(config: dict[str, Any]) -> str:

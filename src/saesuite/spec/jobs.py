@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from saesuite.spec import paths
-from saesuite.spec.config import SAESpec, config_hash
+from saesuite.spec.config import SAESpec, config_hash, has_dashboards
 from saesuite.spec.hashing import stable_hash
 from saesuite.spec.paths import activation_identity
 from saesuite.spec.sites import Site
@@ -442,7 +442,7 @@ def release_job(
             eval=paths.sae_eval(root, model, model, "text", s.path),
             dashboard=(
                 paths.dashboard_dir(root, model, s.path)
-                if config["dashboards"]["enabled"] and rel["dashboards"]
+                if rel["dashboards"] and has_dashboards(config, s.layer)
                 else ""
             ),  # fmt: skip
             n_bytes=dictionary_bytes(

@@ -18,6 +18,7 @@ class ModelShape:
     head_dim: int
     d_mlp: int
     n_params: float  # total parameters, for FLOP estimates
+    vocab: int  # the unembedding's rows (the dashboards' logit effects)
 
     def site_width(self, kind: str) -> int:
         return site_width(kind, self.d_model, self.n_heads, self.head_dim)
@@ -39,14 +40,14 @@ def text_site_width(text_config: Any, kind: str) -> int:
 
 
 KNOWN: dict[str, ModelShape] = {
-    "gemma-2-2b": ModelShape(26, 2304, 8, 256, 9216, 2.61e9),
-    "gemma-2-9b": ModelShape(42, 3584, 16, 256, 14336, 9.24e9),
-    "gemma-2-27b": ModelShape(46, 4608, 32, 128, 36864, 27.2e9),
-    "gemma-3-270m": ModelShape(18, 640, 4, 256, 2048, 0.268e9),
-    "gemma-3-1b": ModelShape(26, 1152, 4, 256, 6912, 1.0e9),
-    "gemma-3-4b": ModelShape(34, 2560, 8, 256, 10240, 3.88e9),
-    "gemma-3-12b": ModelShape(48, 3840, 16, 256, 15360, 11.8e9),
-    "gemma-3-27b": ModelShape(62, 5376, 32, 128, 21504, 27.0e9),
+    "gemma-2-2b": ModelShape(26, 2304, 8, 256, 9216, 2.61e9, 256000),
+    "gemma-2-9b": ModelShape(42, 3584, 16, 256, 14336, 9.24e9, 256000),
+    "gemma-2-27b": ModelShape(46, 4608, 32, 128, 36864, 27.2e9, 256000),
+    "gemma-3-270m": ModelShape(18, 640, 4, 256, 2048, 0.268e9, 262144),
+    "gemma-3-1b": ModelShape(26, 1152, 4, 256, 6912, 1.0e9, 262144),
+    "gemma-3-4b": ModelShape(34, 2560, 8, 256, 10240, 3.88e9, 262208),
+    "gemma-3-12b": ModelShape(48, 3840, 16, 256, 15360, 11.8e9, 262208),
+    "gemma-3-27b": ModelShape(62, 5376, 32, 128, 21504, 27.0e9, 262208),
 }
 
 EMBEDDED_NAME = "gemma-3-270m"

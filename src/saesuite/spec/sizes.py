@@ -2,6 +2,8 @@
 with `getattr(torch, name)`) and a dictionary's weight bytes (torch-free)."""
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# the dashboards' logit effects: one (latents, vocabulary) float32 block at once
+LOGIT_BLOCK_BYTES = 2**30
 
 
 def dictionary_bytes(

@@ -21,6 +21,7 @@ from saesuite.spec.config import (
     ConfigError,
     SAESpec,
     expand_suite,
+    has_dashboards,
     known_site_width,
     model_layers,
     n_chunks,
@@ -125,10 +126,9 @@ class Workflow:
 
     def dashboard_layers(self, model: str | None = None) -> list[str]:
         """The dashboards jobs' summaries (none unless dashboards.enabled)."""
-        if not self.config["dashboards"]["enabled"]:
-            return []
         layers = sorted({(s.model, s.layer) for s in self.suite
-                         if model is None or s.model == model})  # fmt: skip
+                         if (model is None or s.model == model)
+                         and has_dashboards(self.config, s.layer)})  # fmt: skip
         return [paths.dashboards_layer(self.root, m, L) for m, L in layers]
 
     def transfer_inputs(self, name: str) -> list[str]:
@@ -138,8 +138,8 @@ class Workflow:
         job = self.releases[name]
         out = [paths.eval_layer(self.root, job.model, job.model, "text", L)
                for L in job.layers]  # fmt: skip
-        if any(m.dashboard for m in job.members):
-            out += [paths.dashboards_layer(self.root, job.model, L) for L in job.layers]
+        out += sorted({paths.dashboards_layer(self.root, job.model, m.spec["layer"])
+                       for m in job.members if m.dashboard})  # fmt: skip
         return out
 
     # -- jobs -----------------------------------------------------------------------
