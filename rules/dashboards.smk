@@ -1,5 +1,6 @@
 # Trained dictionaries → latent dashboards: one job per (model, layer), the held-out
-# split's forward pass shared by every dictionary of the layer (dashboards.enabled).
+# split's forward pass shared by every dictionary of the layer (dashboards.enabled;
+# the layers of dashboards.layers).
 
 
 rule dashboards:

@@ -64,9 +64,14 @@ def test_cli_plan(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| gemma-3-270m | train | 32 |" in printed and "5.5 GB" in printed
     df = pd.read_csv(out)
-    # extract, train, evaluate, rollouts, PT SAEs on chat; and the default run's
-    # fine-tuning (transfer.finetune_share 0.1) with its two evaluations
-    assert len(df) == 8
+    # extract, train, evaluate, rollouts, PT SAEs on chat; the default run's
+    # fine-tuning (transfer.finetune_share 0.1) with its two evaluations; and its
+    # dashboards at layer 9 (dashboards.layers)
+    assert len(df) == 9
+    dash = df.set_index("stage").loc["dashboards"]
+    assert dash["saes"] == 10 and dash["tokens"] == 16384  # res, att, mlp, 2 kinds × 2
+    effects = 10 * 2 * 640 * 262_144 * 4096  # every latent through the unembedding
+    assert effects < dash["flops"] < 1.5 * effects
     ft = df.set_index("stage").loc["finetune (gemma-3-270m SAEs)"]
     assert ft["saes"] == 32 and ft["tokens"] == 32 * 30_000
     bad = tmp_path / "bad.yaml"

@@ -114,11 +114,13 @@ def test_the_sample_is_of_firing_unmasked_positions_one_per_sequence():
     assert not torch.equal(other.sample.seq, st.sample.seq)
 
 
-def test_logit_effects_are_the_decoder_rows_through_the_unembedding():
+def test_logit_effects_are_the_decoder_rows_through_the_unembedding(monkeypatch):
     g = torch.Generator().manual_seed(0)
     W_dec, W_U = torch.randn(5000, 16, generator=g), torch.randn(300, 16, generator=g)
-    tv, ti, bv, bi = logit_effects(W_dec, W_U, n=4)
     full = W_dec @ W_U.T
+    # in blocks of 7 latents (the last one short): the same as one block
+    monkeypatch.setattr("saesuite.eval.latents.LOGIT_BLOCK_BYTES", 7 * 4 * 300)
+    tv, ti, bv, bi = logit_effects(W_dec, W_U, n=4)
     assert torch.equal(ti, full.topk(4, dim=1).indices)
     assert torch.equal(bi, full.topk(4, dim=1, largest=False).indices)
     torch.testing.assert_close(tv, full.topk(4, dim=1).values)

@@ -11,6 +11,9 @@ FLOP model (estimates, stated so they can be checked):
   `evaluate.tokens` and, over `evaluate.loss_tokens`, one full pass (2·N_params per
   token) per SAE plus the clean and the zero-ablation passes, repeated per group of
   SAEs that fits a GPU beside the model;
+- dashboards: per layer's job (`resources.dashboards_estimate`) a truncated pass
+  over `dashboards.tokens`, every SAE's encoding, and its latents' logit effects
+  (2·d_model·vocabulary per latent);
 - rollouts: 2·N_params per generated token.
 Shapes come from saesuite's table of known models; an unknown model gets no FLOPs.
 """
@@ -24,6 +27,7 @@ import pandas as pd
 
 from saesuite.cluster.resources import (
     cache_plan,
+    dashboards_estimate,
     evaluate_estimate,
     finetune_estimate,
     forward_flops,
@@ -34,7 +38,13 @@ from saesuite.cluster.resources import (
     train_nproc,
 )
 from saesuite.spec.checks import evaluations, finetuned_specs, transfer_checks
-from saesuite.spec.config import SAESpec, expand_suite, model_layers, sequences
+from saesuite.spec.config import (
+    SAESpec,
+    expand_suite,
+    has_dashboards,
+    model_layers,
+    sequences,
+)
 from saesuite.spec.jobs import TRANSCODERS
 from saesuite.spec.known_models import known_shape
 from saesuite.spec.sites import TRANSCODER_SITES
@@ -112,6 +122,22 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
         )
         add(e.evaluated_on, f"{stage} ({e.trained_on} SAEs, {e.data})", len(specs),
             n_tok, None, flops)  # fmt: skip
+    for model in sorted({s.model for s in suite}):  # one dashboards job per layer
+        layers = sorted({s.layer for s in suite if s.model == model
+                         and has_dashboards(config, s.layer)})  # fmt: skip
+        if not layers:
+            continue
+        shape = known_shape(config["models"][model]["source"])
+        flops = None
+        if shape:
+            flops = sum(
+                dashboards_estimate(config, model, [s for s in suite
+                                    if s.model == model and s.layer == L])[1]
+                for L in layers
+            )  # fmt: skip
+        add(model, "dashboards", sum(s.model == model and s.layer in layers
+                                     for s in suite),
+            min(config["dashboards"]["tokens"], eval_tok), None, flops)  # fmt: skip
     rollout_models = {c.target for c in checks}
     for model in sorted(rollout_models):
         shape = known_shape(config["models"][model]["source"])
