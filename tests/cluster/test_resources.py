@@ -191,3 +191,40 @@ def test_dashboard_memory_depends_on_width_and_k_not_on_tokens():
     slots = 180 * (2 * 8 + 1) * 12  # 180 more contexts of 17 tokens, 12 bytes each
     want = sum(s.width for s in specs) * slots * 1.5 / 2**20
     assert wide - mem == pytest.approx(want, abs=2)
+
+
+def test_the_matryoshka_losss_memory_is_counted_as_autograd_keeps_it():
+    """Issue 19: the Matryoshka loss keeps a partial decode per group of latents for
+    the backward pass. What autograd saves in the dense loss (measured with
+    saved_tensors_hooks) is what sae_gpu_bytes adds for prefixes, within the
+    factor the gradients of those tensors take at backward (≤ 2×), as for the
+    (rows, width) tensors of any SAE."""
+    import torch
+
+    from saesuite.cluster.resources import n_prefixes, sae_gpu_bytes
+    from saesuite.sae.jumprelu import JumpReLUSAE
+    from saesuite.spec.sizes import dictionary_bytes
+
+    d, w, B = 64, 1024, 256
+    sae, x = JumpReLUSAE(d, w), torch.randn(B, d)
+
+    def saved(prefixes: tuple[int, ...]) -> int:
+        sizes = []
+
+        def pack(t):
+            sizes.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            sae.training_loss(x, coefficient=1e-3, prefixes=prefixes)
+        return sum(sizes)
+
+    plain = sae_gpu_bytes(B, d, w, 1)
+    assert n_prefixes({"matryoshka_fractions": [1 / 16, 1 / 4]}) == 2
+    extra = sae_gpu_bytes(B, d, w, 1, prefixes=2) - plain
+    kept = saved((64, 256)) - saved(())
+    assert kept <= extra <= 2 * kept
+    acts = plain - 4 * dictionary_bytes(d, w)
+    assert saved(()) <= acts <= 2 * saved(())
+    sharded = sae_gpu_bytes(B, d, w, 4, sharded=True, prefixes=2)
+    assert sharded - sae_gpu_bytes(B, d, w, 4, sharded=True) == 4 * 4 * 3 * B * d

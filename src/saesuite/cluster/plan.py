@@ -31,6 +31,7 @@ from saesuite.cluster.resources import (
     evaluate_estimate,
     finetune_estimate,
     forward_flops,
+    n_prefixes,
     sae_gpu_bytes,
     shards_needed,
     train_flops,
@@ -168,7 +169,7 @@ def gpu_memory(config: dict[str, Any]) -> tuple[list[str], list[str]]:
     for s in expand_suite(config):
         jobs.setdefault((s.model, s.layer, s.family), []).append(s)
     found: dict[tuple[str, str, int, int], list[int]] = {}
-    batch = config["train"]["batch_size"]
+    batch, pre = config["train"]["batch_size"], n_prefixes(config["train"])
     for (model, layer, site), specs in sorted(jobs.items()):
         shape = known_shape(config["models"][model]["source"])
         if shape is None:
@@ -177,18 +178,20 @@ def gpu_memory(config: dict[str, Any]) -> tuple[list[str], list[str]]:
         d_in = shape.site_width(specs[0].input_site.kind)
         skip = specs[0].kind == "skip_transcoder"  # one kind per job
         for width in sorted({s.width for s in specs}):
-            if sae_gpu_bytes(batch, d_in, width, nproc, skip=skip) > budget:
+            if sae_gpu_bytes(batch, d_in, width, nproc, skip=skip,
+                             prefixes=pre) > budget:  # fmt: skip
                 found.setdefault((model, site, width, nproc, skip), []).append(layer)
     sharded, problems = [], []
     for (model, site, width, nproc, skip), layers in found.items():
         shape = known_shape(config["models"][model]["source"])
         d_in = shape.site_width(TRANSCODER_SITES[0] if site in TRANSCODERS else site)
         where = f"{model} {site} width {width} (layers {', '.join(map(str, layers))})"
-        need = sae_gpu_bytes(batch, d_in, width, nproc, sharded=True, skip=skip)
+        need = sae_gpu_bytes(batch, d_in, width, nproc, sharded=True, skip=skip,
+                             prefixes=pre)  # fmt: skip
         if nproc > 1 and need <= budget:
             sharded.append(f"{where}: {need / 1e9:.0f} GB per GPU over {nproc} GPUs")
             continue
-        least = shards_needed(batch, d_in, width, budget)
+        least = shards_needed(batch, d_in, width, budget, pre)
         problems.append(
             f"{where}: needs {need / 1e9:.0f} GB per GPU on {nproc} GPU(s), "
             f"{budget / 1e9:.0f} GB usable of resources.gpu_mem_gb; set "

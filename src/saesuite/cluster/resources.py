@@ -120,23 +120,34 @@ def train_mem_mb(config: dict[str, Any], specs: list[SAESpec], d_in: int) -> int
     return int((bucket + saes) / 2**20 * 1.5) + BASE_MB
 
 
+def n_prefixes(train: dict[str, Any]) -> int:
+    """The Matryoshka loss's inner prefixes (train.matryoshka_fractions)."""
+    return len(train.get("matryoshka_fractions") or ())
+
+
 def sae_gpu_bytes(
     batch_size: int, d_in: int, width: int, nproc: int, sharded: bool = False,
-    skip: bool = False,
+    skip: bool = False, prefixes: int = 0,
 ) -> int:  # fmt: skip
     """Bytes one SAE takes on each GPU of a job of `nproc` processes: fp32 weights,
     gradients and two Adam moments, and the (rows, width) pre-activations,
     activations, masks and their gradients (~6 tensors). Data parallelism gives each
     process the whole SAE and batch/nproc rows; `sharded` gives it width/nproc
     latents (saesuite.sae.shard) and the whole batch. `skip`: a skip-transcoder,
-    whose W_skip every process holds whole."""
+    whose W_skip every process holds whole. `prefixes` (`n_prefixes`): the Matryoshka
+    loss keeps, per group of latents (the inner prefixes and the rest), a partial
+    decode, the reconstruction from it, its error and its gradient, (rows, d_in)
+    each (saesuite.sae.step, the dense loss about the same)."""
+    groups = prefixes + 1 if prefixes else 0
     if sharded:
         latents = -(-width // nproc)
         return (4 * dictionary_bytes(d_in, latents) + 16 * d_in
                 + (16 * d_in * d_in if skip else 0)
-                + 6 * 4 * batch_size * latents)  # fmt: skip
+                + 6 * 4 * batch_size * latents
+                + 4 * 4 * groups * batch_size * d_in)  # fmt: skip
+    rows = batch_size // nproc
     return (4 * dictionary_bytes(d_in, width, skip=skip)
-            + 6 * 4 * (batch_size // nproc) * width)  # fmt: skip
+            + 6 * 4 * rows * width + 4 * 4 * groups * rows * d_in)  # fmt: skip
 
 
 def fit_groups(
@@ -161,13 +172,16 @@ def fit_groups(
     return groups
 
 
-def shards_needed(batch_size: int, d_in: int, width: int, budget: float) -> int | None:
+def shards_needed(
+    batch_size: int, d_in: int, width: int, budget: float, prefixes: int = 0
+) -> int | None:
     """The fewest processes over which one SAE fits `budget` bytes per GPU (1: it
     fits whole; None: not even over 1024)."""
-    if sae_gpu_bytes(batch_size, d_in, width, 1) <= budget:
+    if sae_gpu_bytes(batch_size, d_in, width, 1, prefixes=prefixes) <= budget:
         return 1
     for n in range(2, 1025):
-        if sae_gpu_bytes(batch_size, d_in, width, n, sharded=True) <= budget:
+        if sae_gpu_bytes(batch_size, d_in, width, n, sharded=True,
+                         prefixes=prefixes) <= budget:  # fmt: skip
             return n
     return None
 

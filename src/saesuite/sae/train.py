@@ -38,7 +38,12 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from saesuite.cluster.resources import GPU_HEADROOM, fit_groups, sae_gpu_bytes
+from saesuite.cluster.resources import (
+    GPU_HEADROOM,
+    fit_groups,
+    n_prefixes,
+    sae_gpu_bytes,
+)
 from saesuite.data.logs import OwnLineHandler, progress_interval
 from saesuite.data.models import pick_device
 from saesuite.data.store import ActivationReader
@@ -297,7 +302,8 @@ def needs_sharding(
     parallel copy does not fit `budget` and there is more than one process."""
     if world == 1 or budget is None:
         return False
-    return sae_gpu_bytes(cfg["batch_size"], d_in, width, world, skip=skip) > budget
+    return sae_gpu_bytes(cfg["batch_size"], d_in, width, world, skip=skip,
+                         prefixes=n_prefixes(cfg)) > budget  # fmt: skip
 
 
 def sae_groups(
@@ -310,7 +316,7 @@ def sae_groups(
     each SAE's initialisation of its own seed, so grouping does not change results."""
     b = cfg["batch_size"]
     skips = [s.kind == "skip_transcoder" for s in saes]
-    sizes = [sae_gpu_bytes(b, d_in, s.width, world, skip=k)
+    sizes = [sae_gpu_bytes(b, d_in, s.width, world, skip=k, prefixes=n_prefixes(cfg))
              for s, k in zip(saes, skips, strict=True)]  # fmt: skip
     alone = frozenset(
         i for i, s in enumerate(saes)
