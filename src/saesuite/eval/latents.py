@@ -172,11 +172,10 @@ class LatentStats:
         B, T, _ = acts.shape
         fired = acts > 0
         self.tokens += int(mask.sum())
-        self.count += fired.sum(dim=(0, 1))
-        self.total += acts.double().sum(dim=(0, 1))
-        self.max = torch.maximum(self.max, acts.amax(dim=(0, 1)))
+        self.total += acts.sum(dim=(0, 1), dtype=torch.float64)
         bins = torch.bucketize(acts[fired].log10(), LOG10_EDGES)
         latent = fired.nonzero()[:, 2]
+        self.count += torch.bincount(latent, minlength=self.width)
         self.hist.view(-1).index_add_(
             0, latent * self.hist.shape[1] + bins,
             torch.ones_like(bins),
@@ -196,6 +195,7 @@ class LatentStats:
         seq = torch.arange(first_seq, first_seq + B).unsqueeze(1).expand(B, hi - lo)
         # top-k: each sequence's maximum per latent (masked positions are 0)
         best, where = acts.max(dim=1)  # (B, block)
+        self.max[lo:hi] = torch.maximum(self.max[lo:hi], best.amax(dim=0))
         score = torch.where(best > 0, best.double(), -torch.inf)
         wv, wi = _windows(acts, ids, where, self.half_window)
         self.top.set_rows(lo, hi, merge_top(self.top.rows(lo, hi), score, best,
