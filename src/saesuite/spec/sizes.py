@@ -1,5 +1,6 @@
 """Sizes: bytes per storage dtype (the one table; the torch side maps the same names
-with `getattr(torch, name)`) and a dictionary's weight bytes (torch-free)."""
+with `getattr(torch, name)`), a dictionary's weight bytes and the dashboards' logit
+block (torch-free: resources sizes jobs with them)."""
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # the dashboards' logit effects: one (latents, vocabulary) float32 block at once

@@ -125,7 +125,8 @@ class Workflow:
         return self.eval_layers(Evaluation(model, model, "text"))
 
     def dashboard_layers(self, model: str | None = None) -> list[str]:
-        """The dashboards jobs' summaries (none unless dashboards.enabled)."""
+        """The dashboards jobs' summaries: one per model × layer that
+        `has_dashboards` (none unless dashboards.enabled)."""
         layers = sorted({(s.model, s.layer) for s in self.suite
                          if (model is None or s.model == model)
                          and has_dashboards(self.config, s.layer)})  # fmt: skip
