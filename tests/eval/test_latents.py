@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from saesuite.eval.latents import LOG10_EDGES, LatentStats, logit_effects
+from saesuite.eval.latents import LOG10_EDGES, LatentStats, _hash_keys, logit_effects
 
 B, T, W = 12, 10, 7
 
@@ -112,6 +112,37 @@ def test_the_sample_is_of_firing_unmasked_positions_one_per_sequence():
     other = LatentStats(W, samples=3, seed=2)
     other.update(acts, ids, mask, first_seq=0)
     assert not torch.equal(other.sample.seq, st.sample.seq)
+
+
+def test_the_sample_equals_a_brute_force_draw():
+    """Per latent: in each sequence the firing unmasked position of least hash key
+    (the first on ties), and the sequences of the `samples` least keys (ties: the
+    smaller sequence), computed one (sequence, latent) at a time."""
+    acts, ids, mask = data()
+    samples, half = 3, 2
+    st = run(batch=5, samples=samples, half=half)
+    a = acts.masked_fill(~mask.unsqueeze(-1), 0.0)
+    for c in range(W):
+        cands = []
+        for b in range(B):
+            ts = [t for t in range(T) if a[b, t, c] > 0]
+            if ts:
+                keys = [
+                    float(_hash_keys(torch.tensor(b), torch.tensor(t), 1)) for t in ts
+                ]
+                j = keys.index(min(keys))
+                cands.append((min(keys), b, ts[j]))
+        want = sorted(cands)[:samples]
+        got = [(int(s), int(p)) for s, p in zip(st.sample.seq[c], st.sample.pos[c],
+                                                strict=True) if s >= 0]  # fmt: skip
+        assert got == [(b, t) for _, b, t in want], c
+        for j, (_, b, t) in enumerate(want):
+            assert st.sample.value[c, j] == a[b, t, c]
+            for o in range(-half, half + 1):
+                inside = 0 <= t + o < T
+                assert st.sample.window_values[c, j, o + half] == (
+                    a[b, t + o, c] if inside else 0.0
+                )
 
 
 def test_logit_effects_are_the_decoder_rows_through_the_unembedding(monkeypatch):

@@ -36,9 +36,6 @@ def bin_centres() -> list[float]:
     return [10**m for m in mids]
 
 
-BLOCK = 4096  # latents updated at once: bounds the (B, T, block) work tensors
-
-
 def _hash_keys(seq: torch.Tensor, pos: torch.Tensor, seed: int) -> torch.Tensor:
     """A key in [0, 1) per (sequence, position), from integer hashing (a
     multiply-xorshift mix): independent of batching and of the device."""
@@ -51,7 +48,9 @@ def _hash_keys(seq: torch.Tensor, pos: torch.Tensor, seed: int) -> torch.Tensor:
 @dataclass
 class TopContexts:
     """The best k (by `score`) sequences of each latent, with a window of values
-    and token ids around the chosen position. score -inf: an empty slot."""
+    and token ids around the chosen position. score -inf: an empty slot. While
+    streaming the k slots of a row are in no order (entries stay where they were
+    written); `ranked` sorts them."""
 
     score: torch.Tensor  # (width, k) float64
     value: torch.Tensor  # (width, k) the latent's value at the chosen position
@@ -62,12 +61,15 @@ class TopContexts:
 
     FIELDS = ("score", "value", "seq", "pos", "window_values", "window_ids")
 
-    def rows(self, lo: int, hi: int) -> TopContexts:
-        return TopContexts(*(getattr(self, f)[lo:hi] for f in self.FIELDS))
+    def ranked(self) -> TopContexts:
+        """The same contexts, each row in rank order (best first, empties last)."""
+        order = rank(self.score, self.seq)
 
-    def set_rows(self, lo: int, hi: int, other: TopContexts) -> None:
-        for f in self.FIELDS:
-            getattr(self, f)[lo:hi] = getattr(other, f)
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            idx = order.view(*order.shape, *([1] * (t.dim() - 2))).expand_as(t)
+            return t.gather(1, idx)
+
+        return TopContexts(*(pick(getattr(self, f)) for f in self.FIELDS))
 
     @classmethod
     def empty(cls, width: int, k: int, half: int) -> TopContexts:
@@ -82,56 +84,27 @@ class TopContexts:
         )
 
 
-def _windows(
-    acts: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor, half: int
+def rank(score: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+    """Per row, the column order by (score desc, seq asc): the ranking of contexts,
+    ties broken by the smaller sequence index (so it is independent of batch order);
+    empty slots (score -inf, seq -1) last, in column order."""
+    order = torch.argsort(seq, dim=1, stable=True)
+    return order.gather(1, torch.argsort(-score.gather(1, order), dim=1, stable=True))
+
+
+def _first_at(
+    key: torch.Tensor, value: torch.Tensor, t: torch.Tensor, n: int, largest: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each (sequence b, latent c), the latent's values and the token ids at
-    positions pos[b, c] - half … pos[b, c] + half (B, width, 2h+1)."""
-    B, T, width = acts.shape
-    offsets = torch.arange(-half, half + 1, device=acts.device)
-    at = pos.unsqueeze(-1) + offsets  # (B, width, W)
-    inside = (at >= 0) & (at < T)
-    at_c = at.clamp(0, T - 1)
-    vals = torch.gather(acts.transpose(1, 2), 2, at_c)  # (B, width, W)
-    toks = torch.gather(ids.unsqueeze(1).expand(B, width, T), 2, at_c)
-    return vals.masked_fill(~inside, 0.0), toks.masked_fill(~inside, -1)
-
-
-def merge_top(
-    top: TopContexts,
-    score: torch.Tensor,
-    value: torch.Tensor,
-    seq: torch.Tensor,
-    pos: torch.Tensor,
-    wvals: torch.Tensor,
-    wids: torch.Tensor,
-) -> TopContexts:
-    """`top` with the candidates (B per latent: score, value, seq, pos (B, width),
-    windows (B, width, W)) merged in: per latent the best k of both, ties broken
-    by the smaller sequence index (so the result is independent of batch order)."""
-    k = top.score.shape[1]
-    all_score = torch.cat([top.score, score.T.double()], dim=1)
-    all_seq = torch.cat([top.seq, seq.T], dim=1)
-    # sort by (score desc, seq asc): seq as a tiny tie-breaker on the rank
-    order = torch.argsort(all_seq, dim=1, stable=True)
-    order = order.gather(1, torch.argsort(-all_score.gather(1, order), dim=1,
-                                          stable=True))[:, :k]  # fmt: skip
-
-    def pick(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        both = torch.cat([old, new], dim=1)
-        idx = order.view(*order.shape, *([1] * (both.dim() - 2))).expand(
-            -1, -1, *both.shape[2:]
-        )
-        return both.gather(1, idx)
-
-    return TopContexts(
-        pick(top.score, score.T.double()),
-        pick(top.value, value.T.float()),
-        pick(top.seq, seq.T),
-        pick(top.pos, pos.T),
-        pick(top.window_values, wvals.transpose(0, 1).float()),
-        pick(top.window_ids, wids.transpose(0, 1)),
-    )
+    """Per group (key in [0, n)), the extreme of `value` and the smallest t holding
+    it (as torch.max/min along a dim: the first on ties); groups without an entry
+    get ∓inf and position -1."""
+    fill = -torch.inf if largest else torch.inf
+    best = torch.full((n,), fill, dtype=value.dtype)
+    best.scatter_reduce_(0, key, value, "amax" if largest else "amin")
+    hit = value == best[key]
+    pos = torch.full((n,), torch.iinfo(torch.long).max, dtype=torch.long)
+    pos.scatter_reduce_(0, key[hit], t[hit], "amin")
+    return best, pos.masked_fill(best == fill, -1)
 
 
 @dataclass
@@ -148,8 +121,8 @@ class LatentStats:
     total: torch.Tensor = field(init=False)  # sum of activations (float64)
     max: torch.Tensor = field(init=False)
     hist: torch.Tensor = field(init=False)  # (width, len(LOG10_EDGES) + 1) counts
-    top: TopContexts = field(init=False)
-    sample: TopContexts = field(init=False)
+    slots: TopContexts = field(init=False)  # the top k, unordered
+    sample_slots: TopContexts = field(init=False)  # the sample, unordered
 
     def __post_init__(self) -> None:
         w = self.width
@@ -157,8 +130,8 @@ class LatentStats:
         self.total = torch.zeros(w, dtype=torch.float64)
         self.max = torch.zeros(w)
         self.hist = torch.zeros(w, len(LOG10_EDGES) + 1, dtype=torch.long)
-        self.top = TopContexts.empty(w, self.k, self.half_window)
-        self.sample = TopContexts.empty(w, self.samples, self.half_window)
+        self.slots = TopContexts.empty(w, self.k, self.half_window)
+        self.sample_slots = TopContexts.empty(w, self.samples, self.half_window)
 
     @torch.no_grad()
     def update(
@@ -166,51 +139,97 @@ class LatentStats:
         first_seq: int,
     ) -> None:  # fmt: skip
         """Add a batch: acts (B, T, width) ≥ 0, ids and mask (B, T); the batch's
-        sequences are first_seq, first_seq + 1, … of the dashboard split."""
-        acts = acts.detach().float().cpu().masked_fill(~mask.cpu().unsqueeze(-1), 0.0)
-        ids, mask = ids.cpu(), mask.cpu()
-        B, T, _ = acts.shape
-        fired = acts > 0
-        self.tokens += int(mask.sum())
-        self.total += acts.sum(dim=(0, 1), dtype=torch.float64)
-        bins = torch.bucketize(acts[fired].log10(), LOG10_EDGES)
-        latent = fired.nonzero()[:, 2]
-        self.count += torch.bincount(latent, minlength=self.width)
-        self.hist.view(-1).index_add_(
-            0, latent * self.hist.shape[1] + bins,
-            torch.ones_like(bins),
-        )  # fmt: skip
-        keys = _hash_keys(torch.arange(first_seq, first_seq + B).unsqueeze(1),
-                          torch.arange(T).unsqueeze(0), self.seed)  # fmt: skip
-        for lo in range(0, self.width, BLOCK):
-            hi = min(lo + BLOCK, self.width)
-            self._update_block(acts[..., lo:hi], fired[..., lo:hi], ids, keys,
-                               first_seq, lo, hi)  # fmt: skip
+        sequences are first_seq, first_seq + 1, … of the dashboard split.
 
-    def _update_block(
-        self, acts: torch.Tensor, fired: torch.Tensor, ids: torch.Tensor,
-        keys: torch.Tensor, first_seq: int, lo: int, hi: int,
-    ) -> None:  # fmt: skip
-        B = acts.shape[0]
-        seq = torch.arange(first_seq, first_seq + B).unsqueeze(1).expand(B, hi - lo)
-        # top-k: each sequence's maximum per latent (masked positions are 0)
-        best, where = acts.max(dim=1)  # (B, block)
-        self.max[lo:hi] = torch.maximum(self.max[lo:hi], best.amax(dim=0))
-        score = torch.where(best > 0, best.double(), -torch.inf)
-        wv, wi = _windows(acts, ids, where, self.half_window)
-        self.top.set_rows(lo, hi, merge_top(self.top.rows(lo, hi), score, best,
-                                            seq.masked_fill(best <= 0, -1),
-                                            where, wv, wi))  # fmt: skip
+        Sparse: one pass over acts finds the firing entries (a few per token), and
+        all the rest is work on those: per (sequence, latent) its maximum and its
+        sample position by scatter-reductions, and only the candidates that can
+        enter a latent's current top k are windowed and merged, in the rows of the
+        latents they belong to."""
+        acts = acts.detach().float().cpu()
+        ids, mask = ids.cpu(), mask.cpu()
+        B, T, W = acts.shape
+        b, t, c = acts.nonzero(as_tuple=True)  # row-major: (b, t) order per latent
+        keep = mask[b, t]  # masked positions count nowhere
+        b, t, c = b[keep], t[keep], c[keep]
+        v = acts[b, t, c]
+        self.tokens += int(mask.sum())
+        self.total.index_add_(0, c, v.double())
+        self.count += torch.bincount(c, minlength=W)
+        self.max.scatter_reduce_(0, c, v, "amax")
+        bins = torch.bucketize(v.log10(), LOG10_EDGES)
+        self.hist.view(-1).index_add_(0, c * self.hist.shape[1] + bins,
+                                      torch.ones_like(bins))  # fmt: skip
+        group = b * W + c  # (sequence in the batch, latent)
+        # top-k: each sequence's maximum per latent, at its first position
+        best, where = _first_at(group, v, t, B * W, largest=True)
+        self._merge(self.slots, best.double(), where, acts, ids, mask, first_seq)
         # the sample: per sequence and latent, the firing position of least key
-        k = torch.where(fired, keys.unsqueeze(-1), torch.inf)
-        kmin, where = k.min(dim=1)  # (B, block)
-        value = acts.gather(1, where.unsqueeze(1)).squeeze(1)
-        score = torch.where(kmin.isfinite(), 1.0 - kmin.double(), -torch.inf)
-        wv, wi = _windows(acts, ids, where, self.half_window)
-        empty = ~kmin.isfinite()  # fired nowhere in the sequence: no candidate
-        self.sample.set_rows(lo, hi, merge_top(self.sample.rows(lo, hi), score,
-                                               value, seq.masked_fill(empty, -1),
-                                               where, wv, wi))  # fmt: skip
+        keys = _hash_keys(first_seq + b, t, self.seed)
+        kmin, where = _first_at(group, keys, t, B * W, largest=False)
+        score = 1.0 - kmin.double()  # -inf where it fired nowhere in the sequence
+        self._merge(self.sample_slots, score, where, acts, ids, mask, first_seq)
+
+    def _merge(
+        self, top: TopContexts, score: torch.Tensor, where: torch.Tensor,
+        acts: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, first_seq: int,
+    ) -> None:  # fmt: skip
+        """Merge the candidates (one per (sequence, latent) of the batch, flat
+        b * width + c, at position `where`; score -inf: none) into the slots `top`,
+        in place: only those scoring at least a latent's current k-th are ranked
+        against its slots, and only those that make its best k are written, each
+        into a slot of an entry they push out (old entries never move)."""
+        B, T, W = acts.shape
+        k = top.score.shape[1]
+        flat = torch.nonzero(score > -torch.inf).squeeze(1)
+        c = flat % W
+        enter = score[flat] >= top.score.amin(dim=1)[c]  # ties: settled by rank
+        flat, c = flat[enter], c[enter]
+        if not len(flat):
+            return
+        b = torch.div(flat, W, rounding_mode="floor")
+        rows, r = torch.unique(c, return_inverse=True)
+        # each row's slots then its candidates, one column per sequence of the batch
+        cand_score = torch.full((len(rows), B), -torch.inf, dtype=torch.float64)
+        cand_score[r, b] = score[flat]
+        cand_seq = torch.full((len(rows), B), -1, dtype=torch.long)
+        cand_seq[r, b] = first_seq + b
+        best = rank(torch.cat([top.score[rows], cand_score], dim=1),
+                    torch.cat([top.seq[rows], cand_seq], dim=1))[:, :k]  # fmt: skip
+        kept = torch.zeros(len(rows), k + B, dtype=torch.bool).scatter_(1, best, True)
+        # as many slots freed as candidates kept in each row: pair them in order
+        # (empties are freed before any candidate is dropped, see `rank`)
+        out_row, out_slot = (~kept[:, :k]).nonzero(as_tuple=True)
+        in_row, in_b = kept[:, k:].nonzero(as_tuple=True)
+        slot = rows[out_row] * k + out_slot  # flat (latent, slot)
+        lat, b = rows[in_row], in_b
+        pos = where[b * W + lat]
+        half = (top.window_values.shape[2] - 1) // 2
+        at = pos.unsqueeze(1) + torch.arange(-half, half + 1)
+        inside = (at >= 0) & (at < T)
+        tok = b.unsqueeze(1) * T + at.clamp(0, T - 1)  # flat (sequence, position)
+        shown = inside & mask.reshape(-1)[tok]  # masked neighbours show 0
+        # flat indices throughout: several times faster than (b, t, c) indexing
+        a = acts.reshape(-1)
+        top.score.view(-1)[slot] = score[b * W + lat]
+        top.value.view(-1)[slot] = a[(b * T + pos) * W + lat]
+        top.seq.view(-1)[slot] = first_seq + b
+        top.pos.view(-1)[slot] = pos
+        n = at.shape[1]
+        top.window_values.view(-1, n)[slot] = a[tok * W + lat.unsqueeze(1)].masked_fill(
+            ~shown, 0.0
+        )
+        top.window_ids.view(-1, n)[slot] = ids.reshape(-1)[tok].masked_fill(~inside, -1)
+
+    @property
+    def top(self) -> TopContexts:
+        """The top-k contexts per latent, best first (empty slots last)."""
+        return self.slots.ranked()
+
+    @property
+    def sample(self) -> TopContexts:
+        """The sampled contexts per latent, in key order (empty slots last)."""
+        return self.sample_slots.ranked()
 
     @property
     def frequency(self) -> torch.Tensor:
