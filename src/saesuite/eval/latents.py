@@ -92,6 +92,15 @@ def rank(score: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
     return order.gather(1, torch.argsort(-score.gather(1, order), dim=1, stable=True))
 
 
+def _order_key(score: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+    """One int64 per context that orders as `rank` does, larger first: the score's
+    float32 bits (scores are float32 values, positive, or -inf for an empty slot)
+    above 2^31 - 1 - seq. An empty slot (seq -1) gets 2^31, above the 0 of an
+    absent candidate, so a row's empties are always what its candidates replace."""
+    bits = score.float().clamp(min=0).view(torch.int32).long()  # -inf → 0
+    return (bits << 32) + (2**31 - 1 - seq)
+
+
 def _first_at(
     key: torch.Tensor, value: torch.Tensor, t: torch.Tensor, n: int, largest: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,15 +199,12 @@ class LatentStats:
         b = torch.div(flat, W, rounding_mode="floor")
         rows, r = torch.unique(c, return_inverse=True)
         # each row's slots then its candidates, one column per sequence of the batch
-        cand_score = torch.full((len(rows), B), -torch.inf, dtype=torch.float64)
-        cand_score[r, b] = score[flat]
-        cand_seq = torch.full((len(rows), B), -1, dtype=torch.long)
-        cand_seq[r, b] = first_seq + b
-        best = rank(torch.cat([top.score[rows], cand_score], dim=1),
-                    torch.cat([top.seq[rows], cand_seq], dim=1))[:, :k]  # fmt: skip
-        kept = torch.zeros(len(rows), k + B, dtype=torch.bool).scatter_(1, best, True)
+        old = _order_key(top.score[rows], top.seq[rows])
+        new = torch.zeros(len(rows), B, dtype=torch.long)  # below every slot
+        new[r, b] = _order_key(score[flat], first_seq + b)
+        kept = torch.zeros(len(rows), k + B, dtype=torch.bool)
+        kept.scatter_(1, torch.cat([old, new], dim=1).topk(k, dim=1).indices, True)
         # as many slots freed as candidates kept in each row: pair them in order
-        # (empties are freed before any candidate is dropped, see `rank`)
         out_row, out_slot = (~kept[:, :k]).nonzero(as_tuple=True)
         in_row, in_b = kept[:, k:].nonzero(as_tuple=True)
         slot = rows[out_row] * k + out_slot  # flat (latent, slot)
