@@ -4,6 +4,7 @@ every dictionary of the layer over the same tokens (goal ≤ 1.2×), and its pea
 memory as the token budget grows 4× (goal: flat).
 
     .venv/bin/python benchmarks/dashboards.py [--layer 9] [--tokens 4096]
+        [--stream-only]
 
 Needs a finished `make run` (results/). Prints a Markdown table. The job itself runs
 in a subprocess per budget, so its peak RSS is its own (ru_maxrss).
@@ -88,6 +89,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--layer", type=int, default=9)
     ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument(
+        "--stream-only",
+        action="store_true",
+        help="only the forward + encode and streaming rows (not the whole job's)",
+    )
     args = ap.parse_args(argv)
     config = load_config(args.configfile)
     root = config["output_root"]
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         job = job_for(config, args.model, args.layer, args.tokens, Path(tmp))
         plain = baseline(job, data, cache, args.tokens, stream=False)
         streamed = baseline(job, data, cache, args.tokens, stream=True)
-        for tokens in (args.tokens, 4 * args.tokens):
+        for tokens in () if args.stream_only else (args.tokens, 4 * args.tokens):
             out = Path(tmp) / str(tokens)
             j = job_for(config, args.model, args.layer, tokens, out)
             done = subprocess.run(

@@ -17,7 +17,7 @@ def data(seed: int = 0):
     acts[3] = 0.0  # a sequence where nothing fires
     acts[:, :, 6] = 0.0  # a dead latent
     acts[5, 4, 0] = acts[7, 2, 0] = 50.0  # a tie: the smaller sequence ranks first
-    ids = torch.randint(0, 100, (B, T), generator=g)
+    ids = torch.randint(0, 100, (B, T), generator=g, dtype=torch.int32)  # as stored
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[:, 0] = False  # BOS
     mask[2, 6:] = False  # padding

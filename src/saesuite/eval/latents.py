@@ -5,10 +5,13 @@ sample of the contexts it fires on (for Neuronpedia-style activation-quantile bi
 its firing count, sum and maximum, and a histogram of log10 activations.
 
 Memory is width × k × window, whatever the number of tokens: after each batch only
-the best k candidates per latent are kept (`merge_top`), so one pass or several over
-the same tokens give the same result. The sample is a top-k too, by a random key per
-(sequence, position) drawn from a seeded hash of the position, so it is uniform over
-firing positions, reproducible, and the same whatever the batching.
+the best k candidates per latent are kept (in unordered slots, ranked once at the
+end), so one pass or several over the same tokens give the same result. The work per
+batch is one pass over the latents to find the firing entries, then work on those
+alone (a few per token), and windows are cut only for candidates that enter. The
+sample is a top-k too, by a random key per (sequence, position) drawn from a seeded
+hash of the position, so it is uniform over firing positions, reproducible, and the
+same whatever the batching.
 
 Masked positions (BOS, EOS, pad) are never candidates and count nowhere; they do
 appear, with value 0, inside a window around an unmasked maximum.
@@ -225,7 +228,9 @@ class LatentStats:
         top.window_values.view(-1, n)[slot] = a[tok * W + lat.unsqueeze(1)].masked_fill(
             ~shown, 0.0
         )
-        top.window_ids.view(-1, n)[slot] = ids.reshape(-1)[tok].masked_fill(~inside, -1)
+        top.window_ids.view(-1, n)[slot] = (
+            ids.reshape(-1)[tok].long().masked_fill(~inside, -1)
+        )
 
     @property
     def top(self) -> TopContexts:
