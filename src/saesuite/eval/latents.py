@@ -135,6 +135,8 @@ class LatentStats:
     hist: torch.Tensor = field(init=False)  # (width, len(LOG10_EDGES) + 1) counts
     slots: TopContexts = field(init=False)  # the top k, unordered
     sample_slots: TopContexts = field(init=False)  # the sample, unordered
+    slot_keys: torch.Tensor = field(init=False)  # their `_order_key`s
+    sample_keys: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
         w = self.width
@@ -144,6 +146,9 @@ class LatentStats:
         self.hist = torch.zeros(w, len(LOG10_EDGES) + 1, dtype=torch.long)
         self.slots = TopContexts.empty(w, self.k, self.half_window)
         self.sample_slots = TopContexts.empty(w, self.samples, self.half_window)
+        empty = _order_key(torch.tensor(-torch.inf), torch.tensor(-1))
+        self.slot_keys = empty.repeat(w, self.k)
+        self.sample_keys = empty.repeat(w, self.samples)
 
     @torch.no_grad()
     def update(
@@ -175,38 +180,52 @@ class LatentStats:
         group = b * W + c  # (sequence in the batch, latent)
         # top-k: each sequence's maximum per latent, at its first position
         best, where = _first_at(group, v, t, B * W, largest=True)
-        self._merge(self.slots, best.double(), where, acts, ids, mask, first_seq)
+        self._merge(
+            self.slots, self.slot_keys, best.double(), where, acts, ids, mask, first_seq
+        )
         # the sample: per sequence and latent, the firing position of least key
         keys = _hash_keys(first_seq + b, t, self.seed)
         kmin, where = _first_at(group, keys, t, B * W, largest=False)
         score = 1.0 - kmin.double()  # -inf where it fired nowhere in the sequence
-        self._merge(self.sample_slots, score, where, acts, ids, mask, first_seq)
+        self._merge(
+            self.sample_slots,
+            self.sample_keys,
+            score,
+            where,
+            acts,
+            ids,
+            mask,
+            first_seq,
+        )
 
     def _merge(
-        self, top: TopContexts, score: torch.Tensor, where: torch.Tensor,
-        acts: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, first_seq: int,
+        self, top: TopContexts, keys: torch.Tensor, score: torch.Tensor,
+        where: torch.Tensor, acts: torch.Tensor, ids: torch.Tensor,
+        mask: torch.Tensor, first_seq: int,
     ) -> None:  # fmt: skip
         """Merge the candidates (one per (sequence, latent) of the batch, flat
         b * width + c, at position `where`; score -inf: none) into the slots `top`,
-        in place: only those scoring at least a latent's current k-th are ranked
-        against its slots, and only those that make its best k are written, each
-        into a slot of an entry they push out (old entries never move)."""
+        and their `keys`, in place: only those ranking above a latent's current
+        k-th (by `_order_key`, kept per slot) are ranked against its slots, and
+        only those that make its best k are written, each into a slot of an entry
+        they push out (old entries never move)."""
         B, T, W = acts.shape
         k = top.score.shape[1]
         flat = torch.nonzero(score > -torch.inf).squeeze(1)
         c = flat % W
-        enter = score[flat] >= top.score.amin(dim=1)[c]  # ties: settled by rank
-        flat, c = flat[enter], c[enter]
+        b = torch.div(flat, W, rounding_mode="floor")
+        key = _order_key(score[flat], first_seq + b)
+        enter = key > keys.amin(dim=1)[c]  # keys are unique but for empty slots
+        flat, c, b, key = flat[enter], c[enter], b[enter], key[enter]
         if not len(flat):
             return
-        b = torch.div(flat, W, rounding_mode="floor")
         rows, r = torch.unique(c, return_inverse=True)
         # each row's slots then its candidates, one column per sequence of the batch
-        old = _order_key(top.score[rows], top.seq[rows])
         new = torch.zeros(len(rows), B, dtype=torch.long)  # below every slot
-        new[r, b] = _order_key(score[flat], first_seq + b)
+        new[r, b] = key
+        both = torch.cat([keys[rows], new], dim=1)
         kept = torch.zeros(len(rows), k + B, dtype=torch.bool)
-        kept.scatter_(1, torch.cat([old, new], dim=1).topk(k, dim=1).indices, True)
+        kept.scatter_(1, both.topk(k, dim=1).indices, True)
         # as many slots freed as candidates kept in each row: pair them in order
         out_row, out_slot = (~kept[:, :k]).nonzero(as_tuple=True)
         in_row, in_b = kept[:, k:].nonzero(as_tuple=True)
@@ -220,6 +239,7 @@ class LatentStats:
         shown = inside & mask.reshape(-1)[tok]  # masked neighbours show 0
         # flat indices throughout: several times faster than (b, t, c) indexing
         a = acts.reshape(-1)
+        keys.view(-1)[slot] = both[in_row, k + in_b]
         top.score.view(-1)[slot] = score[b * W + lat]
         top.value.view(-1)[slot] = a[(b * T + pos) * W + lat]
         top.seq.view(-1)[slot] = first_seq + b
