@@ -53,7 +53,7 @@ class TopContexts:
     """The best k (by `score`) sequences of each latent, with a window of values
     and token ids around the chosen position. score -inf: an empty slot. While
     streaming the k slots of a row are in no order (entries stay where they were
-    written); `ranked` sorts them."""
+    written); `ranked` sorts them by their order keys."""
 
     score: torch.Tensor  # (width, k) float64
     value: torch.Tensor  # (width, k) the latent's value at the chosen position
@@ -64,9 +64,10 @@ class TopContexts:
 
     FIELDS = ("score", "value", "seq", "pos", "window_values", "window_ids")
 
-    def ranked(self) -> TopContexts:
-        """The same contexts, each row in rank order (best first, empties last)."""
-        order = rank(self.score, self.seq)
+    def ranked(self, keys: torch.Tensor) -> TopContexts:
+        """The same contexts, each row in rank order by their `_order_key`s (best
+        first, empties last)."""
+        order = torch.argsort(keys, dim=1, descending=True, stable=True)
 
         def pick(t: torch.Tensor) -> torch.Tensor:
             idx = order.view(*order.shape, *([1] * (t.dim() - 2))).expand_as(t)
@@ -87,18 +88,11 @@ class TopContexts:
         )
 
 
-def rank(score: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
-    """Per row, the column order by (score desc, seq asc): the ranking of contexts,
-    ties broken by the smaller sequence index (so it is independent of batch order);
-    empty slots (score -inf, seq -1) last, in column order."""
-    order = torch.argsort(seq, dim=1, stable=True)
-    return order.gather(1, torch.argsort(-score.gather(1, order), dim=1, stable=True))
-
-
 def _order_key(score: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
-    """One int64 per context that orders as `rank` does, larger first: the score's
-    float32 bits (scores are float32 values, positive, or -inf for an empty slot)
-    above 2^31 - 1 - seq. An empty slot (seq -1) gets 2^31, above the 0 of an
+    """One int64 per context that ranks it, larger first: by score, ties broken by
+    the smaller sequence index (so the ranking is independent of batch order). The
+    score's float32 bits (scores are float32 values, positive, or -inf for an empty
+    slot) above 2^31 - 1 - seq. An empty slot (seq -1) gets 2^31, above the 0 of an
     absent candidate, so a row's empties are always what its candidates replace."""
     bits = score.float().clamp(min=0).view(torch.int32).long()  # -inf → 0
     return (bits << 32) + (2**31 - 1 - seq)
@@ -180,23 +174,14 @@ class LatentStats:
         group = b * W + c  # (sequence in the batch, latent)
         # top-k: each sequence's maximum per latent, at its first position
         best, where = _first_at(group, v, t, B * W, largest=True)
-        self._merge(
-            self.slots, self.slot_keys, best.double(), where, acts, ids, mask, first_seq
-        )
+        self._merge(self.slots, self.slot_keys, best.double(), where,
+                    acts, ids, mask, first_seq)  # fmt: skip
         # the sample: per sequence and latent, the firing position of least key
         keys = _hash_keys(first_seq + b, t, self.seed)
         kmin, where = _first_at(group, keys, t, B * W, largest=False)
         score = 1.0 - kmin.double()  # -inf where it fired nowhere in the sequence
-        self._merge(
-            self.sample_slots,
-            self.sample_keys,
-            score,
-            where,
-            acts,
-            ids,
-            mask,
-            first_seq,
-        )
+        self._merge(self.sample_slots, self.sample_keys, score, where,
+                    acts, ids, mask, first_seq)  # fmt: skip
 
     def _merge(
         self, top: TopContexts, keys: torch.Tensor, score: torch.Tensor,
@@ -255,12 +240,12 @@ class LatentStats:
     @property
     def top(self) -> TopContexts:
         """The top-k contexts per latent, best first (empty slots last)."""
-        return self.slots.ranked()
+        return self.slots.ranked(self.slot_keys)
 
     @property
     def sample(self) -> TopContexts:
         """The sampled contexts per latent, in key order (empty slots last)."""
-        return self.sample_slots.ranked()
+        return self.sample_slots.ranked(self.sample_keys)
 
     @property
     def frequency(self) -> torch.Tensor:
