@@ -84,9 +84,12 @@ def get_eval_job(w):
 
 
 def job_threads(stage):
-    """Threads of a compute-heavy rule: every core of a local run; on a cluster (no
-    --cores) the CPUs the job asks for."""
-    return workflow._cores or RESOURCES.cpus(stage)
+    """Threads of a compute-heavy rule: half the cores of a local run, so two such
+    jobs run at once (JobResources.local_threads); on a cluster (no --cores) the
+    CPUs the job asks for."""
+    if workflow._cores:
+        return RESOURCES.local_threads(workflow._cores)
+    return RESOURCES.cpus(stage)
 
 
 def resources_of(stage):

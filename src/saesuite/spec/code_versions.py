@@ -21,11 +21,11 @@ CODE_VERSIONS: dict[str, int] = {
     "extract": 2,  # 2: block checksums in each chunk's sidecar
     "manifest": 2,  # 2: names each chunk's sidecar (info_file)
     "normalize": 1,
-    "train": 3,  # 3: Matryoshka and pre-activation losses; 2: dense latents logged
+    "train": 4,  # 4: fused Adam; 3: Matryoshka, pre-activation losses; 2: dense logged
     "evaluate": 1,
     "eval_table": 1,
     "transfer_rollouts": 1,
-    "finetune": 1,
+    "finetune": 2,  # 2: fused Adam
     "transfer_table": 1,
     "dashboards": 1,
     "release": 2,  # 2: circuit-tracer set configs, transcoders in the card and plot
