@@ -44,6 +44,9 @@ Trainers:
 - `saesuite (<recipe>)`: the default run's train section with Gemma Scope 2's quadratic
   penalty toward the target (λ of the schema, 1), plus a named recipe's changes
   (`RECIPES` below, or `--try NAME:key=value,...`; `lambda=` sets the quadratic λ).
+  "The default run's train section" is config/config.yaml's `train:` without its
+  `recipe` (as before train.recipe existed); `--recipes "make run"` is exactly what
+  `make run` trains (that recipe and the suite's λ).
 """
 
 from __future__ import annotations
@@ -58,14 +61,21 @@ import torch
 import yaml
 
 from saesuite.sae.train import Member, train_step
-from saesuite.spec.config import REPO_ROOT, SCHEMA_PATH, schema_defaults
+from saesuite.spec.config import (
+    REPO_ROOT,
+    SCHEMA_PATH,
+    TRAIN_RECIPES,
+    schema_defaults,
+)
 from saesuite.spec.jobs import DictionarySpec
 
 WIDTH, TARGET_L0, EVAL_SAMPLES, BATCH = 4096, 20.0, 50_000, 1024
 LENS, LENS_Q = "SAELens (defaults)", "SAELens (defaults, quadratic L0 loss)"
 SITE = "layer_0.res"
 
-# The default run's train section over the schema's defaults: what `make run` trains.
+# The default run's train section over the schema's defaults, without its recipe: what
+# `make run` trained before train.recipe (Gemma Scope 1's hyperparameters with the
+# laptop-sized batch, lr and schedule); RECIPES["make run"] adds the recipe back.
 DEFAULT_TRAIN = (
     schema_defaults("train")
     | yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())["train"]
@@ -74,6 +84,10 @@ DEFAULT_TRAIN = (
 DEFAULT_LAMBDA = yaml.safe_load(SCHEMA_PATH.read_text())["$defs"]["sparsity"][
     "properties"
 ]["lambda"]["default"]
+# λ of the default run's quadratic penalty (its suite groups share it)
+CONFIG_LAMBDA = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())[
+    "suite"
+][0]["sparsity"]["lambda"]
 # Issue 19's options, each on top of the default run's recipe (Gemma Scope 1's
 # hyperparameters with Gemma Scope 2's quadratic penalty toward the target L0).
 RECIPES: dict[str, dict[str, Any]] = {
@@ -112,6 +126,8 @@ RECIPES |= {
     "… Matryoshka 1/16, 1/4, pre-act 1e-2": CANDIDATE
     | PRE_ACT
     | {"matryoshka_fractions": [0.0625, 0.25], "pre_act_coefficient": 1e-2},
+    # exactly what `make run` trains: the config's recipe and its suite's λ
+    "make run": TRAIN_RECIPES[DEFAULT_TRAIN["recipe"]] | {"lambda": CONFIG_LAMBDA},
 }
 
 

@@ -80,16 +80,14 @@ def get_train_nproc(w):
 
 
 def get_eval_job(w):
-    return WF.eval_params(w.model, w.lm, w.data, int(w.layer))
+    return WF.eval_params(w.lm, w.data, int(w.layer))
 
 
 def job_threads(stage):
-    """Threads of a compute-heavy rule: half the cores of a local run, so two such
-    jobs run at once (JobResources.local_threads); on a cluster (no --cores) the
-    CPUs the job asks for."""
-    if workflow._cores:
-        return RESOURCES.local_threads(workflow._cores)
-    return RESOURCES.cpus(stage)
+    """Threads of a compute-heavy rule: every core of a local run (two single-thread
+    jobs at once measured no faster end to end: BENCHMARKS.md); on a cluster (no
+    --cores) the CPUs the job asks for."""
+    return workflow._cores or RESOURCES.cpus(stage)
 
 
 def resources_of(stage):

@@ -1,18 +1,19 @@
-# Trained SAEs → metrics: one job per (SAEs' model, layer, model run through, data);
-# the clean pass of each batch is shared by every SAE of the layer.
+# Trained SAEs → metrics: one job per (model run through, data, layer) for every
+# dictionary evaluated there (PT, fine-tuned, an IT model's own), so that they share
+# each batch's clean pass.
 
 
 rule evaluate:
     input:
-        sites=lambda w: WF.layer_site_summaries(w.model, int(w.layer)),
+        sites=lambda w: WF.pass_site_summaries(w.lm, w.data, int(w.layer)),
         model=paths.model_info(ROOT, "{lm}"),
         data=lambda w: paths.eval_data(ROOT, w.lm, w.data),
     output:
-        paths.eval_layer(ROOT, "{model}", "{lm}", "{data}", "{layer}"),
+        paths.eval_pass(ROOT, "{lm}", "{data}", "{layer}"),
     log:
-        f"{ROOT}/logs/evaluate/{{model}}/{{lm}}.{{data}}.layer_{{layer}}.log",
+        f"{ROOT}/logs/evaluate/{{lm}}.{{data}}.layer_{{layer}}.log",
     benchmark:
-        f"{ROOT}/benchmarks/evaluate/{{model}}/{{lm}}.{{data}}.layer_{{layer}}.tsv"
+        f"{ROOT}/benchmarks/evaluate/{{lm}}.{{data}}.layer_{{layer}}.tsv"
     conda:
         "../envs/saesuite.yaml"
     threads: job_threads("evaluate")

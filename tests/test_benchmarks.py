@@ -222,3 +222,20 @@ def test_quality_benchmark_converts_saes_both_ways_exactly():
         back = q.to_saelens(ours)
         torch.testing.assert_close(back.encode(x), want)
         torch.testing.assert_close(back.decode(back.encode(x)), lens.decode(want))
+
+
+def test_threads_benchmark_prints_its_three_tables(capsys, tiny_models):
+    model = str(tiny_models["gemma3"])
+    bench("threads").main(["--quick", "--cores", "1", "--model", model])
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("|")]
+    crossover = lines[: lines.index("| Adam | ms per step |")]
+    adam = lines[len(crossover) : len(crossover) + 5]
+    jobs = lines[len(crossover) + 5 :]
+    assert len(crossover) == 4 and len(adam) == 5 and len(jobs) == 5, out
+    assert_measured(table("\n".join(crossover)), range(4))
+    assert [r[0] for r in table("\n".join(adam))] == ["per tensor", "foreach", "fused"]
+    assert_measured(table("\n".join(adam)), range(1, 2))
+    rows = table("\n".join(jobs))
+    assert [r[0] for r in rows] == ["sparse", "dense", "forward"]
+    assert_measured(rows, range(1, 3))

@@ -4,4 +4,7 @@ from saesuite.eval.tables import eval_frame, write_table
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):
-    write_table(eval_frame(sm.input), sm.output.csv, sm.output.parquet)
+    # the model's own SAEs on its own text (the jobs hold fine-tuned SAEs there too)
+    m = sm.wildcards.model
+    df = eval_frame(sm.input, [(m, m, "text")])
+    write_table(df, sm.output.csv, sm.output.parquet)

@@ -175,11 +175,11 @@ def test_an_sae_of_the_wrong_width_is_named_before_any_pass(tiny_models, tmp_pat
     save_file(tensors, str(sae_dir / "sae.safetensors"))
     ids = torch.full((2, 16), 7, dtype=torch.int32)
     save_tokens(tmp_path / "eval.safetensors", ids, torch.ones(2, 16, dtype=torch.bool))
-    member = EvalMember("layer_1/res/width_48/l0_8", str(sae_dir),
-                        str(tmp_path / "out" / "sae.json"), "layer_1.res",
-                        "layer_1.res", {"layer": 1, "site": "res"})  # fmt: skip
-    job = EvalJob("other", "tiny", "text", 1, cfg["models"]["tiny"], cfg["evaluate"],
-                  (member,))  # fmt: skip
+    path = "layer_1/res/width_48/l0_8"
+    identity = {"model": "other", "layer": 1, "site": "res", "path": path}
+    member = EvalMember(path, str(sae_dir), str(tmp_path / "out" / "sae.json"),
+                        "layer_1.res", "layer_1.res", identity)  # fmt: skip
+    job = EvalJob("tiny", "text", 1, cfg["models"]["tiny"], cfg["evaluate"], (member,))
     with pytest.raises(ValueError, match=r"width_48/l0_8 has d_in 32.*'tiny'.* 64"):
         evaluate_layer(
             job,
@@ -258,11 +258,12 @@ def test_saes_in_groups_that_fit_a_gpu_get_the_metrics_of_one_group(
     for name, budget in (("one", None), ("split", sizes[1])):
         members = tuple(
             EvalMember(k, d, str(tmp_path / name / f"{k}.json"), "layer_1.res",
-                       "layer_1.res", {"layer": 1, "site": "res"})
+                       "layer_1.res", {"model": "tiny", "layer": 1, "site": "res",
+                                       "path": k})
             for k, d in saes
         )  # fmt: skip
-        job = EvalJob("tiny", "tiny", "text", 1, cfg["models"]["tiny"],
-                      cfg["evaluate"], members, group_bytes=budget)  # fmt: skip
+        job = EvalJob("tiny", "text", 1, cfg["models"]["tiny"], cfg["evaluate"],
+                      members, group_bytes=budget)  # fmt: skip
         evaluate_layer(
             job,
             data_path=tmp_path / "eval.safetensors",

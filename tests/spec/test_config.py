@@ -321,8 +321,8 @@ def test_transcoder_groups_are_planned_and_nonsense_is_refused():
     assert (
         sorted(m.kind for m in members) == ["skip_transcoder"] * 2 + ["transcoder"] * 2
     )
-    members = jobs.eval_job(wf.config, wf.suite, "tiny", "tiny", "text", 1).members
-    assert {m.key for m in members} == {s.path for s in wf.suite}
+    members = jobs.eval_job(wf.config, wf.suite, "tiny", "text", 1).members
+    assert {m.key for m in members} == {f"tiny/{s.path}" for s in wf.suite}
 
     for bad, key, match in (
         ({"kind": "transcoder", "sites": ["res"]}, "sites", r"must be \[mlp\]"),

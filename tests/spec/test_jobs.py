@@ -80,7 +80,7 @@ def test_a_layers_plain_and_skip_transcoders_checkpoint_apart(tmp_path):
 
 def test_every_job_round_trips_through_json(wf):
     built = [
-        jobs.eval_job(wf.config, wf.suite, "tiny", "tiny", "text", 1),
+        jobs.eval_job(wf.config, wf.layer_specs("tiny", 1), "tiny", "text", 1),
         jobs.rollouts_job(wf.config, "tiny"),
         *wf.releases.values(),
         *(jobs.publish_job(wf.config, r) for r in wf.releases.values()),
@@ -91,7 +91,7 @@ def test_every_job_round_trips_through_json(wf):
 
 
 def test_the_evaluate_job_holds_the_layer_and_the_release_its_bytes(wf):
-    ev = jobs.EvalJob.from_dict(wf.eval_params("tiny", "tiny", "chat", 1))
+    ev = jobs.EvalJob.from_dict(wf.eval_params("tiny", "chat", 1))
     assert {m.input_site for m in ev.members} == {"layer_1.res", "layer_1.att"}
     assert len(ev.members) == len(wf.layer_specs("tiny", 1))
     assert all(m.out.startswith(f"{wf.root}/tiny/eval/tiny/chat/layer_1/")

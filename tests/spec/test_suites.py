@@ -95,12 +95,9 @@ def test_the_plan_of_each_suite_has_its_jobs_and_their_resources(name):
         assert len(wf.chunk_indices()) == 128
         jobs.append(("extract", res("extract", {"model": m, "chunk": "00000"})))
         jobs += [(s, res(s, {"model": m})) for s in ("model", "manifest", "normalize")]
-    for e in wf.evaluations:
-        for f in wf.eval_layers(e):
-            layer = f.rsplit("layer_", 1)[1].removesuffix(".json")
-            w = {"model": e.trained_on, "lm": e.evaluated_on, "data": e.data,
-                 "layer": layer}  # fmt: skip
-            jobs.append(("evaluate", res("evaluate", w)))
+    for lm, data, layer in wf.eval_passes:
+        w = {"lm": lm, "data": data, "layer": str(layer)}
+        jobs.append(("evaluate", res("evaluate", w)))
     jobs += [("transfer_rollouts", res("transfer_rollouts", {"model": c.target}))
              for c in wf.checks.values()]  # fmt: skip
     jobs += [("release", res("release", {"release": r})) for r in wf.releases]
@@ -126,7 +123,11 @@ def test_snakemake_plans_the_suite_as_the_package_does(tmp_path, name):
     wf = Workflow(load_config(SUITES / f"{name}.yaml"))
     assert counts["train"] == EXPECTED[name][2] == len(wf.site_summaries())
     assert counts["extract"] == counts["manifest"] * 128  # 2^28 / 2^21 tokens
-    assert counts["evaluate"] == sum(len(wf.eval_layers(e)) for e in wf.evaluations)
+    assert (
+        counts["evaluate"]
+        == len(wf.eval_passes)
+        == len({f for e in wf.evaluations for f in wf.eval_layers(e)})
+    )
     assert counts["release"] == len(wf.releases)
     jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$",
                       res.stdout, re.MULTILINE)  # fmt: skip

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import torch
@@ -424,6 +425,14 @@ def test_pt_to_it_workflow(run, tiny_models, tiny_it_model, tokenizer, tmp_path)
     ran = job_counts(res.stdout + res.stderr)
     assert ran["train"] == 2 and ran["extract"] == 4  # the IT model's only
     assert ran["finetune"] == 1  # layer 1: its res, att and mlp ladders in one job
+    # PT, IT and fine-tuned SAEs through the IT model share one evaluate job per
+    # data set (the PT model's own jobs hold what they held: not rerun)
+    assert ran["evaluate"] == 2
+    shared = read_json(work / "results" / "tiny-it" / "eval_passes" / "chat" /
+                       "layer_1.json")  # fmt: skip
+    assert sorted(Counter(e["trained_on"] for e in shared["saes"]).items()) == [
+        ("tiny", 6), ("tiny-ft-tiny-it", 6), ("tiny-it", 4)
+    ]  # fmt: skip
     out = work / "results"
     table = pd.read_csv(out / "transfer" / "tiny-to-tiny-it" / "table.csv")
     assert (table["check"] == "pt->it").all()
@@ -452,6 +461,11 @@ def test_pt_to_it_workflow(run, tiny_models, tiny_it_model, tokenizer, tmp_path)
     fvu = chat.pivot_table(index="path", columns="trained_on", values="fvu")
     assert (fvu["tiny-ft-tiny-it"] < fvu["tiny"]).mean() >= 0.5, fvu
     assert set(table["layer"]) == {1}  # compared where the IT model has SAEs
+    # one clean pass per data set through the IT model, whatever SAEs ran on it
+    through_it = table[table.evaluated_on == "tiny-it"]
+    assert through_it.groupby("data")["clean_loss"].nunique().to_dict() == {
+        "chat": 1, "text": 1
+    }  # fmt: skip
     assert (
         read_json(out / "tiny-it" / "rollouts" / "rollouts.json")["model"] == "tiny-it"
     )

@@ -10,7 +10,9 @@ FLOP model (estimates, stated so they can be checked):
 - evaluate: per layer's job (`resources.evaluate_estimate`) a pass over
   `evaluate.tokens` and, over `evaluate.loss_tokens`, one full pass (2·N_params per
   token) per SAE plus the clean and the zero-ablation passes, repeated per group of
-  SAEs that fits a GPU beside the model;
+  SAEs that fits a GPU beside the model; a row per evaluation, each counted as if it
+  ran alone (an upper bound: evaluations through the same model, data and layer share
+  one job and its clean passes, Workflow.eval_passes);
 - dashboards: per layer's job (`resources.dashboards_estimate`) a truncated pass
   over `dashboards.tokens`, every SAE's encoding, and its latents' logit effects
   (2·d_model·vocabulary per latent);

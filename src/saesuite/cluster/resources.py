@@ -386,12 +386,6 @@ def io_request(config: dict[str, Any], stage: str, n_bytes: int, rate: float):
 # Rates of the stages bound by files (bytes/s): hashing, then one pass per site, over
 # a shared filesystem (manifest, normalize); sending to the Hub (publish).
 READ_RATE = 2e8
-# Compute-heavy jobs a local run (--cores N) keeps going at once, each on N / 2 threads:
-# torch's CPU work scales poorly over threads (its indexing and bookkeeping are serial),
-# and two 1-thread jobs on 2 cores got through 13 % more training steps and 24 % more
-# model forward passes than one 2-thread job (BENCHMARKS.md, 2026-12-02). Two, not N,
-# so a laptop's memory holds them (a job loads the model: 1-4 GB for the default).
-LOCAL_PARALLEL_JOBS = 2
 UPLOAD_RATE = 2e7
 SMALL_JOB_MINUTES = 2.0  # tables, figures, release folders (seconds in the default)
 
@@ -407,11 +401,6 @@ class JobResources:
 
     def keys(self, stage: str) -> list[str]:
         return list(request(self.config, stage, 0, 0.0, 1))
-
-    @staticmethod
-    def local_threads(cores: int) -> int:
-        """Threads of a compute-heavy job of a local run on `cores` cores."""
-        return max(1, cores // LOCAL_PARALLEL_JOBS)
 
     def cpus(self, stage: str) -> int:
         """CPUs a job of `stage` asks for (its threads on a cluster)."""
@@ -450,7 +439,7 @@ class JobResources:
             specs = wf.layer_specs(w["tuned"], int(w["layer"]))
             return request(config, stage, *finetune_estimate(config, c.target, specs))
         if stage == "evaluate":
-            specs = wf.layer_specs(w["model"], int(w["layer"]))
+            specs = wf.eval_passes[(w["lm"], w["data"], int(w["layer"]))]
             est = evaluate_estimate(config, w["lm"], w["data"], specs)
             return request(config, stage, *est)
         if stage == "dashboards":

@@ -443,18 +443,21 @@ def evaluate_layer(
             )
             del saes
     elapsed = time.perf_counter() - start
-    meta = {**job.identity, **(extra or {}), "data_path": str(data_path)}
+    meta = {**(extra or {}), "data_path": str(data_path)}
     summary = []
     for s in job.members:
         metrics = acc[s.key].metrics()
         freq = acc[s.key].frequencies().float()
         with atomic_path(paths.frequencies(s.out)) as tmp:
             save_file({"frequency": freq}, str(tmp))
+        evaluation = {**job.evaluation(s), **meta}
         write_json(
             s.out,
-            {"identity": s.identity, "evaluation": meta, "metrics": metrics},
+            {"identity": s.identity, "evaluation": evaluation, "metrics": metrics},
         )
-        summary.append({"key": s.key, "json": s.out, **scalar_metrics(metrics)})
+        summary.append({"key": s.key, "path": s.identity["path"],
+                        "trained_on": s.identity["model"], "json": s.out,
+                        **scalar_metrics(metrics)})  # fmt: skip
         d_sae = shapes[job.members.index(s)][1]
         for w in health_warnings(d_sae, metrics["dead"], metrics.get("loss_recovered")):
             log.warning("%s on %s: %s", s.key, job.evaluated_on, w)
@@ -462,6 +465,7 @@ def evaluate_layer(
         "%d SAEs in %d group(s) on %d sequences (%d with loss metrics) in %.1f s",
         len(job.members), len(groups), n_seq, min(n_loss, n_seq), elapsed,
     )  # fmt: skip
-    result = {**meta, "versions": versions(), "saes": summary}
+    result = {"evaluated_on": job.evaluated_on, "data": job.data, **meta,
+              "versions": versions(), "saes": summary}  # fmt: skip
     write_json(out, result)
     return result

@@ -17,14 +17,22 @@ IDENTITY = ["model", "layer", "site", "width", "penalty", "value", "coefficient"
 EVALUATION = ["trained_on", "evaluated_on", "data"]
 
 
-def eval_frame(layer_jsons: Iterable[str | Path]) -> pd.DataFrame:
-    """Rows of every SAE listed in the given evaluate-rule outputs, sorted."""
+def eval_frame(
+    layer_jsons: Iterable[str | Path],
+    evaluations: Iterable[tuple[str, str, str]] | None = None,
+) -> pd.DataFrame:
+    """Rows of the SAEs listed in the given evaluate-job summaries, sorted; with
+    `evaluations` ((trained_on, evaluated_on, data) triples) only theirs: a job holds
+    every dictionary run through its model on its data at its layer."""
+    keep = None if evaluations is None else {tuple(e) for e in evaluations}
     rows = []
-    for layer_json in layer_jsons:
+    for layer_json in dict.fromkeys(layer_jsons):
         for entry in read_json(layer_json)["saes"]:
             sae = read_json(entry["json"])
-            scalars = scalar_metrics(sae["metrics"])
             ev = {k: sae["evaluation"][k] for k in EVALUATION}
+            if keep is not None and tuple(ev[k] for k in EVALUATION) not in keep:
+                continue
+            scalars = scalar_metrics(sae["metrics"])
             rows.append({**ev, **sae["identity"], **scalars})
     if not rows:
         raise ValueError("no evaluated SAEs to tabulate")

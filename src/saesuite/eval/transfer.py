@@ -164,7 +164,8 @@ def make_rollouts(
 
 def transfer_frame(check: TransferCheck, layer_jsons: list[str | Path]):
     """One row per SAE × evaluation of the check, labelled with what it is."""
-    df = eval_frame(layer_jsons)
+    triples = [(e.trained_on, e.evaluated_on, e.data) for e in check.evaluations]
+    df = eval_frame(layer_jsons, triples)
     df.insert(0, "check", check.kind)
     df.insert(1, "check_label", check_label(check.kind))
     df.insert(2, "saes", df["trained_on"].map(lambda m: saes_label(check, m)))

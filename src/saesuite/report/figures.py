@@ -315,10 +315,11 @@ def write_report(
     df = df[df["data"] == "text"]
     if df.empty:
         raise ValueError(f"{table_csv}: no evaluations of '{model}' on its own text")
-    eval_json = {
-        entry["key"]: entry["json"]
+    eval_json = {  # the model's own SAEs (the jobs may hold fine-tuned ones too)
+        entry["path"]: entry["json"]
         for layer_json in layer_jsons
         for entry in read_json(layer_json)["saes"]
+        if entry["trained_on"] == model
     }
     log_path = {
         sae["path"]: paths.sae_file(Path(summary).parents[2] / sae["path"], "log")

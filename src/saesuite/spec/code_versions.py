@@ -22,13 +22,13 @@ CODE_VERSIONS: dict[str, int] = {
     "manifest": 2,  # 2: names each chunk's sidecar (info_file)
     "normalize": 1,
     "train": 4,  # 4: fused Adam; 3: Matryoshka, pre-activation losses; 2: dense logged
-    "evaluate": 1,
-    "eval_table": 1,
+    "evaluate": 2,  # 2: one job per model run through × data × layer
+    "eval_table": 2,  # 2: the model's own SAEs from the shared jobs
     "transfer_rollouts": 1,
     "finetune": 2,  # 2: fused Adam
-    "transfer_table": 1,
+    "transfer_table": 2,  # 2: the check's rows from the shared jobs
     "dashboards": 1,
     "release": 2,  # 2: circuit-tracer set configs, transcoders in the card and plot
     "publish": 1,
-    "report_figures": 4,  # 4: dead and dense latents over training
+    "report_figures": 5,  # 5: own SAEs from the shared jobs; 4: dead, dense latents
 }

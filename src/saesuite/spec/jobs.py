@@ -139,7 +139,7 @@ class EvalMember:
     """One dictionary of an evaluate job: where it is, where its JSON goes, and the
     identity its rows in the tables carry."""
 
-    key: str  # its path under saes/
+    key: str  # unique in its job: <model>/<path under saes/> (a dashboard's: the path)
     dir: str
     out: str
     input_site: str
@@ -149,12 +149,12 @@ class EvalMember:
 
 @dataclass(frozen=True)
 class EvalJob(_Json):
-    """Every dictionary of `trained_on` at one layer, run through model
-    `evaluated_on` on `data` ("text": its held-out split, "chat": its rollouts)."""
+    """Dictionaries of one layer, run through model `evaluated_on` on `data`
+    ("text": its held-out split, "chat": its rollouts), sharing its clean passes:
+    each member's identity names the model it was trained on (`model`)."""
 
     NESTED = {"members": EvalMember}
 
-    trained_on: str
     evaluated_on: str
     data: str
     layer: int
@@ -163,10 +163,10 @@ class EvalJob(_Json):
     members: tuple[EvalMember, ...]
     group_bytes: float | None = None  # overrides the GPU's budget for groups (tests)
 
-    @property
-    def identity(self) -> dict[str, str]:
-        return {"trained_on": self.trained_on, "evaluated_on": self.evaluated_on,
-                "data": self.data}  # fmt: skip
+    def evaluation(self, member: EvalMember) -> dict[str, str]:
+        """What a member's rows in the tables say of its evaluation."""
+        return {"trained_on": member.identity["model"],
+                "evaluated_on": self.evaluated_on, "data": self.data}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -350,17 +350,18 @@ def finetune_job(
 
 
 def eval_job(
-    config: dict[str, Any], suite: list[SAESpec], sae_model: str, lm: str, data: str,
-    layer: int,
-) -> EvalJob:  # fmt: skip
-    """Every dictionary of `sae_model` at `layer`, run through `lm` on `data`."""
+    config: dict[str, Any], specs: list[SAESpec], lm: str, data: str, layer: int
+) -> EvalJob:
+    """The dictionaries `specs` (of `layer`; trained on any model of lm's shape), run
+    through `lm` on `data` (Workflow.eval_passes says which share a job)."""
     root = config["output_root"]
-    specs = [s for s in suite if s.model == sae_model and s.layer == layer]
+    if stray := [s.path for s in specs if s.layer != layer]:
+        raise ValueError(f"evaluate job of layer {layer} given dictionaries {stray}")
     members = tuple(
         EvalMember(
-            key=s.path,
+            key=f"{s.model}/{s.path}",
             dir=paths.sae_dir(root, s),
-            out=paths.sae_eval(root, sae_model, lm, data, s.path),
+            out=paths.sae_eval(root, s.model, lm, data, s.path),
             input_site=s.input_site.name,
             output_site=s.output_site.name,
             identity={
@@ -377,8 +378,7 @@ def eval_job(
         )
         for s in specs
     )
-    return EvalJob(sae_model, lm, data, layer, config["models"][lm],
-                   config["evaluate"], members)  # fmt: skip
+    return EvalJob(lm, data, layer, config["models"][lm], config["evaluate"], members)
 
 
 def dashboard_job(

@@ -115,8 +115,11 @@ def eval_dir(root: str, sae_model: str, lm: str, data: str) -> str:
     return f"{root}/{sae_model}/eval/{lm}/{data}"
 
 
-def eval_layer(root: str, sae_model: str, lm: str, data: str, layer: int | str) -> str:
-    return f"{eval_dir(root, sae_model, lm, data)}/layer_{layer}.json"
+def eval_pass(root: str, lm: str, data: str, layer: int | str) -> str:
+    """One evaluate job's summary: every dictionary run through model `lm` on `data`
+    at `layer`, whatever model each was trained on (they share the job's clean
+    passes); each entry names its `trained_on` and its own JSON (`sae_eval`)."""
+    return f"{root}/{lm}/eval_passes/{data}/layer_{layer}.json"
 
 
 def sae_eval(root: str, sae_model: str, lm: str, data: str, sae_path: str) -> str:

@@ -116,9 +116,27 @@ class Workflow:
         }
 
     def eval_layers(self, e: Evaluation) -> list[str]:
+        """The summaries of the evaluate jobs that run evaluation `e`, a layer each."""
         layers = e.layers or model_layers(self.config, e.trained_on)
-        return [paths.eval_layer(self.root, e.trained_on, e.evaluated_on, e.data, L)
-                for L in layers]  # fmt: skip
+        return [paths.eval_pass(self.root, e.evaluated_on, e.data, L) for L in layers]
+
+    @cached_property
+    def eval_passes(self) -> dict[tuple[str, str, int], list[SAESpec]]:
+        """(model run through, data, layer) of each evaluate job → its dictionaries:
+        those of every evaluation through that model on that data at that layer (PT
+        SAEs, fine-tuned SAEs, an IT model's own), so that they share one clean pass."""
+        out: dict[tuple[str, str, int], list[SAESpec]] = {}
+        for e in self.evaluations:
+            for L in e.layers or model_layers(self.config, e.trained_on):
+                specs = out.setdefault((e.evaluated_on, e.data, L), [])
+                specs += [s for s in self.layer_specs(e.trained_on, L)
+                          if s not in specs]  # fmt: skip
+        return out
+
+    def pass_site_summaries(self, lm: str, data: str, layer: int) -> list[str]:
+        """What writes the dictionaries of an evaluate job: train and finetune jobs."""
+        models = dict.fromkeys(s.model for s in self.eval_passes[(lm, data, layer)])
+        return [f for m in models for f in self.layer_site_summaries(m, layer)]
 
     def model_eval_layers(self, model: str) -> list[str]:
         """A model's SAEs on its own held-out text, every layer."""
@@ -133,12 +151,13 @@ class Workflow:
         return [paths.dashboards_layer(self.root, m, L) for m, L in layers]
 
     def transfer_inputs(self, name: str) -> list[str]:
-        return [f for e in self.checks[name].evaluations for f in self.eval_layers(e)]
+        return list(dict.fromkeys(
+            f for e in self.checks[name].evaluations for f in self.eval_layers(e)
+        ))  # fmt: skip
 
     def release_inputs(self, name: str) -> list[str]:
         job = self.releases[name]
-        out = [paths.eval_layer(self.root, job.model, job.model, "text", L)
-               for L in job.layers]  # fmt: skip
+        out = [paths.eval_pass(self.root, job.model, "text", L) for L in job.layers]
         out += sorted({paths.dashboards_layer(self.root, job.model, m.spec["layer"])
                        for m in job.members if m.dashboard})  # fmt: skip
         return out
@@ -151,9 +170,9 @@ class Workflow:
         job = jobs.train_job(self.config, self.suite, model, layer, kind).to_dict()
         return {k: v for k, v in job.items() if k not in jobs.TrainJob.LOCATION}
 
-    def eval_params(self, model: str, lm: str, data: str, layer: int) -> dict:
-        suite = self.suite + self.finetuned
-        return jobs.eval_job(self.config, suite, model, lm, data, layer).to_dict()
+    def eval_params(self, lm: str, data: str, layer: int) -> dict:
+        specs = self.eval_passes[(lm, data, layer)]
+        return jobs.eval_job(self.config, specs, lm, data, layer).to_dict()
 
     def finetune_params(self, key: str, layer: int) -> dict[str, Any]:
         """The finetune job as the rule's param, without where its inputs are."""
@@ -189,7 +208,8 @@ class Workflow:
         # one: Snakemake skips jobs whose outputs exist, however old those after).
         out += [f for m in self.trained for f in self.chunk_files(m, "data")]
         out += [paths.eval_table(root, m)["csv"] for m in self.trained]
-        out += [f for e in self.evaluations for f in self.eval_layers(e)]
+        out += list(dict.fromkeys(f for e in self.evaluations
+                                  for f in self.eval_layers(e)))  # fmt: skip
         out += [paths.transfer_outputs(root, name)["plot"] for name in self.checks]
         out += [paths.report_dirs(root, m)[k] for m in self.trained
                 for k in ("figures", "tables")]  # fmt: skip
