@@ -158,3 +158,27 @@ def test_dashboards_layers_choose_the_jobs_and_the_release_folders_that_carry_th
         load_config(cfg)
     cfg["dashboards"]["enabled"] = False
     assert Workflow(load_config(cfg)).dashboard_layers() == []
+
+
+def test_pt_and_fine_tuned_saes_share_one_evaluate_job_per_model_data_layer(tmp_path):
+    """With fine-tuning (format shift: the PT model is its own target), each evaluate
+    job holds the layer's PT and fine-tuned dictionaries on one data set, each
+    writing its JSON under its own model, and the resources count all of them."""
+    cfg = make_config("google/gemma-2-2b", output_root=str(tmp_path / "out"))
+    cfg["suite"][0]["layers"] = [1, 3]
+    cfg["transfer"] = {"finetune_share": 0.5}
+    wf = Workflow(load_config(cfg))
+    tuned = "tiny-ft-tiny"
+    assert sorted(wf.eval_passes) == [("tiny", d, L) for d in ("chat", "text")
+                                      for L in (1, 3)]  # fmt: skip
+    for (lm, data, layer), specs in wf.eval_passes.items():
+        want = wf.layer_specs("tiny", layer) + wf.layer_specs(tuned, layer)
+        assert sorted(map(repr, specs)) == sorted(map(repr, want))
+        ev = jobs.EvalJob.from_dict(wf.eval_params(lm, data, layer))
+        assert len({m.key for m in ev.members}) == len(want)  # keys unique per job
+        assert {m.out.split("/eval/")[0] for m in ev.members} == {
+            f"{wf.root}/tiny", f"{wf.root}/{tuned}"
+        }  # fmt: skip
+    # the PT model's own table reads the same jobs
+    assert wf.model_eval_layers("tiny") == [paths.eval_pass(wf.root, "tiny", "text", L)
+                                            for L in (1, 3)]  # fmt: skip

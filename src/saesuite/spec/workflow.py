@@ -115,23 +115,26 @@ class Workflow:
             "normalization": paths.normalization(self.scratch, c.base),
         }
 
+    def evaluation_layers(self, e: Evaluation) -> tuple[int, ...]:
+        """The layers evaluation `e` covers: its own, or every layer of its SAEs."""
+        return tuple(e.layers or model_layers(self.config, e.trained_on))
+
     def eval_layers(self, e: Evaluation) -> list[str]:
         """The summaries of the evaluate jobs that run evaluation `e`, a layer each."""
-        layers = e.layers or model_layers(self.config, e.trained_on)
-        return [paths.eval_pass(self.root, e.evaluated_on, e.data, L) for L in layers]
+        return [paths.eval_pass(self.root, e.evaluated_on, e.data, L)
+                for L in self.evaluation_layers(e)]  # fmt: skip
 
     @cached_property
     def eval_passes(self) -> dict[tuple[str, str, int], list[SAESpec]]:
         """(model run through, data, layer) of each evaluate job → its dictionaries:
         those of every evaluation through that model on that data at that layer (PT
         SAEs, fine-tuned SAEs, an IT model's own), so that they share one clean pass."""
-        out: dict[tuple[str, str, int], list[SAESpec]] = {}
+        out: dict[tuple[str, str, int], dict[SAESpec, None]] = {}
         for e in self.evaluations:
-            for L in e.layers or model_layers(self.config, e.trained_on):
-                specs = out.setdefault((e.evaluated_on, e.data, L), [])
-                specs += [s for s in self.layer_specs(e.trained_on, L)
-                          if s not in specs]  # fmt: skip
-        return out
+            for L in self.evaluation_layers(e):
+                specs = out.setdefault((e.evaluated_on, e.data, L), {})
+                specs.update(dict.fromkeys(self.layer_specs(e.trained_on, L)))
+        return {k: list(v) for k, v in out.items()}
 
     def pass_site_summaries(self, lm: str, data: str, layer: int) -> list[str]:
         """What writes the dictionaries of an evaluate job: train and finetune jobs."""
