@@ -23,6 +23,8 @@ budget/E unique ones, each seen E times in the same order (the suites' cache reu
 issue 19 item 6).
 
     .venv/bin/python benchmarks/quality.py real [--layer 9] [--tokens 300000]
+    .venv/bin/python benchmarks/quality.py real --configfile benchmarks/reuse.yaml \
+        --tokens 294912 --lens-lams --lens-quadratic --recipes "make run" --epochs 4 16
 
 `real`: the default run's activation cache (`make run`, or just its cache:
 `snakemake --profile config/profiles/local --cores 2
@@ -30,6 +32,13 @@ results/gemma-3-270m/activations/normalization.json`) at the residual, attention
 MLP sites of one layer, the same tokens in the same order for every trainer, scored by
 saesuite's evaluation on the held-out split (FVU and dead/dense latents on
 `--eval-tokens`, delta loss and loss recovered on the first `--loss-tokens`).
+`--epochs 4 16` adds each recipe trained on the first 1/E of the same tokens, E times
+(issue 19 item 6 on real activations); one epoch must then be unique tokens, so
+`--tokens` may not exceed the cache: benchmarks/reuse.yaml caches 300k at layer 9.
+`--lens-normalize` gives SAELens its own input normalisation (`normalize_activations:
+expected_average_only_in`): on raw activations (norms in the thousands at layer 9's
+residual stream) its θ, moved by Adam at lr 3e-4 a step from 0.01, cannot reach a
+sparse L0 in any CPU budget.
 
 Trainers:
 - `SAELens (defaults)`: `JumpReLUTrainingSAE` with its config's defaults (decoder rows
@@ -223,10 +232,14 @@ def train_saesuite(
 
 
 def train_saelens(
-    x: torch.Tensor, width: int, lam: float, target: float | None = None
-) -> Any:
+    x: torch.Tensor, width: int, lam: float, target: float | None = None,
+    normalize: bool = False,
+) -> Any:  # fmt: skip
     """SAELens's JumpReLU with its defaults and its "step" L0 loss (λ·L0), or with
-    `target` its "quadratic" one (Gemma Scope 2's, λ·(2/L0*)·(L0 − L0*)²)."""
+    `target` its "quadratic" one (Gemma Scope 2's, λ·(2/L0*)·(L0 − L0*)²).
+    `normalize`: SAELens's own `normalize_activations="expected_average_only_in"`
+    (inputs scaled to mean norm √d_in, estimated by its trainer from the first
+    batches, folded back at the end), the one setting changed from its defaults."""
     from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
@@ -235,6 +248,9 @@ def train_saelens(
     mode = {} if target is None else {
         "jumprelu_sparsity_loss_mode": "quadratic", "target_l0": target
     }  # fmt: skip
+    if normalize:
+        mode["normalize_activations"] = "expected_average_only_in"
+    n_norm = min(100, len(x) // BATCH)  # batches its trainer reads for the estimate
     sae = JumpReLUTrainingSAE(
         JumpReLUTrainingSAEConfig(
             d_in=x.shape[1], d_sae=width, l0_coefficient=lam, **mode
@@ -250,10 +266,12 @@ def train_saelens(
         train_batch_size_samples=BATCH, dead_feature_window=1000,
         feature_sampling_window=2000,
         logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2**31 - 1),
-        n_batches_for_norm_estimate=1000,
+        n_batches_for_norm_estimate=n_norm,
     )  # fmt: skip
 
     def provider():
+        if normalize:  # what its estimate reads first, then the training stream
+            yield from (x[i * BATCH : (i + 1) * BATCH] for i in range(n_norm))
         for i in range(0, len(x), BATCH):
             yield x[i : i + BATCH]
         while True:  # the trainer may ask once more before it stops
@@ -405,7 +423,7 @@ def real(args: argparse.Namespace) -> None:
     from saesuite.spec.io import read_json
     from saesuite.spec.sites import Site
 
-    cfg = load_config(REPO_ROOT / "config" / "config.yaml")
+    cfg = load_config(args.configfile)  # its cache; training is DEFAULT_TRAIN
     key = next(iter(cfg["models"]))
     root = str(REPO_ROOT / cfg["output_root"])
     manifest = paths.manifest(root, key)
@@ -423,21 +441,30 @@ def real(args: argparse.Namespace) -> None:
         site = Site(args.layer, kind)
         c = scales[site.name]
         reader = ActivationReader(manifest, site.name, BATCH, bucket, cfg["seed"], 1.0)
+        if args.epochs and args.tokens > reader.n_valid:
+            raise SystemExit(
+                f"--tokens {args.tokens:,}: one epoch of unique tokens needs at most "
+                f"the cache's {reader.n_valid:,} training activations of {site.name}"
+            )
         x = torch.cat([reader.batch(j) for j in range(steps)])  # raw, same order
         trained = {}
-        lens = [(LENS, lam, None) for lam in args.lens_lams] + [
-            (LENS_Q, lam, TARGET_L0) for lam in args.lens_quadratic
+        norm = " + its input normalisation" if args.lens_normalize else ""
+        lens = [(LENS + norm, lam, None) for lam in args.lens_lams] + [
+            (LENS_Q + norm, lam, TARGET_L0) for lam in args.lens_quadratic
         ]
         for name, lam, target in lens:
             t = time.perf_counter()
-            trained[(name, lam)] = (
-                lens_as_ours(train_saelens(x, WIDTH, lam, target)),
-                time.perf_counter() - t,
-            )
+            lens_sae = train_saelens(x, WIDTH, lam, target, args.lens_normalize)
+            trained[(name, lam)] = (lens_as_ours(lens_sae), time.perf_counter() - t)
         for name in args.recipes:
-            t = time.perf_counter()
-            sae = train_saesuite(x, WIDTH, None, RECIPES[name], scale=c)
-            trained[(f"saesuite ({name})", 0.0)] = (sae, time.perf_counter() - t)
+            for e in [1, *args.epochs]:  # issue 19 item 6: same total, fewer unique
+                t = time.perf_counter()
+                xe = x[: len(x) // e].repeat(e, 1)
+                sae = train_saesuite(xe, WIDTH, None, RECIPES[name], scale=c)
+                label = f"saesuite ({name})" if e == 1 else (
+                    f"saesuite ({name}, {e} epochs of {len(x) // e:,})"
+                )  # fmt: skip
+                trained[(label, 0.0)] = (sae, time.perf_counter() - t)
         saes = {str(i): (site, sae) for i, (sae, _) in enumerate(trained.values())}
         n_loss = args.loss_tokens // ctx
         acc = evaluate(model, ids, mask, saes, batch_size=8, loss_sequences=n_loss,
@@ -500,6 +527,26 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--loss-tokens", type=int, default=512)
     r.add_argument("--lens-lams", type=float, nargs="*", default=[1.0])
     r.add_argument("--recipes", nargs="*", default=["default run"], choices=RECIPES)
+    r.add_argument(
+        "--configfile",
+        default=REPO_ROOT / "config" / "config.yaml",
+        help="whose cache (benchmarks/reuse.yaml: 300k unique tokens)",
+    )
+    r.add_argument(
+        "--epochs",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="E",
+        help="also train each recipe on the first tokens/E of the same "
+        "tokens, E times (--tokens at most the cache: 1 epoch unique)",
+    )
+    r.add_argument(
+        "--lens-normalize",
+        action="store_true",
+        help="SAELens with its normalize_activations="
+        "'expected_average_only_in' (else raw inputs, its default)",
+    )
     for p in (s, r):
         p.add_argument("--lens-quadratic", type=float, nargs="*", default=[1.0],
                        metavar="λ", help="SAELens with its quadratic loss toward the "
