@@ -36,9 +36,9 @@ saesuite's evaluation on the held-out split (FVU and dead/dense latents on
 (issue 19 item 6 on real activations); one epoch must then be unique tokens, so
 `--tokens` may not exceed the cache: benchmarks/reuse.yaml caches 300k at layer 9.
 `--lens-normalize` gives SAELens its own input normalisation (`normalize_activations:
-expected_average_only_in`): on raw activations (norms in the thousands at layer 9's
-residual stream) its θ, moved by Adam at lr 3e-4 a step from 0.01, cannot reach a
-sparse L0 in any CPU budget.
+expected_average_only_in`). With or without it, SAELens's defaults stayed at L0
+2,900–4,000 of 4,096 after ~290 steps at layer 9 (BENCHMARKS.md), so at this budget
+there is no SAELens SAE at the target L0 to compare with.
 
 Trainers:
 - `SAELens (defaults)`: `JumpReLUTrainingSAE` with its config's defaults (decoder rows
@@ -427,6 +427,18 @@ def real(args: argparse.Namespace) -> None:
     key = next(iter(cfg["models"]))
     root = str(REPO_ROOT / cfg["output_root"])
     manifest = paths.manifest(root, key)
+    bucket = cfg["activations"]["shuffle_bucket"]
+    readers = {
+        kind: ActivationReader(manifest, Site(args.layer, kind).name, BATCH, bucket,
+                               cfg["seed"], 1.0)
+        for kind in args.sites
+    }  # fmt: skip
+    for reader in readers.values():  # before the model loads
+        if args.epochs and args.tokens > reader.n_valid:
+            raise SystemExit(
+                f"--tokens {args.tokens:,}: one epoch of unique tokens needs at most "
+                f"the cache's {reader.n_valid:,} training activations of {reader.site}"
+            )
     scales = read_json(paths.normalization(root, key))["scale"]
     model = load_model(
         {**cfg["models"][key], "device": "cpu"}, REPO_ROOT / cache_root(cfg)
@@ -435,17 +447,11 @@ def real(args: argparse.Namespace) -> None:
     ctx = ids.shape[1]
     ids, mask = ids[: args.eval_tokens // ctx], mask[: args.eval_tokens // ctx]
     steps = args.tokens // BATCH
-    bucket = cfg["activations"]["shuffle_bucket"]
     rows = []
     for kind in args.sites:
         site = Site(args.layer, kind)
         c = scales[site.name]
-        reader = ActivationReader(manifest, site.name, BATCH, bucket, cfg["seed"], 1.0)
-        if args.epochs and args.tokens > reader.n_valid:
-            raise SystemExit(
-                f"--tokens {args.tokens:,}: one epoch of unique tokens needs at most "
-                f"the cache's {reader.n_valid:,} training activations of {site.name}"
-            )
+        reader = readers[kind]
         x = torch.cat([reader.batch(j) for j in range(steps)])  # raw, same order
         trained = {}
         norm = " + its input normalisation" if args.lens_normalize else ""
