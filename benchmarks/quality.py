@@ -208,18 +208,19 @@ def to_saelens(sae_raw) -> Any:
 
 def train_saesuite(
     x: torch.Tensor, width: int, lam: float | None, recipe: dict,
-    scale: float | None = None,
+    scale: float | None = None, target: float | None = None,
 ) -> Any:  # fmt: skip
     """Trained on x / C (C = `scale`, or what gives E‖x/C‖² = 1, as the cache does),
     returned folded onto raw x. λ None: the default run's penalty (Gemma Scope 2's
-    quadratic one, target L0 20, λ = 1); else Gemma Scope 1's λ·L0. Returns our
-    JumpReLUSAE; `to_saelens` makes it SAELens's."""
+    quadratic one toward `target`, default TARGET_L0, the recipe's λ); else Gemma
+    Scope 1's λ·L0. `x` may be any sequence of rows sliced a batch at a time
+    (`Cycled`). Returns our JumpReLUSAE; `to_saelens` makes it SAELens's."""
     recipe = dict(recipe)
     q_lambda = recipe.pop("lambda", DEFAULT_LAMBDA)  # the suite group's, not train's
     cfg = DEFAULT_TRAIN | recipe | {"log_every": 10**9, "device": "cpu"}
     scale = scale or float(x.pow(2).sum(-1).mean().sqrt())
     if lam is None:
-        penalty, value, coef = "target_l0", TARGET_L0, q_lambda
+        penalty, value, coef = "target_l0", target or TARGET_L0, q_lambda
     else:
         penalty, value, coef = "l0", lam, lam
     spec = DictionarySpec(
@@ -233,7 +234,7 @@ def train_saesuite(
 
 def train_saelens(
     x: torch.Tensor, width: int, lam: float, target: float | None = None,
-    normalize: bool = False,
+    normalize: bool = False, report_every: int = 0,
 ) -> Any:  # fmt: skip
     """SAELens's JumpReLU with its defaults and its "step" L0 loss (λ·L0), or with
     `target` its "quadratic" one (Gemma Scope 2's, λ·(2/L0*)·(L0 − L0*)²).
@@ -277,7 +278,19 @@ def train_saelens(
         while True:  # the trainer may ask once more before it stops
             yield x[:BATCH]
 
-    SAETrainer(cfg, sae, provider()).fit()
+    class Reporting(SAETrainer):
+        """SAELens's trainer, unchanged, printing the L0 of its training batches
+        every `report_every` steps (how far from the sparse regime it is)."""
+
+        def _train_step(self, sae, sae_in):
+            out = super()._train_step(sae, sae_in)
+            if report_every and (self.n_training_steps + 1) % report_every == 0:
+                l0 = float(out.feature_acts.bool().float().sum(-1).mean())
+                print(f"  SAELens step {self.n_training_steps + 1}: batch L0 "
+                      f"{l0:.1f}", flush=True)  # fmt: skip
+            return out
+
+    Reporting(cfg, sae, provider()).fit()
     return sae
 
 
@@ -413,6 +426,25 @@ def lens_as_ours(sae) -> Any:
     return ours.fold_normalization(1.0)
 
 
+class Batches:
+    """The first `steps` batches of a cache reader's endless stream (its epochs back
+    to back, each reshuffled as the training jobs read them), read one batch per
+    slice: 4M tokens of a 640-wide site would be 10 GB as one tensor."""
+
+    def __init__(self, reader: Any, steps: int) -> None:
+        self.reader, self.steps = reader, steps
+        self.shape = (steps * BATCH, reader.d_in)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        j, rest = divmod(rows.start or 0, BATCH)
+        if rest or rows.stop - (rows.start or 0) != BATCH or j >= self.steps:
+            raise IndexError(f"Batches reads whole batches of {BATCH}, not {rows}")
+        return self.reader.batch(j).clone()
+
+
 def real(args: argparse.Namespace) -> None:
     from saesuite.data.models import load_model
     from saesuite.data.store import ActivationReader
@@ -439,6 +471,9 @@ def real(args: argparse.Namespace) -> None:
                 f"--tokens {args.tokens:,}: one epoch of unique tokens needs at most "
                 f"the cache's {reader.n_valid:,} training activations of {reader.site}"
             )
+    if args.match_l0 and not (args.lens_lams or args.lens_quadratic):
+        raise SystemExit("--match-l0 needs a SAELens run (--lens-lams or "
+                         "--lens-quadratic) whose L0 to match")  # fmt: skip
     scales = read_json(paths.normalization(root, key))["scale"]
     model = load_model(
         {**cfg["models"][key], "device": "cpu"}, REPO_ROOT / cache_root(cfg)
@@ -452,32 +487,47 @@ def real(args: argparse.Namespace) -> None:
         site = Site(args.layer, kind)
         c = scales[site.name]
         reader = readers[kind]
-        x = torch.cat([reader.batch(j) for j in range(steps)])  # raw, same order
+        epochs = steps * BATCH / reader.n_valid
+        print(f"{site.name}: {steps * BATCH:,} tokens, {epochs:.2f} passes over "
+              f"{reader.n_valid:,} cached", flush=True)  # fmt: skip
+        # raw, the same batches in the same order for every trainer
+        x = Batches(reader, steps)
         trained = {}
         norm = " + its input normalisation" if args.lens_normalize else ""
         lens = [(LENS + norm, lam, None) for lam in args.lens_lams] + [
             (LENS_Q + norm, lam, TARGET_L0) for lam in args.lens_quadratic
         ]
-        for name, lam, target in lens:
+        target = TARGET_L0
+        for name, lam, lens_target in lens:
             t = time.perf_counter()
-            lens_sae = train_saelens(x, WIDTH, lam, target, args.lens_normalize)
-            trained[(name, lam)] = (lens_as_ours(lens_sae), time.perf_counter() - t)
+            lens_sae = train_saelens(x, WIDTH, lam, lens_target, args.lens_normalize,
+                                     report_every=args.report_every)  # fmt: skip
+            ours = lens_as_ours(lens_sae)
+            trained[(name, lam, lens_target)] = (ours, time.perf_counter() - t)
+            if args.match_l0 and len(trained) == 1:
+                # saesuite's target: the first SAELens SAE's held-out L0
+                held = evaluate(model, ids, mask, {"0": (site, ours)}, batch_size=8,
+                                loss_sequences=0)  # fmt: skip
+                target = held["0"].metrics()["l0"]
+                print(f"  saesuite's target: SAELens's held-out L0 {target:.1f}")
+        if args.epochs:  # issue 19 item 6: same total, fewer unique; ≤ the cache
+            x = torch.cat([reader.batch(j) for j in range(steps)])
         for name in args.recipes:
-            for e in [1, *args.epochs]:  # issue 19 item 6: same total, fewer unique
+            for e in [1, *args.epochs]:
                 t = time.perf_counter()
-                xe = x[: len(x) // e].repeat(e, 1)
-                sae = train_saesuite(xe, WIDTH, None, RECIPES[name], scale=c)
+                xe = x if e == 1 else x[: len(x) // e].repeat(e, 1)
+                sae = train_saesuite(xe, WIDTH, None, RECIPES[name], c, target)
                 label = f"saesuite ({name})" if e == 1 else (
                     f"saesuite ({name}, {e} epochs of {len(x) // e:,})"
                 )  # fmt: skip
-                trained[(label, 0.0)] = (sae, time.perf_counter() - t)
+                trained[(label, 0.0, target)] = (sae, time.perf_counter() - t)
         saes = {str(i): (site, sae) for i, (sae, _) in enumerate(trained.values())}
         n_loss = args.loss_tokens // ctx
         acc = evaluate(model, ids, mask, saes, batch_size=8, loss_sequences=n_loss,
                        loss_batch_size=2)  # fmt: skip
-        for i, ((name, lam), (_, secs)) in enumerate(trained.items()):
+        for i, ((name, lam, tgt), (_, secs)) in enumerate(trained.items()):
             m = acc[str(i)].metrics()
-            rows.append((site.name, name, lam, m, secs))
+            rows.append((site.name, name, lam, tgt, m, secs))
             print(site.name, name, lam, {k: m[k] for k in REAL_COLS}, flush=True)
     print(
         f"\n{platform.node()}, torch {torch.__version__}, {torch.get_num_threads()} "
@@ -486,11 +536,11 @@ def real(args: argparse.Namespace) -> None:
     )
     print("| site | trainer | λ | " + " | ".join(REAL_COLS) + " | train s |")
     print("|---|---|---:|" + "---:|" * (len(REAL_COLS) + 1))
-    for site, name, lam, m, secs in rows:
+    for site, name, lam, tgt, m, secs in rows:
         vals = [
             f"{m[k]:.3f}" if isinstance(m[k], float) else str(m[k]) for k in REAL_COLS
         ]
-        lam_s = f"{lam:g}" if lam else f"target {TARGET_L0:g}"
+        lam_s = f"{lam:g}" if lam else f"target {tgt:.4g}"
         print(f"| {site} | {name} | {lam_s} | " + " | ".join(vals) + f" | {secs:.0f} |")
 
 
@@ -552,6 +602,19 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="SAELens with its normalize_activations="
         "'expected_average_only_in' (else raw inputs, its default)",
+    )
+    r.add_argument(
+        "--match-l0",
+        action="store_true",
+        help="saesuite's target L0: the first SAELens SAE's held-out L0 (the "
+        "equal-L0 comparison), else the fixed target",
+    )
+    r.add_argument(
+        "--report-every",
+        type=int,
+        default=250,
+        metavar="STEPS",
+        help="print SAELens's batch L0 every STEPS steps (0: never)",
     )
     for p in (s, r):
         p.add_argument("--lens-quadratic", type=float, nargs="*", default=[1.0],

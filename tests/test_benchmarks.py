@@ -75,6 +75,38 @@ def test_evaluate_benchmark_on_a_local_model(capsys, tiny_models):
         assert all(numbers(c) and math.isfinite(numbers(c)[0]) for c in row[1:]), row
 
 
+def test_loss_tokens_benchmark_pools_blocks_into_one_evaluation(capsys, tiny_models):
+    """Its blocks' delta losses, weighted by predictions, are the delta loss of one
+    evaluation over all their tokens; its paired statistics are the textbook ones."""
+    lt = bench("loss_tokens")
+    lt.main(["--quick", "--model", str(tiny_models["gemma3"])])
+    out = capsys.readouterr().out
+    (row,) = table(out)
+    assert row[:3] == ["1", "res", "64"] and row[-1].endswith(" of 4")
+    from saesuite.eval.evaluate import evaluate
+    from saesuite.sae.jumprelu import JumpReLUSAE
+    from saesuite.spec.sites import Site
+
+    model = lt.local_model(str(tiny_models["gemma3"]))
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(10, 200, (6, 8), generator=g)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[:, 0] = False
+    site = Site(1, "res")
+    sae = JumpReLUSAE(model.config.get_text_config().hidden_size, 32).initialize(g)
+    saes = {"a": (site, site, sae)}
+    deltas, w = lt.block_deltas(model, ids, mask, saes, 2)
+    assert len(deltas["a"]) == 3 and w == [2 * 6] * 3  # 2 seqs × 6 predictions
+    whole = evaluate(model, ids, mask, saes, loss_sequences=6)["a"].metrics()
+    pooled = sum(d * n for d, n in zip(deltas["a"], w)) / sum(w)
+    assert pooled == pytest.approx(whole["delta_loss"], rel=1e-5)
+
+    r = lt.paired([1.0, 2.0], [2.0, 2.0], [1, 1])  # differences 1 and 0
+    assert r["lo"] == 1.5 and r["hi"] == 2.0 and r["diff"] == 0.5
+    assert r["sd"] == pytest.approx(math.sqrt(0.5)) and r["se"] == pytest.approx(0.5)
+    assert r["flips"] == 1  # the block with difference 0 does not say "higher"
+
+
 def test_plan_benchmark_on_one_suite(capsys):
     bench("plan").main(["--quick"])
     rows = table(capsys.readouterr().out)
