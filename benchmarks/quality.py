@@ -37,8 +37,11 @@ saesuite's evaluation on the held-out split (FVU and dead/dense latents on
 `--tokens` may not exceed the cache: benchmarks/reuse.yaml caches 300k at layer 9.
 `--lens-normalize` gives SAELens its own input normalisation (`normalize_activations:
 expected_average_only_in`). With or without it, SAELens's defaults stayed at L0
-2,900–4,000 of 4,096 after ~290 steps at layer 9 (BENCHMARKS.md), so at this budget
-there is no SAELens SAE at the target L0 to compare with.
+2,900–4,000 of 4,096 after ~290 steps at layer 9, and at 3,130 after 2,000 steps at
+the residual stream (BENCHMARKS.md), so at these budgets there is no SAELens SAE at
+the target L0. `--match-l0` compares at the L0 SAELens does reach: saesuite's target
+becomes the first SAELens SAE's held-out L0; `--tokens` past the cache then reads the
+training stream's later epochs (`Batches`).
 
 Trainers:
 - `SAELens (defaults)`: `JumpReLUTrainingSAE` with its config's defaults (decoder rows
@@ -214,7 +217,7 @@ def train_saesuite(
     returned folded onto raw x. λ None: the default run's penalty (Gemma Scope 2's
     quadratic one toward `target`, default TARGET_L0, the recipe's λ); else Gemma
     Scope 1's λ·L0. `x` may be any sequence of rows sliced a batch at a time
-    (`Cycled`). Returns our JumpReLUSAE; `to_saelens` makes it SAELens's."""
+    (`Batches`). Returns our JumpReLUSAE; `to_saelens` makes it SAELens's."""
     recipe = dict(recipe)
     q_lambda = recipe.pop("lambda", DEFAULT_LAMBDA)  # the suite group's, not train's
     cfg = DEFAULT_TRAIN | recipe | {"log_every": 10**9, "device": "cpu"}
