@@ -39,9 +39,14 @@ saesuite's evaluation on the held-out split (FVU and dead/dense latents on
 expected_average_only_in`). With or without it, SAELens's defaults stayed at L0
 2,900–4,000 of 4,096 after ~290 steps at layer 9, and at 3,130 after 2,000 steps at
 the residual stream (BENCHMARKS.md), so at these budgets there is no SAELens SAE at
-the target L0. `--match-l0` compares at the L0 SAELens does reach: saesuite's target
-becomes the first SAELens SAE's held-out L0; `--tokens` past the cache then reads the
-training stream's later epochs (`Batches`).
+the target L0, whatever λ (10 to 1,000 moved its held-out L0 by one latent: with its
+"step" loss only the threshold sees the L0 gradient, and Adam moves log θ ~lr a step,
+whatever the gradient's size). `--lens-set` gives SAELens its own other options: with
+its "Anthropic setup" (`jumprelu_sparsity_loss_mode=tanh,jumprelu_ste_to_input=True,
+pre_act_loss_coefficient=3e-6`) and `--lens-normalize` it does reach L0 20–80.
+`--match-l0` compares at the L0s SAELens reaches: one saesuite SAE per SAELens SAE,
+aimed at its held-out L0; `--tokens` past the cache then reads the training stream's
+later epochs (`Batches`).
 
 Trainers:
 - `SAELens (defaults)`: `JumpReLUTrainingSAE` with its config's defaults (decoder rows
@@ -64,6 +69,7 @@ Trainers:
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import platform
 import time
@@ -237,13 +243,16 @@ def train_saesuite(
 
 def train_saelens(
     x: torch.Tensor, width: int, lam: float, target: float | None = None,
-    normalize: bool = False, report_every: int = 0,
+    normalize: bool = False, report_every: int = 0, options: dict | None = None,
 ) -> Any:  # fmt: skip
     """SAELens's JumpReLU with its defaults and its "step" L0 loss (λ·L0), or with
     `target` its "quadratic" one (Gemma Scope 2's, λ·(2/L0*)·(L0 − L0*)²).
     `normalize`: SAELens's own `normalize_activations="expected_average_only_in"`
     (inputs scaled to mean norm √d_in, estimated by its trainer from the first
-    batches, folded back at the end), the one setting changed from its defaults."""
+    batches, folded back at the end), the one setting changed from its defaults.
+    `options`: other JumpReLUTrainingSAEConfig fields, SAELens's own documented
+    alternatives (e.g. its "Anthropic setup": jumprelu_sparsity_loss_mode=tanh,
+    jumprelu_ste_to_input=True, pre_act_loss_coefficient=3e-6)."""
     from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
@@ -254,6 +263,7 @@ def train_saelens(
     }  # fmt: skip
     if normalize:
         mode["normalize_activations"] = "expected_average_only_in"
+    mode |= options or {}
     n_norm = min(100, len(x) // BATCH)  # batches its trainer reads for the estimate
     sae = JumpReLUTrainingSAE(
         JumpReLUTrainingSAEConfig(
@@ -497,26 +507,31 @@ def real(args: argparse.Namespace) -> None:
         x = Batches(reader, steps)
         trained = {}
         norm = " + its input normalisation" if args.lens_normalize else ""
+        if args.lens_set:
+            norm += " + " + ", ".join(f"{k}={v}" for k, v in args.lens_set.items())
         lens = [(LENS + norm, lam, None) for lam in args.lens_lams] + [
             (LENS_Q + norm, lam, TARGET_L0) for lam in args.lens_quadratic
         ]
-        target = TARGET_L0
+        targets = [TARGET_L0]
         for name, lam, lens_target in lens:
             t = time.perf_counter()
             lens_sae = train_saelens(x, WIDTH, lam, lens_target, args.lens_normalize,
-                                     report_every=args.report_every)  # fmt: skip
+                                     report_every=args.report_every,
+                                     options=args.lens_set)  # fmt: skip
             ours = lens_as_ours(lens_sae)
             trained[(name, lam, lens_target)] = (ours, time.perf_counter() - t)
-            if args.match_l0 and len(trained) == 1:
-                # saesuite's target: the first SAELens SAE's held-out L0
-                held = evaluate(model, ids, mask, {"0": (site, ours)}, batch_size=8,
-                                loss_sequences=0)  # fmt: skip
-                target = held["0"].metrics()["l0"]
-                print(f"  saesuite's target: SAELens's held-out L0 {target:.1f}")
+        if args.match_l0:  # saesuite's targets: each SAELens SAE's held-out L0
+            held = evaluate(model, ids, mask,
+                            {str(i): (site, s) for i, (s, _) in
+                             enumerate(trained.values())},
+                            batch_size=8, loss_sequences=0)  # fmt: skip
+            targets = [held[str(i)].metrics()["l0"] for i in range(len(trained))]
+            print("  saesuite's targets: SAELens's held-out L0s "
+                  + ", ".join(f"{t:.1f}" for t in targets))  # fmt: skip
         if args.epochs:  # issue 19 item 6: same total, fewer unique; ≤ the cache
             x = torch.cat([reader.batch(j) for j in range(steps)])
         for name in args.recipes:
-            for e in [1, *args.epochs]:
+            for e, target in itertools.product([1, *args.epochs], targets):
                 t = time.perf_counter()
                 xe = x if e == 1 else x[: len(x) // e].repeat(e, 1)
                 sae = train_saesuite(xe, WIDTH, None, RECIPES[name], c, target)
@@ -557,6 +572,11 @@ def value(text: str) -> Any:
         return float(v) if isinstance(v, str) else v
     except ValueError:
         return v
+
+
+def settings(text: str) -> dict[str, Any]:
+    """"k=v,k2=v2" as {k: value(v), …} (--try, --lens-set)."""
+    return {k: value(v) for k, v in (kv.split("=", 1) for kv in text.split(","))}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -609,8 +629,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument(
         "--match-l0",
         action="store_true",
-        help="saesuite's target L0: the first SAELens SAE's held-out L0 (the "
-        "equal-L0 comparison), else the fixed target",
+        help="saesuite's target L0s: each SAELens SAE's held-out L0 (the "
+        "equal-L0 comparison: one saesuite SAE per SAELens SAE and recipe), else "
+        "the fixed target",
     )
     r.add_argument(
         "--report-every",
@@ -618,6 +639,15 @@ def main(argv: list[str] | None = None) -> None:
         default=250,
         metavar="STEPS",
         help="print SAELens's batch L0 every STEPS steps (0: never)",
+    )
+    r.add_argument(
+        "--lens-set",
+        type=settings,
+        default={},
+        metavar="KEY=VALUE,...",
+        help="SAELens's own config options for its runs (jumprelu_ste_to_input, "
+        "jumprelu_sparsity_loss_mode, pre_act_loss_coefficient, …), named in the "
+        "table",
     )
     for p in (s, r):
         p.add_argument("--lens-quadratic", type=float, nargs="*", default=[1.0],
@@ -629,9 +659,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     for spec in args.extra:  # e.g. "lr3e-4:lr=3e-4,b_dec_init=mean"
         name, _, sets = spec.partition(":")
-        RECIPES[name] = {
-            k: value(v) for k, v in (kv.split("=", 1) for kv in sets.split(","))
-        }
+        RECIPES[name] = settings(sets)
         args.recipes = [*args.recipes, name]
     (synthetic if args.what == "synthetic" else real)(args)
 
