@@ -575,7 +575,7 @@ def value(text: str) -> Any:
 
 
 def settings(text: str) -> dict[str, Any]:
-    """"k=v,k2=v2" as {k: value(v), …} (--try, --lens-set)."""
+    """Text "k=v,k2=v2" as {k: value(v), …} (--try, --lens-set)."""
     return {k: value(v) for k, v in (kv.split("=", 1) for kv in text.split(","))}
 
 
