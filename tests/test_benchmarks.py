@@ -256,6 +256,30 @@ def test_quality_benchmark_converts_saes_both_ways_exactly():
         torch.testing.assert_close(back.decode(back.encode(x)), lens.decode(want))
 
 
+def test_quality_benchmark_hands_saelens_its_own_options():
+    """--lens-set reaches SAELens's config (typed as YAML reads them); without
+    options it stays on its defaults, and a key SAELens does not know is refused by
+    name."""
+    q = bench("quality")
+    opts = q.settings("jumprelu_sparsity_loss_mode=tanh,jumprelu_ste_to_input=True,"
+                      "pre_act_loss_coefficient=3e-6")  # fmt: skip
+    assert opts == {
+        "jumprelu_sparsity_loss_mode": "tanh",
+        "jumprelu_ste_to_input": True,
+        "pre_act_loss_coefficient": 3e-6,
+    }
+    x = torch.randn(2 * q.BATCH, 16)
+    sae = q.train_saelens(x, 32, 1.0, options=opts)
+    assert sae.cfg.jumprelu_sparsity_loss_mode == "tanh"
+    assert sae.cfg.jumprelu_ste_to_input is True
+    assert sae.cfg.pre_act_loss_coefficient == 3e-6
+    plain = q.train_saelens(x, 32, 1.0)
+    assert plain.cfg.jumprelu_sparsity_loss_mode == "step"
+    assert plain.cfg.jumprelu_ste_to_input is False
+    with pytest.raises(TypeError, match="no_such_option"):
+        q.train_saelens(x, 32, 1.0, options={"no_such_option": 1})
+
+
 def test_threads_benchmark_prints_its_three_tables(capsys, tiny_models):
     model = str(tiny_models["gemma3"])
     bench("threads").main(["--quick", "--cores", "1", "--model", model])
