@@ -55,6 +55,8 @@ Trainers:
   (Adam 0.9/0.999, lr 3e-4 constant, batch 1024), on raw activations; `--lens-lams`.
 - `SAELens (defaults, quadratic L0 loss)`: the same with its "quadratic" loss toward
   the target L0 (Gemma Scope 2's), the equal-penalty setting; `--lens-quadratic`.
+- `SAELens (defaults) + …`: with `--lens-normalize` its input normalisation, with
+  `--lens-set k=v,…` any of its other config options, each named in the table.
 - `saesuite (gemma-scope 1, λ·L0)`: the default run's train section (Gemma Scope 1's
   hyperparameters, batch 1024, lr 1e-3 with a cosine decay, gradient clipping) with
   Gemma Scope 1's penalty, inputs scaled to E‖x‖² = 1 and folded back; `--ours-lams`.
