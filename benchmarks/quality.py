@@ -71,6 +71,7 @@ Trainers:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import math
 import platform
@@ -460,6 +461,19 @@ class Batches:
         return self.reader.batch(j).clone()
 
 
+def check_lens_options(options: dict[str, Any]) -> None:
+    """--lens-set names only fields of SAELens's JumpReLUTrainingSAEConfig."""
+    from sae_lens import JumpReLUTrainingSAEConfig
+
+    known = {f.name for f in dataclasses.fields(JumpReLUTrainingSAEConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise SystemExit(
+            f"--lens-set: SAELens's JumpReLUTrainingSAEConfig has no "
+            f"{', '.join(unknown)} (it has {', '.join(sorted(known))})"
+        )
+
+
 def real(args: argparse.Namespace) -> None:
     from saesuite.data.models import load_model
     from saesuite.data.store import ActivationReader
@@ -470,6 +484,7 @@ def real(args: argparse.Namespace) -> None:
     from saesuite.spec.io import read_json
     from saesuite.spec.sites import Site
 
+    check_lens_options(args.lens_set)  # before the cache and the model
     cfg = load_config(args.configfile)  # its cache; training is DEFAULT_TRAIN
     key = next(iter(cfg["models"]))
     root = str(REPO_ROOT / cfg["output_root"])

@@ -278,6 +278,10 @@ def test_quality_benchmark_hands_saelens_its_own_options():
     assert plain.cfg.jumprelu_ste_to_input is False
     with pytest.raises(TypeError, match="no_such_option"):
         q.train_saelens(x, 32, 1.0, options={"no_such_option": 1})
+    # the command refuses it before it reads the cache or loads the model
+    with pytest.raises(SystemExit, match="has no no_such_option"):
+        q.main(["real", "--configfile", "/nonexistent.yaml", "--lens-set",
+                "no_such_option=1,jumprelu_ste_to_input=True"])  # fmt: skip
 
 
 def test_threads_benchmark_prints_its_three_tables(capsys, tiny_models):
