@@ -43,7 +43,8 @@ the target L0, whatever λ (10 to 1,000 moved its held-out L0 by one latent: wit
 "step" loss only the threshold sees the L0 gradient, and Adam moves log θ ~lr a step,
 whatever the gradient's size). `--lens-set` gives SAELens its own other options: with
 its "Anthropic setup" (`jumprelu_sparsity_loss_mode=tanh,jumprelu_ste_to_input=True,
-pre_act_loss_coefficient=3e-6`) and `--lens-normalize` it does reach L0 20–80.
+pre_act_loss_coefficient=3e-6`) and `--lens-normalize`, λ sets its L0 (λ 1 to 20:
+L0 1,024 to 0.3 at layer 9's residual stream, not monotonically in between).
 `--match-l0` compares at the L0s SAELens reaches: one saesuite SAE per SAELens SAE,
 aimed at its held-out L0; `--tokens` past the cache then reads the training stream's
 later epochs (`Batches`).
