@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 from helpers import make_config
 
 from saesuite.cluster.resources import (
@@ -182,3 +183,46 @@ def test_pt_and_fine_tuned_saes_share_one_evaluate_job_per_model_data_layer(tmp_
     # the PT model's own table reads the same jobs
     assert wf.model_eval_layers("tiny") == [paths.eval_pass(wf.root, "tiny", "text", L)
                                             for L in (1, 3)]  # fmt: skip
+
+
+def test_transcoders_start_from_their_own_encoder_scale_and_saes_jobs_stay(tmp_path):
+    """train.transcoder_encoder_init_scale reaches the transcoder jobs (plain and skip,
+    trained and fine-tuned) as their encoder_init_scale, and no SAE job: an SAE job's
+    parameters are those of a config without the key, so setting it reruns only
+    transcoders. null leaves every job at encoder_init_scale."""
+    from saesuite.sae.train import Member
+
+    cfg = make_config("google/gemma-2-2b", output_root=str(tmp_path / "out"))
+    sae = {**cfg["suite"][0], "layers": [1], "sites": ["mlp"]}
+    tc = {**sae, "kind": "transcoder"}
+    cfg["suite"] = [sae, tc, {**tc, "skip": "affine"}]
+    cfg["transfer"] = {"finetune_share": 0.5}
+    kinds = ("mlp", "transcoder", "skip_transcoder")
+
+    def scales(train: dict) -> tuple[dict, dict[str, float]]:
+        wf = Workflow(load_config({**cfg, "train": train}))
+        params = {k: wf.train_params("tiny", 1, k) for k in kinds}
+        assert all("transcoder_encoder_init_scale" not in p["train"]
+                   for p in params.values())  # fmt: skip
+        got = {k: p["train"]["encoder_init_scale"] for k, p in params.items()}
+        tuned = jobs.FinetuneJob.from_dict(wf.finetune_params("tiny-ft-tiny", 1))
+        assert {
+            t.dictionaries[0].kind.replace("sae", "mlp"): t.train["encoder_init_scale"]
+            for t in tuned.trains
+        } == got  # fmt: skip
+        return params, got
+
+    ours, got = scales({"recipe": "saesuite"})
+    assert got == {"mlp": 0.1, "transcoder": 1.0, "skip_transcoder": 1.0}
+    plain, got = scales({"recipe": "saesuite", "transcoder_encoder_init_scale": None})
+    assert got == dict.fromkeys(kinds, 0.1)
+    assert plain["mlp"] == ours["mlp"]  # the SAE job is untouched by the key
+    assert scales({"transcoder_encoder_init_scale": 0.5})[1] == {
+        "mlp": 1.0, "transcoder": 0.5, "skip_transcoder": 0.5}  # fmt: skip
+    # the trainer builds the transcoder with it: W_enc = 1.0·(unit rows)ᵀ
+    job = jobs.TrainJob.from_dict(ours["transcoder"])
+    d = job.dictionaries[0]
+    m = Member(d, 16, job.train, seed=0, device="cpu")
+    torch.testing.assert_close(m.sae.W_enc.norm(dim=0), torch.ones(d.width))
+    with pytest.raises(Exception, match="transcoder_encoder_init_scale"):
+        load_config({**cfg, "train": {"transcoder_encoder_init_scale": 0}})

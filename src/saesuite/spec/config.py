@@ -50,6 +50,7 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
         "decoder_norm": "free",
         "decoder_init_norm": 0.1,
         "encoder_init_scale": 0.1,
+        "transcoder_encoder_init_scale": 1.0,
         "lr_warmup_steps": 0,
         "lambda_warmup_steps": 0,
         "pre_act_coefficient": 1.0e-3,

@@ -284,6 +284,20 @@ class PublishJob(_Json):
     message: str
 
 
+def train_section(train: dict[str, Any], family: str) -> dict[str, Any]:
+    """The train section one family's jobs run with: a transcoder's encoder starts at
+    `transcoder_encoder_init_scale` where that is set, since it reads another site than
+    its decoder writes and the SAE's reason for a small encoder (W_enc = W_decᵀ
+    overshooting) does not carry over. The key itself is dropped, so a job's
+    parameters hold only what shapes its dictionaries and the SAE jobs' stay as they
+    were without it."""
+    train = dict(train)
+    scale = train.pop("transcoder_encoder_init_scale", None)
+    if family in TRANSCODERS and scale is not None:
+        train["encoder_init_scale"] = scale
+    return train
+
+
 def train_job(
     config: dict[str, Any], suite: list[SAESpec], model: str, layer: int, kind: str
 ) -> TrainJob:
@@ -303,7 +317,7 @@ def train_job(
         output_site=specs[0].output_site.name,
         seed=config["seed"],
         shuffle_bucket=config["activations"]["shuffle_bucket"],
-        train=config["train"],
+        train=train_section(config["train"], kind),
         identity={
             "model": model,
             "source": m["source"],
@@ -338,7 +352,7 @@ def finetune_job(
             output_site=group[0].output_site.name,
             seed=config["seed"],
             shuffle_bucket=config["activations"]["shuffle_bucket"],
-            train=train,
+            train=train_section(train, family),
             identity={"model": key, "base": base, "target": target,
                       "source": m["source"], "revision": m["revision"]},
             dictionaries=tuple(DictionarySpec.of(s, root) for s in group),
