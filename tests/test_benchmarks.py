@@ -284,6 +284,54 @@ def test_quality_benchmark_hands_saelens_its_own_options():
                 "no_such_option=1,jumprelu_ste_to_input=True"])  # fmt: skip
 
 
+def test_retrain_benchmark_runs_the_rules_job_under_a_try_and_refuses_bad_ones(
+    tmp_path,
+):
+    """benchmarks/retrain.py: a try's keys reach the train job the `train` rule gets
+    (a transcoder's encoder scale through spec.jobs.train_section, an SAE's not), which
+    is otherwise the run's job with its checkpoint and dictionaries under the try's
+    folder; a key the schema lacks, or a try that is not NAME:{mapping}, stops the
+    command by name before it reads the cache (there is none here) or the model."""
+    import dataclasses
+
+    import yaml
+
+    from saesuite.spec.config import ConfigError
+    from saesuite.spec.jobs import train_job
+    from saesuite.spec.workflow import Workflow
+
+    rt = bench("retrain")
+    base = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+    got = rt.tries(base, ["half:{transcoder_encoder_init_scale: 0.5, lr: 2.0e-3}"])
+    cfg = got["half"]
+    assert cfg["train"]["lr"] == 2e-3 and cfg["train"]["recipe"] == "saesuite"
+    tc = rt.retrain_job(cfg, 9, "transcoder", tmp_path / "half")
+    res = rt.retrain_job(cfg, 9, "res", tmp_path / "half")
+    assert tc.train["encoder_init_scale"] == 0.5 and tc.train["lr"] == 2e-3
+    assert res.train["encoder_init_scale"] == 0.1
+    assert tc.checkpoint == str(tmp_path / "half" / "checkpoint.pt")
+    assert [d.out_dir for d in tc.dictionaries] == [
+        str(tmp_path / "half" / f"layer_9/transcoder/width_4096/l0_{t}")
+        for t in (20, 80)
+    ]
+    run = train_job(cfg, Workflow(cfg).suite, "gemma-3-270m", 9, "transcoder")
+    assert (
+        dataclasses.replace(
+            tc, checkpoint=run.checkpoint, dictionaries=run.dictionaries
+        )
+        == run
+    )
+    with pytest.raises(ConfigError, match="encoder_scale"):
+        rt.tries(base, ["bad:{encoder_scale: 1}"])
+    with pytest.raises(SystemExit, match="want NAME"):
+        rt.tries(base, ["transcoder_encoder_init_scale=1"])
+    empty = {**base, "output_root": str(tmp_path / "nothing")}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(empty))
+    with pytest.raises(ConfigError, match="encoder_scale"):
+        rt.main(["--configfile", str(tmp_path / "c.yaml"), "--layer", "9", "--kind",
+                 "res", "--try", "bad:{encoder_scale: 1}"])  # fmt: skip
+
+
 def test_threads_benchmark_prints_its_three_tables(capsys, tiny_models):
     model = str(tiny_models["gemma3"])
     bench("threads").main(["--quick", "--cores", "1", "--model", model])

@@ -1,0 +1,128 @@
+"""Retrain one train job of the default run under train-section overrides and score
+its dictionaries on the held-out split (issue 19: what one recipe option does at one
+site, dead latents above all), without touching results/.
+
+    .venv/bin/python benchmarks/retrain.py --layer 15 --kind skip_transcoder \\
+        --try "0.1:{transcoder_encoder_init_scale: 0.1}" \\
+        --try "1:{transcoder_encoder_init_scale: 1}"
+
+Uses the default run's activation cache and held-out tokens (`make run` first). Each
+--try is NAME:{KEY: VALUE, ...}, a YAML mapping laid over the config's train section
+(write floats as 3.0e-4: YAML 1.1 reads 3e-4 as a string) and checked by the schema
+before anything trains. The job is the one the `train` rule gets
+(saesuite.spec.jobs.train_job), so training is bit for bit the run's at the same
+settings; its checkpoint and dictionaries go under --out. Printed per try and
+dictionary: held-out L0, FVU, dead and dense latents (no loss metrics, which need the
+262k-token head: loss_tokens.py measures those) and the job's train seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from saesuite.spec import jobs, paths
+from saesuite.spec.config import REPO_ROOT, cache_root, load_config
+from saesuite.spec.sites import Site
+from saesuite.spec.workflow import Workflow
+
+COLS = ("l0", "fvu", "dead", "dense_latents")
+
+
+def tries(base: dict[str, Any], specs: list[str]) -> dict[str, dict[str, Any]]:
+    """{name: the loaded config with that try's keys over `base`'s train section};
+    a bad key or value fails here, by name, before any training."""
+    out = {}
+    for spec in specs:
+        name, sep, text = spec.partition(":")
+        sets = yaml.safe_load(text) if sep else None
+        if not name or not isinstance(sets, dict):
+            raise SystemExit(f"--try {spec!r}: want NAME:{{KEY: VALUE, ...}}")
+        cfg = copy.deepcopy(base)
+        cfg["train"] = {**(cfg.get("train") or {}), **sets}
+        out[name] = load_config(cfg)
+    return out
+
+
+def retrain_job(cfg: dict[str, Any], layer: int, kind: str, out: Path) -> jobs.TrainJob:
+    """The run's train job of (layer, kind) under `cfg`, reading the run's cache and
+    writing its checkpoint and dictionaries under `out`."""
+    key = next(iter(cfg["models"]))
+    job = jobs.train_job(cfg, Workflow(cfg).suite, key, layer, kind)
+    return dataclasses.replace(
+        job,
+        checkpoint=str(out / "checkpoint.pt"),
+        dictionaries=tuple(
+            dataclasses.replace(d, out_dir=str(out / d.path)) for d in job.dictionaries
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configfile", default=REPO_ROOT / "config" / "config.yaml")
+    ap.add_argument("--layer", type=int, required=True)
+    ap.add_argument("--kind", required=True,
+                    help="res, att, mlp, transcoder or skip_transcoder")  # fmt: skip
+    ap.add_argument("--try", dest="tries", action="append", required=True,
+                    metavar="NAME:{KEY: VALUE, ...}")  # fmt: skip
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where the retrained dictionaries go (a temporary folder)",
+    )
+    args = ap.parse_args(argv)
+    base = yaml.safe_load(Path(args.configfile).read_text())
+    base["output_root"] = str(REPO_ROOT / base.get("output_root", "results"))
+    configs = tries(base, args.tries)  # before the cache and the model
+    root = Path(args.out or tempfile.mkdtemp(prefix="retrain-"))
+    planned = {n: retrain_job(c, args.layer, args.kind, root / n)
+               for n, c in configs.items()}  # fmt: skip
+
+    from saesuite.data.models import load_model
+    from saesuite.data.tokens import load_tokens
+    from saesuite.eval.evaluate import evaluate, load_released
+    from saesuite.sae.train import train_site
+
+    cfg = next(iter(configs.values()))
+    key = next(iter(cfg["models"]))
+    model = load_model({**cfg["models"][key], "device": "cpu"},
+                       REPO_ROOT / cache_root(cfg))  # fmt: skip
+    ids, mask = load_tokens(paths.tokens(cfg["output_root"], key)["eval"])
+    rows = []
+    for name, job in planned.items():
+        t = time.perf_counter()
+        train_site(job)
+        secs = time.perf_counter() - t
+        saes = {
+            d.path: (Site.parse(d.input_site), Site.parse(d.output_site),
+                     load_released(d.out_dir))
+            for d in job.dictionaries
+        }  # fmt: skip
+        acc = evaluate(model, ids, mask, saes, batch_size=8, loss_sequences=0)
+        for d in job.dictionaries:
+            m = acc[d.path].metrics()
+            rows.append((name, d.path, m, secs))
+            print(name, d.path, {k: m[k] for k in COLS}, flush=True)
+    print(f"\n{platform.node()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; {key}, layer {args.layer} {args.kind}, "
+          f"{len(ids) * ids.shape[1]:,} held-out tokens; under {root}\n")  # fmt: skip
+    print("| try | dictionary | " + " | ".join(COLS) + " | train s |")
+    print("|---|---|" + "---:|" * (len(COLS) + 1))
+    for name, path, m, secs in rows:
+        vals = [f"{m[k]:.3f}" if isinstance(m[k], float) else str(m[k]) for k in COLS]
+        print(f"| {name} | {path} | " + " | ".join(vals) + f" | {secs:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
