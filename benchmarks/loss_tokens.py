@@ -86,10 +86,14 @@ def paired(lo: list[float], hi: list[float], w: list[int]) -> dict[str, float]:
             "se": math.sqrt(var / n), "sd": math.sqrt(var), "flips": flips}  # fmt: skip
 
 
-def run_job(job: EvalJob, model, ids, mask, block_seqs: int) -> list[tuple]:
+def run_job(
+    job: EvalJob, model, ids, mask, block_seqs: int, families: list[str] | None = None
+) -> list[tuple]:
     """The table rows of one layer: the lowest against the highest target L0 of each
-    (family, width) among the job's dictionaries trained on the model itself."""
-    own = [m for m in job.members if m.identity["model"] == job.evaluated_on]
+    (family, width) among the job's dictionaries trained on the model itself (of
+    `families` only, when given)."""
+    own = [m for m in job.members if m.identity["model"] == job.evaluated_on
+           and (not families or m.identity["site"] in families)]  # fmt: skip
     saes = {
         m.key: (Site.parse(m.input_site), Site.parse(m.output_site),
                 load_released(REPO_ROOT / m.dir))
@@ -117,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=int, default=4096, help="held-out tokens used")
     ap.add_argument("--block", type=int, default=512, help="loss tokens per block")
     ap.add_argument("--layers", type=int, nargs="*", help="default: every layer")
+    ap.add_argument("--families", nargs="*", help="e.g. mlp transcoder "
+                    "skip_transcoder (default: every dictionary of the layer)")  # fmt: skip
     ap.add_argument("--model", help="a local model directory, with random SAEs")
     ap.add_argument("--quick", action="store_true", help="a few sequences")
     args = ap.parse_args(argv)
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         layers = sorted({L for m, data, L in passes if m == lm and data == "text"})
         for L in args.layers or layers:
             job = EvalJob.from_dict(wf.eval_params(lm, "text", L))
-            for r in run_job(job, model, ids, mask, args.block // ctx):
+            for r in run_job(job, model, ids, mask, args.block // ctx, args.families):
                 rows.append(r)
                 print(r, flush=True)
         where = f"{lm}, the default run's SAEs"
