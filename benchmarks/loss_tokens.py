@@ -121,8 +121,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=int, default=4096, help="held-out tokens used")
     ap.add_argument("--block", type=int, default=512, help="loss tokens per block")
     ap.add_argument("--layers", type=int, nargs="*", help="default: every layer")
-    ap.add_argument("--families", nargs="*", help="e.g. mlp transcoder "
-                    "skip_transcoder (default: every dictionary of the layer)")  # fmt: skip
+    ap.add_argument(
+        "--families",
+        nargs="*",
+        help="e.g. mlp transcoder skip_transcoder (default: every dictionary)",
+    )
     ap.add_argument("--model", help="a local model directory, with random SAEs")
     ap.add_argument("--quick", action="store_true", help="a few sequences")
     args = ap.parse_args(argv)
