@@ -87,6 +87,7 @@ from saesuite.spec.config import (
     REPO_ROOT,
     SCHEMA_PATH,
     TRAIN_RECIPES,
+    parse_settings,
     schema_defaults,
 )
 from saesuite.spec.jobs import DictionarySpec
@@ -583,20 +584,6 @@ def real(args: argparse.Namespace) -> None:
 REAL_COLS = ("l0", "fvu", "delta_loss", "loss_recovered", "dead", "dense_latents")
 
 
-def value(text: str) -> Any:
-    """A --try value as YAML reads it, but "3e-4" a float (YAML 1.1 reads a string)."""
-    v = yaml.safe_load(text)
-    try:
-        return float(v) if isinstance(v, str) else v
-    except ValueError:
-        return v
-
-
-def settings(text: str) -> dict[str, Any]:
-    """Text "k=v,k2=v2" as {k: value(v), …} (--try, --lens-set)."""
-    return {k: value(v) for k, v in (kv.split("=", 1) for kv in text.split(","))}
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="what", required=True)
@@ -660,7 +647,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     r.add_argument(
         "--lens-set",
-        type=settings,
+        type=parse_settings,
         default={},
         metavar="KEY=VALUE,...",
         help="SAELens's own config options for its runs (jumprelu_ste_to_input, "
@@ -677,7 +664,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     for spec in args.extra:  # e.g. "lr3e-4:lr=3e-4,b_dec_init=mean"
         name, _, sets = spec.partition(":")
-        RECIPES[name] = settings(sets)
+        RECIPES[name] = parse_settings(sets)
         args.recipes = [*args.recipes, name]
     (synthetic if args.what == "synthetic" else real)(args)
 

@@ -3,17 +3,17 @@ its dictionaries on the held-out split (issue 19: what one recipe option does at
 site, dead latents above all), without touching results/.
 
     .venv/bin/python benchmarks/retrain.py --layer 15 --kind skip_transcoder \\
-        --try "0.1:{transcoder_encoder_init_scale: 0.1}" \\
-        --try "1:{transcoder_encoder_init_scale: 1}"
+        --try 0.1:transcoder_encoder_init_scale=0.1 \\
+        --try 1:transcoder_encoder_init_scale=1
 
 Uses the default run's activation cache and held-out tokens (`make run` first). Each
---try is NAME:{KEY: VALUE, ...}, a YAML mapping laid over the config's train section
-(write floats as 3.0e-4: YAML 1.1 reads 3e-4 as a string) and checked by the schema
-before anything trains. The job is the one the `train` rule gets
-(saesuite.spec.jobs.train_job), so training is bit for bit the run's at the same
-settings; its checkpoint and dictionaries go under --out. Printed per try and
-dictionary: held-out L0, FVU, dead and dense latents (no loss metrics, which need the
-262k-token head: loss_tokens.py measures those) and the job's train seconds.
+--try is NAME:KEY=VALUE,... (quality.py's syntax), laid over the config's train
+section and checked by the schema before anything trains. The job is the one the
+`train` rule gets (saesuite.spec.jobs.train_job), so training is bit for bit the
+run's at the same settings; its checkpoint and dictionaries go under --out. Printed
+per try and dictionary: held-out L0, FVU, dead and dense latents (no loss metrics,
+which need the 262k-token head: loss_tokens.py measures those) and the job's train
+seconds.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from saesuite.spec import jobs, paths
-from saesuite.spec.config import REPO_ROOT, cache_root, load_config
+from saesuite.spec.config import REPO_ROOT, cache_root, load_config, parse_settings
 from saesuite.spec.sites import Site
 from saesuite.spec.workflow import Workflow
 
@@ -43,10 +43,10 @@ def tries(base: dict[str, Any], specs: list[str]) -> dict[str, dict[str, Any]]:
     a bad key or value fails here, by name, before any training."""
     out = {}
     for spec in specs:
-        name, sep, text = spec.partition(":")
-        sets = yaml.safe_load(text) if sep else None
-        if not name or not isinstance(sets, dict):
-            raise SystemExit(f"--try {spec!r}: want NAME:{{KEY: VALUE, ...}}")
+        name, _, text = spec.partition(":")
+        if not name or "=" not in text:
+            raise SystemExit(f"--try {spec!r}: want NAME:KEY=VALUE,...")
+        sets = parse_settings(text)
         cfg = copy.deepcopy(base)
         cfg["train"] = {**(cfg.get("train") or {}), **sets}
         out[name] = load_config(cfg)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kind", required=True,
                     help="res, att, mlp, transcoder or skip_transcoder")  # fmt: skip
     ap.add_argument("--try", dest="tries", action="append", required=True,
-                    metavar="NAME:{KEY: VALUE, ...}")  # fmt: skip
+                    metavar="NAME:KEY=VALUE,...")  # fmt: skip
     ap.add_argument(
         "--out",
         type=Path,

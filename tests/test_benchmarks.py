@@ -261,8 +261,10 @@ def test_quality_benchmark_hands_saelens_its_own_options():
     options it stays on its defaults, and a key SAELens does not know is refused by
     name."""
     q = bench("quality")
-    opts = q.settings("jumprelu_sparsity_loss_mode=tanh,jumprelu_ste_to_input=True,"
-                      "pre_act_loss_coefficient=3e-6")  # fmt: skip
+    opts = q.parse_settings(
+        "jumprelu_sparsity_loss_mode=tanh,jumprelu_ste_to_input=True,"
+        "pre_act_loss_coefficient=3e-6"
+    )
     assert opts == {
         "jumprelu_sparsity_loss_mode": "tanh",
         "jumprelu_ste_to_input": True,
@@ -290,7 +292,7 @@ def test_retrain_benchmark_runs_the_rules_job_under_a_try_and_refuses_bad_ones(
     """benchmarks/retrain.py: a try's keys reach the train job the `train` rule gets
     (a transcoder's encoder scale through spec.jobs.train_section, an SAE's not), which
     is otherwise the run's job with its checkpoint and dictionaries under the try's
-    folder; a key the schema lacks, or a try that is not NAME:{mapping}, stops the
+    folder; a key the schema lacks, or a try that is not NAME:KEY=VALUE,..., stops the
     command by name before it reads the cache (there is none here) or the model."""
     import dataclasses
 
@@ -302,7 +304,7 @@ def test_retrain_benchmark_runs_the_rules_job_under_a_try_and_refuses_bad_ones(
 
     rt = bench("retrain")
     base = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
-    got = rt.tries(base, ["half:{transcoder_encoder_init_scale: 0.5, lr: 2.0e-3}"])
+    got = rt.tries(base, ["half:transcoder_encoder_init_scale=0.5,lr=2e-3"])
     cfg = got["half"]
     assert cfg["train"]["lr"] == 2e-3 and cfg["train"]["recipe"] == "saesuite"
     tc = rt.retrain_job(cfg, 9, "transcoder", tmp_path / "half")
@@ -322,14 +324,14 @@ def test_retrain_benchmark_runs_the_rules_job_under_a_try_and_refuses_bad_ones(
         == run
     )
     with pytest.raises(ConfigError, match="encoder_scale"):
-        rt.tries(base, ["bad:{encoder_scale: 1}"])
+        rt.tries(base, ["bad:encoder_scale=1"])
     with pytest.raises(SystemExit, match="want NAME"):
         rt.tries(base, ["transcoder_encoder_init_scale=1"])
     empty = {**base, "output_root": str(tmp_path / "nothing")}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(empty))
     with pytest.raises(ConfigError, match="encoder_scale"):
         rt.main(["--configfile", str(tmp_path / "c.yaml"), "--layer", "9", "--kind",
-                 "res", "--try", "bad:{encoder_scale: 1}"])  # fmt: skip
+                 "res", "--try", "bad:encoder_scale=1"])  # fmt: skip
 
 
 def test_threads_benchmark_prints_its_three_tables(capsys, tiny_models):

@@ -224,5 +224,7 @@ def test_transcoders_start_from_their_own_encoder_scale_and_saes_jobs_stay(tmp_p
     d = job.dictionaries[0]
     m = Member(d, 16, job.train, seed=0, device="cpu")
     torch.testing.assert_close(m.sae.W_enc.norm(dim=0), torch.ones(d.width))
-    with pytest.raises(Exception, match="transcoder_encoder_init_scale"):
+    from saesuite.spec.config import ConfigError
+
+    with pytest.raises(ConfigError, match="transcoder_encoder_init_scale"):
         load_config({**cfg, "train": {"transcoder_encoder_init_scale": 0}})

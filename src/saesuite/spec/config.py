@@ -61,6 +61,20 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def parse_settings(text: str) -> dict[str, Any]:
+    """Command-line settings "k=v,k2=v2" as {k: v, …}, each value as YAML reads it
+    but "3e-4" a float (YAML 1.1 reads it as a string); the benchmarks' --try."""
+
+    def value(v: str) -> Any:
+        v = yaml.safe_load(v)
+        try:
+            return float(v) if isinstance(v, str) else v
+        except ValueError:
+            return v
+
+    return {k: value(v) for k, v in (kv.split("=", 1) for kv in text.split(","))}
+
+
 def apply_train_recipe(config: dict[str, Any]) -> dict[str, Any]:
     """Fill `train` from its recipe where the config leaves a key unset (between the
     type check and the schema's defaults, so the recipe wins over those)."""
