@@ -56,8 +56,8 @@ from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.sae.step import dense_step, sparse_step
 from saesuite.sae.train import Member, train_step
 from saesuite.spec.config import schema_defaults
+from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.io import atomic_open, write_json
-from saesuite.spec.jobs import DictionarySpec
 from saesuite.spec.known_models import KNOWN
 from saesuite.spec.sites import SITE_NAMES, Site
 
@@ -204,11 +204,8 @@ def threshold_for(l0: float, width: int) -> float:
     )
 
 
-def bench_spec(width: int, tokens: int, coefficient: float) -> DictionarySpec:
-    site = "layer_0.res"
-    return DictionarySpec(
-        "sae", site, site, width, "l0", coefficient, coefficient, tokens, "bench", ""
-    )
+def bench_spec(width: int, tokens: int, coefficient: float) -> Dictionary:
+    return Dictionary.of("bench", "sae", 0, "res", width, tokens, lambda_=coefficient)
 
 
 def matmul_ceiling(device: str, dtype: torch.dtype, n: int) -> float:

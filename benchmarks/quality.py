@@ -90,7 +90,8 @@ from saesuite.spec.config import (
     parse_settings,
     schema_defaults,
 )
-from saesuite.spec.jobs import DictionarySpec
+from saesuite.spec.dictionary import Dictionary
+from saesuite.spec.sites import Site
 
 WIDTH, TARGET_L0, EVAL_SAMPLES, BATCH = 4096, 20.0, 50_000, 1024
 LENS, LENS_Q = "SAELens (defaults)", "SAELens (defaults, quadratic L0 loss)"
@@ -233,13 +234,12 @@ def train_saesuite(
     q_lambda = recipe.pop("lambda", DEFAULT_LAMBDA)  # the suite group's, not train's
     cfg = DEFAULT_TRAIN | recipe | {"log_every": 10**9, "device": "cpu"}
     scale = scale or float(x.pow(2).sum(-1).mean().sqrt())
+    site = Site.parse(SITE)
     if lam is None:
-        penalty, value, coef = "target_l0", target or TARGET_L0, q_lambda
+        rung = {"lambda_": q_lambda, "target_l0": target or TARGET_L0}
     else:
-        penalty, value, coef = "l0", lam, lam
-    spec = DictionarySpec(
-        "sae", SITE, SITE, width, penalty, value, coef, len(x), "q", ""
-    )
+        rung = {"lambda_": lam}
+    spec = Dictionary.of("q", "sae", site.layer, site.kind, width, len(x), **rung)
     m = Member(spec, x.shape[1], cfg, seed=0, device="cpu")
     for step in range(m.schedule.total_steps):
         train_step(m, x[step * BATCH : (step + 1) * BATCH] / scale, step, cfg, 1)
@@ -484,7 +484,6 @@ def real(args: argparse.Namespace) -> None:
     from saesuite.spec import paths
     from saesuite.spec.config import cache_root, load_config
     from saesuite.spec.io import read_json
-    from saesuite.spec.sites import Site
 
     check_lens_options(args.lens_set)  # before the cache and the model
     cfg = load_config(args.configfile)  # its cache; training is DEFAULT_TRAIN

@@ -32,7 +32,6 @@ import yaml
 
 from saesuite.spec import jobs, paths
 from saesuite.spec.config import REPO_ROOT, cache_root, load_config, parse_settings
-from saesuite.spec.sites import Site
 from saesuite.spec.workflow import Workflow
 
 COLS = ("l0", "fvu", "dead", "dense_latents")
@@ -55,15 +54,11 @@ def tries(base: dict[str, Any], specs: list[str]) -> dict[str, dict[str, Any]]:
 
 def retrain_job(cfg: dict[str, Any], layer: int, kind: str, out: Path) -> jobs.TrainJob:
     """The run's train job of (layer, kind) under `cfg`, reading the run's cache and
-    writing its checkpoint and dictionaries under `out`."""
+    writing its checkpoint and dictionaries under `out` (as its output_root)."""
     key = next(iter(cfg["models"]))
     job = jobs.train_job(cfg, Workflow(cfg).suite, key, layer, kind)
     return dataclasses.replace(
-        job,
-        checkpoint=str(out / "checkpoint.pt"),
-        dictionaries=tuple(
-            dataclasses.replace(d, out_dir=str(out / d.path)) for d in job.dictionaries
-        ),
+        job, checkpoint=str(out / "checkpoint.pt"), root=str(out)
     )
 
 
@@ -105,10 +100,9 @@ def main(argv: list[str] | None = None) -> None:
         train_site(job)
         secs = time.perf_counter() - t
         saes = {
-            d.path: (Site.parse(d.input_site), Site.parse(d.output_site),
-                     load_released(d.out_dir))
+            d.path: (d.input_site, d.output_site, load_released(job.out_dir(d)))
             for d in job.dictionaries
-        }  # fmt: skip
+        }
         acc = evaluate(model, ids, mask, saes, batch_size=8, loss_sequences=0)
         for d in job.dictionaries:
             m = acc[d.path].metrics()

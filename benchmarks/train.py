@@ -24,8 +24,8 @@ import torch
 from saesuite.data.store import ActivationReader
 from saesuite.sae.train import Member, train_step
 from saesuite.spec.config import REPO_ROOT, schema_defaults
+from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.io import read_json
-from saesuite.spec.jobs import DictionarySpec
 
 CACHE = REPO_ROOT / "results" / "gemma-3-270m" / "activations"
 
@@ -50,9 +50,8 @@ def matmul_ceiling(d: int, w: int, b: int) -> float:
     return 5 * 2 * b * d * w / (time.perf_counter() - t)
 
 
-def bench_spec(width: int, tokens: int, lam: float, path: str) -> DictionarySpec:
-    site = "layer_12.res"
-    return DictionarySpec("sae", site, site, width, "l0", lam, lam, tokens, path, "")
+def bench_spec(width: int, tokens: int, lam: float) -> Dictionary:
+    return Dictionary.of("bench", "sae", 12, "res", width, tokens, lambda_=lam)
 
 
 def run_ours(batches, args, hp):
@@ -65,7 +64,7 @@ def run_ours(batches, args, hp):
         "dead_window_tokens": 10**7,
         "threshold_param": "direct",
     }
-    spec = bench_spec(args.width, args.steps * args.batch, args.l0_coef, "bench")
+    spec = bench_spec(args.width, args.steps * args.batch, args.l0_coef)
     m = Member(spec, batches.shape[-1], cfg, seed=0, device="cpu")
     times, l0s = [], []
     for step in range(args.steps):
@@ -99,7 +98,7 @@ def run_saelens(batches, args, hp, device: str = "cpu"):
     # Same starting point as saesuite: Gemma Scope's init (unit-norm decoder rows,
     # W_enc = W_decᵀ, zero biases) with the same seed.
     ours = Member(
-        bench_spec(args.width, args.batch, 0.0, "init"),
+        bench_spec(args.width, args.batch, 0.0),
         batches.shape[-1],
         {**schema_defaults("train"), **hp, "threshold_param": "direct"},
         seed=0,

@@ -16,7 +16,8 @@ from saesuite.spec.config import (
     coerce_cli_strings,
     seqs_per_chunk,
 )
-from saesuite.spec.sites import FAMILY_TITLES, Site
+from saesuite.spec.dictionary import FAMILY_TITLES
+from saesuite.spec.sites import Site
 from saesuite.spec.workflow import Workflow
 
 # Types first (clean messages), then again to fill the schema's defaults.

@@ -312,17 +312,12 @@ def test_retrain_benchmark_runs_the_rules_job_under_a_try_and_refuses_bad_ones(
     assert tc.train["encoder_init_scale"] == 0.5 and tc.train["lr"] == 2e-3
     assert res.train["encoder_init_scale"] == 0.1
     assert tc.checkpoint == str(tmp_path / "half" / "checkpoint.pt")
-    assert [d.out_dir for d in tc.dictionaries] == [
-        str(tmp_path / "half" / f"layer_9/transcoder/width_4096/l0_{t}")
-        for t in (20, 80)
+    saes = tmp_path / "half" / "gemma-3-270m" / "saes"
+    assert [tc.out_dir(d) for d in tc.dictionaries] == [
+        str(saes / f"layer_9/transcoder/width_4096/l0_{t}") for t in (20, 80)
     ]
     run = train_job(cfg, Workflow(cfg).suite, "gemma-3-270m", 9, "transcoder")
-    assert (
-        dataclasses.replace(
-            tc, checkpoint=run.checkpoint, dictionaries=run.dictionaries
-        )
-        == run
-    )
+    assert dataclasses.replace(tc, checkpoint=run.checkpoint, root=run.root) == run
     with pytest.raises(ConfigError, match="encoder_scale"):
         rt.tries(base, ["bad:encoder_scale=1"])
     with pytest.raises(SystemExit, match="want NAME"):

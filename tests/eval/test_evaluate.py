@@ -4,8 +4,6 @@ predictor has FVU 1; spliced loss and KL match a direct computation."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +13,7 @@ from saesuite.data.sites import capture, logits_with
 from saesuite.eval.evaluate import NextToken
 from saesuite.eval.evaluate import evaluate as evaluate_acc
 from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.jobs import EvalJob, EvalMember
 from saesuite.spec.sites import Site
 from saesuite.spec.sizes import dictionary_bytes
@@ -175,10 +174,8 @@ def test_an_sae_of_the_wrong_width_is_named_before_any_pass(tiny_models, tmp_pat
     save_file(tensors, str(sae_dir / "sae.safetensors"))
     ids = torch.full((2, 16), 7, dtype=torch.int32)
     save_tokens(tmp_path / "eval.safetensors", ids, torch.ones(2, 16, dtype=torch.bool))
-    path = "layer_1/res/width_48/l0_8"
-    identity = {"model": "other", "layer": 1, "site": "res", "path": path}
-    member = EvalMember(path, str(sae_dir), str(tmp_path / "out" / "sae.json"),
-                        "layer_1.res", "layer_1.res", identity)  # fmt: skip
+    d = Dictionary.of("other", "sae", 1, "res", 48, 1000, lambda_=1.0, target_l0=8)
+    member = EvalMember(d.path, str(sae_dir), str(tmp_path / "out" / "sae.json"), d)
     job = EvalJob("tiny", "text", 1, cfg["models"]["tiny"], cfg["evaluate"], (member,))
     with pytest.raises(ValueError, match=r"width_48/l0_8 has d_in 32.*'tiny'.* 64"):
         evaluate_layer(
@@ -189,16 +186,11 @@ def test_an_sae_of_the_wrong_width_is_named_before_any_pass(tiny_models, tmp_pat
         )
     assert not (tmp_path / "out").exists()
     # a dictionary that writes another site than it reads (not an MLP's input and
-    # output: a transcoder's) is refused, by name
-    other = replace(member, output_site="layer_1.mlp")
-    with pytest.raises(ValueError, match=r"l0_8 reads layer_1.res and writes layer_1"):
-        evaluate_layer(
-            replace(job, members=(other,)),
-            data_path=tmp_path / "eval.safetensors",
-            cache_root=tmp_path,
-            out=tmp_path / "out" / "layer_1.json",
-        )
-    assert not (tmp_path / "out").exists()
+    # output: a transcoder's) cannot reach the job: its JSON is refused, by name
+    bad = job.to_dict()
+    bad["members"][0]["dictionary"]["writes"] = ["layer_1.mlp"]
+    with pytest.raises(ValueError, match=r"reads \['layer_1.res'\] and writes"):
+        EvalJob.from_dict(bad)
 
 
 def test_encoding_a_few_sequences_at_a_time_gives_the_same_metrics(setup):
@@ -257,10 +249,10 @@ def test_saes_in_groups_that_fit_a_gpu_get_the_metrics_of_one_group(
     got = {}
     for name, budget in (("one", None), ("split", sizes[1])):
         members = tuple(
-            EvalMember(k, d, str(tmp_path / name / f"{k}.json"), "layer_1.res",
-                       "layer_1.res", {"model": "tiny", "layer": 1, "site": "res",
-                                       "path": k})
-            for k, d in saes
+            EvalMember(k, d, str(tmp_path / name / f"{k}.json"),
+                       Dictionary.of("tiny", "sae", 1, "res", w, 1000, lambda_=1.0,
+                                     target_l0=8))
+            for (k, d), w in zip(saes, (48, 96, 32), strict=True)
         )  # fmt: skip
         job = EvalJob("tiny", "text", 1, cfg["models"]["tiny"], cfg["evaluate"],
                       members, group_bytes=budget)  # fmt: skip

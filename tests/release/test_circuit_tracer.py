@@ -25,6 +25,7 @@ from saesuite.data.sites import capture
 from saesuite.eval.evaluate import load_released
 from saesuite.release.build import Entry, build_release
 from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.io import read_json
 from saesuite.spec.sites import Site
 
@@ -51,9 +52,8 @@ def random_transcoders(x: dict[Site, torch.Tensor], kind: str, folder) -> list[E
         out = folder / kind / str(layer)
         out.mkdir(parents=True)
         save_file(tc.release_tensors(), str(out / "sae.safetensors"))
-        spec = {"layer": layer, "site": "mlp", "width": WIDTH, "kind": kind,
-                "penalty": "target_l0", "value": 20,
-                "path": f"layer_{layer}/{kind}/width_{WIDTH}/l0_20"}  # fmt: skip
+        spec = Dictionary.of("tiny", kind, layer, "mlp", WIDTH, 1000, lambda_=1.0,
+                             target_l0=20)  # fmt: skip
         metrics = {"l0": 5.0, "fvu": 1.0, "delta_loss": 1.0, "loss_recovered": 0.0,
                    "tokens": 1000, "loss_tokens": 100}  # fmt: skip
         entries.append(Entry(spec, str(out), metrics))
@@ -109,8 +109,8 @@ def test_circuit_tracer_predicts_each_layer_as_saesuite_does(graphs):
     for (info, tensors), kind in zip(results, ("skip_transcoder", "transcoder"),
                                      strict=True):  # fmt: skip
         assert info["skip"] == (kind == "skip_transcoder")
-        for e in (e for e in entries if e.kind == kind):
-            layer = e.spec["layer"]
+        for e in (e for e in entries if e.dictionary.kind == kind):
+            layer = e.dictionary.layer
             with torch.no_grad():
                 want = load_released(e.sae_dir)(inputs[f"layer_{layer}.mlp_in"])
             torch.testing.assert_close(tensors[f"layer_{layer}"], want,

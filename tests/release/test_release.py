@@ -23,6 +23,7 @@ from saesuite.release.build import (
     folder_paths,
 )
 from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.io import read_json, sha256_file
 from saesuite.spec.releases import width_label
 from saesuite.spec.sites import hf_hook_point
@@ -62,14 +63,9 @@ def entry(tmp_path, layer: int, value: float, l0: float, d_in=64, width=128, see
     folder = tmp_path / "trained" / f"{layer}_{value}"
     folder.mkdir(parents=True)
     save_file(sae.release_tensors(), str(folder / "sae.safetensors"))
-    spec = {
-        "layer": layer,
-        "site": "res",
-        "width": width,
-        "penalty": "target_l0",
-        "value": value,
-        "path": f"layer_{layer}/res/width_{width}/l0_{value:g}",
-    }
+    spec = Dictionary.of("tiny", "sae", layer, "res", width, 1000, lambda_=1.0,
+                         target_l0=value)  # fmt: skip
+    assert spec.path == f"layer_{layer}/res/width_{width}/l0_{value:g}"
     metrics = {
         "l0": l0,
         "fvu": 0.2,
@@ -120,10 +116,11 @@ def test_saes_with_the_same_rounded_l0_get_distinct_folders(tmp_path):
 def test_skip_transcoders_with_the_same_rounded_l0_keep_affine_last():
     """Gemma Scope 2 ends a skip-transcoder's folder with _affine: the sparsity
     setting that tells two apart goes before it."""
-    made = [Entry({"layer": 0, "site": "mlp", "width": 128, "penalty": "target_l0",
-                   "value": v, "path": f"layer_0/skip_transcoder/width_128/l0_{v}",
-                   "kind": "skip_transcoder"}, "unused", {"l0": 21.2})
-            for v in (8, 16)]  # fmt: skip
+    made = [
+        Entry(Dictionary.of("tiny", "skip_transcoder", 0, "mlp", 128, 1000,
+                            lambda_=1.0, target_l0=v), "unused", {"l0": 21.2})
+        for v in (8, 16)
+    ]  # fmt: skip
     assert sorted(folder_paths("gemma-scope-2", made, True)) == [
         "transcoder_all/layer_0_width_128_l0_21_target_16_affine",
         "transcoder_all/layer_0_width_128_l0_21_target_8_affine",
@@ -234,7 +231,7 @@ def test_saelens_loads_every_layout_and_reconstructs_like_us(
     for (e, ours), row in zip(
         made, sorted(index, key=lambda r: r["trained_as"]), strict=True
     ):
-        assert row["trained_as"] == e.spec["path"]
+        assert row["trained_as"] == e.dictionary.path
         scope: dict = {}
         exec(snippet.replace(f'"{shown}"', f'"{row["path"]}"'), scope)
         loaded = [scope["sae"]]
@@ -253,18 +250,16 @@ def test_saelens_loads_every_layout_and_reconstructs_like_us(
 
 
 def test_a_dictionary_writing_another_site_is_not_released(tmp_path):
-    from saesuite.release.build import make_release
-    from saesuite.spec.jobs import ReleaseJob, ReleaseMember
+    """A release member's identity comes back from the rule's JSON through
+    Dictionary.from_dict, which refuses sites its kind does not relate: no release
+    folder can be built for it."""
+    from saesuite.spec.jobs import ReleaseMember
 
-    member = ReleaseMember({"path": "layer_1/mlp_in/width_64/l0_8"}, "d", "e.json", 0,
-                           "sae", "layer_1.mlp_in", "layer_1.mlp")  # fmt: skip
-    job = ReleaseJob(REPO, "saelens", "tiny", {"source": "x"}, 100, "apache-2.0", {},
-                     0, {}, (member,))  # fmt: skip
-    (tmp_path / "model.json").write_text("{}")
-    with pytest.raises(ValueError, match="l0_8 reads layer_1.mlp_in and writes"):
-        make_release(job, model_info=tmp_path / "model.json", config_hash="h",
-                     out_dir=tmp_path / "out")  # fmt: skip
-    assert not (tmp_path / "out").exists()
+    d = Dictionary.of("tiny", "sae", 1, "mlp", 64, 1000, lambda_=1.0, target_l0=8)
+    member = ReleaseMember(d, "d", "e.json", 0).to_dict()
+    member["dictionary"]["reads"] = ["layer_1.mlp_in"]
+    with pytest.raises(ValueError, match=r"reads \['layer_1.mlp_in'\] and writes"):
+        ReleaseMember.from_dict(member)
 
 
 def transcoder_entry(tmp_path, kind: str, l0: float, seed: int, width: int = 128):
@@ -280,9 +275,9 @@ def transcoder_entry(tmp_path, kind: str, l0: float, seed: int, width: int = 128
     folder = tmp_path / "trained" / kind
     folder.mkdir(parents=True)
     save_file(tc.release_tensors(), str(folder / "sae.safetensors"))
-    path = f"layer_1/{kind}/width_{width}/l0_20"
-    spec = {"layer": 1, "site": "mlp", "width": width, "penalty": "target_l0",
-            "value": 20, "path": path, "kind": kind}  # fmt: skip
+    spec = Dictionary.of("tiny", kind, 1, "mlp", width, 1000, lambda_=1.0,
+                         target_l0=20)  # fmt: skip
+    assert spec.path == f"layer_1/{kind}/width_{width}/l0_20"
     metrics = {"l0": l0, "fvu": 0.3, "delta_loss": 0.1, "loss_recovered": 0.8,
                "tokens": 1000, "loss_tokens": 100}  # fmt: skip
     return Entry(spec, str(folder), metrics), tc
@@ -328,7 +323,7 @@ def test_saelens_loads_transcoders_in_every_layout_and_predicts_like_us(
     shown = next(r for r in index if r["canonical"])["path"]
     x = torch.randn(50, 64) * 2
     for e, ours in made:
-        row = row_of[e.kind]
+        row = row_of[e.dictionary.kind]
         scope: dict = {}
         exec(snippet.replace(f'"{shown}"', f'"{row["path"]}"'), scope)
         theirs = scope["sae"]
@@ -337,7 +332,7 @@ def test_saelens_loads_transcoders_in_every_layout_and_predicts_like_us(
             == {
                 "transcoder": "JumpReLUTranscoder",
                 "skip_transcoder": "JumpReLUSkipTranscoder",
-            }[e.kind]
+            }[e.dictionary.kind]
         )
         with torch.no_grad():
             torch.testing.assert_close(theirs(x), ours(x), rtol=1e-5, atol=1e-5)

@@ -183,15 +183,15 @@ def test_the_job_fine_tunes_every_site_on_the_targets_chat_activations(
     assert y_res is None
     torch.testing.assert_close(x_tc, want["mlp_in"], **close)
     torch.testing.assert_close(y_tc, want["mlp"], **close)
-    dicts = [d for t in job.trains for d in t.dictionaries]
+    dicts = [(t, d) for t in job.trains for d in t.dictionaries]
     inits = [p for dirs in job.init_dirs for p in dirs]
     assert len(results) == len(dicts) == 3
-    for d, r, pt in zip(dicts, results, inits, strict=True):
+    for (t, d), r, pt in zip(dicts, results, inits, strict=True):
         assert r["finetuned_from"] == {"model": "tiny", "sae_dir": pt}
         assert r["steps"] == 1024 // 128 and r["schedule"]["lambda_warmup_steps"] == 0
-        assert read_json(paths.sae_file(d.out_dir, "info")) == r
+        assert read_json(paths.sae_file(t.out_dir(d), "info")) == r
         start = load_file(str(paths.sae_file(pt, "state")))
-        end = load_file(str(paths.sae_file(d.out_dir, "state")))
+        end = load_file(str(paths.sae_file(t.out_dir(d), "state")))
         moved = float((end["W_enc"] - start["W_enc"]).abs().max())
         # Adam (β1 0) moves each weight a few lr per step at most, from where the PT
         # state left it; the PT states here differ from a fresh init by ~0.1
@@ -224,4 +224,5 @@ def test_a_share_too_large_for_memory_is_refused_before_the_model_loads(
     monkeypatch.setattr(ft, "load_model", lambda *a: pytest.fail("model loaded"))
     with pytest.raises(MemoryError, match="transfer.finetune_share"):
         finetune_layer(job, model_info=info, cache_root=tmp_path)
-    assert not any(Path(d.out_dir).exists() for t in job.trains for d in t.dictionaries)
+    outs = [Path(t.out_dir(d)) for t in job.trains for d in t.dictionaries]
+    assert not any(p.exists() for p in outs)

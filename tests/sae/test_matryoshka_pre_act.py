@@ -14,7 +14,7 @@ from saesuite.sae.jumprelu import JumpReLUSAE, pre_act_penalty, prefix_ends
 from saesuite.sae.step import dense_step, sparse_step
 from saesuite.sae.train import Member, dead_mask, train_step
 from saesuite.spec.config import schema_defaults
-from saesuite.spec.jobs import DictionarySpec
+from saesuite.spec.dictionary import Dictionary
 
 C_PRE = 0.6
 
@@ -127,8 +127,7 @@ def test_the_sparse_step_equals_autograd_with_the_new_terms(param, kind, terms):
 
 
 def member(cfg: dict, width: int = 32) -> Member:
-    spec = DictionarySpec("sae", "layer_0.res", "layer_0.res", width, "l0", 1e-3,
-                          1e-3, 64 * 10, "p", "")  # fmt: skip
+    spec = Dictionary.of("synthetic", "sae", 0, "res", width, 64 * 10, lambda_=1e-3)
     return Member(spec, 8, cfg, seed=0, device="cpu")
 
 

@@ -16,7 +16,7 @@ from saesuite.sae.jumprelu import JumpReLUSAE, frequency_penalty
 from saesuite.sae.step import dense_step, sparse_step
 from saesuite.sae.train import Member, init_b_dec, train_step
 from saesuite.spec.config import schema_defaults
-from saesuite.spec.jobs import DictionarySpec
+from saesuite.spec.dictionary import Dictionary
 
 MU, P_MAX = 0.8, 0.3
 
@@ -89,8 +89,7 @@ def test_encoder_init_scale_scales_only_the_encoder():
 
 
 def member(cfg: dict) -> Member:
-    spec = DictionarySpec("sae", "layer_0.res", "layer_0.res", 32, "l0", 1e-3, 1e-3,
-                          64 * 10, "p", "")  # fmt: skip
+    spec = Dictionary.of("synthetic", "sae", 0, "res", 32, 64 * 10, lambda_=1e-3)
     return Member(spec, 8, cfg, seed=0, device="cpu")
 
 

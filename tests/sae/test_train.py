@@ -35,8 +35,10 @@ from saesuite.sae.train import (
     train_step,
 )
 from saesuite.spec.config import REPO_ROOT, schema_defaults
+from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.io import read_json, write_json
-from saesuite.spec.jobs import DictionarySpec, TrainJob
+from saesuite.spec.jobs import TrainJob
+from saesuite.spec.sites import Site
 
 D, ATOMS = 16, 48
 TRAIN = schema_defaults("train") | {
@@ -85,14 +87,12 @@ def store(tmp_path_factory) -> Path:
 
 def make_job(store: Path, out: Path, tokens=128 * 60, **train) -> TrainJob:
     saes = tuple(
-        DictionarySpec("sae", "layer_0.res", "layer_0.res", 64, "l0", lam, lam, tokens,
-                       f"lambda_{lam:g}", str(out / f"lambda_{lam:g}"))
+        Dictionary.of("synthetic", "sae", 0, "res", 64, tokens, lambda_=lam)
         for lam in (1e-3, 3e-2)
-    )  # fmt: skip
+    )
     return TrainJob(
-        model="synthetic", input_site="layer_0.res", output_site="layer_0.res",
-        seed=3, shuffle_bucket=2048, train={**TRAIN, **train},
-        identity={"model": "synthetic"}, dictionaries=saes,
+        model="synthetic", root=str(out), seed=3, shuffle_bucket=2048,
+        train={**TRAIN, **train}, identity={"model": "synthetic"}, dictionaries=saes,
         manifest=str(store / "manifest.json"),
         normalization=str(store / "norm.json"), checkpoint=str(out / "ckpt.pt"),
     )  # fmt: skip
@@ -119,7 +119,7 @@ def test_training_learns_the_dictionary_and_writes_outputs(store, tmp_path):
     results = train_site(job)
     assert len(results) == 2
     logs = [
-        [json.loads(ln) for ln in (Path(s.out_dir) / "train_log.jsonl").open()]
+        [json.loads(ln) for ln in (Path(job.out_dir(s)) / "train_log.jsonl").open()]
         for s in job.dictionaries
     ]
     for lines in logs:
@@ -130,7 +130,7 @@ def test_training_learns_the_dictionary_and_writes_outputs(store, tmp_path):
     # the larger λ buys a smaller L0, and then trains on the sparse path
     assert logs[1][-1]["l0"] < logs[0][-1]["l0"]
     assert logs[1][-1]["l0"] < 0.3 * 64 and logs[1][-1]["path"] == "sparse"
-    info = read_json(Path(job.dictionaries[0].out_dir) / "sae.json")
+    info = read_json(Path(job.out_dir(job.dictionaries[0])) / "sae.json")
     C = read_json(store / "norm.json")["scale"]["layer_0.res"]
     assert info["normalization_scale"] == C and info["steps"] == 300
     assert info["schedule"] == {
@@ -140,7 +140,7 @@ def test_training_learns_the_dictionary_and_writes_outputs(store, tmp_path):
     }
     assert "torch" in info["versions"]
     # the released SAE works on raw activations
-    out = Path(job.dictionaries[0].out_dir)
+    out = Path(job.out_dir(job.dictionaries[0]))
     released = JumpReLUSAE.from_release(load_file(out / "sae.safetensors"))
     state = load_file(out / "train_state.safetensors")
     trained = JumpReLUSAE(D, 64)
@@ -177,7 +177,7 @@ def output(proc: subprocess.Popen, timeout: float = 300) -> str:
 
 def final_bytes(job: TrainJob) -> list[bytes]:
     return [
-        (Path(s.out_dir) / name).read_bytes()
+        (Path(job.out_dir(s)) / name).read_bytes()
         for s in job.dictionaries
         for name in ("train_state.safetensors", "sae.safetensors")
     ]
@@ -246,7 +246,7 @@ def test_kill_9_then_resume_is_bit_identical(store, tmp_path, reference):
     assert again.returncode == 0, out
     assert f"resuming layer_0.res from step {resumed_from}" in out
     assert final_bytes(job) == want
-    lines = (Path(job.dictionaries[0].out_dir) / "train_log.jsonl").read_text()
+    lines = (Path(job.out_dir(job.dictionaries[0])) / "train_log.jsonl").read_text()
     steps = [json.loads(ln)["step"] for ln in lines.splitlines()]
     assert steps == sorted(set(steps))  # no duplicated lines after the resume
 
@@ -256,7 +256,7 @@ def test_sigusr1_to_the_cli_checkpoints_and_exits_for_retry(store, tmp_path):
     once (no periodic checkpoint is due) and exits 75 so Snakemake retries."""
     job = make_job(store, tmp_path, tokens=128 * 1500, checkpoint_every=1000)
     p = run_cli(job, tmp_path / "job.json")
-    wait_for(Path(job.dictionaries[0].out_dir) / "train_log.jsonl", p)
+    wait_for(Path(job.out_dir(job.dictionaries[0])) / "train_log.jsonl", p)
     p.send_signal(signal.SIGUSR1)
     out = output(p)
     assert p.returncode == 75, out
@@ -310,14 +310,15 @@ def test_groups_that_fit_a_device_train_like_one_job_and_resume(
     assert not needs_sharding(64, D, job.train, 1, two - 1)  # nothing to shard over
     assert sae_groups(specs, D, job.train, 2, two - 1) == [[0], [1]]
     job = replace(job, group_bytes=one)
-    first = Path(job.dictionaries[0].out_dir) / "sae.safetensors"
+    first = Path(job.out_dir(job.dictionaries[0])) / "sae.safetensors"
     with pytest.raises(Preempted):  # stop at step 120 of the second group
         train_site(job, stop_at=lambda step: first.exists() and step == 120)
     ckpt = Path(job.checkpoint)
     marker = ckpt.with_name("ckpt.done.json")
-    assert list(read_json(marker)["saes"]) == ["lambda_0.001"] and first.exists()
+    paths = [d.path for d in job.dictionaries]
+    assert list(read_json(marker)["saes"]) == paths[:1] and first.exists()
     state = torch.load(ckpt, weights_only=True)
-    assert state["saes"] == ["lambda_0.03"] and state["step"] == 120
+    assert state["saes"] == paths[1:] and state["step"] == 120
     mtime = first.stat().st_mtime_ns
     caplog.clear()
     with caplog.at_level("INFO", logger="saesuite"):
@@ -375,15 +376,11 @@ def test_an_sae_trains_the_same_whatever_the_ladder_around_it(store, tmp_path):
     both = make_job(store, tmp_path / "both", tokens=128 * 20)
     alone = replace(make_job(store, tmp_path / "alone", tokens=128 * 20),
                     dictionaries=both.dictionaries[1:])  # fmt: skip
-    moved = str(tmp_path / "alone" / "lambda_0.03")
-    alone = replace(
-        alone, dictionaries=(replace(alone.dictionaries[0], out_dir=moved),)
-    )
     train_site(both)
     train_site(alone)
     name = "train_state.safetensors"
-    got = (Path(alone.dictionaries[0].out_dir) / name).read_bytes()
-    assert got == (Path(both.dictionaries[1].out_dir) / name).read_bytes()
+    got = (Path(alone.out_dir(alone.dictionaries[0])) / name).read_bytes()
+    assert got == (Path(both.out_dir(both.dictionaries[1])) / name).read_bytes()
     assert sae_seed(3, "layer_0.res", "lambda_0.03") != sae_seed(
         4, "layer_0.res", "lambda_0.03"
     )
@@ -397,11 +394,13 @@ def test_each_sae_logs_its_own_last_step(store, tmp_path):
     job = replace(job, dictionaries=(job.dictionaries[0], short))
     train_site(job)
     last = [
-        json.loads((Path(s.out_dir) / "train_log.jsonl").read_text().splitlines()[-1])
+        json.loads(
+            (Path(job.out_dir(s)) / "train_log.jsonl").read_text().splitlines()[-1]
+        )
         for s in job.dictionaries
     ]
     assert [x["step"] for x in last] == [29, 11]
-    assert read_json(Path(job.dictionaries[1].out_dir) / "sae.json")["steps"] == 12
+    assert read_json(Path(job.out_dir(job.dictionaries[1])) / "sae.json")["steps"] == 12
 
 
 def mixed_job(store: Path, out: Path) -> TrainJob:
@@ -431,17 +430,17 @@ def test_two_processes_train_as_one_data_parallel_and_sharded(store, tmp_path):
     assert "width 16 sharded" not in text
     for a, b in zip(job.dictionaries, one.dictionaries, strict=True):
         for name in ("train_state.safetensors", "sae.safetensors"):
-            sa = load_file(Path(a.out_dir) / name)
-            sb = load_file(Path(b.out_dir) / name)
+            sa = load_file(Path(job.out_dir(a)) / name)
+            sb = load_file(Path(one.out_dir(b)) / name)
             assert sa.keys() == sb.keys()
             for k in sa:
                 assert sa[k].shape == sb[k].shape  # the whole SAE, gathered
                 torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
         assert not torch.equal(sa["W_enc"], JumpReLUSAE(D, a.width).W_enc)  # trained
-        info = read_json(Path(a.out_dir) / "sae.json")
+        info = read_json(Path(job.out_dir(a)) / "sae.json")
         assert info["width"] == a.width and info["steps"] == 80
-        logs = [json.loads(ln) for ln in open(Path(a.out_dir) / "train_log.jsonl")]
-        ref = [json.loads(ln) for ln in open(Path(b.out_dir) / "train_log.jsonl")]
+        logs = [json.loads(ln) for ln in open(Path(job.out_dir(a)) / "train_log.jsonl")]
+        ref = [json.loads(ln) for ln in open(Path(one.out_dir(b)) / "train_log.jsonl")]
         assert [r["step"] for r in logs] == [r["step"] for r in ref]
         assert logs[-1]["step"] == 79 and math.isfinite(logs[-1]["loss"])
         if a.width == 64:  # sharded: the logs hold whole-SAE statistics
@@ -477,7 +476,7 @@ def test_a_preempted_sharded_job_resumes_from_every_shard_and_not_on_one(
 
     job = sharded_job(store, tmp_path)
     p = run_cli(job, tmp_path / "job.json", nproc=2)
-    wait_for(Path(job.dictionaries[0].out_dir) / "train_log.jsonl", p)
+    wait_for(Path(job.out_dir(job.dictionaries[0])) / "train_log.jsonl", p)
     time.sleep(0.5)
     p.send_signal(signal.SIGUSR1)
     out = output(p)
@@ -516,10 +515,14 @@ def test_a_preempted_sharded_job_resumes_from_every_shard_and_not_on_one(
     assert not list(tmp_path.glob("ckpt*.pt"))
 
 
-def test_a_job_writing_another_site_than_it_reads_is_refused(store, tmp_path):
-    job = replace(make_job(store, tmp_path), output_site="layer_0.mlp")
+def test_a_dictionary_writing_another_site_than_it_reads_is_refused(store, tmp_path):
+    """The identity itself refuses sites its kind does not relate, so no job (nor
+    its JSON) can carry one."""
+    d = make_job(store, tmp_path).dictionaries[0]
     with pytest.raises(ValueError, match="an SAE reconstructs the site it reads"):
-        train_site(job)
+        replace(d, writes=(Site(0, "mlp"),))
+    with pytest.raises(ValueError, match="an SAE reconstructs the site it reads"):
+        Dictionary.from_dict({**d.to_dict(), "writes": ["layer_0.mlp"]})
     assert not any(tmp_path.iterdir())  # nothing written
 
 
@@ -552,14 +555,13 @@ def pair_store(tmp_path_factory) -> Path:
 
 def transcoder_job(store: Path, out: Path, kinds=("transcoder", "skip_transcoder")):
     dicts = tuple(
-        DictionarySpec(kind, "layer_0.mlp_in", "layer_0.mlp", 64, "l0", 1e-3, 1e-3,
-                       128 * 240, kind, str(out / kind))
+        Dictionary.of("synthetic", kind, 0, "mlp", 64, 128 * 240, lambda_=1e-3)
         for kind in kinds
-    )  # fmt: skip
+    )
     return TrainJob(
-        model="synthetic", input_site="layer_0.mlp_in", output_site="layer_0.mlp",
-        seed=3, shuffle_bucket=2048, train=TRAIN, identity={"model": "synthetic"},
-        dictionaries=dicts, manifest=str(store / "manifest.json"),
+        model="synthetic", root=str(out), seed=3, shuffle_bucket=2048, train=TRAIN,
+        identity={"model": "synthetic"}, dictionaries=dicts,
+        manifest=str(store / "manifest.json"),
         normalization=str(store / "norm.json"), checkpoint=str(out / "ckpt.pt"),
     )  # fmt: skip
 
@@ -583,7 +585,7 @@ def test_transcoders_train_on_row_aligned_pairs_and_release_on_raw_units(
     x, y = raw.pair(0)
     fvu = {}
     for info in results:
-        out = tmp_path / info["dictionary"]
+        out = tmp_path / "synthetic" / "saes" / info["path"]
         assert info["output_site"] == "layer_0.mlp"
         assert info["target_normalization_scale"] == pytest.approx(c_y)
         released = JumpReLUSAE.from_release(load_file(out / "sae.safetensors"))
@@ -602,10 +604,12 @@ def test_transcoders_train_on_row_aligned_pairs_and_release_on_raw_units(
 
 
 def test_an_sae_in_a_transcoder_job_is_refused(pair_store, tmp_path):
-    job = transcoder_job(pair_store, tmp_path)
-    sae = replace(job.dictionaries[0], kind="sae")
-    with pytest.raises(ValueError, match="dictionary transcoder is a sae"):
-        train_site(replace(job, dictionaries=(sae,)))
+    job = transcoder_job(pair_store, tmp_path, kinds=("transcoder",))
+    with pytest.raises(ValueError, match="an SAE reconstructs the site it reads"):
+        replace(job.dictionaries[0], kind="sae")  # an SAE reading mlp_in, writing mlp
+    sae = Dictionary.of("synthetic", "sae", 0, "mlp", 64, 128, lambda_=1e-3)
+    with pytest.raises(ValueError, match="dictionaries that read and write the same"):
+        replace(job, dictionaries=(job.dictionaries[0], sae))
     assert not any(tmp_path.iterdir())
 
 
@@ -631,11 +635,12 @@ def test_two_processes_train_a_skip_transcoder_as_one(
     assert ("sharded over 2 processes" in text) == (group_bytes == 1)
     a, b = two.dictionaries[0], one.dictionaries[0]
     for name in ("train_state.safetensors", "sae.safetensors"):
-        sa, sb = load_file(Path(a.out_dir) / name), load_file(Path(b.out_dir) / name)
+        sa = load_file(Path(two.out_dir(a)) / name)
+        sb = load_file(Path(one.out_dir(b)) / name)
         assert sa.keys() == sb.keys() and "W_skip" in sa
         for k in sa:
             torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
-    assert read_json(Path(a.out_dir) / "sae.json")["steps"] == 80
+    assert read_json(Path(two.out_dir(a)) / "sae.json")["steps"] == 80
 
 
 def test_fused_adam_steps_equal_per_tensor_adam_on_the_sparse_path():
@@ -644,8 +649,7 @@ def test_fused_adam_steps_equal_per_tensor_adam_on_the_sparse_path():
     2.13's fused CPU kernel misreads non-contiguous gradients, which
     `contiguous_grads` guards against (without it W_enc differs by ~1e-2 here)."""
     cfg = {**TRAIN, "step": "sparse", "lr": 1e-2, "lr_warmup_steps": 0}
-    spec = DictionarySpec("sae", "layer_0.res", "layer_0.res", 64, "l0", 1e-3, 1e-3,
-                          128 * 5, "p", "")  # fmt: skip
+    spec = Dictionary.of("synthetic", "sae", 0, "res", 64, 128 * 5, lambda_=1e-3)
     fused = Member(spec, D, cfg, seed=3, device="cpu")
     assert fused.opt.defaults["fused"]
     plain = Member(spec, D, cfg, seed=3, device="cpu")

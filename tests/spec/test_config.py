@@ -9,12 +9,12 @@ from helpers import make_config
 from saesuite.spec.config import (
     REPO_ROOT,
     ConfigError,
-    SAESpec,
     expand_suite,
     load_config,
     model_sites,
     n_chunks,
 )
+from saesuite.spec.dictionary import Dictionary
 
 MODEL = "google/gemma-2-2b"  # known shape: 26 layers, no download needed
 
@@ -184,7 +184,7 @@ def test_pt_it_pair_and_target_l0_labels():
     specs = expand_suite(cfg)
     assert {s.model for s in specs} == {"tiny", "it"}
     s = specs[0]
-    assert isinstance(s, SAESpec) and s.penalty == "target_l0"
+    assert isinstance(s, Dictionary) and s.penalty == "target_l0"
     assert s.path == f"layer_1/{s.site}/width_128/l0_8"
 
 
@@ -319,7 +319,8 @@ def test_transcoder_groups_are_planned_and_nonsense_is_refused():
     ]
     members = wf.releases["saesuite--saesuite-tiny-transcoder"].members
     assert (
-        sorted(m.kind for m in members) == ["skip_transcoder"] * 2 + ["transcoder"] * 2
+        sorted(m.dictionary.kind for m in members)
+        == ["skip_transcoder"] * 2 + ["transcoder"] * 2
     )
     members = jobs.eval_job(wf.config, wf.suite, "tiny", "text", 1).members
     assert {m.key for m in members} == {f"tiny/{s.path}" for s in wf.suite}

@@ -21,6 +21,7 @@ from saesuite.cluster.resources import (
 )
 from saesuite.spec import jobs, paths
 from saesuite.spec.config import load_config
+from saesuite.spec.sites import Site
 from saesuite.spec.workflow import Workflow
 
 
@@ -40,11 +41,11 @@ def test_a_train_job_covers_one_site_and_travels_as_json(wf):
     job = jobs.TrainJob.from_dict(json.loads(json.dumps(params)))
     specs = wf.site_specs("tiny", 3, "att")
     assert len(job.dictionaries) == len(specs) > 0
-    for d, s in zip(job.dictionaries, specs, strict=True):
-        assert (d.kind, d.input_site, d.output_site) == ("sae", "layer_3.att",
-                                                         "layer_3.att")  # fmt: skip
-        assert (d.width, d.value, d.path) == (s.width, s.value, s.path)
-        assert d.out_dir == f"{wf.root}/tiny/saes/{s.path}"
+    assert job.dictionaries == tuple(specs)  # the suite's own identities
+    att = (Site(3, "att"),)
+    for d in job.dictionaries:
+        assert (d.kind, d.reads, d.writes) == ("sae", att, att)
+        assert job.out_dir(d) == f"{wf.root}/tiny/saes/{d.path}"
     scratch = wf.scratch
     here = job.located(
         paths.manifest(scratch, "tiny"), paths.normalization(scratch, "tiny")
@@ -99,7 +100,7 @@ def test_the_evaluate_job_holds_the_layer_and_the_release_its_bytes(wf):
                for m in ev.members)  # fmt: skip
     # one repo per site; float32 W_enc + W_dec: gemma-2-2b res 2304, att 8 × 256
     att = next(r for r in wf.releases.values() if r.repo.endswith("-att"))
-    assert att.n_bytes == sum(2 * 2048 * m.spec["width"] * 4 for m in att.members)
+    assert att.n_bytes == sum(2 * 2048 * m.dictionary.width * 4 for m in att.members)
     assert att.layers == [1, 3]
     pub = jobs.PublishJob.from_dict(wf.publish_params(next(iter(wf.releases))))
     assert pub.upload is False and "SAEs of tiny" in pub.message
@@ -148,8 +149,8 @@ def test_dashboards_layers_choose_the_jobs_and_the_release_folders_that_carry_th
     assert wf.dashboard_layers() == [f for f in wf.final_outputs()
                                      if "/dashboards/" in f]  # fmt: skip
     for name, job in wf.releases.items():
-        with_dash = {m.spec["layer"] for m in job.members if m.dashboard}
-        assert with_dash == {3} and {m.spec["layer"] for m in job.members} == {1, 3}
+        with_dash = {m.dictionary.layer for m in job.members if m.dashboard}
+        assert with_dash == {3} and {m.dictionary.layer for m in job.members} == {1, 3}
         deps = [f for f in wf.release_inputs(name) if "/dashboards/" in f]
         assert deps == wf.dashboard_layers()
     cfg["dashboards"]["layers"] = None  # every layer

@@ -42,15 +42,13 @@ from saesuite.cluster.resources import (
 )
 from saesuite.spec.checks import evaluations, finetuned_specs, transfer_checks
 from saesuite.spec.config import (
-    SAESpec,
     expand_suite,
     has_dashboards,
     model_layers,
     sequences,
 )
-from saesuite.spec.jobs import TRANSCODERS
+from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.known_models import known_shape
-from saesuite.spec.sites import TRANSCODER_SITES
 
 
 def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
@@ -67,10 +65,11 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
                      "cache_bytes": cache, "flops": flops})  # fmt: skip
 
     for model in sorted({s.model for s in suite}):
-        specs: list[SAESpec] = [s for s in suite if s.model == model]
+        specs: list[Dictionary] = [s for s in suite if s.model == model]
         shape = known_shape(config["models"][model]["source"])
-        sites = sorted({(x.layer, x.kind) for s in specs
-                        for x in (s.input_site, s.output_site)})  # fmt: skip
+        sites = sorted(
+            {(x.layer, x.kind) for s in specs for x in (*s.reads, *s.writes)}
+        )
         last = max(model_layers(config, model))
         cache = flops = None
         if shape:
@@ -167,10 +166,10 @@ def gpu_memory(config: dict[str, Any]) -> tuple[list[str], list[str]]:
     budget = train_group_bytes(config)
     if budget is None:
         return [], []
-    jobs: dict[tuple[str, int, str], list[SAESpec]] = {}
+    jobs: dict[tuple[str, int, str], list[Dictionary]] = {}
     for s in expand_suite(config):
         jobs.setdefault((s.model, s.layer, s.family), []).append(s)
-    found: dict[tuple[str, str, int, int], list[int]] = {}
+    found: dict[tuple, list[int]] = {}
     batch, pre = config["train"]["batch_size"], n_prefixes(config["train"])
     for (model, layer, site), specs in sorted(jobs.items()):
         shape = known_shape(config["models"][model]["source"])
@@ -178,15 +177,14 @@ def gpu_memory(config: dict[str, Any]) -> tuple[list[str], list[str]]:
             continue
         nproc = train_nproc(config, [s.width for s in specs])
         d_in = shape.site_width(specs[0].input_site.kind)
-        skip = specs[0].kind == "skip_transcoder"  # one kind per job
+        skip = specs[0].skip  # one kind per job
         for width in sorted({s.width for s in specs}):
             if sae_gpu_bytes(batch, d_in, width, nproc, skip=skip,
                              prefixes=pre) > budget:  # fmt: skip
-                found.setdefault((model, site, width, nproc, skip), []).append(layer)
+                key = (model, site, width, nproc, skip, d_in)
+                found.setdefault(key, []).append(layer)
     sharded, problems = [], []
-    for (model, site, width, nproc, skip), layers in found.items():
-        shape = known_shape(config["models"][model]["source"])
-        d_in = shape.site_width(TRANSCODER_SITES[0] if site in TRANSCODERS else site)
+    for (model, site, width, nproc, skip, d_in), layers in found.items():
         where = f"{model} {site} width {width} (layers {', '.join(map(str, layers))})"
         need = sae_gpu_bytes(batch, d_in, width, nproc, sharded=True, skip=skip,
                              prefixes=pre)  # fmt: skip
@@ -243,7 +241,7 @@ def data_reuse(config: dict[str, Any]) -> list[str]:
             shape = known_shape(config["models"][model]["source"])
             size = "?"
             if shape:
-                sites = {x for s in specs for x in (s.input_site, s.output_site)}
+                sites = {x for s in specs for x in (*s.reads, *s.writes)}
                 widths = {
                     f"{x.layer}.{x.kind}": shape.site_width(x.kind) for x in sites
                 }

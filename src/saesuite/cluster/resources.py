@@ -29,7 +29,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from saesuite.spec.config import SAESpec, known_site_width, sequences
+from saesuite.spec.config import known_site_width, sequences
+from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.known_models import ModelShape, known_shape
 from saesuite.spec.sizes import BYTES, LOGIT_BLOCK_BYTES, dictionary_bytes
 from saesuite.spec.workflow import Workflow
@@ -98,14 +99,14 @@ def train_group_bytes(config: dict[str, Any]) -> float | None:
     return GPU_HEADROOM * config["resources"]["gpu_mem_gb"] * 1e9
 
 
-def train_mem_mb(config: dict[str, Any], specs: list[SAESpec], d_in: int) -> int:
+def train_mem_mb(config: dict[str, Any], specs: list[Dictionary], d_in: int) -> int:
     """Host memory of a training job. On CPU the SAEs train there; on GPUs the host
     holds the bucket and, while a checkpoint is written, one group's weights and
     Adam's two moments, and rank 0 gathers a sharded SAE's weights (twice, while
     they are serialised). GPU memory is not requested: a GRES is whole GPUs."""
     t = config["train"]
     bucket = config["activations"]["shuffle_bucket"] * d_in * 4
-    sizes = [dictionary_bytes(d_in, s.width, skip=s.kind == "skip_transcoder")
+    sizes = [dictionary_bytes(d_in, s.width, skip=s.skip)
              for s in specs]  # fmt: skip
     params = sum(sizes)
     if uses_gpu(config, "train"):
@@ -186,7 +187,7 @@ def shards_needed(
     return None
 
 
-def train_flops(specs: list[SAESpec], d_in: int) -> float:
+def train_flops(specs: list[Dictionary], d_in: int) -> float:
     """A dense training step is ≈ 10·d·width FLOPs per token (forward, backward)."""
     return float(sum(10 * d_in * s.width * s.tokens for s in specs))
 
@@ -220,7 +221,7 @@ def extract_estimate(config: dict[str, Any], model: str, sites: list[tuple[int, 
 
 
 def dashboards_estimate(
-    config: dict[str, Any], model: str, specs: list[SAESpec]
+    config: dict[str, Any], model: str, specs: list[Dictionary]
 ) -> tuple[int, float | None]:
     """(mem_mb, flops) of one dashboards job: one layer's SAEs (`specs`) on `model`;
     memory depends on width × (top_k + samples) × window, not on the token budget."""
@@ -228,7 +229,7 @@ def dashboards_estimate(
     d = config["dashboards"]
     slots = (d["top_k"] + d["samples"]) * (2 * d["window"] + 1)
     widths = [shape.site_width(s.input_site.kind) if shape else 4096 for s in specs]
-    saes = sum(dictionary_bytes(w_in, s.width, skip=s.kind == "skip_transcoder")
+    saes = sum(dictionary_bytes(w_in, s.width, skip=s.skip)
                for w_in, s in zip(widths, specs, strict=True))  # fmt: skip
     stats = sum(s.width * (slots * 12 + 8 * 70) for s in specs)  # values, ids, hist
     logits = LOGIT_BLOCK_BYTES  # one block of logit effects (saesuite.eval.latents)
@@ -245,13 +246,13 @@ def dashboards_estimate(
 
 
 def finetune_estimate(
-    config: dict[str, Any], target: str, specs: list[SAESpec]
+    config: dict[str, Any], target: str, specs: list[Dictionary]
 ) -> tuple[int, float | None]:
     """(mem_mb, flops) of one finetune job: `specs` (one layer's fine-tuned
     dictionaries) trained on `target`'s activations (saesuite.sae.finetune), every
     site they read or predict extracted once."""
     shape = _shape(config, target)
-    sites = {x for s in specs for x in (s.input_site, s.output_site)}
+    sites = {x for s in specs for x in (*s.reads, *s.writes)}
     d_sum = sum(known_site_width(config, target, x.kind) for x in sites)
     tokens = max(s.tokens for s in specs) * 5 // 4  # ~1/5 of chat tokens are masked
     acts = 2 * 4 * tokens * d_sum
@@ -270,13 +271,13 @@ def finetune_estimate(
 
 
 def evaluate_estimate(
-    config: dict[str, Any], lm: str, data: str, specs: list[SAESpec]
+    config: dict[str, Any], lm: str, data: str, specs: list[Dictionary]
 ) -> tuple[int, float | None]:
     """(mem_mb, flops) of one evaluate job: one layer's SAEs (`specs`) through lm."""
     shape = _shape(config, lm)
     ev = config["evaluate"]
     sizes = [dictionary_bytes(shape.site_width(s.site) if shape else 4096, s.width,
-                              skip=s.kind == "skip_transcoder")
+                              skip=s.skip)
              for s in specs]  # fmt: skip
     # On a GPU the SAEs pass through the host one at a time (saesuite.eval.evaluate).
     sae_mb = max(sizes, default=0) if uses_gpu(config, "evaluate") else sum(sizes)

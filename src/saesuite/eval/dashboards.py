@@ -149,7 +149,7 @@ def dashboard_layer(
     arch = ARCHITECTURES[model.config.model_type]
     device = next(model.parameters()).device
     saes = {
-        m.key: (Site.parse(m.input_site), load_released(m.dir).to(device))
+        m.key: (m.dictionary.input_site, load_released(m.dir).to(device))
         for m in job.members
     }
     stats = {

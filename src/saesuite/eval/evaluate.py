@@ -51,7 +51,7 @@ from saesuite.spec import paths
 from saesuite.spec.io import atomic_path, versions, write_json
 from saesuite.spec.jobs import EvalJob
 from saesuite.spec.metrics import DENSE_FREQUENCY, health_warnings, scalar_metrics
-from saesuite.spec.sites import Site, dictionary_sites_error
+from saesuite.spec.sites import Site
 
 ENCODE_BYTES = 2**31  # work tensors while encoding one SAE's batch
 HIST_EDGES = np.linspace(-10.0, 0.0, 41)  # log10 frequency, 0.25 wide
@@ -386,15 +386,12 @@ def evaluate_layer(
     JSON and a per-latent frequency file per SAE, then the layer summary `out`.
     Each dictionary is encoded at its input site and spliced in at its output site:
     an SAE's two sites are one; a transcoder reads an MLP's input and predicts its
-    output (spec.sites.TRANSCODER_SITES), its metrics those of the prediction.
+    output (spec.dictionary.KINDS), its metrics those of the prediction.
 
     On a GPU the SAEs are loaded and evaluated in groups whose weights fit beside the
     model (`job.group_bytes` overrides the budget); each group repeats the clean
     passes, which gives the same metrics as one group."""
     ev = job.evaluate
-    for s in job.members:
-        if why := dictionary_sites_error(s.input_site, s.output_site):
-            raise ValueError(f"dictionary {s.key} {why}")
     ids, mask = load_tokens(data_path)
     ctx = ids.shape[1]
     n_seq = len(ids) if ev["tokens"] is None else max(1, ev["tokens"] // ctx)
@@ -403,7 +400,7 @@ def evaluate_layer(
     shapes = [released_shape(s.dir) for s in job.members]
     model = load_model(job.model_cfg, cache_root)
     for s, (d_in, _) in zip(job.members, shapes):
-        site = Site.parse(s.input_site)
+        site = s.dictionary.input_site
         want = site_width(model, site.kind)
         if d_in != want:
             raise ValueError(
@@ -421,14 +418,15 @@ def evaluate_layer(
         mininterval=progress_interval(),
     ) as bar:  # fmt: skip
         for g in groups:
+            members = [job.members[i] for i in g]
             saes = {
-                job.members[i].key: (
-                    Site.parse(job.members[i].input_site),
-                    Site.parse(job.members[i].output_site),
-                    load_released(job.members[i].dir).to(device),
+                m.key: (
+                    m.dictionary.input_site,
+                    m.dictionary.output_site,
+                    load_released(m.dir).to(device),
                 )
-                for i in g
-            }  # fmt: skip
+                for m in members
+            }
             acc.update(
                 evaluate(
                     model,
@@ -455,8 +453,8 @@ def evaluate_layer(
             s.out,
             {"identity": s.identity, "evaluation": evaluation, "metrics": metrics},
         )
-        summary.append({"key": s.key, "path": s.identity["path"],
-                        "trained_on": s.identity["model"], "json": s.out,
+        summary.append({"key": s.key, "path": s.dictionary.path,
+                        "trained_on": s.dictionary.model, "json": s.out,
                         **scalar_metrics(metrics)})  # fmt: skip
         d_sae = shapes[job.members.index(s)][1]
         for w in health_warnings(d_sae, metrics["dead"], metrics.get("loss_recovered")):

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from saesuite.release.card import model_card, pareto_plot
 from saesuite.spec import paths
 from saesuite.spec.config import REPO_ROOT
+from saesuite.spec.dictionary import KINDS, Dictionary
 from saesuite.spec.io import (
     atomic_path,
     new_dir_beside,
@@ -43,15 +44,13 @@ from saesuite.spec.io import (
     versions,
     write_json,
 )
-from saesuite.spec.jobs import TRANSCODERS, ReleaseJob
+from saesuite.spec.jobs import ReleaseJob
 from saesuite.spec.metrics import scalar_metrics
 from saesuite.spec.releases import hub_model_id, width_label
 from saesuite.spec.sites import (
     CIRCUIT_TRACER_HOOKS,
     CIRCUIT_TRACER_MODEL_TYPES,
     SITE_KINDS,
-    TRANSCODER_SITES,
-    dictionary_sites_error,
     hf_hook_point,
 )
 from saesuite.spec.sparsity import sparsity_label
@@ -65,7 +64,6 @@ PARAMS = {
 }
 CIRCUIT_TRACER_DIR = "circuit_tracer"
 DASHBOARD_DIR = "dashboard"  # in an SAE's folder: its latent dashboard
-IDENTITY = ("layer", "site", "width", "penalty", "value")
 log = logging.getLogger(__name__)
 
 
@@ -73,7 +71,7 @@ log = logging.getLogger(__name__)
 class Entry:
     """One SAE of a release: what it is, where it was trained, how it measured."""
 
-    spec: dict[str, Any]  # layer, site, width, penalty, value, path (kind: not sae)
+    dictionary: Dictionary
     sae_dir: str
     metrics: dict[str, Any]  # scalar metrics on the held-out split
     dashboard: str = ""  # its dashboard folder, copied in as dashboard/ when given
@@ -83,37 +81,32 @@ class Entry:
         return int(round(self.metrics["l0"]))
 
     @property
-    def kind(self) -> str:
-        """spec.jobs.KINDS: "sae", or a transcoder of the layer's MLP (which reads
-        its input, TRANSCODER_SITES[0], and predicts its output, spec["site"])."""
-        return self.spec.get("kind", "sae")
-
-    @property
-    def family(self) -> str:
-        return self.spec["site"] if self.kind == "sae" else self.kind
-
-    @property
-    def in_site(self) -> str:
-        return self.spec["site"] if self.kind == "sae" else TRANSCODER_SITES[0]
+    def identity(self) -> dict[str, Any]:
+        """What the index says the dictionary is (its suite site, not its family)."""
+        d = self.dictionary
+        return {"layer": d.layer, "site": d.site, "width": d.width,
+                "penalty": d.penalty, "value": d.value}  # fmt: skip
 
 
 def sae_path(layout: str, e: Entry, all_layers: bool) -> str:
     """The SAE's folder inside the repo."""
-    L, site, w = e.spec["layer"], e.spec["site"], width_label(e.spec["width"])
+    d = e.dictionary
+    L, w = d.layer, width_label(d.width)
     if layout == "gemma-scope":
         return f"layer_{L}/width_{w}/average_l0_{e.l0_label}"
     if layout == "gemma-scope-2":
         # Gemma Scope 2 keeps plain and skip-transcoders in one folder, the latter
         # suffixed _affine (SAELens's loader reads the kind from the folder name)
-        top = "transcoder" if e.kind != "sae" else SITE_KINDS[site].gs2_folder
+        own = KINDS[d.kind].release_site
+        top = own or SITE_KINDS[d.site].gs2_folder
         top += "_all" if all_layers else ""
-        affine = "_affine" if e.kind == "skip_transcoder" else ""
+        affine = "_affine" if d.skip else ""
         return f"{top}/layer_{L}_width_{w}_l0_{e.l0_label}{affine}"
-    return f"layer_{L}_{e.family}_width_{w}_l0_{e.l0_label}"
+    return f"layer_{L}_{d.family}_width_{w}_l0_{e.l0_label}"
 
 
 def sparsity_suffix(e: Entry) -> str:
-    return sparsity_label(e.spec["penalty"], e.spec["value"], "release")
+    return sparsity_label(e.dictionary.penalty, e.dictionary.value, "release")
 
 
 def folder_paths(
@@ -139,7 +132,8 @@ def folder_paths(
             q = f"{stem}_{sparsity_suffix(e)}{affine}"
             if q in out:
                 raise ValueError(
-                    f"SAEs {out[q].spec['path']} and {e.spec['path']} both map to {q}"
+                    f"SAEs {out[q].dictionary.path} and {e.dictionary.path} both map "
+                    f"to {q}"
                 )
             out[q] = e
     return out
@@ -149,21 +143,23 @@ def canonical(entries: list[Entry], target_l0: float) -> set[str]:
     """Per layer × site × width, the SAE path whose L0 is closest to the target."""
     best: dict[tuple, Entry] = {}
     for e in entries:
-        key = (e.spec["layer"], e.family, e.spec["width"])
+        d = e.dictionary
+        key = (d.layer, d.family, d.width)
         gap = abs(e.metrics["l0"] - target_l0)
         if key not in best or gap < abs(best[key].metrics["l0"] - target_l0):
             best[key] = e
-    return {e.spec["path"] for e in best.values()}
+    return {e.dictionary.path for e in best.values()}
 
 
 def write_sae(layout: str, e: Entry, folder: Path, meta: dict[str, Any]) -> None:
     """Write one SAE's files in `layout` into `folder`."""
     t = load_file(str(paths.sae_file(e.sae_dir, "weights")))
     t = {k: v.float().contiguous() for k, v in t.items()}
-    L, site = e.spec["layer"], e.spec["site"]
-    hook = hf_hook_point(meta["model_type"], L, e.in_site)
+    d = e.dictionary
+    L, site, in_site = d.layer, d.output_site.kind, d.input_site.kind
+    hook = hf_hook_point(meta["model_type"], L, in_site)
     hook_out = hf_hook_point(meta["model_type"], L, site)
-    tc = e.kind != "sae"
+    tc = d.paired
     if layout == "gemma-scope":
         with atomic_path(folder / PARAMS[layout]) as tmp, open(tmp, "wb") as f:
             np.savez(f, **{k: v.numpy() for k, v in t.items()})
@@ -183,8 +179,8 @@ def write_sae(layout: str, e: Entry, folder: Path, meta: dict[str, Any]) -> None
             "model_name": meta["hub_model"],
             "hf_hook_point_in": hook,
             **({"hf_hook_point_out": hook_out,
-                "affine_connection": e.kind == "skip_transcoder"} if tc else {}),
-            "width": e.spec["width"],
+                "affine_connection": d.skip} if tc else {}),
+            "width": d.width,
             "l0": e.metrics["l0"],
         })  # fmt: skip
     else:
@@ -193,13 +189,8 @@ def write_sae(layout: str, e: Entry, folder: Path, meta: dict[str, Any]) -> None
         with atomic_path(folder / PARAMS[layout]) as tmp:
             save_file(t, str(tmp))
         d_in, d_sae = t["W_enc"].shape
-        arch = {
-            "sae": "jumprelu",
-            "transcoder": "jumprelu_transcoder",
-            "skip_transcoder": "jumprelu_skip_transcoder",
-        }[e.kind]
         write_json(folder / "cfg.json", {
-            "architecture": arch,
+            "architecture": KINDS[d.kind].saelens,
             "d_in": int(d_in),
             "d_sae": int(d_sae),
             **({"d_out": int(t["W_dec"].shape[1])} if tc else {}),
@@ -210,7 +201,7 @@ def write_sae(layout: str, e: Entry, folder: Path, meta: dict[str, Any]) -> None
             "reshape_activations": "none",
             "metadata": {
                 "model_name": meta["hub_model"],
-                "hook_name": SITE_KINDS[e.in_site].tl_hook.format(L=L),
+                "hook_name": SITE_KINDS[in_site].tl_hook.format(L=L),
                 "hf_hook_name": hook,
                 **({"hook_name_out": SITE_KINDS[site].tl_hook.format(L=L),
                     "hf_hook_name_out": hook_out} if tc else {}),
@@ -233,9 +224,10 @@ def circuit_tracer_sets(
         return {}
     by_set: dict[tuple, dict[int, str]] = {}
     for path, e in folders.items():
-        if e.kind != "sae":
-            key = (e.kind, e.spec["width"], sparsity_suffix(e))
-            by_set.setdefault(key, {})[e.spec["layer"]] = path
+        d = e.dictionary
+        if d.paired:
+            key = (d.kind, d.width, sparsity_suffix(e))
+            by_set.setdefault(key, {})[d.layer] = path
     sets = {}
     for (kind, width, setting), layers in sorted(by_set.items()):
         if sorted(layers) != list(range(meta["n_layers"])):
@@ -314,32 +306,32 @@ def build_release(
     try:
         index = []
         for p, e in sorted(
-            folders.items(), key=lambda kv: (kv[1].spec["layer"], kv[0])
+            folders.items(), key=lambda kv: (kv[1].dictionary.layer, kv[0])
         ):
+            d = e.dictionary
             write_sae(layout, e, tmp / p, meta)
             if e.dashboard:  # a folder that opens from disk (saesuite.eval.dashboards)
                 shutil.copytree(e.dashboard, tmp / p / DASHBOARD_DIR)
-            layer, site = e.spec["layer"], e.in_site
+            layer, site, out = d.layer, d.input_site.kind, d.output_site.kind
             out_hooks = {}
-            if e.kind != "sae":  # a transcoder: where it reads and where it writes
+            if d.paired:  # a transcoder: where it reads and where it writes
                 out_hooks = {
-                    "hf_hook_out": hf_hook_point(meta["model_type"], layer,
-                                                 e.spec["site"]),
-                    "hook_out": SITE_KINDS[e.spec["site"]].tl_hook.format(L=layer),
-                }  # fmt: skip
+                    "hf_hook_out": hf_hook_point(meta["model_type"], layer, out),
+                    "hook_out": SITE_KINDS[out].tl_hook.format(L=layer),
+                }
             index.append({
                 "id": p.split("/", 1)[1] if layout == "gemma-scope-2" else p,
                 "path": p,
-                **{k: e.spec[k] for k in IDENTITY},
-                "kind": e.kind,
+                **e.identity,
+                "kind": d.kind,
                 "d_in": meta["site_widths"][site],
                 "hf_hook": hf_hook_point(meta["model_type"], layer, site),
                 "hook": SITE_KINDS[site].tl_hook.format(L=layer),
                 **out_hooks,
-                "canonical": e.spec["path"] in best,
+                "canonical": d.path in best,
                 **({"dashboard": f"{p}/{DASHBOARD_DIR}/index.html"}
                    if e.dashboard else {}),
-                "trained_as": e.spec["path"],
+                "trained_as": d.path,
                 **e.metrics,
             })  # fmt: skip
         sets = circuit_tracer_sets(repo, layout, folders, meta)
@@ -427,29 +419,24 @@ def make_release(
     info = read_json(model_info)
     entries, evals = [], []
     for s in job.members:
-        why = dictionary_sites_error(s.input_site, s.output_site)
-        if why is None and (s.kind in TRANSCODERS) != (s.input_site != s.output_site):
-            why = (f"reads {s.input_site} and writes {s.output_site} but is a "
-                   f"{s.kind}: only a transcoder's two sites differ")  # fmt: skip
-        if why:
-            raise ValueError(f"{job.repo}: dictionary {s.spec['path']} {why}")
-        if s.kind == "skip_transcoder" and job.layout == "gemma-scope":
+        if s.dictionary.skip and job.layout == "gemma-scope":
             raise ValueError(
-                f"config key 'release.layout': {s.spec['path']} is a skip-transcoder "
+                f"config key 'release.layout': {s.dictionary.path} is a "
+                "skip-transcoder "
                 "and Gemma Scope 1's layout (gemma-scope) has no skip connection, "
                 "which its readers would drop: use gemma-scope-2 or saelens"
             )
         ev = read_json(s.eval)
         evals.append(ev)
-        entries.append(Entry(s.spec, s.sae_dir, scalar_metrics(ev["metrics"]),
-                             s.dashboard))  # fmt: skip
+        metrics = scalar_metrics(ev["metrics"])
+        entries.append(Entry(s.dictionary, s.sae_dir, metrics, s.dashboard))
     meta = {
         "model": job.model,
         "hub_model": hub_model_id(job.model_cfg),
         "model_type": info["model_type"],
         "n_layers": info["n_layers"],
         "site_widths": info["site_widths"],
-        "release_layers": sorted({e.spec["layer"] for e in entries}),
+        "release_layers": sorted({e.dictionary.layer for e in entries}),
         "context_size": job.data["context_size"],
         "config_hash": config_hash,
         "code": code_version(),

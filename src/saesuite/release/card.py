@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from saesuite.eval.plots import pareto_axes, pareto_series, save_png, subplots
-from saesuite.spec.sites import TRANSCODER_SITES
+from saesuite.spec.dictionary import KINDS
 from saesuite.spec.sparsity import sparsity_label
 
 WEIGHTS = {
@@ -210,7 +210,7 @@ def model_card(
     ]
     hooks = {}  # one row per layer and hook point: a transcoder's input and output
     for r in index:
-        reads = TRANSCODER_SITES[0] if r.get("hf_hook_out") else r["site"]
+        reads = KINDS[r.get("kind", "sae")].reads or r["site"]
         hooks[(r["layer"], reads)] = (r["hf_hook"], r["hook"])
         if r.get("hf_hook_out"):
             hooks[(r["layer"], r["site"])] = (r["hf_hook_out"], r["hook_out"])

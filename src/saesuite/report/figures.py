@@ -38,10 +38,10 @@ from saesuite.eval.plots import (
 from saesuite.eval.tables import html_table
 from saesuite.report.dashboards import dashboards_table
 from saesuite.spec import paths
+from saesuite.spec.dictionary import FAMILY_TITLES
 from saesuite.spec.io import atomic_path, read_json
 from saesuite.spec.metrics import health_warnings
 from saesuite.spec.releases import width_label
-from saesuite.spec.sites import FAMILY_TITLES
 from saesuite.spec.sparsity import sparsity_label
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ def figures(
 ) -> Iterator[tuple[str, Any]]:
     """Every figure of one model's report as (`<site>/<name>`, figure), one at a
     time (the caller saves and closes each). `sae_json` and `train_log` give an SAE's
-    evaluation JSON and training log by its path (SAESpec.path); only the SAEs of a
+    evaluation JSON and training log by its path (Dictionary.path); only the SAEs of a
     site's middle layer are read."""
     df = df[df["model"] == model]
     for site in sorted(df["site"].unique()):

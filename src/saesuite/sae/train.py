@@ -58,9 +58,10 @@ from saesuite.sae.shard import (
 )
 from saesuite.sae.step import dense_step, sparse_step
 from saesuite.spec import paths
+from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.hashing import derived_seed
 from saesuite.spec.io import atomic_open, atomic_path, read_json, versions, write_json
-from saesuite.spec.jobs import TRANSCODERS, DictionarySpec, TrainJob
+from saesuite.spec.jobs import TrainJob
 from saesuite.spec.metrics import DENSE_FREQUENCY, health_warnings
 
 log = logging.getLogger(__name__)
@@ -122,20 +123,23 @@ class Member:
     """One SAE of the job with its optimiser, schedule and dead-latent counter."""
 
     def __init__(
-        self, spec: DictionarySpec, d_in: int, cfg: dict[str, Any], seed: int,
+        self, spec: Dictionary, d_in: int, cfg: dict[str, Any], seed: int,
         device: str, latents: tuple[int, int] | None = None, d_out: int | None = None,
+        out_dir: str = "",
     ):  # fmt: skip
         """`latents`: the block [start, stop) this process holds of a sharded SAE;
-        `d_out`: a transcoder's target width (d_in by default)."""
+        `d_out`: a transcoder's target width (d_in by default); `out_dir`: where its
+        outputs go (TrainJob.out_dir)."""
         self.spec = spec
+        self.out_dir = out_dir
         self.sharded = latents is not None
         start, stop = latents or (0, spec.width)
         self.sae = JumpReLUSAE(
             d_in,
             stop - start,
             d_out=d_out,
-            skip=spec.kind == "skip_transcoder",
-            apply_b_dec_to_input=spec.kind not in TRANSCODERS,
+            skip=spec.skip,
+            apply_b_dec_to_input=not spec.paired,
             threshold_param=cfg["threshold_param"],
             bandwidth=cfg["bandwidth"],
             init_threshold=cfg["init_threshold"],
@@ -312,7 +316,7 @@ def needs_sharding(
 
 
 def sae_groups(
-    saes: list[DictionarySpec], d_in: int, cfg: dict[str, Any], world: int,
+    saes: list[Dictionary], d_in: int, cfg: dict[str, Any], world: int,
     budget: float | None,
 ) -> list[list[int]]:  # fmt: skip
     """Indices of `saes` in groups trained one after another, each within `budget`
@@ -320,7 +324,7 @@ def sae_groups(
     alone, sharded (`needs_sharding`). The batches are a function of the step and
     each SAE's initialisation of its own seed, so grouping does not change results."""
     b = cfg["batch_size"]
-    skips = [s.kind == "skip_transcoder" for s in saes]
+    skips = [s.skip for s in saes]
     sizes = [sae_gpu_bytes(b, d_in, s.width, world, skip=k, prefixes=n_prefixes(cfg))
              for s, k in zip(saes, skips, strict=True)]  # fmt: skip
     alone = frozenset(
@@ -360,17 +364,7 @@ def train_site(
     beside the checkpoint) and resumes the group in its checkpoint; a checkpoint or
     marker of another training config is discarded."""
     cfg = job.train
-    paired = job.input_site != job.output_site
-    for d in job.dictionaries:
-        if (d.kind in TRANSCODERS) != paired or (d.input_site, d.output_site) != (
-            job.input_site, job.output_site
-        ):  # fmt: skip
-            raise ValueError(
-                f"train job of {job.model} ({job.input_site} → {job.output_site}): "
-                f"dictionary {d.path} is a {d.kind} from {d.input_site} to "
-                f"{d.output_site}; an SAE reconstructs the site it reads, a "
-                "transcoder predicts another"
-            )
+    paired = job.dictionaries[0].paired
     rank, world = _dist()
     if cfg["batch_size"] % world:
         raise ValueError(
@@ -404,9 +398,8 @@ def train_site(
 
     def shards(idx: list[int]) -> int | None:
         d = job.dictionaries[idx[0]]
-        skip = d.kind == "skip_transcoder"
         one = len(idx) == 1 and needs_sharding(
-            d.width, reader.d_in, cfg, world, budget, skip
+            d.width, reader.d_in, cfg, world, budget, d.skip
         )
         return world if one else None
 
@@ -445,10 +438,13 @@ def train_site(
         for idx in groups:
             n_shards = shards(idx)
             members = [
-                Member(job.dictionaries[i], reader.d_in, cfg,
-                       sae_seed(job.seed, job.site, job.dictionaries[i].path), device,
-                       bounds(job.dictionaries[i].width, world, rank) if n_shards
-                       else None, d_out=reader.d_out)
+                Member(
+                    job.dictionaries[i], reader.d_in, cfg,
+                    sae_seed(job.seed, job.site, job.dictionaries[i].path), device,
+                    bounds(job.dictionaries[i].width, world, rank) if n_shards
+                    else None, d_out=reader.d_out,
+                    out_dir=job.out_dir(job.dictionaries[i]),
+                )  # fmt: skip
                 for i in idx
             ]  # fmt: skip
             if init:
@@ -470,7 +466,7 @@ def train_site(
                         m, job, scale, reader.n_valid, target_scale
                     ) | (info or {}).get(m.spec.path, {})
                     if info:  # the fine-tuning's own record, beside the trainer's
-                        write_json(paths.sae_file(m.spec.out_dir, "info"),
+                        write_json(paths.sae_file(m.out_dir, "info"),
                                    done[m.spec.path])  # fmt: skip
                 write_json(marker, {"job": fingerprint, "saes": done})
                 _remove_checkpoint(ckpt)
@@ -536,7 +532,7 @@ def _train_group(
     (then raise Preempted)."""
     cfg = job.train
     total = max(m.schedule.total_steps for m in members)
-    logs = [paths.sae_file(m.spec.out_dir, "log") for m in members]
+    logs = [paths.sae_file(m.out_dir, "log") for m in members]
     start = _load_checkpoint(ckpt, members, rank) if ckpt.exists() else 0
     sharded = members[0].sharded  # a sharded SAE trains alone
     if rank == 0:
@@ -654,18 +650,17 @@ def train_step(
     lr = sched.lr_at(step)
     for group in m.opt.param_groups:
         group["lr"] = lr
-    coef = spec.coefficient * sched.lam_factor(step)
+    lambda_ = spec.lambda_ * sched.lam_factor(step)
     mode = cfg["step"]
     if mode == "auto":
         mode = "sparse" if m.last_l0 < cfg["sparse_density"] * spec.width else "dense"
     fn = sparse_step if mode == "sparse" else dense_step
-    l0_target = spec.value if spec.penalty == "target_l0" else None
     if step == 0 and cfg["b_dec_init"] == "mean":
         init_b_dec(m, x if target is None else target, world)
     mu = cfg["frequency_coefficient"] * sched.lam_factor(step)
     dead = dead_mask(m, cfg)
-    stats = fn(m.sae, x, target=target, penalty=spec.penalty, coefficient=coef,
-               target_l0=l0_target, sharded=m.sharded, frequency_coefficient=mu,
+    stats = fn(m.sae, x, target=target, penalty=spec.penalty, coefficient=lambda_,
+               target_l0=spec.target_l0, sharded=m.sharded, frequency_coefficient=mu,
                max_frequency=cfg["max_frequency"], prefixes=m.prefixes,
                pre_act_coefficient=cfg["pre_act_coefficient"],
                dead=None if dead is None else dead.to(x.device))  # fmt: skip
@@ -723,7 +718,7 @@ def train_step(
         "dead": dead,
         "dense": dense,
         "lr": lr,
-        "lambda": coef,
+        "lambda": lambda_,
         "path": mode,
     }
 
@@ -734,11 +729,11 @@ def write_outputs(
 ) -> dict[str, Any]:  # fmt: skip
     """Per SAE: folded release weights, raw training state, and reproduction JSON.
     `target_scale`: a transcoder's target site's scalar (its input's is `scale`)."""
-    out = Path(m.spec.out_dir)
+    out = Path(m.out_dir)
     sae = m.sae.to("cpu")
     with atomic_path(paths.sae_file(out, "state")) as tmp:
         save_file({k: v.contiguous() for k, v in sae.state_dict().items()}, str(tmp))
-    paired = m.spec.kind in TRANSCODERS
+    paired = m.spec.paired
     released = sae.fold_normalization(scale, target_scale if paired else None)
     with atomic_path(paths.sae_file(out, "weights")) as tmp:
         save_file(released.release_tensors(), str(tmp))
@@ -747,18 +742,13 @@ def write_outputs(
         "config_hash": job.config_hash,
         "site": job.site,
         "layer": m.spec.layer,
-        "kind": m.spec.site_kind,
-        **{
-            k: getattr(m.spec, k)
-            for k in (
-                "width",
-                "penalty",
-                "value",
-                "coefficient",
-                "tokens",
-                "path",
-            )
-        },
+        "kind": m.spec.input_site.kind,
+        "width": m.spec.width,
+        "penalty": m.spec.penalty,
+        "value": m.spec.value,
+        "coefficient": m.spec.lambda_,
+        "tokens": m.spec.tokens,
+        "path": m.spec.path,
         "d_in": sae.d_in,
         "steps": m.schedule.total_steps,
         "schedule": {

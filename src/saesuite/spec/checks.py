@@ -7,7 +7,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from saesuite.spec.config import ConfigError, SAESpec, has_chat_template
+from saesuite.spec.config import ConfigError, has_chat_template
+from saesuite.spec.dictionary import Dictionary
 
 PT_TO_IT = "pt->it"
 FORMAT_SHIFT = "format-shift"
@@ -49,7 +50,7 @@ def finetuned_key(base: str, target: str) -> str:
 
 
 def with_finetuned(
-    check: TransferCheck, suite: list[SAESpec], share: float
+    check: TransferCheck, suite: list[Dictionary], share: float
 ) -> TransferCheck:
     """The check with the base's SAEs fine-tuned on its target (share > 0) evaluated
     on the target's data, at the check's layers (every layer of the base's SAEs)."""
@@ -66,8 +67,8 @@ def with_finetuned(
 
 
 def finetuned_specs(
-    config: dict[str, Any], suite: list[SAESpec], checks: list[TransferCheck]
-) -> list[SAESpec]:
+    config: dict[str, Any], suite: list[Dictionary], checks: list[TransferCheck]
+) -> list[Dictionary]:
     """The fine-tuned SAEs of every check: each of the base's SAEs at the check's
     layers under the fine-tuned key, its budget `transfer.finetune_share` of the PT
     one's (at least one batch)."""
@@ -87,12 +88,12 @@ def finetuned_specs(
     return out
 
 
-def models_with_saes(suite: list[SAESpec]) -> set[str]:
+def models_with_saes(suite: list[Dictionary]) -> set[str]:
     return {s.model for s in suite}
 
 
 def transfer_checks(
-    config: dict[str, Any], suite: list[SAESpec]
+    config: dict[str, Any], suite: list[Dictionary]
 ) -> list[TransferCheck]:
     trained = models_with_saes(suite)
     checks = []
@@ -129,7 +130,7 @@ def transfer_checks(
     return [with_finetuned(c, suite, share) for c in checks]
 
 
-def evaluations(config: dict[str, Any], suite: list[SAESpec]) -> list[Evaluation]:
+def evaluations(config: dict[str, Any], suite: list[Dictionary]) -> list[Evaluation]:
     """Every evaluation the workflow runs: each model's SAEs on its own held-out
     split, and those the transfer checks add."""
     out = {Evaluation(m, m, "text") for m in models_with_saes(suite)}

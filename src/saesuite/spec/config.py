@@ -9,20 +9,20 @@ so planning a suite stays fast.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from saesuite.spec.dictionary import KINDS, Dictionary
 from saesuite.spec.hashing import stable_hash
 from saesuite.spec.known_models import known_name, known_shape
 from saesuite.spec.prompts import load_prompts
-from saesuite.spec.sites import TRANSCODER_SITES, Site
-from saesuite.spec.sparsity import sparsity_label
+from saesuite.spec.sites import Site
 
 REPO_ROOT = Path(__file__).resolve().parents[3]  # src/saesuite/spec/config.py
 SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
@@ -286,10 +286,12 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
                 f"config key 'suite.{gi}.skip': a skip connection is a transcoder's; "
                 f"set suite.{gi}.kind: transcoder, or drop skip"
             )
-        if kind == "transcoder" and list(group["sites"]) != [TRANSCODER_SITES[1]]:
+        allowed = KINDS[group_kind(group)].sites
+        if allowed is not None and not set(group["sites"]) <= set(allowed):
             raise ConfigError(
-                f"config key 'suite.{gi}.sites': a transcoder reads an MLP's input "
-                f"and predicts its output: sites must be [mlp], not {group['sites']}"
+                f"config key 'suite.{gi}.sites': a {kind} reads an MLP's input "
+                f"and predicts its output: sites must be [{', '.join(allowed)}], not "
+                f"{group['sites']}"
             )
         for l0 in group["sparsity"].get("target_l0") or []:
             width = min(group["widths"])
@@ -424,48 +426,6 @@ def model_layers(config: dict[str, Any], model_key: str) -> list[int]:
     return sorted(layers)
 
 
-@dataclass(frozen=True, order=True)
-class SAESpec:
-    """One SAE of the suite."""
-
-    model: str
-    layer: int
-    site: str
-    width: int
-    penalty: str  # "l0" (λ·L0) or "target_l0" (quadratic toward L0*)
-    value: float  # λ for "l0", L0* for "target_l0"
-    coefficient: float  # λ of the quadratic penalty (equals value for "l0")
-    tokens: int
-    kind: str = "sae"  # the dictionary's kind (spec.jobs.KINDS)
-
-    @property
-    def input_site(self) -> Site:
-        """The site the dictionary reads: a transcoder's is its MLP's input."""
-        if self.kind != "sae":
-            return Site(self.layer, TRANSCODER_SITES[0])
-        return Site(self.layer, self.site)
-
-    @property
-    def output_site(self) -> Site:
-        """The site it reconstructs (an SAE: the one it reads) or predicts."""
-        return Site(self.layer, self.site)
-
-    @property
-    def family(self) -> str:
-        """What its train job covers and its folder: the site, or the kind of
-        transcoder (spec.sites.FAMILY_TITLES)."""
-        return self.site if self.kind == "sae" else self.kind
-
-    @property
-    def label(self) -> str:
-        return sparsity_label(self.penalty, self.value)
-
-    @property
-    def path(self) -> str:
-        """Relative path of this SAE's folder under <output_root>/<model>/saes/."""
-        return f"layer_{self.layer}/{self.family}/width_{self.width}/{self.label}"
-
-
 def default_tokens(width: int) -> int:
     """Gemma Scope's budget: 4B tokens for 16.4K latents, 16B for 1M, 8B otherwise."""
     if width <= 2**14:
@@ -475,40 +435,49 @@ def default_tokens(width: int) -> int:
     return 8 * 10**9
 
 
-def expand_suite(config: dict[str, Any]) -> list[SAESpec]:
-    """Every SAE of the suite, deduplicated and sorted."""
-    out: set[SAESpec] = set()
+def expand_suite(config: dict[str, Any]) -> list[Dictionary]:
+    """Every dictionary of the suite, deduplicated and sorted."""
+    out: set[Dictionary] = set()
     for gi, g in enumerate(config["suite"]):
         sp = g["sparsity"]
         if "lambdas" in sp:
-            ladder = [("l0", v, v) for v in sp["lambdas"]]
+            ladder = [(lam, None) for lam in sp["lambdas"]]
         else:
-            ladder = [("target_l0", v, sp["lambda"]) for v in sp["target_l0"]]
+            ladder = [(sp["lambda"], l0) for l0 in sp["target_l0"]]
         kind = group_kind(g)
         for mk in group_models(config, gi):
-            for layer in group_layers(config, gi, mk):
-                for site in g["sites"]:
-                    for width in g["widths"]:
-                        tokens = g["tokens"] or default_tokens(width)
-                        for pen, val, coef in ladder:
-                            out.add(SAESpec(mk, layer, site, width, pen, val, coef,
-                                            tokens, kind))  # fmt: skip
+            for layer, site, width in itertools.product(
+                group_layers(config, gi, mk), g["sites"], g["widths"]
+            ):
+                tokens = g["tokens"] or default_tokens(width)
+                for lam, l0 in ladder:
+                    out.add(
+                        Dictionary.of(
+                            mk,
+                            kind,
+                            layer,
+                            site,
+                            width,
+                            tokens,
+                            lambda_=lam,
+                            target_l0=l0,
+                        )
+                    )
     return sorted(out)
 
 
 def group_kind(group: dict[str, Any]) -> str:
-    """The spec.jobs kind of a suite group's dictionaries."""
+    """The KINDS key of a suite group's dictionaries (its `kind` and `skip`)."""
     if group.get("kind", "sae") == "sae":
         return "sae"
     return "skip_transcoder" if group.get("skip") == "affine" else "transcoder"
 
 
 def model_sites(config: dict[str, Any], model_key: str) -> list[Site]:
-    """Every site the model's activation cache must hold."""
-    return sorted(
-        {x for s in expand_suite(config) if s.model == model_key
-         for x in (s.input_site, s.output_site)}
-    )  # fmt: skip
+    """Every site the model's activation cache must hold: what its dictionaries read
+    and what they write."""
+    suite = [d for d in expand_suite(config) if d.model == model_key]
+    return sorted({x for d in suite for x in (*d.reads, *d.writes)})
 
 
 def sequences(config: dict[str, Any], split: str) -> int:

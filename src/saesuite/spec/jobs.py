@@ -13,88 +13,68 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any
 
 from saesuite.spec import paths
-from saesuite.spec.config import SAESpec, config_hash, has_dashboards
+from saesuite.spec.config import config_hash, has_dashboards
+from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.hashing import stable_hash
 from saesuite.spec.paths import activation_identity
-from saesuite.spec.sites import Site
 from saesuite.spec.sizes import dictionary_bytes
 
-# A dictionary's kinds: an SAE reconstructs the site it reads; a transcoder reads one
-# site and predicts another (an MLP's input and output), a skip-transcoder with an
-# affine skip connection too (Gemma Scope 2). Suite groups ask for transcoders
-# (config: kind, skip); training, evaluation and the release layouts take all three
-# (a model's transcoders go to one repo, {site} = transcoder: spec.releases).
-KINDS = ("sae", "transcoder", "skip_transcoder")
-TRANSCODERS = frozenset({"transcoder", "skip_transcoder"})
+
+def _encode(value: Any) -> Any:
+    """A job's field as JSON: a Dictionary by its own to_dict."""
+    if isinstance(value, Dictionary):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)
+        }
+    if isinstance(value, (tuple, list)):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    return value
 
 
 class _Json:
     """JSON both ways: `to_dict` for the rule's params, `from_dict` to read them back.
-    `NESTED` names the fields that hold a tuple of another dataclass."""
+    `NESTED` names the fields that hold another type with a `from_dict`: a tuple of
+    them (a JSON list) or one."""
 
-    NESTED: dict[str, type] = {}
+    NESTED: dict[str, Any] = {}
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        return _encode(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
-        nested = {k: tuple(t(**x) for x in d[k]) for k, t in cls.NESTED.items()}
+        nested = {
+            k: tuple(t.from_dict(x) for x in d[k])
+            if isinstance(d[k], list)
+            else t.from_dict(d[k])
+            for k, t in cls.NESTED.items()
+        }
         return cls(**{**d, **nested})
 
 
 @dataclass(frozen=True)
-class DictionarySpec:
-    """One dictionary of a train job: its kind, the site it reads and the site it
-    reconstructs (equal for an SAE), its width, sparsity, token budget and folder."""
-
-    kind: str
-    input_site: str  # a Site name: layer_5.res
-    output_site: str
-    width: int
-    penalty: str  # "l0" or "target_l0"
-    value: float
-    coefficient: float
-    tokens: int
-    path: str  # under <output_root>/<model>/saes/
-    out_dir: str
-
-    @classmethod
-    def of(cls, spec: SAESpec, root: str) -> DictionarySpec:
-        return cls(spec.kind, spec.input_site.name, spec.output_site.name, spec.width,
-                   spec.penalty, spec.value, spec.coefficient, spec.tokens, spec.path,
-                   paths.sae_dir(root, spec))  # fmt: skip
-
-    @property
-    def layer(self) -> int:
-        return Site.parse(self.input_site).layer
-
-    @property
-    def site_kind(self) -> str:
-        return Site.parse(self.input_site).kind
-
-
-@dataclass(frozen=True)
 class TrainJob(_Json):
-    """Every dictionary of one (model, input site, output site), trained on the same
+    """Every dictionary of one (model, sites read, sites written), trained on the same
     batches. `manifest`, `normalization` and `checkpoint` say where the activations
     are; the rule sets them from its inputs (`located`), so moving the scratch
     filesystem changes neither the params nor the fingerprint."""
 
-    NESTED = {"dictionaries": DictionarySpec}
+    NESTED = {"dictionaries": Dictionary}
 
     model: str
-    input_site: str
-    output_site: str
     seed: int
     shuffle_bucket: int
     train: dict[str, Any]
     identity: dict[str, Any]  # model, source, revision, activation-cache hash
-    dictionaries: tuple[DictionarySpec, ...]
+    dictionaries: tuple[Dictionary, ...]
+    root: str  # output_root: each dictionary's folder is paths.sae_dir(root, d)
     manifest: str = ""
     normalization: str = ""
     checkpoint: str = ""
@@ -103,24 +83,46 @@ class TrainJob(_Json):
 
     LOCATION = ("manifest", "normalization", "checkpoint")
 
+    def __post_init__(self) -> None:
+        first = self.dictionaries[0]
+        for d in self.dictionaries:
+            if (d.reads, d.writes) != (first.reads, first.writes):
+                raise ValueError(
+                    f"train job of {self.model}: {d.path} is a {d.kind} reading "
+                    f"{[s.name for s in d.reads]}, {first.path} a {first.kind} "
+                    f"reading {[s.name for s in first.reads]}: a job trains "
+                    "dictionaries that read and write the same sites"
+                )
+
+    @property
+    def input_site(self) -> str:
+        """The site the activation reader reads (a Site name)."""
+        return self.dictionaries[0].input_site.name
+
+    @property
+    def output_site(self) -> str:
+        """The site it reconstructs or predicts (equal to input_site for SAEs)."""
+        return self.dictionaries[0].output_site.name
+
     @property
     def site(self) -> str:
-        """The site the activation reader reads (the input site)."""
         return self.input_site
 
     @property
     def name(self) -> str:
-        """layer_L.{family}: the input site for SAEs, layer_L.{kind} for transcoders
-        (a layer's plain and skip-transcoders read and write the same sites but are
-        two jobs, which must not share a checkpoint)."""
-        kind = self.dictionaries[0].kind
-        if kind == "sae":
-            return self.input_site
-        return f"layer_{Site.parse(self.input_site).layer}.{kind}"
+        """layer_L.{family}: the input site for SAEs, layer_L.{kind} for paired
+        dictionaries (a layer's plain and skip-transcoders read and write the same
+        sites but are two jobs, which must not share a checkpoint)."""
+        d = self.dictionaries[0]
+        return f"layer_{d.layer}.{d.kind}" if d.paired else self.input_site
+
+    def out_dir(self, d: Dictionary) -> str:
+        """Where dictionary `d` of this job writes its folder."""
+        return paths.sae_dir(self.root, d)
 
     def located(self, manifest: str, normalization: str) -> TrainJob:
         """This job reading the cache at `manifest`, checkpointing beside it."""
-        scratch = str(PurePosixPath(manifest).parent.parent.parent)
+        scratch = paths.scratch_of(manifest)
         ckpt = paths.checkpoint(scratch, self.model, self.name)
         return dataclasses.replace(
             self, manifest=manifest, normalization=normalization, checkpoint=ckpt
@@ -135,16 +137,29 @@ class TrainJob(_Json):
 
 
 @dataclass(frozen=True)
-class EvalMember:
-    """One dictionary of an evaluate job: where it is, where its JSON goes, and the
-    identity its rows in the tables carry."""
+class EvalMember(_Json):
+    """One dictionary of an evaluate or dashboards job: where it is and where its
+    output goes."""
+
+    NESTED = {"dictionary": Dictionary}
 
     key: str  # unique in its job: <model>/<path under saes/> (a dashboard's: the path)
     dir: str
     out: str
-    input_site: str
-    output_site: str
-    identity: dict[str, Any]
+    dictionary: Dictionary
+
+    @property
+    def input_site(self) -> str:
+        return self.dictionary.input_site.name
+
+    @property
+    def output_site(self) -> str:
+        return self.dictionary.output_site.name
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What its rows in the tables say it is (Dictionary.record)."""
+        return self.dictionary.record()
 
 
 @dataclass(frozen=True)
@@ -165,8 +180,12 @@ class EvalJob(_Json):
 
     def evaluation(self, member: EvalMember) -> dict[str, str]:
         """What a member's rows in the tables say of its evaluation."""
-        return {"trained_on": member.identity["model"],
-                "evaluated_on": self.evaluated_on, "data": self.data}  # fmt: skip
+        trained_on = member.dictionary.model
+        return {
+            "trained_on": trained_on,
+            "evaluated_on": self.evaluated_on,
+            "data": self.data,
+        }
 
 
 @dataclass(frozen=True)
@@ -222,26 +241,28 @@ class FinetuneJob(_Json):
     def located(self, corpus: str, normalization: str) -> FinetuneJob:
         """This job reading `corpus` and the base's scalars at `normalization`,
         checkpointing in the scratch that holds them (as TrainJob.located does)."""
-        scratch = str(PurePosixPath(normalization).parent.parent.parent)
+        scratch = paths.scratch_of(normalization)
         trains = tuple(
-            dataclasses.replace(t, normalization=normalization,
-                                checkpoint=paths.checkpoint(scratch, t.model, t.name))
+            dataclasses.replace(
+                t,
+                normalization=normalization,
+                checkpoint=paths.checkpoint(scratch, t.model, t.name),
+            )
             for t in self.trains
-        )  # fmt: skip
+        )
         return dataclasses.replace(self, trains=trains, corpus=corpus)
 
 
 @dataclass(frozen=True)
-class ReleaseMember:
+class ReleaseMember(_Json):
     """One dictionary of a release: what it is, its trained folder, its evaluation."""
 
-    spec: dict[str, Any]  # layer, site, width, penalty, value, path
+    NESTED = {"dictionary": Dictionary}
+
+    dictionary: Dictionary
     sae_dir: str
     eval: str
     n_bytes: int  # its float32 weights (what publishing sends)
-    kind: str = "sae"
-    input_site: str = ""  # Site names, as in DictionarySpec
-    output_site: str = ""
     dashboard: str = ""  # its dashboard folder, when the release includes it
 
 
@@ -264,7 +285,7 @@ class ReleaseJob(_Json):
 
     @property
     def layers(self) -> list[int]:
-        return sorted({m.spec["layer"] for m in self.members})
+        return sorted({m.dictionary.layer for m in self.members})
 
     @property
     def n_bytes(self) -> int:
@@ -284,142 +305,125 @@ class PublishJob(_Json):
     message: str
 
 
-def train_section(train: dict[str, Any], family: str) -> dict[str, Any]:
-    """The train section one family's jobs run with: a transcoder's encoder starts at
-    `transcoder_encoder_init_scale` where that is set, since it reads another site than
-    its decoder writes and the SAE's reason for a small encoder (W_enc = W_decᵀ
-    overshooting) does not carry over. The key itself is dropped, so a job's
-    parameters hold only what shapes its dictionaries and the SAE jobs' stay as they
-    were without it."""
+def train_section(train: dict[str, Any], d: Dictionary) -> dict[str, Any]:
+    """The train section dictionary `d`'s job runs with: a paired dictionary's
+    encoder starts at `transcoder_encoder_init_scale` where that is set, since it
+    reads another site than its decoder writes and the SAE's reason for a small
+    encoder (W_enc = W_decᵀ overshooting) does not carry over. The key itself is
+    dropped, so a job's parameters hold only what shapes its dictionaries and the SAE
+    jobs' stay as they were without it."""
     train = dict(train)
     scale = train.pop("transcoder_encoder_init_scale", None)
-    if family in TRANSCODERS and scale is not None:
+    if d.paired and scale is not None:
         train["encoder_init_scale"] = scale
     return train
 
 
 def train_job(
-    config: dict[str, Any], suite: list[SAESpec], model: str, layer: int, kind: str
-) -> TrainJob:
-    """The train job of one site's SAEs, or of one layer's transcoders of one kind
-    (`kind`: a spec.sites.FAMILY_TITLES key). Only what shapes the dictionaries
-    goes in."""
+    config: dict[str, Any], suite: list[Dictionary], model: str, layer: int,
+    family: str,
+) -> TrainJob:  # fmt: skip
+    """The train job of one site's SAEs, or of one layer's paired dictionaries of
+    one kind (`family`: Dictionary.family). Only what shapes the dictionaries goes
+    in."""
     root = config["output_root"]
     scratch = config.get("scratch_root") or root
-    specs = [s for s in suite if s.model == model and s.layer == layer
-             and s.family == kind]  # fmt: skip
+    specs = [d for d in suite if (d.model, d.layer, d.family) == (model, layer, family)]
     if not specs:
-        raise ValueError(f"no dictionaries of {model} at layer {layer}, {kind}")
+        raise ValueError(f"no dictionaries of {model} at layer {layer}, {family}")
     m = config["models"][model]
     return TrainJob(
         model=model,
-        input_site=specs[0].input_site.name,
-        output_site=specs[0].output_site.name,
         seed=config["seed"],
         shuffle_bucket=config["activations"]["shuffle_bucket"],
-        train=train_section(config["train"], kind),
+        train=train_section(config["train"], specs[0]),
         identity={
             "model": model,
             "source": m["source"],
             "revision": m["revision"],
             "activations": activation_identity(config, model)["hash"],
         },
-        dictionaries=tuple(DictionarySpec.of(s, root) for s in specs),
+        dictionaries=tuple(specs),
+        root=root,
     ).located(paths.manifest(scratch, model), paths.normalization(scratch, model))
 
 
 def finetune_job(
-    config: dict[str, Any], suite: list[SAESpec], finetuned: list[SAESpec],
+    config: dict[str, Any], suite: list[Dictionary], finetuned: list[Dictionary],
     key: str, base: str, target: str, layer: int,
 ) -> FinetuneJob:  # fmt: skip
     """The fine-tuning of `base`'s dictionaries at one layer (`finetuned`: every
-    fine-tuned SAESpec, spec.checks.finetuned_specs) on `target` under `key`, one
-    train job per site family. The train section's λ warm-up is dropped (the states
-    are sparse already) and b_dec kept (not re-initialised)."""
+    fine-tuned Dictionary, spec.checks.finetuned_specs) on `target` under `key`, one
+    train job per family. The train section's λ warm-up is dropped (the states are
+    sparse already) and b_dec kept (not re-initialised)."""
     root = config["output_root"]
-    specs = [s for s in finetuned if s.model == key and s.layer == layer]
+    specs = [d for d in finetuned if d.model == key and d.layer == layer]
     if not specs:
         raise ValueError(f"no fine-tuned dictionaries {key} at layer {layer}")
-    pt = {s.path: s for s in suite if s.model == base}
+    pt = {d.path: d for d in suite if d.model == base}
     m = config["models"][target]
     train = config["train"] | {"lambda_warmup_steps": 0, "b_dec_init": "zeros"}
+    identity = {"model": key, "base": base, "target": target,
+                "source": m["source"], "revision": m["revision"]}  # fmt: skip
     trains, inits = [], []
-    for family in sorted({s.family for s in specs}):
-        group = [s for s in specs if s.family == family]
-        trains.append(TrainJob(
-            model=key,
-            input_site=group[0].input_site.name,
-            output_site=group[0].output_site.name,
-            seed=config["seed"],
-            shuffle_bucket=config["activations"]["shuffle_bucket"],
-            train=train_section(train, family),
-            identity={"model": key, "base": base, "target": target,
-                      "source": m["source"], "revision": m["revision"]},
-            dictionaries=tuple(DictionarySpec.of(s, root) for s in group),
-        ))  # fmt: skip
-        inits.append(tuple(paths.sae_dir(root, pt[s.path]) for s in group))
-    data = {k: config["data"][k] for k in ("context_size", "train_tokens",
-                                           "eval_tokens")}  # fmt: skip
+    for family in sorted({d.family for d in specs}):
+        group = [d for d in specs if d.family == family]
+        trains.append(
+            TrainJob(
+                model=key,
+                seed=config["seed"],
+                shuffle_bucket=config["activations"]["shuffle_bucket"],
+                train=train_section(train, group[0]),
+                identity=identity,
+                dictionaries=tuple(group),
+                root=root,
+            )
+        )
+        inits.append(tuple(paths.sae_dir(root, pt[d.path]) for d in group))
+    keys = ("context_size", "train_tokens", "eval_tokens")
+    data = {k: config["data"][k] for k in keys}
     return FinetuneJob(tuple(trains), base, target, m, data, tuple(inits))
 
 
 def eval_job(
-    config: dict[str, Any], specs: list[SAESpec], lm: str, data: str, layer: int
+    config: dict[str, Any], specs: list[Dictionary], lm: str, data: str, layer: int
 ) -> EvalJob:
     """The dictionaries `specs` (of `layer`; trained on any model of lm's shape), run
     through `lm` on `data` (Workflow.eval_passes says which share a job)."""
     root = config["output_root"]
-    if stray := [s.path for s in specs if s.layer != layer]:
+    if stray := [d.path for d in specs if d.layer != layer]:
         raise ValueError(f"evaluate job of layer {layer} given dictionaries {stray}")
     members = tuple(
         EvalMember(
-            key=f"{s.model}/{s.path}",
-            dir=paths.sae_dir(root, s),
-            out=paths.sae_eval(root, s.model, lm, data, s.path),
-            input_site=s.input_site.name,
-            output_site=s.output_site.name,
-            identity={
-                "model": s.model,
-                "layer": s.layer,
-                "site": s.family,  # a transcoder's rows apart from the MLP's SAEs
-                "width": s.width,
-                "penalty": s.penalty,
-                "value": s.value,
-                "coefficient": s.coefficient,
-                "train_tokens": s.tokens,
-                "path": s.path,
-            },  # fmt: skip
+            key=f"{d.model}/{d.path}",
+            dir=paths.sae_dir(root, d),
+            out=paths.sae_eval(root, d.model, lm, data, d.path),
+            dictionary=d,
         )
-        for s in specs
+        for d in specs
     )
     return EvalJob(lm, data, layer, config["models"][lm], config["evaluate"], members)
 
 
 def dashboard_job(
-    config: dict[str, Any], suite: list[SAESpec], model: str, layer: int
+    config: dict[str, Any], suite: list[Dictionary], model: str, layer: int
 ) -> DashboardJob:
     """Every dictionary of `model` at `layer`, for its dashboards."""
     root = config["output_root"]
     members = tuple(
         EvalMember(
-            key=s.path,
-            dir=paths.sae_dir(root, s),
-            out=paths.dashboard_dir(root, model, s.path),
-            input_site=s.input_site.name,
-            output_site=s.output_site.name,
-            identity={
-                "model": model,
-                "layer": layer,
-                "site": s.family,
-                "width": s.width,
-                "path": s.path,
-            },
-        )  # fmt: skip
-        for s in suite
-        if s.model == model and s.layer == layer
+            key=d.path,
+            dir=paths.sae_dir(root, d),
+            out=paths.dashboard_dir(root, model, d.path),
+            dictionary=d,
+        )
+        for d in suite
+        if d.model == model and d.layer == layer
     )
-    return DashboardJob(model, layer, config["models"][model], config["dashboards"],
-                        config["seed"], members)  # fmt: skip
+    return DashboardJob(
+        model, layer, config["models"][model], config["dashboards"], config["seed"],
+        members,
+    )  # fmt: skip
 
 
 def rollouts_job(config: dict[str, Any], model: str) -> RolloutsJob:
@@ -428,11 +432,11 @@ def rollouts_job(config: dict[str, Any], model: str) -> RolloutsJob:
 
 
 def release_job(
-    config: dict[str, Any], repo: str, specs: list[SAESpec], site_width: int
+    config: dict[str, Any], repo: str, specs: list[Dictionary], site_width: int
 ) -> ReleaseJob:
     """Everything the release rule needs for one repo; `site_width`: the d_in of the
     repo's site (for the bytes it sends)."""
-    models = {s.model for s in specs}
+    models = {d.model for d in specs}
     if len(models) != 1:
         raise ValueError(
             f"config key 'release.repo': '{config['release']['repo']}' puts SAEs of "
@@ -441,36 +445,26 @@ def release_job(
     model = models.pop()
     root = config["output_root"]
     rel = config["release"]
+
+    def dashboard(d: Dictionary) -> str:
+        if rel["dashboards"] and has_dashboards(config, d.layer):
+            return paths.dashboard_dir(root, model, d.path)
+        return ""
+
     members = tuple(
         ReleaseMember(
-            spec={
-                "layer": s.layer,
-                "site": s.site,
-                "width": s.width,
-                "penalty": s.penalty,
-                "value": s.value,
-                "path": s.path,
-                **({"kind": s.kind} if s.kind != "sae" else {}),
-            },  # fmt: skip
-            sae_dir=paths.sae_dir(root, s),
-            eval=paths.sae_eval(root, model, model, "text", s.path),
-            dashboard=(
-                paths.dashboard_dir(root, model, s.path)
-                if rel["dashboards"] and has_dashboards(config, s.layer)
-                else ""
-            ),  # fmt: skip
-            n_bytes=dictionary_bytes(
-                site_width, s.width, skip=s.kind == "skip_transcoder"
-            ),  # fmt: skip
-            kind=s.kind,
-            input_site=s.input_site.name,
-            output_site=s.output_site.name,
+            dictionary=d,
+            sae_dir=paths.sae_dir(root, d),
+            eval=paths.sae_eval(root, model, model, "text", d.path),
+            n_bytes=dictionary_bytes(site_width, d.width, skip=d.skip),
+            dashboard=dashboard(d),
         )
-        for s in sorted(specs)
+        for d in sorted(specs)
     )
-    return ReleaseJob(repo, rel["layout"], model, config["models"][model],
-                      rel["canonical_l0"], rel["license"], config["data"],
-                      config["seed"], config["train"], members)  # fmt: skip
+    return ReleaseJob(
+        repo, rel["layout"], model, config["models"][model], rel["canonical_l0"],
+        rel["license"], config["data"], config["seed"], config["train"], members,
+    )  # fmt: skip
 
 
 def publish_job(config: dict[str, Any], release: ReleaseJob) -> PublishJob:

@@ -6,11 +6,8 @@ from __future__ import annotations
 from pathlib import Path, PurePath
 from typing import Any
 
-from saesuite.spec.config import (
-    SAESpec,
-    model_sites,
-    seqs_per_chunk,
-)
+from saesuite.spec.config import model_sites, seqs_per_chunk
+from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.hashing import stable_hash
 
 CHARS_PER_TOKEN_BUDGET = 10  # corpus text kept per needed token: ~2.5× typical BPE
@@ -57,6 +54,12 @@ def normalization(root: str, model: str) -> str:
     return f"{root}/{model}/activations/normalization.json"
 
 
+def scratch_of(activation_file: str) -> str:
+    """The scratch root that holds a model's `manifest` or `normalization` file
+    (<root>/<model>/activations/<file>): where its checkpoints go too."""
+    return str(PurePath(activation_file).parents[2])
+
+
 def activation_identity(config: dict[str, Any], model: str) -> dict[str, Any]:
     """What determines a model's activation cache; its hash is stored in every chunk."""
     ident = {
@@ -76,8 +79,8 @@ def corpus_chars(config: dict[str, Any]) -> int:
     return (data["train_tokens"] + data["eval_tokens"]) * CHARS_PER_TOKEN_BUDGET
 
 
-def sae_dir(root: str, spec: SAESpec) -> str:
-    return f"{root}/{spec.model}/saes/{spec.path}"
+def sae_dir(root: str, d: Dictionary) -> str:
+    return f"{root}/{d.model}/saes/{d.path}"
 
 
 # The files of one trained dictionary's folder (sae_dir).
@@ -123,7 +126,7 @@ def eval_pass(root: str, lm: str, data: str, layer: int | str) -> str:
 
 
 def sae_eval(root: str, sae_model: str, lm: str, data: str, sae_path: str) -> str:
-    """One SAE's evaluation JSON (`sae_path` as in SAESpec.path); its per-latent
+    """One SAE's evaluation JSON (`sae_path` as in Dictionary.path); its per-latent
     frequencies sit beside it (`frequencies`)."""
     return f"{eval_dir(root, sae_model, lm, data)}/{sae_path}.json"
 

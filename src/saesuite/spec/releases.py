@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from saesuite.spec.config import SAESpec
+from saesuite.spec.dictionary import Dictionary
 
 EMBEDDED_HUB_ID = "google/gemma-3-270m"
 
@@ -28,15 +28,15 @@ def repo_id(config: dict[str, Any], model: str, site: str) -> str:
 
 
 def release_groups(
-    config: dict[str, Any], suite: list[SAESpec]
-) -> dict[str, list[SAESpec]]:
+    config: dict[str, Any], suite: list[Dictionary]
+) -> dict[str, list[Dictionary]]:
     """Dictionaries by the repo they are released in: a site's SAEs, or a model's
     transcoders, plain and skip together, as {site} = "transcoder" (Gemma Scope's
     transcoder repos)."""
-    groups: dict[str, list[SAESpec]] = {}
+    groups: dict[str, list[Dictionary]] = {}
     for spec in suite:
-        site = spec.site if spec.kind == "sae" else "transcoder"
-        groups.setdefault(repo_id(config, spec.model, site), []).append(spec)
+        repo = repo_id(config, spec.model, spec.release_site)
+        groups.setdefault(repo, []).append(spec)
     return groups
 
 

@@ -26,9 +26,6 @@ SITE_KINDS = {
 }
 SITES = tuple(SITE_KINDS)
 SITE_NAMES = {k: v.title for k, v in SITE_KINDS.items()}
-# A transcoder reads an MLP's input (after its pre-norm) and predicts the MLP's output
-# (after its post-norm) at the same layer (Gemma Scope's transcoders).
-TRANSCODER_SITES = ("mlp_in", "mlp")
 # circuit-tracer's names for those two sites (`feature_input_hook`,
 # `feature_output_hook`), and the model types whose circuit-tracer mapping puts them
 # where ours are: the outputs of pre_/post_feedforward_layernorm (Gemma 3), of
@@ -36,29 +33,6 @@ TRANSCODER_SITES = ("mlp_in", "mlp")
 # ln2.hook_normalized is the norm before its weight): no set is written for Gemma 2.
 CIRCUIT_TRACER_HOOKS = ("mlp.hook_in", "hook_mlp_out")
 CIRCUIT_TRACER_MODEL_TYPES = ("gemma3_text", "llama")
-
-
-def dictionary_sites_error(input_site: str, output_site: str) -> str | None:
-    """Why a dictionary may not read `input_site` and write `output_site` (Site
-    names), or None: an SAE reconstructs the site it reads, a transcoder predicts a
-    layer's MLP output from its input. Evaluation and release ask this."""
-    i, o = Site.parse(input_site), Site.parse(output_site)
-    if i == o or (i.layer == o.layer and (i.kind, o.kind) == TRANSCODER_SITES):
-        return None
-    return (
-        f"reads {input_site} and writes {output_site}: an SAE reconstructs the site "
-        f"it reads, a transcoder predicts one layer's MLP output from its input "
-        f"({' → '.join(TRANSCODER_SITES)})"
-    )
-
-
-# What one train job covers at one layer, and its folder under saes/layer_L/: a site's
-# SAEs, or the layer's transcoders of one kind (spec.jobs.KINDS).
-FAMILY_TITLES = {
-    **SITE_NAMES,
-    "transcoder": "transcoder (MLP input → output)",
-    "skip_transcoder": "skip-transcoder (MLP input → output)",
-}
 
 
 @dataclass(frozen=True, order=True)

@@ -19,13 +19,13 @@ from saesuite.spec.checks import (
 )
 from saesuite.spec.config import (
     ConfigError,
-    SAESpec,
     expand_suite,
     has_dashboards,
     known_site_width,
     model_layers,
     n_chunks,
 )
+from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.releases import folder_name, release_groups
 
 
@@ -35,7 +35,7 @@ class Workflow:
         self.root = config["output_root"]
         # activation caches and checkpoints: large and regenerable (a shared scratch)
         self.scratch = config["scratch_root"] or self.root
-        self.suite: list[SAESpec] = expand_suite(config)
+        self.suite: list[Dictionary] = expand_suite(config)
         self.trained = sorted({s.model for s in self.suite})
         self.evaluations: list[Evaluation] = evaluations(config, self.suite)
         self.checks: dict[str, TransferCheck] = {
@@ -43,7 +43,7 @@ class Workflow:
         }
         require_chat_templates(config, list(self.checks.values()))
         # the base's SAEs fine-tuned on each check's target (transfer.finetune_share)
-        self.finetuned: list[SAESpec] = finetuned_specs(
+        self.finetuned: list[Dictionary] = finetuned_specs(
             config, self.suite, list(self.checks.values())
         )
         self.tuned = {c.finetuned: c for c in self.checks.values() if c.finetuned}
@@ -64,25 +64,25 @@ class Workflow:
 
     # -- what one job covers ----------------------------------------------------
 
-    def site_specs(self, model: str, layer: int, kind: str) -> list[SAESpec]:
+    def site_specs(self, model: str, layer: int, kind: str) -> list[Dictionary]:
         """The dictionaries one train job trains (those reading that site)."""
         return [s for s in self.suite if s.model == model and s.layer == layer
                 and s.family == kind]  # fmt: skip
 
-    def layer_specs(self, model: str, layer: int) -> list[SAESpec]:
+    def layer_specs(self, model: str, layer: int) -> list[Dictionary]:
         """The dictionaries of `model` (or of a fine-tuned key) at `layer`."""
         return [s for s in self.suite + self.finetuned
                 if s.model == model and s.layer == layer]  # fmt: skip
 
     def train_families(self, model: str) -> list[tuple[int, str]]:
-        """(layer, family) of each train job of the model (spec.sites.FAMILY_TITLES)."""
+        """(layer, family) of each train job of the model (Dictionary.family)."""
         return sorted({(s.layer, s.family) for s in self.suite if s.model == model})
 
     def model_sites(self, model: str) -> list[tuple[int, str]]:
         """The sites the model's activation cache holds: what its dictionaries read
         and what they reconstruct or predict."""
-        return sorted({(x.layer, x.kind) for s in self.suite if s.model == model
-                       for x in (s.input_site, s.output_site)})  # fmt: skip
+        mine = [d for d in self.suite if d.model == model]
+        return sorted({(x.layer, x.kind) for d in mine for x in (*d.reads, *d.writes)})
 
     # -- input files --------------------------------------------------------------
 
@@ -125,11 +125,11 @@ class Workflow:
                 for L in self.evaluation_layers(e)]  # fmt: skip
 
     @cached_property
-    def eval_passes(self) -> dict[tuple[str, str, int], list[SAESpec]]:
+    def eval_passes(self) -> dict[tuple[str, str, int], list[Dictionary]]:
         """(model run through, data, layer) of each evaluate job → its dictionaries:
         those of every evaluation through that model on that data at that layer (PT
         SAEs, fine-tuned SAEs, an IT model's own), so that they share one clean pass."""
-        out: dict[tuple[str, str, int], dict[SAESpec, None]] = {}
+        out: dict[tuple[str, str, int], dict[Dictionary, None]] = {}
         for e in self.evaluations:
             for L in self.evaluation_layers(e):
                 specs = out.setdefault((e.evaluated_on, e.data, L), {})
@@ -161,7 +161,7 @@ class Workflow:
     def release_inputs(self, name: str) -> list[str]:
         job = self.releases[name]
         out = [paths.eval_pass(self.root, job.model, "text", L) for L in job.layers]
-        out += sorted({paths.dashboards_layer(self.root, job.model, m.spec["layer"])
+        out += sorted({paths.dashboards_layer(self.root, job.model, m.dictionary.layer)
                        for m in job.members if m.dashboard})  # fmt: skip
         return out
 

@@ -1,0 +1,239 @@
+"""A dictionary's identity, the one type that names it from the suite's expansion
+through its jobs to its release entry, and the table of kinds (no torch).
+
+`KINDS` is the only place a kind of dictionary is declared: which sites it reads and
+writes at its layer, whether it has an affine skip connection, and which suite sites
+it may take. Training, evaluation, release, cards and the plan ask a `Dictionary`
+(`paired`, `skip`, `reads`, `writes`, `family`), not its kind's name.
+
+One name per quantity from the config to the loss: a rung of the sparsity ladder is
+`target_l0` (Gemma Scope 2's L0*, None for Gemma Scope 1's λ·L0 penalty) and
+`lambda_` (λ of either penalty; the schema's `lambda`/`lambdas`, with the trailing
+underscore because `lambda` is a Python keyword).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from saesuite.spec.sites import SITE_NAMES, Site
+from saesuite.spec.sparsity import sparsity_label
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one kind of dictionary relates its sites at its layer."""
+
+    name: str
+    title: str  # in the report and model cards
+    reads: str | None  # the site it reads at its layer; None: the suite group's site
+    writes: str | None  # the site it reconstructs or predicts; None: the group's site
+    saelens: str  # SAELens's architecture name (its cfg.json)
+    skip: bool = False  # an affine skip connection (Gemma Scope 2's skip-transcoders)
+    sites: tuple[str, ...] | None = None  # the suite sites it may take; None: any
+    # `{site}` of its release repo and Gemma Scope 2's folder; None: the site's own
+    release_site: str | None = None
+
+    def sites_of(self, layer: int, site: str) -> tuple[tuple[Site], tuple[Site]]:
+        """(reads, writes) of this kind's dictionary for suite site `site`."""
+        return (Site(layer, self.reads or site),), (Site(layer, self.writes or site),)
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        # an SAE reconstructs the site it reads
+        Kind("sae", "sparse autoencoder", None, None, "jumprelu"),
+        # a transcoder reads an MLP's input (after its pre-norm) and predicts the
+        # MLP's output (after its post-norm) at the same layer (Gemma Scope); plain
+        # and skip-transcoders share one repo and folder (Gemma Scope 2's)
+        Kind(
+            "transcoder",
+            "transcoder (MLP input → output)",
+            "mlp_in",
+            "mlp",
+            "jumprelu_transcoder",
+            sites=("mlp",),
+            release_site="transcoder",
+        ),
+        Kind(
+            "skip_transcoder",
+            "skip-transcoder (MLP input → output)",
+            "mlp_in",
+            "mlp",
+            "jumprelu_skip_transcoder",
+            skip=True,
+            sites=("mlp",),
+            release_site="transcoder",
+        ),
+    )
+}
+
+
+# What one train job covers at one layer (Dictionary.family), as the report names
+# it: a site's SAEs, or a paired kind (its folder under saes/layer_L/ and the rules'
+# `kind` wildcard).
+FAMILY_TITLES = {
+    **SITE_NAMES,
+    **{k.name: k.title for k in KINDS.values() if k.reads is not None},
+}
+
+
+@dataclass(frozen=True)
+class Dictionary:
+    """One dictionary of the suite: its model (or a fine-tuned key), kind, the sites
+    it reads and writes, width, sparsity rung and token budget; its folder under
+    <output_root>/<model>/saes/ is `path`."""
+
+    model: str
+    kind: str  # a KINDS key
+    reads: tuple[Site, ...]
+    writes: tuple[Site, ...]
+    width: int
+    lambda_: float  # λ of the penalty (λ·L0, or the quadratic penalty's)
+    target_l0: float | None  # L0* of Gemma Scope 2's quadratic penalty; None: λ·L0
+    tokens: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown dictionary kind '{self.kind}' ({list(KINDS)})")
+        k = KINDS[self.kind]
+        site = self.writes[0].kind if self.writes else "?"
+        if (k.sites is not None and site not in k.sites) or (
+            self.reads, self.writes
+        ) != k.sites_of(self.reads[0].layer, site):  # fmt: skip
+            raise ValueError(
+                f"a {self.kind} of {self.model} reads "
+                f"{[s.name for s in self.reads]} and writes "
+                f"{[s.name for s in self.writes]}: an SAE reconstructs the site it "
+                "reads, a transcoder predicts one layer's MLP output from its input "
+                "(mlp_in → mlp)"
+            )
+
+    @classmethod
+    def of(
+        cls, model: str, kind: str, layer: int, site: str, width: int, tokens: int,
+        *, lambda_: float, target_l0: float | None = None,
+    ) -> Dictionary:  # fmt: skip
+        """The dictionary of `kind` for suite site `site` at `layer`."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown dictionary kind '{kind}' ({list(KINDS)})")
+        k = KINDS[kind]
+        if k.sites is not None and site not in k.sites:
+            raise ValueError(
+                f"a {kind} of {model} at layer {layer} reads "
+                f"{[s.name for s in k.sites_of(layer, site)[0]]}: its suite site "
+                f"must be one of {list(k.sites)}, not '{site}'"
+            )
+        reads, writes = k.sites_of(layer, site)
+        return cls(model, kind, reads, writes, width, lambda_, target_l0, tokens)
+
+    # -- what it is ---------------------------------------------------------------
+
+    @property
+    def layer(self) -> int:
+        return self.reads[0].layer
+
+    @property
+    def site(self) -> str:
+        """The suite site it belongs to: the one it writes."""
+        return self.writes[0].kind
+
+    @property
+    def input_site(self) -> Site:
+        """The one site it reads (every kind so far reads one)."""
+        (s,) = self.reads
+        return s
+
+    @property
+    def output_site(self) -> Site:
+        (s,) = self.writes
+        return s
+
+    @property
+    def paired(self) -> bool:
+        """Whether it reads other sites than it writes (a transcoder)."""
+        return self.reads != self.writes
+
+    @property
+    def skip(self) -> bool:
+        return KINDS[self.kind].skip
+
+    @property
+    def release_site(self) -> str:
+        """`{site}` of its release repo: its kind's, or its own site's."""
+        return KINDS[self.kind].release_site or self.site
+
+    @property
+    def family(self) -> str:
+        """What its train job covers at its layer, and its folder there: an SAE's
+        site, or the kind of a paired dictionary."""
+        return self.kind if self.paired else self.site
+
+    @property
+    def penalty(self) -> str:
+        """ "target_l0" (Gemma Scope 2's quadratic penalty) or "l0" (λ·L0)."""
+        return "l0" if self.target_l0 is None else "target_l0"
+
+    @property
+    def value(self) -> float:
+        """The rung's defining number: L0* of the quadratic penalty, λ of λ·L0 (the
+        evaluation tables' `value` column)."""
+        return self.lambda_ if self.target_l0 is None else self.target_l0
+
+    @property
+    def label(self) -> str:
+        return sparsity_label(self.penalty, self.value)
+
+    @property
+    def path(self) -> str:
+        return f"layer_{self.layer}/{self.family}/width_{self.width}/{self.label}"
+
+    def sort_key(self) -> tuple:
+        return (self.model, self.layer, self.site, self.width, self.penalty,
+                self.value, self.lambda_, self.tokens, self.kind)  # fmt: skip
+
+    def __lt__(self, other: Dictionary) -> bool:
+        return self.sort_key() < other.sort_key()
+
+    def record(self) -> dict[str, Any]:
+        """Its identity in evaluation JSON and tables (`site`: its family, so a
+        transcoder's rows stand apart from the MLP's SAEs)."""
+        return {
+            "model": self.model,
+            "layer": self.layer,
+            "site": self.family,
+            "width": self.width,
+            "penalty": self.penalty,
+            "value": self.value,
+            "coefficient": self.lambda_,
+            "train_tokens": self.tokens,
+            "path": self.path,
+        }
+
+    # -- JSON (a job's params) ------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "kind": self.kind,
+            "reads": [s.name for s in self.reads],
+            "writes": [s.name for s in self.writes],
+            "width": self.width,
+            "lambda": self.lambda_,
+            "target_l0": self.target_l0,
+            "tokens": self.tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Dictionary:
+        return cls(
+            d["model"], d["kind"], tuple(Site.parse(s) for s in d["reads"]),
+            tuple(Site.parse(s) for s in d["writes"]), d["width"], d["lambda"],
+            d["target_l0"], d["tokens"],
+        )  # fmt: skip
+
+    def replace(self, **changes: Any) -> Dictionary:
+        return dataclasses.replace(self, **changes)
