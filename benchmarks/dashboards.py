@@ -64,14 +64,14 @@ def baseline(job, data: str, cache: str, tokens: int, stream: bool) -> float:
     stats = [
         LatentStats(
             s.W_enc.shape[1],
-            k=job.dashboards["top_k"],
-            half_window=job.dashboards["window"],
-            samples=job.dashboards["samples"],
+            k=job.dashboards.top_k,
+            half_window=job.dashboards.window,
+            samples=job.dashboards.samples,
         )
         for _, s in saes
     ]
     sites = sorted({site for site, _ in saes})
-    b = job.dashboards["batch_size"]
+    b = job.dashboards.batch_size
     t = time.perf_counter()
     for lo in range(0, n, b):
         acts = capture(model, ids[lo : lo + b], sites)

@@ -59,6 +59,7 @@ from saesuite.spec.config import schema_defaults
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.io import atomic_open, write_json
 from saesuite.spec.known_models import KNOWN
+from saesuite.spec.sections import TrainConfig
 from saesuite.spec.sites import SITE_NAMES, Site
 
 # Tolerances of the correctness checks: the largest relative error ‖a − b‖ / ‖b‖ over
@@ -249,7 +250,7 @@ def check_steps(device: str, s: dict, kind: str = "sae") -> list[dict[str, Any]]
         if tc:
             base.W_skip.normal_(0, d**-0.5, generator=g)
             y = x @ torch.randn(d, d, generator=g) / d**0.5 + torch.randn(n, d)
-    kw = {"penalty": "l0", "coefficient": 1e-3}
+    kw = {"penalty": "l0", "lambda_": 1e-3}
     grads = {}
     for where, fn in (
         ("cpu", dense_step),
@@ -386,7 +387,7 @@ def training(device: str, s: dict, ceiling: float) -> list[dict[str, Any]]:
         ]
         for w in s["widths"]:
             for mode in ("dense", "sparse"):
-                run = {**cfg, "step": mode}
+                run = TrainConfig.from_dict({**cfg, "step": mode})
                 free(device)
                 base = torch.cuda.memory_allocated(device) if cuda else 0
                 if cuda:

@@ -91,6 +91,7 @@ from saesuite.spec.config import (
     schema_defaults,
 )
 from saesuite.spec.dictionary import Dictionary
+from saesuite.spec.sections import TrainConfig
 from saesuite.spec.sites import Site
 
 WIDTH, TARGET_L0, EVAL_SAMPLES, BATCH = 4096, 20.0, 50_000, 1024
@@ -233,6 +234,7 @@ def train_saesuite(
     recipe = dict(recipe)
     q_lambda = recipe.pop("lambda", DEFAULT_LAMBDA)  # the suite group's, not train's
     cfg = DEFAULT_TRAIN | recipe | {"log_every": 10**9, "device": "cpu"}
+    cfg = TrainConfig.from_dict(cfg)
     scale = scale or float(x.pow(2).sum(-1).mean().sqrt())
     site = Site.parse(SITE)
     if lam is None:

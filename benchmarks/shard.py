@@ -55,7 +55,7 @@ def worker(args: argparse.Namespace) -> None:
         if gpu:
             torch.cuda.synchronize()
         t = time.perf_counter()
-        dense_step(sae, x, penalty="l0", coefficient=1e-3, sharded=world > 1)
+        dense_step(sae, x, penalty="l0", lambda_=1e-3, sharded=world > 1)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if gpu:

@@ -26,6 +26,7 @@ from saesuite.sae.train import Member, train_step
 from saesuite.spec.config import REPO_ROOT, schema_defaults
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.io import read_json
+from saesuite.spec.sections import TrainConfig
 
 CACHE = REPO_ROOT / "results" / "gemma-3-270m" / "activations"
 
@@ -55,15 +56,16 @@ def bench_spec(width: int, tokens: int, lam: float) -> Dictionary:
 
 
 def run_ours(batches, args, hp):
-    cfg = {
+    ours = {k: v for k, v in hp.items() if not k.startswith("_")}  # SAELens's own
+    cfg = TrainConfig.from_dict({
         **schema_defaults("train"),
-        **hp,
+        **ours,
         "step": "auto",
         "log_every": 10**9,  # dead latents are counted on logged steps only
         "sparse_density": 0.05,
         "dead_window_tokens": 10**7,
         "threshold_param": "direct",
-    }
+    })  # fmt: skip
     spec = bench_spec(args.width, args.steps * args.batch, args.l0_coef)
     m = Member(spec, batches.shape[-1], cfg, seed=0, device="cpu")
     times, l0s = [], []
@@ -100,7 +102,13 @@ def run_saelens(batches, args, hp, device: str = "cpu"):
     ours = Member(
         bench_spec(args.width, args.batch, 0.0),
         batches.shape[-1],
-        {**schema_defaults("train"), **hp, "threshold_param": "direct"},
+        TrainConfig.from_dict(
+            {
+                **schema_defaults("train"),
+                **{k: v for k, v in hp.items() if not k.startswith("_")},
+                "threshold_param": "direct",
+            }
+        ),  # fmt: skip
         seed=0,
         device="cpu",
     ).sae

@@ -309,8 +309,8 @@ def test_retrain_benchmark_runs_the_rules_job_under_a_try_and_refuses_bad_ones(
     assert cfg["train"]["lr"] == 2e-3 and cfg["train"]["recipe"] == "saesuite"
     tc = rt.retrain_job(cfg, 9, "transcoder", tmp_path / "half")
     res = rt.retrain_job(cfg, 9, "res", tmp_path / "half")
-    assert tc.train["encoder_init_scale"] == 0.5 and tc.train["lr"] == 2e-3
-    assert res.train["encoder_init_scale"] == 0.1
+    assert tc.train.encoder_init_scale == 0.5 and tc.train.lr == 2e-3
+    assert res.train.encoder_init_scale == 0.1
     assert tc.checkpoint == str(tmp_path / "half" / "checkpoint.pt")
     saes = tmp_path / "half" / "gemma-3-270m" / "saes"
     assert [tc.out_dir(d) for d in tc.dictionaries] == [

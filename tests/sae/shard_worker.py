@@ -34,7 +34,7 @@ def step_kwargs(key: str, rank: int | None = None, world: int = 1) -> dict:
     penalty, target, mu, fractions, pre = PENALTIES[key]
     lo, hi = (0, WIDTH) if rank is None else bounds(WIDTH, world, rank)
     return dict(
-        penalty=penalty, coefficient=0.3, target_l0=target, frequency_coefficient=mu,
+        penalty=penalty, lambda_=0.3, target_l0=target, frequency_coefficient=mu,
         max_frequency=MAX_FREQUENCY, prefixes=prefix_ends(fractions, WIDTH, lo, hi),
         pre_act_coefficient=pre, dead=DEAD[lo:hi], sharded=rank is not None,
     )  # fmt: skip
@@ -115,7 +115,7 @@ def main(out: str) -> None:
                 res["norm"] = clip_grad_norm_(sae, 0.01)
                 res["clipped"] = {k: p.grad.clone() for k, p in sae.named_parameters()}
         tc = shard_of(whole_skip_transcoder(), rank, world)
-        st = fn(tc, x, target=tc_target(), penalty="target_l0", coefficient=0.3,
+        st = fn(tc, x, target=tc_target(), penalty="target_l0", lambda_=0.3,
                 target_l0=4.0, sharded=True)  # fmt: skip
         res[f"{name}/skip_transcoder"] = {
             "stats": [st.loss, st.reconstruction, st.l0, st.fvu],

@@ -206,7 +206,7 @@ def test_the_job_round_trips_and_its_fingerprint_covers_the_recipe(ft_config, tm
     a = located_job(ft_config, tmp_path)
     assert FinetuneJob.from_dict(a.to_dict()) == a
     t = a.trains[0]
-    b = dataclasses.replace(t, train={**t.train, "lr": 2e-3})
+    b = dataclasses.replace(t, train=t.train.replace(lr=2e-3))
     assert t.fingerprint() != b.fingerprint()
     root = ft_config["output_root"]
     assert t.checkpoint == f"{root}/tiny-ft-tiny/checkpoints/layer_1.res.pt"

@@ -13,8 +13,8 @@ from helpers import sae64, x_near_threshold
 from saesuite.sae.jumprelu import JumpReLUSAE, pre_act_penalty, prefix_ends
 from saesuite.sae.step import dense_step, sparse_step
 from saesuite.sae.train import Member, dead_mask, train_step
-from saesuite.spec.config import schema_defaults
 from saesuite.spec.dictionary import Dictionary
+from saesuite.spec.sections import TrainConfig
 
 C_PRE = 0.6
 
@@ -46,8 +46,8 @@ def test_the_matryoshka_loss_adds_each_prefixs_own_reconstruction():
     sae = sae64(d_in=5, d_sae=7)
     x = x_near_threshold(sae)
     ends = prefix_ends([0.3, 0.6], 7)  # (2, 4)
-    plain = sae.training_loss(x, coefficient=0.1)
-    nested = sae.training_loss(x, coefficient=0.1, prefixes=ends)
+    plain = sae.training_loss(x, lambda_=0.1)
+    nested = sae.training_loss(x, lambda_=0.1, prefixes=ends)
     assert float(nested.reconstruction.detach()) == float(plain.reconstruction.detach())
     extra = float((nested.loss - plain.loss).detach())
     assert extra > 0
@@ -63,7 +63,7 @@ def test_the_pre_activation_loss_and_its_gradient_by_hand():
     gap = (theta - pre).clamp_min(0) * dead  # (B, d_sae)
     want = C_PRE * float(gap.sum()) / len(x)
     assert float(pre_act_penalty(pre, theta, dead, C_PRE)) == pytest.approx(want)
-    out = sae.training_loss(x, coefficient=0.0, pre_act_coefficient=C_PRE, dead=dead)
+    out = sae.training_loss(x, lambda_=0.0, pre_act_coefficient=C_PRE, dead=dead)
     assert float(out.sparsity.detach()) == pytest.approx(want)
     out.sparsity.backward()
     below = ((pre < theta) & dead).double()  # where relu(θ − pre) has slope 1
@@ -107,7 +107,7 @@ def test_the_sparse_step_equals_autograd_with_the_new_terms(param, kind, terms):
             sae.W_skip.normal_(0, 0.3)
         target = torch.randn(16, 4, dtype=torch.float64)
     x = x_near_threshold(sae)
-    kw = dict(target=target, penalty="target_l0", coefficient=0.4, target_l0=2.0,
+    kw = dict(target=target, penalty="target_l0", lambda_=0.4, target_l0=2.0,
               dead=torch.tensor([True, False, True, True, False, False, True]),
               **terms)  # fmt: skip
     a = dense_step(sae, x, **kw)
@@ -126,34 +126,37 @@ def test_the_sparse_step_equals_autograd_with_the_new_terms(param, kind, terms):
         torch.testing.assert_close(gb[n], ga[n], msg=n)
 
 
-def member(cfg: dict, width: int = 32) -> Member:
+def member(cfg: TrainConfig, width: int = 32) -> Member:
     spec = Dictionary.of("synthetic", "sae", 0, "res", width, 64 * 10, lambda_=1e-3)
     return Member(spec, 8, cfg, seed=0, device="cpu")
 
 
 def test_the_trainer_derives_prefixes_and_the_dead_mask_from_its_config():
-    cfg = schema_defaults("train") | {"batch_size": 64,
-                                      "matryoshka_fractions": [0.25, 0.5],
-                                      "pre_act_coefficient": 1e-3,
-                                      "pre_act_window_tokens": 128}  # fmt: skip
+    cfg = TrainConfig.defaults(
+        batch_size=64,
+        matryoshka_fractions=[0.25, 0.5],
+        pre_act_coefficient=1e-3,
+        pre_act_window_tokens=128,
+    )
     m = member(cfg)
     assert m.prefixes == (8, 16)
     assert not dead_mask(m, cfg).any()
     m.since_fired[:5] = 128
     m.since_fired[5:9] = 127
     assert dead_mask(m, cfg).tolist() == [True] * 5 + [False] * 27
-    off = member(cfg | {"pre_act_coefficient": 0.0})
+    off = member(cfg.replace(pre_act_coefficient=0.0))
     off.since_fired[:5] = 128
-    assert dead_mask(off, cfg | {"pre_act_coefficient": 0.0}) is None
+    assert dead_mask(off, cfg.replace(pre_act_coefficient=0.0)) is None
 
 
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
 def test_a_training_step_with_both_terms_logs_their_loss(mode):
     """The logged loss includes the Matryoshka and pre-activation terms; the logged
     reconstruction does not."""
-    base = schema_defaults("train") | {"batch_size": 64, "step": mode, "log_every": 1}
-    on = base | {"matryoshka_fractions": [0.25], "pre_act_coefficient": 0.5,
-                 "pre_act_window_tokens": 64}  # fmt: skip
+    base = TrainConfig.defaults(batch_size=64, step=mode, log_every=1)
+    on = base.replace(
+        matryoshka_fractions=(0.25,), pre_act_coefficient=0.5, pre_act_window_tokens=64
+    )
     x = torch.randn(64, 8, generator=torch.Generator().manual_seed(4))
     a, b = member(base), member(on)
     with torch.no_grad():  # a spread of thresholds: some latents miss some tokens

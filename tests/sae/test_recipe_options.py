@@ -15,8 +15,8 @@ from test_sae import closed_form_theta_grad
 from saesuite.sae.jumprelu import JumpReLUSAE, frequency_penalty
 from saesuite.sae.step import dense_step, sparse_step
 from saesuite.sae.train import Member, init_b_dec, train_step
-from saesuite.spec.config import schema_defaults
 from saesuite.spec.dictionary import Dictionary
+from saesuite.spec.sections import TrainConfig
 
 MU, P_MAX = 0.8, 0.3
 
@@ -37,7 +37,7 @@ def test_frequency_penalty_trains_theta_only_by_its_closed_form(param):
     theta = sae.threshold.detach()
     freq = (pre > theta).double().mean(0)
     assert (freq > P_MAX).any() and (freq <= P_MAX).any()  # both sides exercised
-    out = sae.training_loss(x, coefficient=0.0, frequency_coefficient=MU,
+    out = sae.training_loss(x, lambda_=0.0, frequency_coefficient=MU,
                             max_frequency=P_MAX)  # fmt: skip
     assert float(out.sparsity.detach()) == pytest.approx(
         float(MU * ((freq - P_MAX).clamp_min(0) ** 2).sum() / P_MAX)
@@ -59,7 +59,7 @@ def test_frequency_penalty_trains_theta_only_by_its_closed_form(param):
 
 @pytest.mark.parametrize("penalty, target", [("l0", None), ("target_l0", 2.0)])
 def test_sparse_step_equals_autograd_with_the_frequency_penalty(penalty, target):
-    kw = dict(penalty=penalty, coefficient=0.4, target_l0=target,
+    kw = dict(penalty=penalty, lambda_=0.4, target_l0=target,
               frequency_coefficient=MU, max_frequency=P_MAX)  # fmt: skip
     sae = sae64()
     x = x_near_threshold(sae)
@@ -88,14 +88,14 @@ def test_encoder_init_scale_scales_only_the_encoder():
     torch.testing.assert_close(tc.W_enc, 0.1 * tc_one.W_enc)
 
 
-def member(cfg: dict) -> Member:
+def member(cfg: TrainConfig) -> Member:
     spec = Dictionary.of("synthetic", "sae", 0, "res", 32, 64 * 10, lambda_=1e-3)
     return Member(spec, 8, cfg, seed=0, device="cpu")
 
 
 @pytest.mark.parametrize("how", ["zeros", "mean"])
 def test_b_dec_starts_at_the_first_batchs_mean(how):
-    cfg = schema_defaults("train") | {"batch_size": 64, "lr": 1e-3, "b_dec_init": how}
+    cfg = TrainConfig.defaults(batch_size=64, lr=1e-3, b_dec_init=how)
     x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1)) + 3.0
     m = member(cfg)
     train_step(m, x, 0, cfg, 1)
@@ -112,7 +112,7 @@ def test_the_log_counts_dense_and_dead_latents_of_the_batch(mode):
     """log_every 1: each logged step's window is its own batch, so dense = latents
     firing on > 10 % of it, and dead (a run shorter than dead_window_tokens) = those
     not firing on it, both computed here by encoding the batch before the step."""
-    cfg = schema_defaults("train") | {"batch_size": 64, "log_every": 1, "step": mode}
+    cfg = TrainConfig.defaults(batch_size=64, log_every=1, step=mode)
     m = member(cfg)
     with torch.no_grad():
         m.sae.threshold_raw.uniform_(0.5, 3.0)  # a spread of frequencies
@@ -132,10 +132,9 @@ def test_the_log_counts_dense_and_dead_latents_of_the_batch(mode):
 
 @pytest.mark.parametrize("norm", ["unit", "free"])
 def test_decoder_rows_stay_unit_or_train_freely_from_their_init_norm(norm):
-    cfg = schema_defaults("train") | {"batch_size": 64, "lr": 1e-2,
-                                      "decoder_norm": norm}  # fmt: skip
+    cfg = TrainConfig.defaults(batch_size=64, lr=1e-2, decoder_norm=norm)
     if norm == "free":
-        cfg["decoder_init_norm"] = 0.1
+        cfg = cfg.replace(decoder_init_norm=0.1)
     m = member(cfg)
     start = m.sae.W_dec.detach().norm(dim=1)
     want = 1.0 if norm == "unit" else 0.1
@@ -165,5 +164,5 @@ def test_a_decoder_init_norm_needs_a_free_decoder():
 
 def test_integer_adam_betas_from_yaml_are_taken():
     """`adam_beta1: 0` in a YAML config is an int, which torch's Adam refuses."""
-    m = member(schema_defaults("train") | {"adam_beta1": 0})
+    m = member(TrainConfig.defaults(adam_beta1=0))
     assert m.opt.param_groups[0]["betas"] == (0.0, 0.999)

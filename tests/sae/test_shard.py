@@ -99,7 +99,7 @@ def test_a_sharded_skip_transcoder_gives_the_whole_ones_loss_and_gradients(ranks
     """Issue 16: a skip-transcoder's latents shard as an SAE's do; its W_skip (and
     b_dec) stay whole on every process, with the same gradient on each."""
     full, x, y = w.whole_skip_transcoder(), w.batch(), w.tc_target()
-    st = dense_step(full, x, target=y, penalty="target_l0", coefficient=0.3,
+    st = dense_step(full, x, target=y, penalty="target_l0", lambda_=0.3,
                     target_l0=4.0)  # fmt: skip
     assert st.fired.any() and not st.fired.all()
     for r in ranks:
@@ -116,7 +116,7 @@ def test_a_sharded_skip_transcoder_gives_the_whole_ones_loss_and_gradients(ranks
 
 def test_clipping_uses_the_norm_of_the_whole_gradient(ranks):
     full, x = w.whole(), w.batch()
-    dense_step(full, x, penalty="l0", coefficient=0.3)
+    dense_step(full, x, penalty="l0", lambda_=0.3)
     norm = torch.nn.utils.clip_grad_norm_(full.parameters(), 0.01)
     assert norm > 0.01  # it did clip
     for r in ranks:

@@ -34,14 +34,15 @@ from saesuite.sae.train import (
     train_site,
     train_step,
 )
-from saesuite.spec.config import REPO_ROOT, schema_defaults
+from saesuite.spec.config import REPO_ROOT
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.io import read_json, write_json
 from saesuite.spec.jobs import TrainJob
+from saesuite.spec.sections import TrainConfig
 from saesuite.spec.sites import Site
 
 D, ATOMS = 16, 48
-TRAIN = schema_defaults("train") | {
+TRAIN = TrainConfig.defaults({
     "batch_size": 128, "lr": 3e-3, "lr_warmup_steps": 1000, "lr_decay": "none",
     "lr_decay_fraction": 0.2, "adam_beta1": 0.0, "adam_beta2": 0.999, "adam_eps": 1e-8,
     "lambda_warmup_steps": 10000, "max_lr_warmup_fraction": 0.05,
@@ -49,7 +50,7 @@ TRAIN = schema_defaults("train") | {
     "threshold_param": "direct", "step": "auto", "sparse_density": 0.3,
     "checkpoint_every": 10, "log_every": 5, "dead_window_tokens": 5000,
     "device": "cpu", "nproc": 1,
-}  # fmt: skip
+})  # fmt: skip
 
 
 def sparse_data(n: int, seed: int = 0) -> torch.Tensor:
@@ -91,15 +92,21 @@ def make_job(store: Path, out: Path, tokens=128 * 60, **train) -> TrainJob:
         for lam in (1e-3, 3e-2)
     )
     return TrainJob(
-        model="synthetic", root=str(out), seed=3, shuffle_bucket=2048,
-        train={**TRAIN, **train}, identity={"model": "synthetic"}, dictionaries=saes,
+        model="synthetic",
+        root=str(out),
+        seed=3,
+        shuffle_bucket=2048,
+        train=TRAIN.replace(**train),
+        identity={"model": "synthetic"},
+        dictionaries=saes,
         manifest=str(store / "manifest.json"),
-        normalization=str(store / "norm.json"), checkpoint=str(out / "ckpt.pt"),
-    )  # fmt: skip
+        normalization=str(store / "norm.json"),
+        checkpoint=str(out / "ckpt.pt"),
+    )
 
 
 def test_schedule_scales_warmups_and_shapes():
-    cfg = {**TRAIN, "batch_size": 4096, "lr": 7e-5}
+    cfg = TRAIN.replace(batch_size=4096, lr=7e-5)
     s = make_schedule(1_000_000, cfg)
     assert s.total_steps == 244 and s.lr_warmup == 12 and s.lam_warmup == 48
     assert s.lr_at(0) == pytest.approx(7e-6)
@@ -109,7 +116,7 @@ def test_schedule_scales_warmups_and_shapes():
     big = make_schedule(4 * 10**9, cfg)  # Gemma Scope's own run: nothing capped
     assert (big.lr_warmup, big.lam_warmup) == (1000, 10000)
     for decay in ("linear", "cosine"):
-        d = make_schedule(1_000_000, {**cfg, "lr_decay": decay})
+        d = make_schedule(1_000_000, cfg.replace(lr_decay=decay))
         assert d.lr_at(d.total_steps - d.decay_steps) == pytest.approx(7e-5)
         assert d.lr_at(d.total_steps - 1) < 7e-5 * 0.05
 
@@ -297,12 +304,12 @@ def test_groups_that_fit_a_device_train_like_one_job_and_resume(
     want = short_reference
     job = make_job(store, tmp_path, tokens=SHORT, checkpoint_every=1000)
     specs = list(job.dictionaries)
-    one = sae_gpu_bytes(job.train["batch_size"], D, 64, 1)
+    one = sae_gpu_bytes(job.train.batch_size, D, 64, 1)
     assert sae_groups(specs, D, job.train, 1, 2 * one) == [[0, 1]]
     assert sae_groups(specs, D, job.train, 1, one) == [[0], [1]]
     assert sae_groups(specs, D, job.train, 1, None) == [[0, 1]]
     # Over 2 processes each SAE needs less (half the batch's work tensors): both fit
-    two = sae_gpu_bytes(job.train["batch_size"], D, 64, 2)
+    two = sae_gpu_bytes(job.train.batch_size, D, 64, 2)
     assert sae_groups(specs, D, job.train, 2, 2 * two) == [[0, 1]]
     # and one that fits no device data-parallel trains alone, sharded
     assert not needs_sharding(64, D, job.train, 2, two)
@@ -340,7 +347,7 @@ def test_a_checkpoint_of_another_config_is_not_resumed(
     with pytest.raises(Preempted):
         train_site(job, stop_at=lambda step: step == 100)
     assert Path(job.checkpoint).exists()
-    changed = replace(job, train={**job.train, "log_every": 7})
+    changed = replace(job, train=job.train.replace(log_every=7))
     assert changed.fingerprint() != job.fingerprint()
     # where the files are and the config's hash are not part of the fingerprint
     moved = replace(job, checkpoint="/elsewhere/ckpt.pt", config_hash="abc")
@@ -409,7 +416,7 @@ def mixed_job(store: Path, out: Path) -> TrainJob:
     alone with its latents split between the processes."""
     job = make_job(store, out, tokens=128 * 80)
     narrow = replace(job.dictionaries[1], width=16)
-    b = job.train["batch_size"]
+    b = job.train.batch_size
     budget = sae_gpu_bytes(b, D, 16, 2)
     assert sae_gpu_bytes(b, D, 64, 2) > budget
     return replace(job, dictionaries=(job.dictionaries[0], narrow), group_bytes=budget)
@@ -648,14 +655,14 @@ def test_fused_adam_steps_equal_per_tensor_adam_on_the_sparse_path():
     independent implementation), also for the sparse step's transposed ∂W_enc: torch
     2.13's fused CPU kernel misreads non-contiguous gradients, which
     `contiguous_grads` guards against (without it W_enc differs by ~1e-2 here)."""
-    cfg = {**TRAIN, "step": "sparse", "lr": 1e-2, "lr_warmup_steps": 0}
+    cfg = TRAIN.replace(step="sparse", lr=1e-2, lr_warmup_steps=0)
     spec = Dictionary.of("synthetic", "sae", 0, "res", 64, 128 * 5, lambda_=1e-3)
     fused = Member(spec, D, cfg, seed=3, device="cpu")
     assert fused.opt.defaults["fused"]
     plain = Member(spec, D, cfg, seed=3, device="cpu")
     plain.opt = torch.optim.Adam(
-        plain.sae.parameters(), lr=cfg["lr"], betas=(0.0, 0.999),
-        eps=cfg["adam_eps"], foreach=False,
+        plain.sae.parameters(), lr=cfg.lr, betas=(0.0, 0.999),
+        eps=cfg.adam_eps, foreach=False,
     )  # fmt: skip
     x = sparse_data(128 * 5, seed=4)
     for step in range(5):

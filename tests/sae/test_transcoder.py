@@ -71,7 +71,7 @@ def test_transcoder_gradients_equal_the_definition(skip, step):
     t = transcoder(skip)
     x, y = batch(t)
     want = independent(t, x, y, coef=0.3)
-    stats = step(t, x, target=y, penalty="l0", coefficient=0.3)
+    stats = step(t, x, target=y, penalty="l0", lambda_=0.3)
     got = {n: v.grad for n, v in t.named_parameters()}
     assert set(got) == set(want) and ("W_skip" in got) == skip
     assert want["threshold_raw"].abs().sum() > 0  # the kernel window is hit

@@ -203,12 +203,13 @@ def test_transcoders_start_from_their_own_encoder_scale_and_saes_jobs_stay(tmp_p
     def scales(train: dict) -> tuple[dict, dict[str, float]]:
         wf = Workflow(load_config({**cfg, "train": train}))
         params = {k: wf.train_params("tiny", 1, k) for k in kinds}
-        assert all("transcoder_encoder_init_scale" not in p["train"]
+        # resolved into encoder_init_scale, so no job's params hold it
+        assert all(p["train"]["transcoder_encoder_init_scale"] is None
                    for p in params.values())  # fmt: skip
         got = {k: p["train"]["encoder_init_scale"] for k, p in params.items()}
         tuned = jobs.FinetuneJob.from_dict(wf.finetune_params("tiny-ft-tiny", 1))
         assert {
-            t.dictionaries[0].kind.replace("sae", "mlp"): t.train["encoder_init_scale"]
+            t.dictionaries[0].kind.replace("sae", "mlp"): t.train.encoder_init_scale
             for t in tuned.trains
         } == got  # fmt: skip
         return params, got

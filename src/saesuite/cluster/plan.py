@@ -170,7 +170,10 @@ def gpu_memory(config: dict[str, Any]) -> tuple[list[str], list[str]]:
     for s in expand_suite(config):
         jobs.setdefault((s.model, s.layer, s.family), []).append(s)
     found: dict[tuple, list[int]] = {}
-    batch, pre = config["train"]["batch_size"], n_prefixes(config["train"])
+    batch, pre = (
+        config["train"]["batch_size"],
+        n_prefixes(config["train"]["matryoshka_fractions"]),
+    )
     for (model, layer, site), specs in sorted(jobs.items()):
         shape = known_shape(config["models"][model]["source"])
         if shape is None:

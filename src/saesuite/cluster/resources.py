@@ -26,6 +26,7 @@ An unknown model (not in known_models) gets conservative fixed requests.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +122,9 @@ def train_mem_mb(config: dict[str, Any], specs: list[Dictionary], d_in: int) -> 
     return int((bucket + saes) / 2**20 * 1.5) + BASE_MB
 
 
-def n_prefixes(train: dict[str, Any]) -> int:
+def n_prefixes(fractions: Sequence[float] | None) -> int:
     """The Matryoshka loss's inner prefixes (train.matryoshka_fractions)."""
-    return len(train.get("matryoshka_fractions") or ())
+    return len(fractions or ())
 
 
 def sae_gpu_bytes(

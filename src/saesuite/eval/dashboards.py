@@ -142,7 +142,7 @@ def dashboard_layer(
     `out` is the layer's summary, written last."""
     cfg = job.dashboards
     ids, mask = load_tokens(data_path)
-    n_seq = max(1, min(len(ids), cfg["tokens"] // ids.shape[1]))
+    n_seq = max(1, min(len(ids), cfg.tokens // ids.shape[1]))
     ids, mask = ids[:n_seq], mask[:n_seq]
     model = load_model(job.model_cfg, cache_root)
     tok = load_tokenizer(job.model_cfg, cache_root)
@@ -155,15 +155,15 @@ def dashboard_layer(
     stats = {
         key: LatentStats(
             sae.W_enc.shape[1],
-            k=cfg["top_k"],
-            half_window=cfg["window"],
-            samples=cfg["samples"],
+            k=cfg.top_k,
+            half_window=cfg.window,
+            samples=cfg.samples,
             seed=job.seed,
         )
         for key, (_, sae) in saes.items()
     }
     sites = sorted({site for site, _ in saes.values()})
-    batch = cfg["batch_size"]
+    batch = cfg.batch_size
     with tqdm(
         total=n_seq, unit="seq", desc="dashboards", mininterval=progress_interval()
     ) as bar:
@@ -180,7 +180,7 @@ def dashboard_layer(
         key: logit_effects(
             decoder_in_residual(model, sae, site, arch).to(W_U.device),
             W_U,
-            n=cfg["logit_tokens"],
+            n=cfg.logit_tokens,
         )
         for key, (site, sae) in saes.items()
     }

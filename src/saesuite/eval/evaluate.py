@@ -51,6 +51,7 @@ from saesuite.spec import paths
 from saesuite.spec.io import atomic_path, versions, write_json
 from saesuite.spec.jobs import EvalJob
 from saesuite.spec.metrics import DENSE_FREQUENCY, health_warnings, scalar_metrics
+from saesuite.spec.sections import EvaluateConfig
 from saesuite.spec.sites import Site
 
 ENCODE_BYTES = 2**31  # work tensors while encoding one SAE's batch
@@ -361,7 +362,7 @@ def released_bytes(sae_dir: str | Path) -> int:
         return sum(4 * math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
-def device_sae_budget(model: torch.nn.Module, ev: dict[str, Any], ctx: int):
+def device_sae_budget(model: torch.nn.Module, ev: EvaluateConfig, ctx: int):
     """Bytes of SAE weights one pass may hold on the model's GPU (None on CPU): what
     the GPU has after the model, less the work of encoding and the head's logits."""
     device = next(model.parameters()).device
@@ -369,7 +370,7 @@ def device_sae_budget(model: torch.nn.Module, ev: dict[str, Any], ctx: int):
         return None
     total = torch.cuda.get_device_properties(device).total_memory
     vocab = model.config.vocab_size
-    logits = 3 * ev["loss_batch_size"] * ctx * vocab * 4  # clean, spliced, p
+    logits = 3 * ev.loss_batch_size * ctx * vocab * 4  # clean, spliced, p
     work = ENCODE_BYTES + logits
     return max(0.0, GPU_HEADROOM * total - torch.cuda.memory_allocated(device) - work)
 
@@ -394,8 +395,8 @@ def evaluate_layer(
     ev = job.evaluate
     ids, mask = load_tokens(data_path)
     ctx = ids.shape[1]
-    n_seq = len(ids) if ev["tokens"] is None else max(1, ev["tokens"] // ctx)
-    n_loss = n_seq if ev["loss_tokens"] is None else max(1, ev["loss_tokens"] // ctx)
+    n_seq = len(ids) if ev.tokens is None else max(1, ev.tokens // ctx)
+    n_loss = n_seq if ev.loss_tokens is None else max(1, ev.loss_tokens // ctx)
     ids, mask = ids[:n_seq], mask[:n_seq]
     shapes = [released_shape(s.dir) for s in job.members]
     model = load_model(job.model_cfg, cache_root)
@@ -433,9 +434,9 @@ def evaluate_layer(
                     ids,
                     mask,
                     saes,
-                    batch_size=ev["batch_size"],
+                    batch_size=ev.batch_size,
                     loss_sequences=n_loss,
-                    loss_batch_size=ev["loss_batch_size"],
+                    loss_batch_size=ev.loss_batch_size,
                     progress=bar.update,
                 )
             )

@@ -127,7 +127,7 @@ def make_rollouts(
         job.context_size,
         job.seed,
     )
-    prompts = load_prompts(transfer["prompts"])
+    prompts = load_prompts(transfer.prompts)
     tokenizer = load_tokenizer(model_cfg, cache_root)
     template = chat_template(tokenizer, model_cfg, model_type)
     model = load_model(model_cfg, cache_root)
@@ -136,18 +136,18 @@ def make_rollouts(
         tokenizer,
         template,
         prompts,
-        n_seqs=max(1, transfer["tokens"] // ctx),
+        n_seqs=max(1, transfer.tokens // ctx),
         ctx=ctx,
-        temperature=transfer["temperature"],
-        batch_size=transfer["batch_size"],
+        temperature=transfer.temperature,
+        batch_size=transfer.batch_size,
         seed=seed,
     )
     save_tokens(out["data"], ids, mask)
     info = {
         "model": job.model,
         "role": model_cfg["role"],
-        "prompts": str(transfer["prompts"] or "saesuite:spec/prompts.txt"),
-        "temperature": transfer["temperature"],
+        "prompts": str(transfer.prompts or "saesuite:spec/prompts.txt"),
+        "temperature": transfer.temperature,
         "seed": seed,
         "context_size": ctx,
         **stats,

@@ -443,7 +443,7 @@ def make_release(
         "versions": versions(("sae-lens", "huggingface_hub")),
         "data": job.data,
         "seed": job.seed,
-        "train": job.train,
+        "train": job.train.to_dict(),
         "license": job.license,
         "canonical_l0": job.canonical_l0,
         "source_note": source_note(job.model_cfg),

@@ -134,7 +134,7 @@ def finetune_layer(
         paired = t.output_site != t.input_site
         reader = MemoryReader(
             acts[t.input_site], acts[t.output_site] if paired else None,
-            batch_size=t.train["batch_size"], seed=t.seed,
+            batch_size=t.train.batch_size, seed=t.seed,
             scale=norm[t.input_site], target_scale=norm[t.output_site],
         )  # fmt: skip
         tokens = max(d.tokens for d in t.dictionaries)

@@ -5,7 +5,7 @@ decoder-norm constraint, and folding the input normalisation into released weigh
     sae = JumpReLUSAE(d_in=640, d_sae=4096)
     f = sae.encode(x)            # (B, d_sae)
     x_hat = sae.decode(f)        # (B, d_in)
-    out = sae.training_loss(x, penalty="l0", coefficient=1e-3)
+    out = sae.training_loss(x, penalty="l0", lambda_=1e-3)
 
 Public API, used by the trainer (`saesuite.sae.train`), evaluation and release.
 """
@@ -80,16 +80,16 @@ class LossOutput(NamedTuple):
 def sparsity_penalty(
     l0_per_token: torch.Tensor,
     penalty: Penalty,
-    coefficient: float,
+    lambda_: float,
     target_l0: float | None,
 ) -> torch.Tensor:
     """λ·mean(L0) (Gemma Scope) or λ·mean((2/L0*)·(L0 − L0*)²) (Gemma Scope 2; per
     token, then the batch mean, as SAELens's "quadratic" mode)."""
     if penalty == "l0":
-        return coefficient * l0_per_token.mean()
+        return lambda_ * l0_per_token.mean()
     if target_l0 is None or target_l0 <= 0:
         raise ValueError("penalty 'target_l0' needs a positive target_l0")
-    return coefficient * (2.0 / target_l0 * (l0_per_token - target_l0) ** 2).mean()
+    return lambda_ * (2.0 / target_l0 * (l0_per_token - target_l0) ** 2).mean()
 
 
 def frequency_penalty(
@@ -274,7 +274,7 @@ class JumpReLUSAE(nn.Module):
         *,
         target: torch.Tensor | None = None,
         penalty: Penalty = "l0",
-        coefficient: float = 0.0,
+        lambda_: float = 0.0,
         target_l0: float | None = None,
         sharded: bool = False,
         frequency_coefficient: float = 0.0,
@@ -314,7 +314,7 @@ class JumpReLUSAE(nn.Module):
             lo = hi
         fires = StepFn.apply(pre, theta, self.bandwidth)  # (B, d_sae)
         l0 = total(fires.sum(-1))  # (B,)
-        sparse = sparsity_penalty(l0, penalty, coefficient, target_l0)
+        sparse = sparsity_penalty(l0, penalty, lambda_, target_l0)
         if frequency_coefficient > 0:  # a shard sums its own latents' terms
             freq = frequency_penalty(
                 fires.mean(0), frequency_coefficient, max_frequency

@@ -62,7 +62,7 @@ def dense_step(
     *,
     target: torch.Tensor | None = None,
     penalty: Penalty,
-    coefficient: float,
+    lambda_: float,
     target_l0: float | None = None,
     sharded: bool = False,
     frequency_coefficient: float = 0.0,
@@ -73,7 +73,7 @@ def dense_step(
 ) -> StepStats:
     y = x if target is None else target
     out = sae.training_loss(
-        x, target=target, penalty=penalty, coefficient=coefficient,
+        x, target=target, penalty=penalty, lambda_=lambda_,
         target_l0=target_l0, sharded=sharded,
         frequency_coefficient=frequency_coefficient, max_frequency=max_frequency,
         prefixes=prefixes, pre_act_coefficient=pre_act_coefficient, dead=dead,
@@ -150,7 +150,7 @@ def sparse_step(
     *,
     target: torch.Tensor | None = None,
     penalty: Penalty,
-    coefficient: float,
+    lambda_: float,
     target_l0: float | None = None,
     sharded: bool = False,
     frequency_coefficient: float = 0.0,
@@ -208,7 +208,7 @@ def sparse_step(
     err_sq = err.pow(2).sum()
     recon = err_sq / B
     l0_f = reduce(l0_tok.to(x.dtype))  # over all latents
-    sparse = sparsity_penalty(l0_f, penalty, coefficient, target_l0)
+    sparse = sparsity_penalty(l0_f, penalty, lambda_, target_l0)
 
     # ∂/∂f at active latents: G_g[b] · W_dec[c] for latent c of group g
     if prefixes:
@@ -265,9 +265,9 @@ def sparse_step(
         g_theta.index_add_(0, kc, -(theta[kc] / eps) * k * g_f_k)
         # sparsity through the step: −(1/ε) K ∂penalty/∂L0_b
         if penalty == "l0":
-            dpen = torch.full((B,), coefficient / B, dtype=x.dtype, device=x.device)
+            dpen = torch.full((B,), lambda_ / B, dtype=x.dtype, device=x.device)
         else:
-            dpen = coefficient * (4.0 / target_l0) * (l0_f - target_l0) / B
+            dpen = lambda_ * (4.0 / target_l0) * (l0_f - target_l0) / B
         g_theta.index_add_(0, kc, -(1.0 / eps) * k * dpen[kr])
         if frequency_coefficient > 0:
             g_theta.index_add_(0, kc, -(1.0 / eps) * k * dfreq[kc])

@@ -63,6 +63,7 @@ from saesuite.spec.hashing import derived_seed
 from saesuite.spec.io import atomic_open, atomic_path, read_json, versions, write_json
 from saesuite.spec.jobs import TrainJob
 from saesuite.spec.metrics import DENSE_FREQUENCY, health_warnings
+from saesuite.spec.sections import TrainConfig
 
 log = logging.getLogger(__name__)
 # device types with torch's fused Adam kernel
@@ -102,20 +103,18 @@ class Schedule:
         return 1.0 if self.lam_warmup == 0 else min(1.0, (step + 1) / self.lam_warmup)
 
 
-def make_schedule(tokens: int, cfg: dict[str, Any]) -> Schedule:
+def make_schedule(tokens: int, cfg: TrainConfig) -> Schedule:
     """Steps for a token budget; warm-ups capped at a share of the run."""
-    total = max(1, tokens // cfg["batch_size"])
+    total = max(1, tokens // cfg.batch_size)
     return Schedule(
         total_steps=total,
-        lr=cfg["lr"],
-        lr_warmup=min(
-            cfg["lr_warmup_steps"], int(cfg["max_lr_warmup_fraction"] * total)
-        ),
+        lr=cfg.lr,
+        lr_warmup=min(cfg.lr_warmup_steps, int(cfg.max_lr_warmup_fraction * total)),
         lam_warmup=min(
-            cfg["lambda_warmup_steps"], int(cfg["max_lambda_warmup_fraction"] * total)
+            cfg.lambda_warmup_steps, int(cfg.max_lambda_warmup_fraction * total)
         ),
-        decay=cfg["lr_decay"],
-        decay_steps=int(cfg["lr_decay_fraction"] * total),
+        decay=cfg.lr_decay,
+        decay_steps=int(cfg.lr_decay_fraction * total),
     )
 
 
@@ -123,7 +122,7 @@ class Member:
     """One SAE of the job with its optimiser, schedule and dead-latent counter."""
 
     def __init__(
-        self, spec: Dictionary, d_in: int, cfg: dict[str, Any], seed: int,
+        self, spec: Dictionary, d_in: int, cfg: TrainConfig, seed: int,
         device: str, latents: tuple[int, int] | None = None, d_out: int | None = None,
         out_dir: str = "",
     ):  # fmt: skip
@@ -140,36 +139,33 @@ class Member:
             d_out=d_out,
             skip=spec.skip,
             apply_b_dec_to_input=not spec.paired,
-            threshold_param=cfg["threshold_param"],
-            bandwidth=cfg["bandwidth"],
-            init_threshold=cfg["init_threshold"],
+            threshold_param=cfg.threshold_param,
+            bandwidth=cfg.bandwidth,
+            init_threshold=cfg.init_threshold,
             device=device,
         )
         self.sae.initialize(
             torch.Generator().manual_seed(seed),
             full_width=spec.width,
             start=start,
-            encoder_scale=cfg["encoder_init_scale"],
+            encoder_scale=cfg.encoder_init_scale,
         )
-        if cfg["decoder_init_norm"] != 1.0:  # decoder_norm: free (check_config)
+        if cfg.decoder_init_norm != 1.0:  # decoder_norm: free (check_config)
             with torch.no_grad():
-                self.sae.W_dec.mul_(cfg["decoder_init_norm"])
+                self.sae.W_dec.mul_(cfg.decoder_init_norm)
         self.sae.to(device)
         self.opt = torch.optim.Adam(
             self.sae.parameters(),
-            lr=cfg["lr"],
-            # float(): YAML reads `adam_beta1: 0` as an int, which Adam refuses
-            betas=(float(cfg["adam_beta1"]), float(cfg["adam_beta2"])),
-            eps=cfg["adam_eps"],
+            lr=cfg.lr,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_eps,
             # one kernel over each tensor: 5 ms a step against 24-37 ms for the
             # per-tensor and foreach loops at width 4096 on 2 cores (BENCHMARKS.md)
             fused=torch.device(device).type in FUSED_ADAM_DEVICES,
         )
         self.schedule = make_schedule(spec.tokens, cfg)
         # the Matryoshka loss's inner prefixes, local to this block of latents
-        self.prefixes = prefix_ends(
-            cfg["matryoshka_fractions"], spec.width, start, stop
-        )
+        self.prefixes = prefix_ends(cfg.matryoshka_fractions, spec.width, start, stop)
         # tokens since each latent last fired
         self.since_fired = torch.zeros(stop - start, dtype=torch.int64)
         self.last_l0 = float(spec.width)
@@ -304,33 +300,43 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def needs_sharding(
-    width: int, d_in: int, cfg: dict[str, Any], world: int, budget: float | None,
+    width: int,
+    d_in: int,
+    cfg: TrainConfig,
+    world: int,
+    budget: float | None,
     skip: bool = False,
-) -> bool:  # fmt: skip
+) -> bool:
     """Whether an SAE's latents are split over the job's processes: when its data-
     parallel copy does not fit `budget` and there is more than one process."""
     if world == 1 or budget is None:
         return False
-    return sae_gpu_bytes(cfg["batch_size"], d_in, width, world, skip=skip,
-                         prefixes=n_prefixes(cfg)) > budget  # fmt: skip
+    pre = n_prefixes(cfg.matryoshka_fractions)
+    need = sae_gpu_bytes(cfg.batch_size, d_in, width, world, skip=skip, prefixes=pre)
+    return need > budget
 
 
 def sae_groups(
-    saes: list[Dictionary], d_in: int, cfg: dict[str, Any], world: int,
+    saes: list[Dictionary],
+    d_in: int,
+    cfg: TrainConfig,
+    world: int,
     budget: float | None,
-) -> list[list[int]]:  # fmt: skip
+) -> list[list[int]]:
     """Indices of `saes` in groups trained one after another, each within `budget`
     bytes per device (None: one group); an SAE too wide for data parallelism trains
     alone, sharded (`needs_sharding`). The batches are a function of the step and
     each SAE's initialisation of its own seed, so grouping does not change results."""
-    b = cfg["batch_size"]
-    skips = [s.skip for s in saes]
-    sizes = [sae_gpu_bytes(b, d_in, s.width, world, skip=k, prefixes=n_prefixes(cfg))
-             for s, k in zip(saes, skips, strict=True)]  # fmt: skip
+    pre = n_prefixes(cfg.matryoshka_fractions)
+    sizes = [
+        sae_gpu_bytes(cfg.batch_size, d_in, s.width, world, skip=s.skip, prefixes=pre)
+        for s in saes
+    ]
     alone = frozenset(
-        i for i, s in enumerate(saes)
-        if needs_sharding(s.width, d_in, cfg, world, budget, skips[i])
-    )  # fmt: skip
+        i
+        for i, s in enumerate(saes)
+        if needs_sharding(s.width, d_in, cfg, world, budget, s.skip)
+    )
     return fit_groups(sizes, budget, alone)
 
 
@@ -366,11 +372,9 @@ def train_site(
     cfg = job.train
     paired = job.dictionaries[0].paired
     rank, world = _dist()
-    if cfg["batch_size"] % world:
-        raise ValueError(
-            f"train.batch_size {cfg['batch_size']} not divisible by {world}"
-        )
-    device = str(pick_device(cfg["device"]))
+    if cfg.batch_size % world:
+        raise ValueError(f"train.batch_size {cfg.batch_size} not divisible by {world}")
+    device = str(pick_device(cfg.device))
     if device.startswith("cuda") and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
 
@@ -380,7 +384,7 @@ def train_site(
     reader = reader or ActivationReader(
         job.manifest,
         job.site,
-        batch_size=cfg["batch_size"],
+        batch_size=cfg.batch_size,
         bucket=job.shuffle_bucket,
         seed=job.seed,
         scale=scale,
@@ -543,13 +547,13 @@ def _train_group(
             log.info("resuming %s from step %d of %d", desc, start, total)
     # Data parallelism splits the batch; shards of latents all see the whole batch.
     local = slice(None) if sharded else slice(
-        rank * cfg["batch_size"] // world, (rank + 1) * cfg["batch_size"] // world
+        rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world
     )  # fmt: skip
     files = [open(p, "a") for p in logs] if rank == 0 else []
     bar = tqdm(
         mininterval=progress_interval(),
-        total=total * cfg["batch_size"],
-        initial=start * cfg["batch_size"],
+        total=total * cfg.batch_size,
+        initial=start * cfg.batch_size,
         unit="tok",
         unit_scale=True,
         desc=desc,
@@ -573,7 +577,7 @@ def _train_group(
                         "config starts the site afresh)"
                     )
                 last = step == m.schedule.total_steps - 1
-                if rank == 0 and (step % cfg["log_every"] == 0 or last):
+                if rank == 0 and (step % cfg.log_every == 0 or last):
                     files[i].write(json.dumps(stats) + "\n")
                     files[i].flush()
                 if rank == 0 and last:
@@ -585,7 +589,7 @@ def _train_group(
                         l0=f"{stats['l0']:.1f}",
                         fvu=f"{stats['fvu']:.3f}",
                     )
-            bar.update(cfg["batch_size"])
+            bar.update(cfg.batch_size)
             done = step + 1
             if done == total:
                 break
@@ -595,7 +599,7 @@ def _train_group(
                 flag = torch.tensor([int(stopping)])
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 stopping = bool(flag)
-            if stopping or done % cfg["checkpoint_every"] == 0:
+            if stopping or done % cfg.checkpoint_every == 0:
                 _save_checkpoint(ckpt, done, members, fingerprint, rank, world)
                 if stopping:
                     log.warning(
@@ -632,17 +636,17 @@ def init_b_dec(m: Member, y: torch.Tensor, world: int) -> None:
     m.sae.b_dec.copy_(mean)
 
 
-def dead_mask(m: Member, cfg: dict) -> torch.Tensor | None:
+def dead_mask(m: Member, cfg: TrainConfig) -> torch.Tensor | None:
     """The latents the pre-activation loss revives: those that have not fired in
     `pre_act_window_tokens` (SAELens: `dead_feature_window` forward passes); None
     when the loss is off."""
-    if not cfg["pre_act_coefficient"] > 0:
+    if not cfg.pre_act_coefficient > 0:
         return None
-    return m.since_fired >= cfg["pre_act_window_tokens"]
+    return m.since_fired >= cfg.pre_act_window_tokens
 
 
 def train_step(
-    m: Member, x: torch.Tensor, step: int, cfg: dict, world: int,
+    m: Member, x: torch.Tensor, step: int, cfg: TrainConfig, world: int,
     target: torch.Tensor | None = None,
 ) -> dict:  # fmt: skip
     """One optimiser step of `m` on batch x (and a transcoder's target batch)."""
@@ -651,18 +655,18 @@ def train_step(
     for group in m.opt.param_groups:
         group["lr"] = lr
     lambda_ = spec.lambda_ * sched.lam_factor(step)
-    mode = cfg["step"]
+    mode = cfg.step
     if mode == "auto":
-        mode = "sparse" if m.last_l0 < cfg["sparse_density"] * spec.width else "dense"
+        mode = "sparse" if m.last_l0 < cfg.sparse_density * spec.width else "dense"
     fn = sparse_step if mode == "sparse" else dense_step
-    if step == 0 and cfg["b_dec_init"] == "mean":
+    if step == 0 and cfg.b_dec_init == "mean":
         init_b_dec(m, x if target is None else target, world)
-    mu = cfg["frequency_coefficient"] * sched.lam_factor(step)
+    mu = cfg.frequency_coefficient * sched.lam_factor(step)
     dead = dead_mask(m, cfg)
-    stats = fn(m.sae, x, target=target, penalty=spec.penalty, coefficient=lambda_,
+    stats = fn(m.sae, x, target=target, penalty=spec.penalty, lambda_=lambda_,
                target_l0=spec.target_l0, sharded=m.sharded, frequency_coefficient=mu,
-               max_frequency=cfg["max_frequency"], prefixes=m.prefixes,
-               pre_act_coefficient=cfg["pre_act_coefficient"],
+               max_frequency=cfg.max_frequency, prefixes=m.prefixes,
+               pre_act_coefficient=cfg.pre_act_coefficient,
                dead=None if dead is None else dead.to(x.device))  # fmt: skip
     counts = stats.counts
     loss, l0, fvu, recon = stats.loss, stats.l0, stats.fvu, stats.reconstruction
@@ -677,14 +681,14 @@ def train_step(
     if not m.sharded:
         _reduce_grads(m.sae, world)
     contiguous_grads(m.sae)
-    unit = cfg["decoder_norm"] == "unit"
+    unit = cfg.decoder_norm == "unit"
     if unit:
         m.sae.remove_parallel_decoder_grad()
-    if cfg.get("max_grad_norm"):  # a sharded SAE's norm spans every process
+    if cfg.max_grad_norm:  # a sharded SAE's norm spans every process
         if m.sharded:
-            clip_grad_norm_(m.sae, cfg["max_grad_norm"])
+            clip_grad_norm_(m.sae, cfg.max_grad_norm)
         else:
-            torch.nn.utils.clip_grad_norm_(m.sae.parameters(), cfg["max_grad_norm"])
+            torch.nn.utils.clip_grad_norm_(m.sae.parameters(), cfg.max_grad_norm)
     m.opt.step()
     m.opt.zero_grad(set_to_none=True)
     if unit:
@@ -693,14 +697,14 @@ def train_step(
         with torch.no_grad():
             m.sae.threshold_raw.clamp_(min=1e-6)
     m.last_l0 = l0
-    m.since_fired += cfg["batch_size"]
+    m.since_fired += cfg.batch_size
     m.since_fired[fired] = 0
     m.window_counts += counts
-    m.window_tokens += cfg["batch_size"]
+    m.window_tokens += cfg.batch_size
     dead = dense = None  # counted only for the steps that are logged
-    if step % cfg["log_every"] == 0 or step == sched.total_steps - 1:
+    if step % cfg.log_every == 0 or step == sched.total_steps - 1:
         # not fired in the window, or (a run shorter than it) in the whole run so far
-        window = min(cfg["dead_window_tokens"], (step + 1) * cfg["batch_size"])
+        window = min(cfg.dead_window_tokens, (step + 1) * cfg.batch_size)
         dead_t = (m.since_fired >= window).sum()
         dead = int(all_reduce_(dead_t) if m.sharded else dead_t)
         # latents firing on more than DENSE_FREQUENCY of the tokens since the last log
@@ -710,7 +714,7 @@ def train_step(
         m.window_tokens = 0
     return {
         "step": step,
-        "tokens": (step + 1) * cfg["batch_size"],
+        "tokens": (step + 1) * cfg.batch_size,
         "loss": loss,
         "reconstruction": recon,
         "l0": l0,
@@ -758,7 +762,7 @@ def write_outputs(
             if m.schedule.decay != "none"
             else 0,
         },
-        "train": job.train,
+        "train": job.train.to_dict(),
         "seed": job.seed,
         "normalization_scale": scale,
         **(
@@ -772,7 +776,7 @@ def write_outputs(
             else {}
         ),
         "cache_tokens": n_valid,
-        "epochs": m.schedule.total_steps * job.train["batch_size"] / n_valid,
+        "epochs": m.schedule.total_steps * job.train.batch_size / n_valid,
         "versions": versions(),
     }
     write_json(paths.sae_file(out, "info"), info)

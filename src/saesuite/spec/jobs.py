@@ -20,6 +20,12 @@ from saesuite.spec.config import config_hash, has_dashboards
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.hashing import stable_hash
 from saesuite.spec.paths import activation_identity
+from saesuite.spec.sections import (
+    DashboardsConfig,
+    EvaluateConfig,
+    TrainConfig,
+    TransferConfig,
+)
 from saesuite.spec.sizes import dictionary_bytes
 
 
@@ -66,12 +72,12 @@ class TrainJob(_Json):
     are; the rule sets them from its inputs (`located`), so moving the scratch
     filesystem changes neither the params nor the fingerprint."""
 
-    NESTED = {"dictionaries": Dictionary}
+    NESTED = {"dictionaries": Dictionary, "train": TrainConfig}
 
     model: str
     seed: int
     shuffle_bucket: int
-    train: dict[str, Any]
+    train: TrainConfig
     identity: dict[str, Any]  # model, source, revision, activation-cache hash
     dictionaries: tuple[Dictionary, ...]
     root: str  # output_root: each dictionary's folder is paths.sae_dir(root, d)
@@ -168,13 +174,13 @@ class EvalJob(_Json):
     ("text": its held-out split, "chat": its rollouts), sharing its clean passes:
     each member's identity names the model it was trained on (`model`)."""
 
-    NESTED = {"members": EvalMember}
+    NESTED = {"members": EvalMember, "evaluate": EvaluateConfig}
 
     evaluated_on: str
     data: str
     layer: int
     model_cfg: dict[str, Any]
-    evaluate: dict[str, Any]
+    evaluate: EvaluateConfig
     members: tuple[EvalMember, ...]
     group_bytes: float | None = None  # overrides the GPU's budget for groups (tests)
 
@@ -193,12 +199,12 @@ class DashboardJob(_Json):
     """Every dictionary of `model` at one layer: what its latents respond to on the
     model's held-out split (each member's `out` is its dashboard folder)."""
 
-    NESTED = {"members": EvalMember}
+    NESTED = {"members": EvalMember, "dashboards": DashboardsConfig}
 
     model: str
     layer: int
     model_cfg: dict[str, Any]
-    dashboards: dict[str, Any]
+    dashboards: DashboardsConfig
     seed: int
     members: tuple[EvalMember, ...]
 
@@ -207,10 +213,12 @@ class DashboardJob(_Json):
 class RolloutsJob(_Json):
     """Chat rollouts of one model for the transfer checks."""
 
+    NESTED = {"transfer": TransferConfig}
+
     model: str
     model_cfg: dict[str, Any]
     context_size: int
-    transfer: dict[str, Any]
+    transfer: TransferConfig
     seed: int
 
 
@@ -270,7 +278,7 @@ class ReleaseMember(_Json):
 class ReleaseJob(_Json):
     """One Hub repo's folder."""
 
-    NESTED = {"members": ReleaseMember}
+    NESTED = {"members": ReleaseMember, "train": TrainConfig}
 
     repo: str
     layout: str
@@ -280,7 +288,7 @@ class ReleaseJob(_Json):
     license: str
     data: dict[str, Any]
     seed: int
-    train: dict[str, Any]
+    train: TrainConfig
     members: tuple[ReleaseMember, ...]
 
     @property
@@ -305,18 +313,17 @@ class PublishJob(_Json):
     message: str
 
 
-def train_section(train: dict[str, Any], d: Dictionary) -> dict[str, Any]:
+def train_section(train: TrainConfig, d: Dictionary) -> TrainConfig:
     """The train section dictionary `d`'s job runs with: a paired dictionary's
     encoder starts at `transcoder_encoder_init_scale` where that is set, since it
     reads another site than its decoder writes and the SAE's reason for a small
     encoder (W_enc = W_decᵀ overshooting) does not carry over. The key itself is
     dropped, so a job's parameters hold only what shapes its dictionaries and the SAE
     jobs' stay as they were without it."""
-    train = dict(train)
-    scale = train.pop("transcoder_encoder_init_scale", None)
+    scale = train.transcoder_encoder_init_scale
     if d.paired and scale is not None:
-        train["encoder_init_scale"] = scale
-    return train
+        train = train.replace(encoder_init_scale=scale)
+    return train.replace(transcoder_encoder_init_scale=None)
 
 
 def train_job(
@@ -336,7 +343,7 @@ def train_job(
         model=model,
         seed=config["seed"],
         shuffle_bucket=config["activations"]["shuffle_bucket"],
-        train=train_section(config["train"], specs[0]),
+        train=train_section(TrainConfig.from_dict(config["train"]), specs[0]),
         identity={
             "model": model,
             "source": m["source"],
@@ -362,7 +369,8 @@ def finetune_job(
         raise ValueError(f"no fine-tuned dictionaries {key} at layer {layer}")
     pt = {d.path: d for d in suite if d.model == base}
     m = config["models"][target]
-    train = config["train"] | {"lambda_warmup_steps": 0, "b_dec_init": "zeros"}
+    train = TrainConfig.from_dict(config["train"])
+    train = train.replace(lambda_warmup_steps=0, b_dec_init="zeros")
     identity = {"model": key, "base": base, "target": target,
                 "source": m["source"], "revision": m["revision"]}  # fmt: skip
     trains, inits = [], []
@@ -402,7 +410,8 @@ def eval_job(
         )
         for d in specs
     )
-    return EvalJob(lm, data, layer, config["models"][lm], config["evaluate"], members)
+    ev = EvaluateConfig.from_dict(config["evaluate"])
+    return EvalJob(lm, data, layer, config["models"][lm], ev, members)
 
 
 def dashboard_job(
@@ -421,14 +430,16 @@ def dashboard_job(
         if d.model == model and d.layer == layer
     )
     return DashboardJob(
-        model, layer, config["models"][model], config["dashboards"], config["seed"],
+        model, layer, config["models"][model],
+        DashboardsConfig.from_dict(config["dashboards"]), config["seed"],
         members,
     )  # fmt: skip
 
 
 def rollouts_job(config: dict[str, Any], model: str) -> RolloutsJob:
     return RolloutsJob(model, config["models"][model], config["data"]["context_size"],
-                       config["transfer"], config["seed"])  # fmt: skip
+                       TransferConfig.from_dict(config["transfer"]),
+                       config["seed"])  # fmt: skip
 
 
 def release_job(
@@ -463,7 +474,8 @@ def release_job(
     )
     return ReleaseJob(
         repo, rel["layout"], model, config["models"][model], rel["canonical_l0"],
-        rel["license"], config["data"], config["seed"], config["train"], members,
+        rel["license"], config["data"], config["seed"],
+        TrainConfig.from_dict(config["train"]), members,
     )  # fmt: skip
 
 
