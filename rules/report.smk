@@ -34,6 +34,6 @@ rule report_figures:
         **resources_of("report_figures"),
     params:
         code=CODE_VERSIONS["report_figures"],
-        target_l0=config["report"]["target_l0"],
+        target_l0=config["release"]["canonical_l0"],
     script:
         "scripts/report_figures.py"

@@ -11,10 +11,10 @@ import pytest
 from saesuite.report.figures import (
     figures,
     health_frame,
-    nearest_l0,
+    nearest_l0_rows,
     representative_layer,
 )
-from saesuite.spec.metrics import health_warnings
+from saesuite.spec.metrics import health_warnings, nearest_l0
 
 
 def frame() -> pd.DataFrame:
@@ -85,16 +85,19 @@ def test_figures_per_site_width_and_layer():
     ]
     assert by_width.get_yscale() == "log"
     bars = figs["res/layers_width_16"].axes[0].patches
-    want = nearest_l0(df[df.width == 16], 40).sort_values("layer")
+    want = nearest_l0_rows(df[df.width == 16], 40).sort_values("layer")
     assert [b.get_height() for b in bars] == pytest.approx(list(want["delta_loss"]))
     assert list(want["value"]) == [40, 40, 40]
 
 
-def test_nearest_l0_is_in_log_ratio_and_representative_layer_is_the_middle():
+def test_the_bars_show_the_releases_canonical_sae_and_the_middle_layer():
+    """One rule, one key: the report's per-layer bars pick what the release marks
+    canonical (absolute gap to release.canonical_l0, SAELens's rule)."""
     df = pd.DataFrame({"layer": [0, 0], "site": ["res"] * 2, "width": [8, 8],
                        "l0": [20.0, 190.0]})  # fmt: skip
-    # |log 20 − log 100| = 1.61 > |log 190 − log 100| = 0.64: 190 is nearer
-    assert nearest_l0(df, 100)["l0"].tolist() == [190.0]
+    # |20 − 100| = 80 < |190 − 100| = 90 (in log ratio 190 would be nearer)
+    assert nearest_l0_rows(df, 100)["l0"].tolist() == [20.0]
+    assert nearest_l0([20.0, 190.0], 100) == 0 and nearest_l0([90.0, 110.0], 100) == 0
     assert representative_layer([5, 1, 9, 3]) == 3
     assert representative_layer([7]) == 7
 

@@ -45,7 +45,7 @@ from saesuite.spec.io import (
     write_json,
 )
 from saesuite.spec.jobs import ReleaseJob
-from saesuite.spec.metrics import scalar_metrics
+from saesuite.spec.metrics import nearest_l0, scalar_metrics
 from saesuite.spec.releases import hub_model_id, width_label
 from saesuite.spec.sites import (
     CIRCUIT_TRACER_HOOKS,
@@ -140,15 +140,16 @@ def folder_paths(
 
 
 def canonical(entries: list[Entry], target_l0: float) -> set[str]:
-    """Per layer × site × width, the SAE path whose L0 is closest to the target."""
-    best: dict[tuple, Entry] = {}
+    """Per layer × site × width, the SAE path whose L0 is closest to the target
+    (spec.metrics.nearest_l0)."""
+    groups: dict[tuple, list[Entry]] = {}
     for e in entries:
         d = e.dictionary
-        key = (d.layer, d.family, d.width)
-        gap = abs(e.metrics["l0"] - target_l0)
-        if key not in best or gap < abs(best[key].metrics["l0"] - target_l0):
-            best[key] = e
-    return {e.dictionary.path for e in best.values()}
+        groups.setdefault((d.layer, d.family, d.width), []).append(e)
+    return {
+        g[nearest_l0([e.metrics["l0"] for e in g], target_l0)].dictionary.path
+        for g in groups.values()
+    }
 
 
 def write_sae(layout: str, e: Entry, folder: Path, meta: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@
 - `figures/<site>/<name>.png` (and `.svg`), one per (site, width) and kind:
   Pareto curves of delta loss and FVU against L0 (one line per layer; and one line
   per width at the layer with the most widths), per-layer bars at the L0 nearest
-  `report.target_l0`, and, at that site's representative layer, latent-frequency
+  `release.canonical_l0`, and, at that site's representative layer, latent-frequency
   histograms, metrics by sequence position and training curves;
 - `figures/<transcoder kind>/compare_<metric>_layer_<L>_width_<W>.png`, at each layer
   and width with transcoders: its MLP-output SAEs, transcoders and skip-transcoders
@@ -40,7 +40,7 @@ from saesuite.report.dashboards import dashboards_table
 from saesuite.spec import paths
 from saesuite.spec.dictionary import FAMILY_TITLES
 from saesuite.spec.io import atomic_path, read_json
-from saesuite.spec.metrics import health_warnings
+from saesuite.spec.metrics import health_warnings, nearest_l0
 from saesuite.spec.releases import width_label
 from saesuite.spec.sparsity import sparsity_label
 
@@ -64,11 +64,14 @@ def representative_layer(layers: list[int]) -> int:
     return sorted(layers)[(len(layers) - 1) // 2]
 
 
-def nearest_l0(df: pd.DataFrame, target: float) -> pd.DataFrame:
-    """Per (layer, site, width) the SAE whose L0 is nearest `target` in log ratio."""
-    gap = (np.log(df["l0"].clip(lower=1e-3)) - np.log(target)).abs()
-    keys = ["layer", "site", "width"]
-    return df.loc[gap.groupby([df[k] for k in keys]).idxmin().to_numpy()]
+def nearest_l0_rows(df: pd.DataFrame, target: float) -> pd.DataFrame:
+    """Per (layer, site, width) the SAE whose L0 is nearest `target`: the release's
+    canonical SAE (spec.metrics.nearest_l0, at release.canonical_l0)."""
+    picks = [
+        g.index[nearest_l0(g["l0"].tolist(), target)]
+        for _, g in df.groupby(["layer", "site", "width"], sort=True)
+    ]
+    return df.loc[picks]
 
 
 def pareto(df: pd.DataFrame, model: str, site: str, metric: str, by: str, at: int):
@@ -112,7 +115,7 @@ def compare(df: pd.DataFrame, model: str, metric: str, layer: int, width: int):
 
 def layer_bars(df: pd.DataFrame, model: str, site: str, width: int, target: float):
     """Delta loss and FVU per layer, each layer's SAE at the L0 nearest `target`."""
-    sub = nearest_l0(df[(df["site"] == site) & (df["width"] == width)], target)
+    sub = nearest_l0_rows(df[(df["site"] == site) & (df["width"] == width)], target)
     sub = sub.sort_values("layer")
     fig, axes = subplots(2, 1, figsize=(7.2, 5.6), sharex=True)
     x = np.arange(len(sub))

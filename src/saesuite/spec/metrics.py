@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 # A latent firing on more than this share of tokens is "dense" (tables, logs, report).
@@ -24,3 +25,10 @@ def health_warnings(
     if dead is not None and dead > width / 2:
         out.append(f"{dead} of {width} latents dead")
     return out
+
+
+def nearest_l0(l0s: Sequence[float], target: float) -> int:
+    """Index of the L0 closest to `target` (absolute gap, the first on a tie):
+    SAELens's rule for a release's canonical SAE, and the SAE the report's per-layer
+    bars show (both at release.canonical_l0)."""
+    return min(range(len(l0s)), key=lambda i: abs(l0s[i] - target))
