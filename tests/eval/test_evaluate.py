@@ -15,6 +15,7 @@ from saesuite.eval.evaluate import evaluate as evaluate_acc
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.jobs import EvalJob, EvalMember
+from saesuite.spec.sections import EvaluateConfig
 from saesuite.spec.sites import Site
 from saesuite.spec.sizes import dictionary_bytes
 
@@ -176,7 +177,8 @@ def test_an_sae_of_the_wrong_width_is_named_before_any_pass(tiny_models, tmp_pat
     save_tokens(tmp_path / "eval.safetensors", ids, torch.ones(2, 16, dtype=torch.bool))
     d = Dictionary.of("other", "sae", 1, "res", 48, 1000, lambda_=1.0, target_l0=8)
     member = EvalMember(d.path, str(sae_dir), str(tmp_path / "out" / "sae.json"), d)
-    job = EvalJob("tiny", "text", 1, cfg["models"]["tiny"], cfg["evaluate"], (member,))
+    ev = EvaluateConfig.from_dict(cfg["evaluate"])
+    job = EvalJob("tiny", "text", 1, cfg["models"]["tiny"], ev, (member,))
     with pytest.raises(ValueError, match=r"width_48/l0_8 has d_in 32.*'tiny'.* 64"):
         evaluate_layer(
             job,
@@ -254,7 +256,8 @@ def test_saes_in_groups_that_fit_a_gpu_get_the_metrics_of_one_group(
                                      target_l0=8))
             for (k, d), w in zip(saes, (48, 96, 32), strict=True)
         )  # fmt: skip
-        job = EvalJob("tiny", "text", 1, cfg["models"]["tiny"], cfg["evaluate"],
+        ev = EvaluateConfig.from_dict(cfg["evaluate"])
+        job = EvalJob("tiny", "text", 1, cfg["models"]["tiny"], ev,
                       members, group_bytes=budget)  # fmt: skip
         evaluate_layer(
             job,
