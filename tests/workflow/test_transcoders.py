@@ -158,14 +158,13 @@ def circuit_tracer_run(tc_run, tiny_models, tmp_path_factory, tokenizer):
     transcoders re-released in Gemma Scope 1's (npz), and computes an attribution
     graph for one prompt from each. tests/release/test_circuit_tracer.py does the
     same on the embedded gemma-3-270m with untrained transcoders (18 layers of
-    trained ones through the workflow would add minutes to CI; BENCHMARKS.md has
-    that run)."""
+    trained ones through the workflow would add minutes to CI)."""
     root, _ = tc_run
     out = tmp_path_factory.mktemp("ct")
     wf = Workflow(load_config({**transcoder_config(tiny_models["gemma3"]),
                                "output_root": str(root)}))  # fmt: skip
     job = jobs.ReleaseJob.from_dict(wf.release_params(TC_REPO))
-    plain = tuple(m for m in job.members if m.kind == "transcoder")
+    plain = tuple(m for m in job.members if m.dictionary.kind == "transcoder")
     gs1 = out / "gs1"
     make_release(replace(job, layout="gemma-scope", members=plain),
                  model_info=paths.model_info(str(root), "tiny"), config_hash="test",
