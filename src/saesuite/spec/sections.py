@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
+from saesuite.spec.config import schema_defaults
+
 
 class _Section:
     """Built from a validated section (`from_dict`), written back as one (`to_dict`)."""
@@ -38,8 +40,6 @@ class _Section:
     def defaults(cls, overrides: dict[str, Any] | None = None, **more: Any):
         """The section at the schema's defaults, with `overrides` (a section built by
         hand: benchmarks, tests)."""
-        from saesuite.spec.config import schema_defaults
-
         return cls.from_dict(schema_defaults(cls.SECTION) | (overrides or {}) | more)
 
     def to_dict(self) -> dict[str, Any]:
