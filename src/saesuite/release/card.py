@@ -72,7 +72,7 @@ def circuit_tracer_snippet(repo: str, name: str) -> str:
     copy of this release (tests/release/test_circuit_tracer.py calls the same
     function on a local folder; the Hub download itself is not tested)."""
     return (
-        "# in circuit-tracer's environment (README: Circuits with circuit-tracer)\n"
+        "# in circuit-tracer's environment (docs/loading.md, circuit-tracer)\n"
         "from circuit_tracer import attribute\n"
         "from huggingface_hub import snapshot_download\n"
         "from saesuite.release.circuit_tracer import replacement_model\n\n"

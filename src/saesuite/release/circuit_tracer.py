@@ -2,8 +2,8 @@
 attribution graphs with), and the one home of the workarounds its 0.5 release needs.
 
 Run in circuit-tracer's own environment (it pins transformers<=4.57.3 and
-huggingface-hub<1.0, unlike saesuite): envs/circuit-tracer.txt, README "Circuits with
-circuit-tracer". This module imports nothing of saesuite's, so that environment needs
+huggingface-hub<1.0, unlike saesuite): envs/circuit-tracer.txt, docs/loading.md.
+This module imports nothing of saesuite's, so that environment needs
 only this file on its path (`pip install --no-deps saesuite`, or PYTHONPATH=src).
 
 What it works around, each seen with circuit-tracer 0.5.0 (2026-12-01):
