@@ -84,8 +84,13 @@ class Entry:
     def identity(self) -> dict[str, Any]:
         """What the index says the dictionary is (its suite site, not its family)."""
         d = self.dictionary
-        return {"layer": d.layer, "site": d.site, "width": d.width,
-                "penalty": d.penalty, "value": d.value}  # fmt: skip
+        return {
+            "layer": d.layer,
+            "site": d.site,
+            "width": d.width,
+            "penalty": d.penalty,
+            "value": d.value,
+        }
 
 
 def sae_path(layout: str, e: Entry, all_layers: bool) -> str:

@@ -448,7 +448,7 @@ def train_site(
                     bounds(job.dictionaries[i].width, world, rank) if n_shards
                     else None, d_out=reader.d_out,
                     out_dir=job.out_dir(job.dictionaries[i]),
-                )  # fmt: skip
+                )
                 for i in idx
             ]  # fmt: skip
             if init:

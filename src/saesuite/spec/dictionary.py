@@ -100,10 +100,12 @@ class Dictionary:
         if self.kind not in KINDS:
             raise ValueError(f"unknown dictionary kind '{self.kind}' ({list(KINDS)})")
         k = KINDS[self.kind]
-        site = self.writes[0].kind if self.writes else "?"
-        if (k.sites is not None and site not in k.sites) or (
-            self.reads, self.writes
-        ) != k.sites_of(self.reads[0].layer, site):  # fmt: skip
+        if not self.reads or not self.writes:
+            raise ValueError(f"a {self.kind} of {self.model} reads and writes no site")
+        site = self.writes[0].kind
+        expected = k.sites_of(self.reads[0].layer, site)
+        allowed = k.sites is None or site in k.sites
+        if not allowed or (self.reads, self.writes) != expected:
             raise ValueError(
                 f"a {self.kind} of {self.model} reads "
                 f"{[s.name for s in self.reads]} and writes "
@@ -114,9 +116,17 @@ class Dictionary:
 
     @classmethod
     def of(
-        cls, model: str, kind: str, layer: int, site: str, width: int, tokens: int,
-        *, lambda_: float, target_l0: float | None = None,
-    ) -> Dictionary:  # fmt: skip
+        cls,
+        model: str,
+        kind: str,
+        layer: int,
+        site: str,
+        width: int,
+        tokens: int,
+        *,
+        lambda_: float,
+        target_l0: float | None = None,
+    ) -> Dictionary:
         """The dictionary of `kind` for suite site `site` at `layer`."""
         if kind not in KINDS:
             raise ValueError(f"unknown dictionary kind '{kind}' ({list(KINDS)})")
@@ -192,8 +202,17 @@ class Dictionary:
         return f"layer_{self.layer}/{self.family}/width_{self.width}/{self.label}"
 
     def sort_key(self) -> tuple:
-        return (self.model, self.layer, self.site, self.width, self.penalty,
-                self.value, self.lambda_, self.tokens, self.kind)  # fmt: skip
+        return (
+            self.model,
+            self.layer,
+            self.site,
+            self.width,
+            self.penalty,
+            self.value,
+            self.lambda_,
+            self.tokens,
+            self.kind,
+        )
 
     def __lt__(self, other: Dictionary) -> bool:
         return self.sort_key() < other.sort_key()
@@ -230,10 +249,15 @@ class Dictionary:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Dictionary:
         return cls(
-            d["model"], d["kind"], tuple(Site.parse(s) for s in d["reads"]),
-            tuple(Site.parse(s) for s in d["writes"]), d["width"], d["lambda"],
-            d["target_l0"], d["tokens"],
-        )  # fmt: skip
+            d["model"],
+            d["kind"],
+            tuple(Site.parse(s) for s in d["reads"]),
+            tuple(Site.parse(s) for s in d["writes"]),
+            d["width"],
+            d["lambda"],
+            d["target_l0"],
+            d["tokens"],
+        )
 
     def replace(self, **changes: Any) -> Dictionary:
         return dataclasses.replace(self, **changes)

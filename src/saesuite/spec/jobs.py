@@ -327,9 +327,12 @@ def train_section(train: TrainConfig, d: Dictionary) -> TrainConfig:
 
 
 def train_job(
-    config: dict[str, Any], suite: list[Dictionary], model: str, layer: int,
+    config: dict[str, Any],
+    suite: list[Dictionary],
+    model: str,
+    layer: int,
     family: str,
-) -> TrainJob:  # fmt: skip
+) -> TrainJob:
     """The train job of one site's SAEs, or of one layer's paired dictionaries of
     one kind (`family`: Dictionary.family). Only what shapes the dictionaries goes
     in."""
@@ -356,9 +359,14 @@ def train_job(
 
 
 def finetune_job(
-    config: dict[str, Any], suite: list[Dictionary], finetuned: list[Dictionary],
-    key: str, base: str, target: str, layer: int,
-) -> FinetuneJob:  # fmt: skip
+    config: dict[str, Any],
+    suite: list[Dictionary],
+    finetuned: list[Dictionary],
+    key: str,
+    base: str,
+    target: str,
+    layer: int,
+) -> FinetuneJob:
     """The fine-tuning of `base`'s dictionaries at one layer (`finetuned`: every
     fine-tuned Dictionary, spec.checks.finetuned_specs) on `target` under `key`, one
     train job per family. The train section's λ warm-up is dropped (the states are
@@ -371,8 +379,13 @@ def finetune_job(
     m = config["models"][target]
     train = TrainConfig.from_dict(config["train"])
     train = train.replace(lambda_warmup_steps=0, b_dec_init="zeros")
-    identity = {"model": key, "base": base, "target": target,
-                "source": m["source"], "revision": m["revision"]}  # fmt: skip
+    identity = {
+        "model": key,
+        "base": base,
+        "target": target,
+        "source": m["source"],
+        "revision": m["revision"],
+    }
     trains, inits = [], []
     for family in sorted({d.family for d in specs}):
         group = [d for d in specs if d.family == family]
@@ -430,16 +443,23 @@ def dashboard_job(
         if d.model == model and d.layer == layer
     )
     return DashboardJob(
-        model, layer, config["models"][model],
-        DashboardsConfig.from_dict(config["dashboards"]), config["seed"],
+        model,
+        layer,
+        config["models"][model],
+        DashboardsConfig.from_dict(config["dashboards"]),
+        config["seed"],
         members,
-    )  # fmt: skip
+    )
 
 
 def rollouts_job(config: dict[str, Any], model: str) -> RolloutsJob:
-    return RolloutsJob(model, config["models"][model], config["data"]["context_size"],
-                       TransferConfig.from_dict(config["transfer"]),
-                       config["seed"])  # fmt: skip
+    return RolloutsJob(
+        model,
+        config["models"][model],
+        config["data"]["context_size"],
+        TransferConfig.from_dict(config["transfer"]),
+        config["seed"],
+    )
 
 
 def release_job(
@@ -473,10 +493,17 @@ def release_job(
         for d in sorted(specs)
     )
     return ReleaseJob(
-        repo, rel["layout"], model, config["models"][model], rel["canonical_l0"],
-        rel["license"], config["data"], config["seed"],
-        TrainConfig.from_dict(config["train"]), members,
-    )  # fmt: skip
+        repo,
+        rel["layout"],
+        model,
+        config["models"][model],
+        rel["canonical_l0"],
+        rel["license"],
+        config["data"],
+        config["seed"],
+        TrainConfig.from_dict(config["train"]),
+        members,
+    )
 
 
 def publish_job(config: dict[str, Any], release: ReleaseJob) -> PublishJob:
