@@ -5,27 +5,17 @@ import os
 import re
 import signal
 
-from snakemake.utils import validate
-
 from saesuite.cluster.resources import JobResources
 from saesuite.spec import paths
 from saesuite.spec.code_versions import CODE_VERSIONS
-from saesuite.spec.config import (
-    apply_train_recipe,
-    check_config,
-    coerce_cli_strings,
-    seqs_per_chunk,
-)
+from saesuite.spec.config import seqs_per_chunk, validate_config
 from saesuite.spec.dictionary import FAMILY_TITLES
 from saesuite.spec.sites import Site
 from saesuite.spec.workflow import Workflow
 
-# Types first (clean messages), then again to fill the schema's defaults.
-coerce_cli_strings(config)
-validate(config, "../config/schema.yaml", set_default=False)
-apply_train_recipe(config)  # train.recipe's values, then the schema's defaults
-validate(config, "../config/schema.yaml")
-check_config(config)
+# The one validation sequence (load_config runs it too): typed, recipe, defaults,
+# semantic checks; a bad key stops the run here, named, before any job.
+validate_config(config)
 
 WF = Workflow(config)
 RESOURCES = JobResources(WF)

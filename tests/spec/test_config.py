@@ -57,7 +57,7 @@ def test_default_config_validates_and_fills_defaults():
             ),
             "suite.0.sparsity",
         ),
-        (lambda c: c["data"].update(context_size="1024"), "data.context_size"),
+        (lambda c: c["data"].update(context_size="1k"), "data.context_size"),
         (lambda c: c["models"]["tiny"].update(trust_remote_code="yes"), "trust_remote"),
         (lambda c: c["activations"].update(chunk_size=5), "activations"),
         (lambda c: c.pop("suite"), "suite"),
@@ -377,3 +377,20 @@ def test_a_train_recipe_fills_its_keys_and_a_set_key_wins():
     for name in ("gemma-2-2b-pt", "gemma-2-9b-it", "gemma-2-2b-transcoders"):
         suite = load_config(REPO_ROOT / "config" / "suites" / f"{name}.yaml")
         assert suite["train"]["recipe"] == "gemma-scope-1", name
+
+
+def test_one_validation_sequence_types_strings_but_never_guesses_a_boolean():
+    """load_config runs validate_config, as rules/common.smk does: a config handed
+    over as strings (snakemake --config) is typed the same either way, and YAML 1.1's
+    yes/no is refused rather than read as a boolean (trust_remote_code among them)."""
+    cfg = make_config(MODEL)
+    cfg["data"] = {**cfg["data"], "context_size": "64"}
+    assert load_config(cfg)["data"]["context_size"] == 64
+    for word in ("yes", "on"):
+        bad = make_config(MODEL)
+        bad["models"]["tiny"]["trust_remote_code"] = word
+        with pytest.raises(ConfigError, match="models.tiny.trust_remote_code"):
+            load_config(bad)
+    ok = make_config(MODEL)
+    ok["models"]["tiny"]["trust_remote_code"] = "false"
+    assert load_config(ok)["models"]["tiny"]["trust_remote_code"] is False

@@ -1,8 +1,8 @@
 """Configuration: validation against config/schema.yaml, semantic checks, and the
 suite expansion (config → the list of SAEs and the sites each model must cache).
 
-The Snakefile calls `snakemake.utils.validate` itself and then `check_config`;
-tests and the CLI call `load_config`, which does both. Nothing here imports torch,
+rules/common.smk and `load_config` (tests, the CLI, benchmarks) both run
+`validate_config`. Nothing here imports torch,
 so planning a suite stays fast.
 """
 
@@ -92,11 +92,8 @@ def schema_defaults(section: str) -> dict[str, Any]:
 
 
 def load_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
-    """Read (if a path), validate against the schema with defaults filled, and check."""
-    from jsonschema.exceptions import ValidationError
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
-
+    """Read (if a path) and `validate_config`: what tests, the CLI and the
+    benchmarks call."""
     if isinstance(source, dict):
         config = copy.deepcopy(source)
     else:
@@ -106,6 +103,19 @@ def load_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
         config = yaml.safe_load(path.read_text()) or {}
     if not isinstance(config, dict):
         raise ConfigError("the config must be a mapping of keys to values")
+    return validate_config(config)
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The one validation sequence (rules/common.smk and `load_config` both run it),
+    in place: command-line strings typed by the schema, the types checked, the
+    recipe's values, then the schema's defaults, then `check_config`. Raises
+    ConfigError naming the key."""
+    from jsonschema.exceptions import ValidationError
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    coerce_cli_strings(config)
     try:
         # Types first: snakemake's default-filling validator assumes objects are dicts.
         validate(config, str(SCHEMA_PATH), set_default=False)
@@ -157,6 +167,8 @@ def coerce_cli_strings(config: dict[str, Any]) -> dict[str, Any]:
                     return float(parsed)  # YAML 1.1 reads "3e-4" as a string
                 except ValueError:
                     return value
+            if isinstance(parsed, bool) and value.lower() not in ("true", "false"):
+                return value  # YAML 1.1's yes/no/on/off: refused, not guessed
             return parsed
         return value
 
