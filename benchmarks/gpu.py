@@ -53,8 +53,8 @@ from saesuite.data.models import DTYPES, default_attention
 from saesuite.data.sites import site_width
 from saesuite.eval.evaluate import evaluate
 from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.sae.member import Member, train_step
 from saesuite.sae.step import dense_step, sparse_step
-from saesuite.sae.train import Member, train_step
 from saesuite.spec.config import schema_defaults
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.io import atomic_open, write_json

@@ -82,7 +82,7 @@ from typing import Any
 import torch
 import yaml
 
-from saesuite.sae.train import Member, train_step
+from saesuite.sae.member import Member, train_step
 from saesuite.spec.config import (
     REPO_ROOT,
     SCHEMA_PATH,

@@ -31,8 +31,8 @@ import time
 import torch
 
 from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.sae.member import contiguous_grads
 from saesuite.sae.step import dense_step, sparse_step
-from saesuite.sae.train import contiguous_grads
 from saesuite.spec.config import REPO_ROOT, load_config
 
 STEPS = {"sparse": sparse_step, "dense": dense_step}

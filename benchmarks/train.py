@@ -22,7 +22,7 @@ import time
 import torch
 
 from saesuite.data.store import ActivationReader
-from saesuite.sae.train import Member, train_step
+from saesuite.sae.member import Member, train_step
 from saesuite.spec.config import REPO_ROOT, schema_defaults
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.io import read_json

@@ -19,7 +19,8 @@ from saesuite.data.models import GEMMA_CHAT_TEMPLATE, describe_model
 from saesuite.data.tokens import chat_wrap
 from saesuite.sae.finetune import MemoryReader, chat_sequences, finetune_layer
 from saesuite.sae.jumprelu import JumpReLUSAE
-from saesuite.sae.train import Member, start_from
+from saesuite.sae.member import Member
+from saesuite.sae.outputs import start_from
 from saesuite.spec import paths
 from saesuite.spec.checks import finetuned_specs, transfer_checks
 from saesuite.spec.config import expand_suite, load_config

@@ -11,8 +11,8 @@ import torch
 from helpers import sae64, x_near_threshold
 
 from saesuite.sae.jumprelu import JumpReLUSAE, pre_act_penalty, prefix_ends
+from saesuite.sae.member import Member, dead_mask, train_step
 from saesuite.sae.step import dense_step, sparse_step
-from saesuite.sae.train import Member, dead_mask, train_step
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.sections import TrainConfig
 

@@ -13,8 +13,8 @@ from helpers import sae64, x_near_threshold
 from test_sae import closed_form_theta_grad
 
 from saesuite.sae.jumprelu import JumpReLUSAE, frequency_penalty
+from saesuite.sae.member import Member, init_b_dec, train_step
 from saesuite.sae.step import dense_step, sparse_step
-from saesuite.sae.train import Member, init_b_dec, train_step
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.sections import TrainConfig
 

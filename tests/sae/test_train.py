@@ -21,19 +21,11 @@ from safetensors.torch import load_file
 
 from saesuite.cluster.resources import sae_gpu_bytes
 from saesuite.data.store import write_chunk, write_manifest, write_normalization
+from saesuite.sae.checkpoint import truncate_log
+from saesuite.sae.groups import needs_sharding, sae_groups
 from saesuite.sae.jumprelu import JumpReLUSAE
-from saesuite.sae.train import (
-    Member,
-    NonFiniteLoss,
-    Preempted,
-    _truncate_log,
-    make_schedule,
-    needs_sharding,
-    sae_groups,
-    sae_seed,
-    train_site,
-    train_step,
-)
+from saesuite.sae.member import Member, make_schedule, sae_seed, train_step
+from saesuite.sae.train import NonFiniteLoss, Preempted, train_site
 from saesuite.spec.config import REPO_ROOT
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.io import read_json, write_json
@@ -373,7 +365,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_pat
 def test_resume_drops_log_lines_after_the_checkpoint_and_cut_lines(tmp_path):
     log = tmp_path / "train_log.jsonl"
     log.write_text('{"step": 0}\n{"step": 10}\n{"step": 20}\n{"step": 3')
-    _truncate_log(log, 20)
+    truncate_log(log, 20)
     assert log.read_text() == '{"step": 0}\n{"step": 10}\n'
 
 

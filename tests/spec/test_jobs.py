@@ -191,7 +191,7 @@ def test_transcoders_start_from_their_own_encoder_scale_and_saes_jobs_stay(tmp_p
     trained and fine-tuned) as their encoder_init_scale, and no SAE job: an SAE job's
     parameters are those of a config without the key, so setting it reruns only
     transcoders. null leaves every job at encoder_init_scale."""
-    from saesuite.sae.train import Member
+    from saesuite.sae.member import Member
 
     cfg = make_config("google/gemma-2-2b", output_root=str(tmp_path / "out"))
     sae = {**cfg["suite"][0], "layers": [1], "sites": ["mlp"]}

@@ -94,7 +94,7 @@ GPU_HEADROOM = 0.9  # of resources.gpu_mem_gb: CUDA context, allocator, the batc
 def train_group_bytes(config: dict[str, Any]) -> float | None:
     """Bytes per GPU a group of SAEs trained together may take, as planned from
     resources.gpu_mem_gb (None on CPU: one group). The trainer forms its groups from
-    the memory of the GPU it runs on (saesuite.sae.train.device_budget)."""
+    the memory of the GPU it runs on (saesuite.sae.groups.device_budget)."""
     if not uses_gpu(config, "train"):
         return None
     return GPU_HEADROOM * config["resources"]["gpu_mem_gb"] * 1e9
