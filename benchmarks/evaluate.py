@@ -28,8 +28,9 @@ from saesuite.data.models import load_model
 from saesuite.data.sites import site_width
 from saesuite.eval.evaluate import evaluate, load_released
 from saesuite.sae.jumprelu import JumpReLUSAE
-from saesuite.spec.config import REPO_ROOT, load_config, model_layers
+from saesuite.spec.config import REPO_ROOT, load_config
 from saesuite.spec.sites import Site
+from saesuite.spec.suite import model_layers
 
 
 def best_time(fn, repeats: int) -> float:

@@ -21,8 +21,9 @@ import torch
 from saesuite.data.extract import extract_batches
 from saesuite.data.models import load_model
 from saesuite.data.sites import StopForward, decoder_layers, site_width
-from saesuite.spec.config import REPO_ROOT, load_config, model_sites
+from saesuite.spec.config import REPO_ROOT, load_config
 from saesuite.spec.sites import SITE_NAMES
+from saesuite.spec.suite import model_sites
 
 
 def bare_forward(model, ids, batch, last):

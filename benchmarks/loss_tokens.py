@@ -33,9 +33,10 @@ from saesuite.data.tokens import load_tokens
 from saesuite.eval.evaluate import evaluate, load_released
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec import paths
-from saesuite.spec.config import REPO_ROOT, cache_root, load_config
+from saesuite.spec.config import REPO_ROOT, load_config
 from saesuite.spec.jobs import EvalJob
 from saesuite.spec.sites import Site
+from saesuite.spec.suite import cache_root
 from saesuite.spec.workflow import Workflow
 
 

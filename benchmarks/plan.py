@@ -18,7 +18,8 @@ import tempfile
 import time
 
 from saesuite.cluster.plan import preflight
-from saesuite.spec.config import REPO_ROOT, expand_suite, load_config
+from saesuite.spec.config import REPO_ROOT, load_config
+from saesuite.spec.suite import expand_suite
 
 
 def best(fn, repeats: int) -> float:

@@ -484,8 +484,9 @@ def real(args: argparse.Namespace) -> None:
     from saesuite.data.tokens import load_tokens
     from saesuite.eval.evaluate import evaluate
     from saesuite.spec import paths
-    from saesuite.spec.config import cache_root, load_config
+    from saesuite.spec.config import load_config
     from saesuite.spec.io import read_json
+    from saesuite.spec.suite import cache_root
 
     check_lens_options(args.lens_set)  # before the cache and the model
     cfg = load_config(args.configfile)  # its cache; training is DEFAULT_TRAIN

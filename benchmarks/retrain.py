@@ -31,7 +31,8 @@ import torch
 import yaml
 
 from saesuite.spec import jobs, paths
-from saesuite.spec.config import REPO_ROOT, cache_root, load_config, parse_settings
+from saesuite.spec.config import REPO_ROOT, load_config, parse_settings
+from saesuite.spec.suite import cache_root
 from saesuite.spec.workflow import Workflow
 
 COLS = ("l0", "fvu", "dead", "dense_latents")

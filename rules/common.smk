@@ -8,9 +8,10 @@ import signal
 from saesuite.cluster.resources import JobResources
 from saesuite.spec import paths
 from saesuite.spec.code_versions import CODE_VERSIONS
-from saesuite.spec.config import seqs_per_chunk, validate_config
+from saesuite.spec.config import validate_config
 from saesuite.spec.dictionary import FAMILY_TITLES
 from saesuite.spec.sites import Site
+from saesuite.spec.suite import seqs_per_chunk
 from saesuite.spec.workflow import Workflow
 
 # The one validation sequence (load_config runs it too): typed, recipe, defaults,

@@ -17,8 +17,9 @@ from saesuite.cluster.resources import (
     train_mem_mb,
     train_nproc,
 )
-from saesuite.spec.config import expand_suite, load_config
+from saesuite.spec.config import load_config
 from saesuite.spec.known_models import KNOWN
+from saesuite.spec.suite import expand_suite
 
 
 def cfg(**resources):

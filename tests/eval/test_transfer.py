@@ -19,8 +19,9 @@ from saesuite.spec.checks import (
     evaluations,
     transfer_checks,
 )
-from saesuite.spec.config import expand_suite, load_config
+from saesuite.spec.config import load_config
 from saesuite.spec.prompts import load_prompts
+from saesuite.spec.suite import expand_suite
 
 
 def pair_config(it_trained: bool, format_shift: bool = True) -> dict:

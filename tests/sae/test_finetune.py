@@ -23,9 +23,10 @@ from saesuite.sae.member import Member
 from saesuite.sae.outputs import start_from
 from saesuite.spec import paths
 from saesuite.spec.checks import finetuned_specs, transfer_checks
-from saesuite.spec.config import expand_suite, load_config
+from saesuite.spec.config import load_config
 from saesuite.spec.io import read_json, write_json
 from saesuite.spec.jobs import FinetuneJob, finetune_job
+from saesuite.spec.suite import expand_suite
 
 
 def test_the_reader_permutes_every_row_once_per_epoch_and_scales():

@@ -6,15 +6,9 @@ import pytest
 import yaml
 from helpers import make_config
 
-from saesuite.spec.config import (
-    REPO_ROOT,
-    ConfigError,
-    expand_suite,
-    load_config,
-    model_sites,
-    n_chunks,
-)
+from saesuite.spec.config import REPO_ROOT, ConfigError, load_config
 from saesuite.spec.dictionary import Dictionary
+from saesuite.spec.suite import expand_suite, model_sites, n_chunks
 
 MODEL = "google/gemma-2-2b"  # known shape: 26 layers, no download needed
 
@@ -251,7 +245,8 @@ def test_a_model_without_chat_template_is_refused_before_any_job(tiny_models, tm
     import shutil
 
     from saesuite.spec.checks import FORMAT_SHIFT
-    from saesuite.spec.config import ConfigError, has_chat_template
+    from saesuite.spec.config import ConfigError
+    from saesuite.spec.sources import has_chat_template
     from saesuite.spec.workflow import Workflow
 
     llama = str(tiny_models["llama"])
@@ -371,6 +366,9 @@ def test_a_train_recipe_fills_its_keys_and_a_set_key_wins():
     # every recipe's key is a train key of the schema
     keys = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["train"]["properties"]
     assert all(set(r) <= set(keys) for r in TRAIN_RECIPES.values())
+    # the schema's recipe names are config/recipes.yaml's, and its values typed
+    assert keys["recipe"]["enum"] == list(TRAIN_RECIPES)
+    assert TRAIN_RECIPES["saesuite"]["pre_act_coefficient"] == 1e-3
     gs2 = load_config(REPO_ROOT / "config" / "suites" / "gemma-scope-2-270m.yaml")
     assert gs2["train"]["recipe"] == "gemma-scope-2"
     assert gs2["train"]["matryoshka_fractions"] == [0.0625, 0.25]

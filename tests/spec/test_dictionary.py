@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from saesuite.spec.config import REPO_ROOT, expand_suite, load_config
+from saesuite.spec.config import REPO_ROOT, load_config
 from saesuite.spec.dictionary import FAMILY_TITLES, KINDS, Dictionary
 from saesuite.spec.sites import SITE_NAMES, Site
+from saesuite.spec.suite import expand_suite
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import pytest
 from helpers import job_counts
 
 from saesuite.cluster.resources import JobResources
-from saesuite.spec.config import REPO_ROOT, expand_suite, load_config
+from saesuite.spec.config import REPO_ROOT, load_config
+from saesuite.spec.suite import expand_suite
 from saesuite.spec.workflow import Workflow
 
 SUITES = REPO_ROOT / "config" / "suites"

@@ -41,14 +41,9 @@ from saesuite.cluster.resources import (
     train_nproc,
 )
 from saesuite.spec.checks import evaluations, finetuned_specs, transfer_checks
-from saesuite.spec.config import (
-    expand_suite,
-    has_dashboards,
-    model_layers,
-    sequences,
-)
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.known_models import known_shape
+from saesuite.spec.suite import expand_suite, has_dashboards, model_layers, sequences
 
 
 def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:

@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from saesuite.spec.config import known_site_width, sequences
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.known_models import ModelShape, known_shape
 from saesuite.spec.sizes import BYTES, LOGIT_BLOCK_BYTES, dictionary_bytes
+from saesuite.spec.suite import known_site_width, sequences
 from saesuite.spec.workflow import Workflow
 
 GPU_STAGES = frozenset(

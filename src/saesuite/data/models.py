@@ -22,7 +22,6 @@ from typing import Any
 import torch
 
 from saesuite.data.sites import ARCHITECTURES
-from saesuite.spec.config import source_kind
 from saesuite.spec.io import (
     atomic_path,
     new_dir_beside,
@@ -32,6 +31,7 @@ from saesuite.spec.io import (
 )
 from saesuite.spec.known_models import text_site_width
 from saesuite.spec.sizes import BYTES
+from saesuite.spec.sources import source_kind
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from saesuite.spec.config import ConfigError, has_chat_template
+from saesuite.spec.config import ConfigError
 from saesuite.spec.dictionary import Dictionary
+from saesuite.spec.sources import has_chat_template
 
 PT_TO_IT = "pt->it"
 FORMAT_SHIFT = "format-shift"

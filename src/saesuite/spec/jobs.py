@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from saesuite.spec import paths
-from saesuite.spec.config import config_hash, has_dashboards
+from saesuite.spec.config import config_hash
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.hashing import stable_hash
 from saesuite.spec.paths import activation_identity
@@ -27,6 +27,7 @@ from saesuite.spec.sections import (
     TransferConfig,
 )
 from saesuite.spec.sizes import dictionary_bytes
+from saesuite.spec.suite import has_dashboards
 
 
 def _encode(value: Any) -> Any:

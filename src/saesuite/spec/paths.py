@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path, PurePath
 from typing import Any
 
-from saesuite.spec.config import model_sites, seqs_per_chunk
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.hashing import stable_hash
+from saesuite.spec.suite import model_sites, seqs_per_chunk
 
 CHARS_PER_TOKEN_BUDGET = 10  # corpus text kept per needed token: ~2.5× typical BPE
 

@@ -17,16 +17,16 @@ from saesuite.spec.checks import (
     require_chat_templates,
     transfer_checks,
 )
-from saesuite.spec.config import (
-    ConfigError,
+from saesuite.spec.config import ConfigError
+from saesuite.spec.dictionary import Dictionary
+from saesuite.spec.releases import folder_name, release_groups
+from saesuite.spec.suite import (
     expand_suite,
     has_dashboards,
     known_site_width,
     model_layers,
     n_chunks,
 )
-from saesuite.spec.dictionary import Dictionary
-from saesuite.spec.releases import folder_name, release_groups
 
 
 class Workflow:
