@@ -5,6 +5,7 @@ import sys
 from saesuite.data.logs import job_log
 from saesuite.sae.launch import torchrun
 from saesuite.sae.train import train_site
+from saesuite.spec import paths
 from saesuite.spec.config import config_hash
 from saesuite.spec.io import read_json, write_json
 from saesuite.spec.jobs import TrainJob
@@ -21,7 +22,9 @@ with job_log(sm.log[0], sm.threads):
         rc = torchrun(job_file, sm.params.nproc)
         if rc:
             sys.exit(rc)
-        results = [read_json(f"{s.out_dir}/sae.json") for s in job.dictionaries]
+        results = [
+            read_json(paths.sae_file(job.out_dir(d), "info")) for d in job.dictionaries
+        ]
     else:
         results = train_site(job)
     write_json(sm.output[0], {"site": job.site, "saes": results})

@@ -31,7 +31,8 @@ def held_out_eval(results: Path, sae: dict) -> str:
 def find_saes(results: Path) -> pd.DataFrame:
     """Every trained SAE under `results`, joined with its held-out metrics."""
     rows = []
-    for sae_json in sorted(results.glob("*/saes/layer_*/*/width_*/*/sae.json")):
+    info = paths.SAE_FILES["info"]
+    for sae_json in sorted(results.glob(f"*/saes/layer_*/*/width_*/*/{info}")):
         sae = read_json(sae_json)
         row = {k: sae[k] for k in ("model", "layer", "width", "penalty", "value")}
         row["site"] = sae["kind"]
@@ -75,7 +76,7 @@ def cmd_show(args: argparse.Namespace) -> None:
         f"in {sae['steps']} steps; source {sae['source']}, "
         f"config {sae['config_hash']}"
     )
-    results = folder.parents[5]  # <results>/<model>/saes/layer_L/<site>/width_W
+    results = paths.results_of(folder)
     ev = Path(held_out_eval(results, sae))
     if not ev.is_file():
         print("not evaluated yet (run snakemake)")

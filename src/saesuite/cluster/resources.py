@@ -106,9 +106,8 @@ def train_mem_mb(config: dict[str, Any], specs: list[Dictionary], d_in: int) -> 
     Adam's two moments, and rank 0 gathers a sharded SAE's weights (twice, while
     they are serialised). GPU memory is not requested: a GRES is whole GPUs."""
     t = config["train"]
-    bucket = config["activations"]["shuffle_bucket"] * d_in * 4
-    sizes = [dictionary_bytes(d_in, s.width, skip=s.skip)
-             for s in specs]  # fmt: skip
+    bucket = config["activations"]["shuffle_bucket"] * d_in * F32
+    sizes = [dictionary_bytes(d_in, s.width, skip=s.skip) for s in specs]
     params = sum(sizes)
     if uses_gpu(config, "train"):
         # one SAE at least: weights, gradients and two Adam moments
@@ -116,10 +115,19 @@ def train_mem_mb(config: dict[str, Any], specs: list[Dictionary], d_in: int) -> 
         group = max(group, train_group_bytes(config) or 0)
         gathered = max(2 * n for n in sizes)
         saes = max(min(3 * params, 3 * group // 4), gathered)
-    else:
-        work = sum(6 * 4 * t["batch_size"] * s.width for s in specs)
-        saes = 4 * params + work  # weights, gradients, two moments
+    else:  # the SAEs train here, one process: the GPU formula, on the host
+        pre = n_prefixes(t["matryoshka_fractions"])
+        saes = sum(
+            sae_gpu_bytes(t["batch_size"], d_in, s.width, 1, skip=s.skip, prefixes=pre)
+            for s in specs
+        )
     return int((bucket + saes) / 2**20 * 1.5) + BASE_MB
+
+
+F32 = BYTES["float32"]
+# (rows, width) tensors a training step holds: pre-activations, activations, masks and
+# their gradients
+WORK_TENSORS = 6
 
 
 def n_prefixes(fractions: Sequence[float] | None) -> int:
@@ -141,15 +149,17 @@ def sae_gpu_bytes(
     decode, the reconstruction from it, its error and its gradient, (rows, d_in)
     each (saesuite.sae.step, the dense loss about the same)."""
     groups = prefixes + 1 if prefixes else 0
-    if sharded:
+    # weights, gradients and two Adam moments: 4 copies of the parameters
+    if sharded:  # a block of the latents; W_skip and b_dec whole on every process
         latents = -(-width // nproc)
-        return (4 * dictionary_bytes(d_in, latents) + 16 * d_in
-                + (16 * d_in * d_in if skip else 0)
-                + 6 * 4 * batch_size * latents
-                + 4 * 4 * groups * batch_size * d_in)  # fmt: skip
-    rows = batch_size // nproc
-    return (4 * dictionary_bytes(d_in, width, skip=skip)
-            + 6 * 4 * rows * width + 4 * 4 * groups * rows * d_in)  # fmt: skip
+        rows, params = batch_size, dictionary_bytes(d_in, latents)
+        params += (d_in + (d_in * d_in if skip else 0)) * F32
+    else:
+        latents, rows = width, batch_size // nproc
+        params = dictionary_bytes(d_in, width, skip=skip)
+    work = WORK_TENSORS * rows * latents * F32
+    matryoshka = 4 * groups * rows * d_in * F32
+    return 4 * params + work + matryoshka
 
 
 def fit_groups(

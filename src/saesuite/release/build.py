@@ -56,12 +56,7 @@ from saesuite.spec.sites import (
 from saesuite.spec.sparsity import sparsity_label
 
 LAYOUTS = ("gemma-scope-2", "gemma-scope", "saelens")
-# each layout's weights file, in every SAE folder
-PARAMS = {
-    "gemma-scope-2": "params.safetensors",
-    "gemma-scope": "params.npz",
-    "saelens": "sae_weights.safetensors",
-}
+PARAMS = paths.RELEASE_WEIGHTS  # each layout's weights file
 CIRCUIT_TRACER_DIR = "circuit_tracer"
 DASHBOARD_DIR = "dashboard"  # in an SAE's folder: its latent dashboard
 log = logging.getLogger(__name__)

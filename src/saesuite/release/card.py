@@ -8,13 +8,18 @@ from typing import Any
 import yaml
 
 from saesuite.eval.plots import pareto_axes, pareto_series, save_png, subplots
+from saesuite.spec import paths
 from saesuite.spec.dictionary import KINDS
 from saesuite.spec.sparsity import sparsity_label
 
+# each layout's weights file (spec.paths) and the keys the card lists in it
 WEIGHTS = {
-    "saelens": ("sae_weights.safetensors", "W_enc, W_dec, b_enc, b_dec, threshold"),
-    "gemma-scope-2": ("params.safetensors", "w_enc, w_dec, b_enc, b_dec, threshold"),
-    "gemma-scope": ("params.npz", "W_enc, W_dec, b_enc, b_dec, threshold"),
+    layout: (paths.RELEASE_WEIGHTS[layout], keys)
+    for layout, keys in (
+        ("saelens", "W_enc, W_dec, b_enc, b_dec, threshold"),
+        ("gemma-scope-2", "w_enc, w_dec, b_enc, b_dec, threshold"),
+        ("gemma-scope", "W_enc, W_dec, b_enc, b_dec, threshold"),
+    )
 }
 
 

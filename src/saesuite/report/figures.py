@@ -325,7 +325,7 @@ def write_report(
         if entry["trained_on"] == model
     }
     log_path = {
-        sae["path"]: paths.sae_file(Path(summary).parents[2] / sae["path"], "log")
+        sae["path"]: paths.sae_file(paths.sae_dir_beside(summary, sae["path"]), "log")
         for summary in site_summaries
         for sae in read_json(summary)["saes"]
     }

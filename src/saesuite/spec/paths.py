@@ -97,6 +97,26 @@ def sae_file(sae_dir: str | PurePath, kind: str) -> Path:
     return Path(sae_dir) / SAE_FILES[kind]
 
 
+def sae_dir_beside(site_summary_path: str | PurePath, sae_path: str) -> Path:
+    """A dictionary's folder from its train job's summary (`site_summary`) and its
+    path under saes/ (Dictionary.path)."""
+    return Path(site_summary_path).parents[2] / sae_path
+
+
+def results_of(sae_dir_path: str | PurePath) -> Path:
+    """The output root a trained dictionary's folder (`sae_dir`) lies in:
+    <root>/<model>/saes/layer_L/<family>/width_W/<label>."""
+    return Path(sae_dir_path).parents[5]
+
+
+# Each release layout's weights file, in every dictionary's folder (saesuite.release)
+RELEASE_WEIGHTS = {
+    "gemma-scope-2": "params.safetensors",
+    "gemma-scope": "params.npz",
+    "saelens": "sae_weights.safetensors",
+}
+
+
 def site_summary(root: str, model: str, layer: int | str, kind: str) -> str:
     return f"{root}/{model}/saes/layer_{layer}/{kind}/site.json"
 
