@@ -23,12 +23,12 @@ import platform
 import time
 
 import torch
+from common import bench_model
 
-from saesuite.data.models import load_model
 from saesuite.data.sites import site_width
 from saesuite.eval.evaluate import evaluate, load_released
 from saesuite.sae.jumprelu import JumpReLUSAE
-from saesuite.spec.config import REPO_ROOT, load_config
+from saesuite.spec.config import REPO_ROOT
 from saesuite.spec.sites import Site
 from saesuite.spec.suite import model_layers
 
@@ -61,12 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         args.tokens, args.context, args.batch, args.repeats = 64, 16, 2, 1
     torch.set_num_threads(args.threads)
 
-    cfg = load_config(REPO_ROOT / "config" / "config.yaml")
-    key = next(iter(cfg["models"]))
-    mcfg = {**cfg["models"][key], "device": args.device}
-    if args.model:
-        key, mcfg["source"] = args.model, args.model
-    model = load_model(mcfg, REPO_ROOT / "results" / "cache")
+    key, cfg, mcfg, model = bench_model(args.model, args.device)
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
     n_seq = args.tokens // args.context

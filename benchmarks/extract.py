@@ -17,11 +17,10 @@ import platform
 import time
 
 import torch
+from common import bench_model
 
 from saesuite.data.extract import extract_batches
-from saesuite.data.models import load_model
 from saesuite.data.sites import StopForward, decoder_layers, site_width
-from saesuite.spec.config import REPO_ROOT, load_config
 from saesuite.spec.sites import SITE_NAMES
 from saesuite.spec.suite import model_sites
 
@@ -56,12 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         args.tokens, args.context, args.batch, args.repeats = 256, 32, 4, 1
     torch.set_num_threads(args.threads)
 
-    cfg = load_config(REPO_ROOT / "config" / "config.yaml")
-    key = next(iter(cfg["models"]))
-    mcfg = {**cfg["models"][key], "device": "cpu"}
-    if args.model:
-        key, mcfg["source"] = args.model, args.model
-    model = load_model(mcfg, REPO_ROOT / "results" / "cache")
+    key, cfg, mcfg, model = bench_model(args.model, "cpu")
     if args.model:  # every site of every layer
         n = model.config.get_text_config().num_hidden_layers
         sites = [f"layer_{L}.{k}" for L in range(n) for k in SITE_NAMES]

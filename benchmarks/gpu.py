@@ -38,7 +38,6 @@ import argparse
 import copy
 import datetime
 import importlib.util
-import math
 import platform
 import sys
 import time
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import best_time, matmul_ceiling, sync
 
 from saesuite.cluster.resources import sae_gpu_bytes
 from saesuite.data.extract import extract_batches
@@ -163,22 +163,6 @@ def sibling(name: str):
     return module
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def best_time(fn, device: str, repeats: int) -> float:
-    best = math.inf
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
@@ -207,16 +191,6 @@ def threshold_for(l0: float, width: int) -> float:
 
 def bench_spec(width: int, tokens: int, coefficient: float) -> Dictionary:
     return Dictionary.of("bench", "sae", 0, "res", width, tokens, lambda_=coefficient)
-
-
-def matmul_ceiling(device: str, dtype: torch.dtype, n: int) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    reps = 10
-    t = best_time(lambda: [a @ b for _ in range(reps)], device, 1)
-    return reps * 2 * n**3 / t
 
 
 # --- 1. correctness -----------------------------------------------------------------
@@ -628,8 +602,12 @@ def machine(device: str, s: dict) -> dict[str, Any]:
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "matmul_n": s["matmul"],
-        "fp32_flops": matmul_ceiling(device, torch.float32, s["matmul"]),
-        "bf16_flops": matmul_ceiling(device, torch.bfloat16, s["matmul"]),
+        "fp32_flops": matmul_ceiling(
+            s["matmul"], s["matmul"], s["matmul"], device, torch.float32, 10
+        ),
+        "bf16_flops": matmul_ceiling(
+            s["matmul"], s["matmul"], s["matmul"], device, torch.bfloat16, 10
+        ),
     }
 
 

@@ -20,6 +20,7 @@ import platform
 import time
 
 import torch
+from common import matmul_ceiling
 
 from saesuite.data.store import ActivationReader
 from saesuite.sae.member import Member, train_step
@@ -40,15 +41,6 @@ def load_batches(
         return torch.stack([r.batch(j) for j in range(n)]), f"{site} of gemma-3-270m"
     g = torch.Generator().manual_seed(0)
     return torch.randn(n, batch, d_in, generator=g) / d_in**0.5, "Gaussian"
-
-
-def matmul_ceiling(d: int, w: int, b: int) -> float:
-    a, m = torch.randn(b, d), torch.randn(d, w)
-    a @ m
-    t = time.perf_counter()
-    for _ in range(5):
-        a @ m
-    return 5 * 2 * b * d * w / (time.perf_counter() - t)
 
 
 def bench_spec(width: int, tokens: int, lam: float) -> Dictionary:
@@ -197,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     hp["_lr_warmup"] = min(1000, int(0.05 * args.steps))
     hp["_lam_warmup"] = min(10000, int(0.2 * args.steps))
-    ceiling = matmul_ceiling(d, args.width, args.batch)
+    ceiling = matmul_ceiling(args.batch, d, args.width)
 
     rows = {}
     for name, fn in (("saesuite", run_ours), ("SAELens", run_saelens)):

@@ -20,6 +20,9 @@ from saesuite.spec.config import REPO_ROOT
 
 
 def bench(name: str):
+    # as `python benchmarks/<name>.py` runs it: its folder (benchmarks/common.py) first
+    if str(REPO_ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     path = REPO_ROOT / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
@@ -144,6 +147,8 @@ def test_gpu_benchmark_on_cpu_without_the_workflow_packages(tmp_path):
     code = (
         f"import runpy, sys; {block}; sys.argv = ['gpu.py', '--device', 'cpu', "
         f"'--quick', '--out', {str(tmp_path)!r}]; "
+        # `python3 benchmarks/gpu.py` puts the script's folder first on sys.path
+        "sys.path.insert(0, 'benchmarks'); "
         "runpy.run_path('benchmarks/gpu.py', run_name='__main__')"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
