@@ -18,8 +18,19 @@ from saesuite.spec import paths
 from saesuite.spec.io import atomic_path, read_json
 from saesuite.spec.metrics import scalar_metrics
 
-COLUMNS = ["model", "layer", "site", "width", "penalty", "value", "l0", "fvu",
-           "delta_loss", "loss_recovered", "dead"]  # fmt: skip
+COLUMNS = [
+    "model",
+    "layer",
+    "site",
+    "width",
+    "penalty",
+    "value",
+    "l0",
+    "fvu",
+    "delta_loss",
+    "loss_recovered",
+    "dead",
+]
 
 
 def held_out_eval(results: Path, sae: dict) -> str:
@@ -148,10 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     plan = sub.add_parser("plan", help="SAEs, tokens, cache, FLOPs, GPU-hours")
     plan.add_argument("--configfile", help="a config (default: config/config.yaml)")
     plan.add_argument(
-        "--tflops", type=float, default=200.0,
+        "--tflops",
+        type=float,
+        default=200.0,
         help="effective device throughput in TFLOP/s (default 200: an H100 at "
         "~50%% of its dense TF32/bf16 peak; this 2-core CPU does ~0.1)",
-    )  # fmt: skip
+    )
     plan.add_argument("--csv", help="also write the plan as CSV here")
     plan.set_defaults(func=cmd_plan)
     ls = sub.add_parser("ls", help="list the SAEs of a run with their metrics")

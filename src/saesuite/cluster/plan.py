@@ -56,8 +56,16 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
     rows = []
 
     def add(model: str, stage: str, saes: int, tokens: int, cache: int, flops):
-        rows.append({"model": model, "stage": stage, "saes": saes, "tokens": tokens,
-                     "cache_bytes": cache, "flops": flops})  # fmt: skip
+        rows.append(
+            {
+                "model": model,
+                "stage": stage,
+                "saes": saes,
+                "tokens": tokens,
+                "cache_bytes": cache,
+                "flops": flops,
+            }
+        )
 
     for model in sorted({s.model for s in suite}):
         specs: list[Dictionary] = [s for s in suite if s.model == model]
@@ -90,15 +98,25 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
         flops = None
         if shape:  # one job per layer (saesuite.cluster.resources)
             flops = sum(
-                finetune_estimate(config, c.target,
-                                  [s for s in mine if s.layer == L])[1]
+                finetune_estimate(config, c.target, [s for s in mine if s.layer == L])[
+                    1
+                ]
                 for L in sorted({s.layer for s in mine})
-            )  # fmt: skip
-        add(c.target, f"finetune ({c.base} SAEs)", len(mine),
-            sum(s.tokens for s in mine), None, flops)  # fmt: skip
+            )
+        add(
+            c.target,
+            f"finetune ({c.base} SAEs)",
+            len(mine),
+            sum(s.tokens for s in mine),
+            None,
+            flops,
+        )
     for e in evaluations(config, suite):
-        specs = [s for s in suite + tuned if s.model == e.trained_on
-                 and (e.layers is None or s.layer in e.layers)]  # fmt: skip
+        specs = [
+            s
+            for s in suite + tuned
+            if s.model == e.trained_on and (e.layers is None or s.layer in e.layers)
+        ]
         shape = known_shape(config["models"][e.evaluated_on]["source"])
         n_tok = ev["tokens"] or (
             eval_tok if e.data == "text" else config["transfer"]["tokens"]
@@ -108,33 +126,53 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
         if shape:
             layers = sorted({s.layer for s in specs})
             flops = sum(
-                evaluate_estimate(config, e.evaluated_on, e.data,
-                                  [s for s in specs if s.layer == L])[1]
+                evaluate_estimate(
+                    config, e.evaluated_on, e.data, [s for s in specs if s.layer == L]
+                )[1]
                 for L in layers
-            )  # fmt: skip
+            )
         stage = (
             "evaluate"
             if e.trained_on == e.evaluated_on and e.data == "text"
             else "transfer"
         )
-        add(e.evaluated_on, f"{stage} ({e.trained_on} SAEs, {e.data})", len(specs),
-            n_tok, None, flops)  # fmt: skip
+        add(
+            e.evaluated_on,
+            f"{stage} ({e.trained_on} SAEs, {e.data})",
+            len(specs),
+            n_tok,
+            None,
+            flops,
+        )
     for model in sorted({s.model for s in suite}):  # one dashboards job per layer
-        layers = sorted({s.layer for s in suite if s.model == model
-                         and has_dashboards(config, s.layer)})  # fmt: skip
+        layers = sorted(
+            {
+                s.layer
+                for s in suite
+                if s.model == model and has_dashboards(config, s.layer)
+            }
+        )
         if not layers:
             continue
         shape = known_shape(config["models"][model]["source"])
         flops = None
         if shape:
             flops = sum(
-                dashboards_estimate(config, model, [s for s in suite
-                                    if s.model == model and s.layer == L])[1]
+                dashboards_estimate(
+                    config,
+                    model,
+                    [s for s in suite if s.model == model and s.layer == L],
+                )[1]
                 for L in layers
-            )  # fmt: skip
-        add(model, "dashboards", sum(s.model == model and s.layer in layers
-                                     for s in suite),
-            min(config["dashboards"]["tokens"], eval_tok), None, flops)  # fmt: skip
+            )
+        add(
+            model,
+            "dashboards",
+            sum(s.model == model and s.layer in layers for s in suite),
+            min(config["dashboards"]["tokens"], eval_tok),
+            None,
+            flops,
+        )
     rollout_models = {c.target for c in checks}
     for model in sorted(rollout_models):
         shape = known_shape(config["models"][model]["source"])
@@ -177,15 +215,18 @@ def gpu_memory(config: dict[str, Any]) -> tuple[list[str], list[str]]:
         d_in = shape.site_width(specs[0].input_site.kind)
         skip = specs[0].skip  # one kind per job
         for width in sorted({s.width for s in specs}):
-            if sae_gpu_bytes(batch, d_in, width, nproc, skip=skip,
-                             prefixes=pre) > budget:  # fmt: skip
+            if (
+                sae_gpu_bytes(batch, d_in, width, nproc, skip=skip, prefixes=pre)
+                > budget
+            ):
                 key = (model, site, width, nproc, skip, d_in)
                 found.setdefault(key, []).append(layer)
     sharded, problems = [], []
     for (model, site, width, nproc, skip, d_in), layers in found.items():
         where = f"{model} {site} width {width} (layers {', '.join(map(str, layers))})"
-        need = sae_gpu_bytes(batch, d_in, width, nproc, sharded=True, skip=skip,
-                             prefixes=pre)  # fmt: skip
+        need = sae_gpu_bytes(
+            batch, d_in, width, nproc, sharded=True, skip=skip, prefixes=pre
+        )
         if nproc > 1 and need <= budget:
             sharded.append(f"{where}: {need / 1e9:.0f} GB per GPU over {nproc} GPUs")
             continue
@@ -229,8 +270,10 @@ def data_reuse(config: dict[str, Any]) -> list[str]:
         parts = []
         for b, n in sorted(budgets.items()):
             e = f"{b / unique:.3g}"
-            parts.append(f"{n} SAE{'s' * (n > 1)} × {num(b)} tokens ({e} epoch"
-                         f"{'s' * (e != '1')})")  # fmt: skip
+            parts.append(
+                f"{n} SAE{'s' * (n > 1)} × {num(b)} tokens ({e} epoch"
+                f"{'s' * (e != '1')})"
+            )
         lines.append(
             f"{model}: {num(unique)} unique tokens cached; " + ", ".join(parts)
         )

@@ -136,9 +136,14 @@ def n_prefixes(fractions: Sequence[float] | None) -> int:
 
 
 def sae_gpu_bytes(
-    batch_size: int, d_in: int, width: int, nproc: int, sharded: bool = False,
-    skip: bool = False, prefixes: int = 0,
-) -> int:  # fmt: skip
+    batch_size: int,
+    d_in: int,
+    width: int,
+    nproc: int,
+    sharded: bool = False,
+    skip: bool = False,
+    prefixes: int = 0,
+) -> int:
     """Bytes one SAE takes on each GPU of a job of `nproc` processes: fp32 weights,
     gradients and two Adam moments, and the (rows, width) pre-activations,
     activations, masks and their gradients (~6 tensors). Data parallelism gives each
@@ -192,8 +197,10 @@ def shards_needed(
     if sae_gpu_bytes(batch_size, d_in, width, 1, prefixes=prefixes) <= budget:
         return 1
     for n in range(2, 1025):
-        if sae_gpu_bytes(batch_size, d_in, width, n, sharded=True,
-                         prefixes=prefixes) <= budget:  # fmt: skip
+        if (
+            sae_gpu_bytes(batch_size, d_in, width, n, sharded=True, prefixes=prefixes)
+            <= budget
+        ):
             return n
     return None
 
@@ -240,8 +247,10 @@ def dashboards_estimate(
     d = config["dashboards"]
     slots = (d["top_k"] + d["samples"]) * (2 * d["window"] + 1)
     widths = [shape.site_width(s.input_site.kind) if shape else 4096 for s in specs]
-    saes = sum(dictionary_bytes(w_in, s.width, skip=s.skip)
-               for w_in, s in zip(widths, specs, strict=True))  # fmt: skip
+    saes = sum(
+        dictionary_bytes(w_in, s.width, skip=s.skip)
+        for w_in, s in zip(widths, specs, strict=True)
+    )
     stats = sum(s.width * (slots * 12 + 8 * 70) for s in specs)  # values, ids, hist
     logits = LOGIT_BLOCK_BYTES  # one block of logit effects (saesuite.eval.latents)
     mem = model_mb(config, model) + int(1.5 * (saes + stats + logits) / 2**20)
@@ -276,8 +285,10 @@ def finetune_estimate(
     if shape is None:
         return mem, None
     layer = specs[0].layer
-    flops = sum(train_flops([s], known_site_width(config, target, s.input_site.kind))
-                for s in specs)  # fmt: skip
+    flops = sum(
+        train_flops([s], known_site_width(config, target, s.input_site.kind))
+        for s in specs
+    )
     return mem, forward_flops(shape, tokens, layer + 1) + flops
 
 
@@ -287,9 +298,12 @@ def evaluate_estimate(
     """(mem_mb, flops) of one evaluate job: one layer's SAEs (`specs`) through lm."""
     shape = _shape(config, lm)
     ev = config["evaluate"]
-    sizes = [dictionary_bytes(shape.site_width(s.site) if shape else 4096, s.width,
-                              skip=s.skip)
-             for s in specs]  # fmt: skip
+    sizes = [
+        dictionary_bytes(
+            shape.site_width(s.site) if shape else 4096, s.width, skip=s.skip
+        )
+        for s in specs
+    ]
     # On a GPU the SAEs pass through the host one at a time (saesuite.eval.evaluate).
     sae_mb = max(sizes, default=0) if uses_gpu(config, "evaluate") else sum(sizes)
     mem = model_mb(config, lm) + int(1.5 * sae_mb / 2**20) + BASE_MB
@@ -443,9 +457,13 @@ class JobResources:
             model, layer, kind = w["model"], int(w["layer"]), w["kind"]
             specs = wf.site_specs(model, layer, kind)
             d_in = known_site_width(config, model, specs[0].input_site.kind)
-            return request(config, stage, train_mem_mb(config, specs, d_in),
-                           train_flops(specs, d_in),
-                           self.train_nproc(model, layer, kind))  # fmt: skip
+            return request(
+                config,
+                stage,
+                train_mem_mb(config, specs, d_in),
+                train_flops(specs, d_in),
+                self.train_nproc(model, layer, kind),
+            )
         if stage == "finetune":
             c = wf.tuned[w["tuned"]]
             specs = wf.layer_specs(w["tuned"], int(w["layer"]))

@@ -319,10 +319,15 @@ def load_manifest(path: str | Path) -> tuple[dict[str, Any], list[ChunkInfo]]:
     path = Path(path)
     manifest = read_json(path)
     chunks = [
-        ChunkInfo(path.parent / c["file"], c["n_tokens"], c["n_valid"], c["tensors"],
-                  path.parent / c["info_file"] if "info_file" in c else None)
+        ChunkInfo(
+            path.parent / c["file"],
+            c["n_tokens"],
+            c["n_valid"],
+            c["tensors"],
+            path.parent / c["info_file"] if "info_file" in c else None,
+        )
         for c in manifest["chunks"]
-    ]  # fmt: skip
+    ]
     return manifest, chunks
 
 

@@ -299,9 +299,13 @@ SAMPLE_BINS = ((2 / 3, 1.0), (1 / 3, 2 / 3), (0.0, 1 / 3))
 
 
 def neuronpedia_batches(
-    folder: str | Path, out_dir: str | Path, *, model_id: str, source: str,
+    folder: str | Path,
+    out_dir: str | Path,
+    *,
+    model_id: str,
+    source: str,
     batch_size: int = 128,
-) -> list[Path]:  # fmt: skip
+) -> list[Path]:
     """A dictionary's dashboard as the batch files SAEDashboard's Neuronpedia runner
     writes (`batch-N.json`: NeuronpediaDashboardBatch → features → activations), for
     Neuronpedia's import: `model_id` and `source` (its SAE set, e.g. "9-res-ss") name
@@ -318,11 +322,18 @@ def neuronpedia_batches(
     def activation(ctx: list[Any], lo: float, hi: float, share: float) -> dict:
         seq, pos, _, nz = ctx
         vals = dict((o, v) for o, v in nz)
-        span = [p for p in range(pos - info["window"], pos + info["window"] + 1)
-                if 0 <= p < len(ids[seq])]  # fmt: skip
-        return {"bin_min": lo, "bin_max": hi, "bin_contains": share,
-                "tokens": [strings[str(ids[seq][p])] for p in span],
-                "values": [float(vals.get(p - pos, 0.0)) for p in span]}  # fmt: skip
+        span = [
+            p
+            for p in range(pos - info["window"], pos + info["window"] + 1)
+            if 0 <= p < len(ids[seq])
+        ]
+        return {
+            "bin_min": lo,
+            "bin_max": hi,
+            "bin_contains": share,
+            "tokens": [strings[str(ids[seq][p])] for p in span],
+            "values": [float(vals.get(p - pos, 0.0)) for p in span],
+        }
 
     features = []
     for shard in sorted((folder / "shards").glob("shard_*.js")):
@@ -330,32 +341,45 @@ def neuronpedia_batches(
             acts = [activation(c, -1, r["max"], -1) for c in r["top"]]
             n = max(1, len(r["sample"]))
             for lo, hi in SAMPLE_BINS:
-                inside = [c for c in r["sample"]
-                          if lo * r["max"] <= c[2] < hi * r["max"] or
-                          (hi == 1.0 and c[2] == r["max"])]  # fmt: skip
-                acts += [activation(c, lo * r["max"], hi * r["max"], len(inside) / n)
-                         for c in inside]  # fmt: skip
-            features.append({
-                "feature_index": r["i"],
-                "neg_str": [s for s, _ in r["neg"]],
-                "neg_values": [float(v) for _, v in r["neg"]],
-                "pos_str": [s for s, _ in r["pos"]],
-                "pos_values": [float(v) for _, v in r["pos"]],
-                "frac_nonzero": float(r["freq"]),
-                "freq_hist_data_bar_values": [centres[b] for b, _ in r["hist"]],
-                "freq_hist_data_bar_heights": [float(c) for _, c in r["hist"]],
-                "logits_hist_data_bar_heights": [],
-                "logits_hist_data_bar_values": [],
-                "n_prompts_total": info["sequences"],
-                "n_tokens_in_prompt": len(ids[0]) if ids else 0,
-                "dataset": "",
-                "activations": acts,
-            })  # fmt: skip
+                inside = [
+                    c
+                    for c in r["sample"]
+                    if lo * r["max"] <= c[2] < hi * r["max"]
+                    or (hi == 1.0 and c[2] == r["max"])
+                ]
+                acts += [
+                    activation(c, lo * r["max"], hi * r["max"], len(inside) / n)
+                    for c in inside
+                ]
+            features.append(
+                {
+                    "feature_index": r["i"],
+                    "neg_str": [s for s, _ in r["neg"]],
+                    "neg_values": [float(v) for _, v in r["neg"]],
+                    "pos_str": [s for s, _ in r["pos"]],
+                    "pos_values": [float(v) for _, v in r["pos"]],
+                    "frac_nonzero": float(r["freq"]),
+                    "freq_hist_data_bar_values": [centres[b] for b, _ in r["hist"]],
+                    "freq_hist_data_bar_heights": [float(c) for _, c in r["hist"]],
+                    "logits_hist_data_bar_heights": [],
+                    "logits_hist_data_bar_values": [],
+                    "n_prompts_total": info["sequences"],
+                    "n_tokens_in_prompt": len(ids[0]) if ids else 0,
+                    "dataset": "",
+                    "activations": acts,
+                }
+            )
     written = []
     for n in range(0, len(features), batch_size):
         path = out_dir / f"batch-{n // batch_size}.json"
-        write_json(path, {"model_id": model_id, "layer": info["layer"],
-                          "sae_set": source,
-                          "features": features[n : n + batch_size]})  # fmt: skip
+        write_json(
+            path,
+            {
+                "model_id": model_id,
+                "layer": info["layer"],
+                "sae_set": source,
+                "features": features[n : n + batch_size],
+            },
+        )
         written.append(path)
     return written

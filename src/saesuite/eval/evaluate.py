@@ -221,9 +221,13 @@ def _dot(p: torch.Tensor, logq: torch.Tensor, block: int = 1 << 24) -> torch.Ten
 
 
 def _reconstruct(
-    sae: JumpReLUSAE, x: torch.Tensor, m: torch.Tensor, acc: Accumulator,
-    encode_bytes: int, y: torch.Tensor | None = None,
-) -> torch.Tensor:  # fmt: skip
+    sae: JumpReLUSAE,
+    x: torch.Tensor,
+    m: torch.Tensor,
+    acc: Accumulator,
+    encode_bytes: int,
+    y: torch.Tensor | None = None,
+) -> torch.Tensor:
     """x̂ of a batch (B, T, d), its reconstruction metrics added to `acc`; for a
     transcoder, its prediction ŷ of the target batch `y` from x. Encoded a few
     sequences at a time: (rows, T, width) pre-activations, mask and latents of a
@@ -319,8 +323,9 @@ def evaluate(
             for site in spliced_at
         }
         for key, (site_in, site, sae) in entries.items():
-            x_hat = _reconstruct(sae, captured[site_in], m, acc[key], encode_bytes,
-                                 captured[site])  # fmt: skip
+            x_hat = _reconstruct(
+                sae, captured[site_in], m, acc[key], encode_bytes, captured[site]
+            )
             spliced = NextToken(
                 logits_from(model, x_ids, [site], masked(x_hat), after(site, kept)),
                 x_ids,
@@ -336,8 +341,9 @@ def evaluate(
         m = mask[b0 : b0 + batch_size].to(device)
         captured = capture(model, x_ids, sites)
         for key, (site_in, site, sae) in entries.items():
-            _reconstruct(sae, captured[site_in], m, acc[key], encode_bytes,
-                         captured[site])  # fmt: skip
+            _reconstruct(
+                sae, captured[site_in], m, acc[key], encode_bytes, captured[site]
+            )
         if progress:
             progress(len(x_ids))
     return acc
@@ -415,9 +421,11 @@ def evaluate_layer(
     acc: dict[str, Accumulator] = {}
     start = time.perf_counter()
     with tqdm(
-        total=n_seq * len(groups), unit="seq", desc="evaluate",
+        total=n_seq * len(groups),
+        unit="seq",
+        desc="evaluate",
         mininterval=progress_interval(),
-    ) as bar:  # fmt: skip
+    ) as bar:
         for g in groups:
             members = [job.members[i] for i in g]
             saes = {
@@ -454,17 +462,32 @@ def evaluate_layer(
             s.out,
             {"identity": s.identity, "evaluation": evaluation, "metrics": metrics},
         )
-        summary.append({"key": s.key, "path": s.dictionary.path,
-                        "trained_on": s.dictionary.model, "json": s.out,
-                        **scalar_metrics(metrics)})  # fmt: skip
+        summary.append(
+            {
+                "key": s.key,
+                "path": s.dictionary.path,
+                "trained_on": s.dictionary.model,
+                "json": s.out,
+                **scalar_metrics(metrics),
+            }
+        )
         d_sae = shapes[job.members.index(s)][1]
         for w in health_warnings(d_sae, metrics["dead"], metrics.get("loss_recovered")):
             log.warning("%s on %s: %s", s.key, job.evaluated_on, w)
     log.info(
         "%d SAEs in %d group(s) on %d sequences (%d with loss metrics) in %.1f s",
-        len(job.members), len(groups), n_seq, min(n_loss, n_seq), elapsed,
-    )  # fmt: skip
-    result = {"evaluated_on": job.evaluated_on, "data": job.data, **meta,
-              "versions": versions(), "saes": summary}  # fmt: skip
+        len(job.members),
+        len(groups),
+        n_seq,
+        min(n_loss, n_seq),
+        elapsed,
+    )
+    result = {
+        "evaluated_on": job.evaluated_on,
+        "data": job.data,
+        **meta,
+        "versions": versions(),
+        "saes": summary,
+    }
     write_json(out, result)
     return result

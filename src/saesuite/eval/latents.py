@@ -146,9 +146,12 @@ class LatentStats:
 
     @torch.no_grad()
     def update(
-        self, acts: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+        self,
+        acts: torch.Tensor,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
         first_seq: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Add a batch: acts (B, T, width) ≥ 0, ids and mask (B, T); the batch's
         sequences are first_seq, first_seq + 1, … of the dashboard split.
 
@@ -169,25 +172,41 @@ class LatentStats:
         self.count += torch.bincount(c, minlength=W)
         self.max.scatter_reduce_(0, c, v, "amax")
         bins = torch.bucketize(v.log10(), LOG10_EDGES)
-        self.hist.view(-1).index_add_(0, c * self.hist.shape[1] + bins,
-                                      torch.ones_like(bins))  # fmt: skip
+        self.hist.view(-1).index_add_(
+            0, c * self.hist.shape[1] + bins, torch.ones_like(bins)
+        )
         group = b * W + c  # (sequence in the batch, latent)
         # top-k: each sequence's maximum per latent, at its first position
         best, where = _first_at(group, v, t, B * W, largest=True)
-        self._merge(self.slots, self.slot_keys, best.double(), where,
-                    acts, ids, mask, first_seq)  # fmt: skip
+        self._merge(
+            self.slots, self.slot_keys, best.double(), where, acts, ids, mask, first_seq
+        )
         # the sample: per sequence and latent, the firing position of least key
         keys = _hash_keys(first_seq + b, t, self.seed)
         kmin, where = _first_at(group, keys, t, B * W, largest=False)
         score = 1.0 - kmin.double()  # -inf where it fired nowhere in the sequence
-        self._merge(self.sample_slots, self.sample_keys, score, where,
-                    acts, ids, mask, first_seq)  # fmt: skip
+        self._merge(
+            self.sample_slots,
+            self.sample_keys,
+            score,
+            where,
+            acts,
+            ids,
+            mask,
+            first_seq,
+        )
 
     def _merge(
-        self, top: TopContexts, keys: torch.Tensor, score: torch.Tensor,
-        where: torch.Tensor, acts: torch.Tensor, ids: torch.Tensor,
-        mask: torch.Tensor, first_seq: int,
-    ) -> None:  # fmt: skip
+        self,
+        top: TopContexts,
+        keys: torch.Tensor,
+        score: torch.Tensor,
+        where: torch.Tensor,
+        acts: torch.Tensor,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        first_seq: int,
+    ) -> None:
         """Merge the candidates (one per (sequence, latent) of the batch, flat
         b * width + c, at position `where`; score -inf: none) into the slots `top`,
         and their `keys`, in place: only those ranking above a latent's current

@@ -21,13 +21,21 @@ L0_AXIS = "L0 (active latents per token, log scale)"
 
 
 def pareto_series(
-    ax: Any, l0: Sequence[float], ys: Sequence[float | None], *, label: str,
-    line: bool = True, **style: Any,
-) -> bool:  # fmt: skip
+    ax: Any,
+    l0: Sequence[float],
+    ys: Sequence[float | None],
+    *,
+    label: str,
+    line: bool = True,
+    **style: Any,
+) -> bool:
     """One series of a Pareto plot, in L0 order; points without a value are left
     out. False when none has one (nothing drawn)."""
-    pts = sorted((x, y) for x, y in zip(l0, ys, strict=True)
-                 if y is not None and not math.isnan(y))  # fmt: skip
+    pts = sorted(
+        (x, y)
+        for x, y in zip(l0, ys, strict=True)
+        if y is not None and not math.isnan(y)
+    )
     if not pts:
         return False
     xs, vs = zip(*pts, strict=True)

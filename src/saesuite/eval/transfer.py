@@ -84,10 +84,15 @@ def generate_rollouts(
             [[0] * (width - len(h)) + [1] * len(h) for h in heads], device=device
         )
         gen = GenerationConfig(
-            do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-            max_new_tokens=ctx - min(map(len, heads)), eos_token_id=stops,
-            pad_token_id=pad, bos_token_id=bos,
-        )  # fmt: skip
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=ctx - min(map(len, heads)),
+            eos_token_id=stops,
+            pad_token_id=pad,
+            bos_token_id=bos,
+        )
         torch.manual_seed(_seed(seed, bi))
         with torch.no_grad():
             out = model.generate(
@@ -201,11 +206,16 @@ def plot_transfer(df, check: TransferCheck, out: str | Path, svg: str | Path) ->
                     if metric not in gs:
                         continue
                     pareto_series(
-                        ax, list(gs["l0"]), list(gs[metric]), line=False,
-                        marker=markers.get(site, "x"), color=f"C{gi}", alpha=0.8,
+                        ax,
+                        list(gs["l0"]),
+                        list(gs[metric]),
+                        line=False,
+                        marker=markers.get(site, "x"),
+                        color=f"C{gi}",
+                        alpha=0.8,
                         label=f"{saes_label(check, trained_on)} SAEs on "
                         f"{evaluated_on} ({site})",
-                    )  # fmt: skip
+                    )
             pareto_axes(ax, metric, title=f"{metric.replace('_', ' ')} on {data} data")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{check.name}: {check_label(check.kind)}", fontsize=9)

@@ -127,8 +127,9 @@ def folder_paths(
         log.warning("%d SAEs measure the same L0 at %s: suffixing", len(group), p)
         for e in group:
             # before Gemma Scope 2's _affine, which stays last as in its repos
-            stem, affine = (p[: -len("_affine")], "_affine") if p.endswith(
-                "_affine") else (p, "")  # fmt: skip
+            stem, affine = (
+                (p[: -len("_affine")], "_affine") if p.endswith("_affine") else (p, "")
+            )
             q = f"{stem}_{sparsity_suffix(e)}{affine}"
             if q in out:
                 raise ValueError(
@@ -175,43 +176,58 @@ def write_sae(layout: str, e: Entry, folder: Path, meta: dict[str, Any]) -> None
         }  # (d_in, d_out), as ours
         with atomic_path(folder / PARAMS[layout]) as tmp:
             save_file({names[k]: v for k, v in t.items()}, str(tmp))
-        write_json(folder / "config.json", {
-            "architecture": "jump_relu",
-            "model_name": meta["hub_model"],
-            "hf_hook_point_in": hook,
-            **({"hf_hook_point_out": hook_out,
-                "affine_connection": d.skip} if tc else {}),
-            "width": d.width,
-            "l0": e.metrics["l0"],
-        })  # fmt: skip
+        write_json(
+            folder / "config.json",
+            {
+                "architecture": "jump_relu",
+                "model_name": meta["hub_model"],
+                "hf_hook_point_in": hook,
+                **(
+                    {"hf_hook_point_out": hook_out, "affine_connection": d.skip}
+                    if tc
+                    else {}
+                ),
+                "width": d.width,
+                "l0": e.metrics["l0"],
+            },
+        )
     else:
         if "W_skip" in t:  # SAELens holds it as (d_out, d_in)
             t["W_skip"] = t["W_skip"].T.contiguous()
         with atomic_path(folder / PARAMS[layout]) as tmp:
             save_file(t, str(tmp))
         d_in, d_sae = t["W_enc"].shape
-        write_json(folder / "cfg.json", {
-            "architecture": KINDS[d.kind].saelens,
-            "d_in": int(d_in),
-            "d_sae": int(d_sae),
-            **({"d_out": int(t["W_dec"].shape[1])} if tc else {}),
-            "dtype": "float32",
-            "device": "cpu",
-            "apply_b_dec_to_input": False,
-            "normalize_activations": "none",
-            "reshape_activations": "none",
-            "metadata": {
-                "model_name": meta["hub_model"],
-                "hook_name": SITE_KINDS[in_site].tl_hook.format(L=L),
-                "hf_hook_name": hook,
-                **({"hook_name_out": SITE_KINDS[site].tl_hook.format(L=L),
-                    "hf_hook_name_out": hook_out} if tc else {}),
-                "context_size": meta["context_size"],
-                "prepend_bos": True,
-                "sae_lens_training_version": None,
-                "saesuite_version": meta["versions"].get("saesuite"),
+        write_json(
+            folder / "cfg.json",
+            {
+                "architecture": KINDS[d.kind].saelens,
+                "d_in": int(d_in),
+                "d_sae": int(d_sae),
+                **({"d_out": int(t["W_dec"].shape[1])} if tc else {}),
+                "dtype": "float32",
+                "device": "cpu",
+                "apply_b_dec_to_input": False,
+                "normalize_activations": "none",
+                "reshape_activations": "none",
+                "metadata": {
+                    "model_name": meta["hub_model"],
+                    "hook_name": SITE_KINDS[in_site].tl_hook.format(L=L),
+                    "hf_hook_name": hook,
+                    **(
+                        {
+                            "hook_name_out": SITE_KINDS[site].tl_hook.format(L=L),
+                            "hf_hook_name_out": hook_out,
+                        }
+                        if tc
+                        else {}
+                    ),
+                    "context_size": meta["context_size"],
+                    "prepend_bos": True,
+                    "sae_lens_training_version": None,
+                    "saesuite_version": meta["versions"].get("saesuite"),
+                },
             },
-        })  # fmt: skip
+        )
 
 
 def circuit_tracer_sets(
@@ -320,31 +336,42 @@ def build_release(
                     "hf_hook_out": hf_hook_point(meta["model_type"], layer, out),
                     "hook_out": SITE_KINDS[out].tl_hook.format(L=layer),
                 }
-            index.append({
-                "id": p.split("/", 1)[1] if layout == "gemma-scope-2" else p,
-                "path": p,
-                **e.identity,
-                "kind": d.kind,
-                "d_in": meta["site_widths"][site],
-                "hf_hook": hf_hook_point(meta["model_type"], layer, site),
-                "hook": SITE_KINDS[site].tl_hook.format(L=layer),
-                **out_hooks,
-                "canonical": d.path in best,
-                **({"dashboard": f"{p}/{DASHBOARD_DIR}/index.html"}
-                   if e.dashboard else {}),
-                "trained_as": d.path,
-                **e.metrics,
-            })  # fmt: skip
+            index.append(
+                {
+                    "id": p.split("/", 1)[1] if layout == "gemma-scope-2" else p,
+                    "path": p,
+                    **e.identity,
+                    "kind": d.kind,
+                    "d_in": meta["site_widths"][site],
+                    "hf_hook": hf_hook_point(meta["model_type"], layer, site),
+                    "hook": SITE_KINDS[site].tl_hook.format(L=layer),
+                    **out_hooks,
+                    "canonical": d.path in best,
+                    **(
+                        {"dashboard": f"{p}/{DASHBOARD_DIR}/index.html"}
+                        if e.dashboard
+                        else {}
+                    ),
+                    "trained_as": d.path,
+                    **e.metrics,
+                }
+            )
         sets = circuit_tracer_sets(repo, layout, folders, meta)
         for name, cfg in sets.items():
             with atomic_path(tmp / CIRCUIT_TRACER_DIR / name / "config.yaml") as f:
                 f.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        write_json(tmp / "index.json", {
-            "repo_id": repo, "layout": layout, "model": meta["model"],
-            "base_model": meta["hub_model"], "canonical_l0": canonical_l0,
-            "saes": index,
-            "circuit_tracer_sets": {n: f"{CIRCUIT_TRACER_DIR}/{n}" for n in sets},
-        })  # fmt: skip
+        write_json(
+            tmp / "index.json",
+            {
+                "repo_id": repo,
+                "layout": layout,
+                "model": meta["model"],
+                "base_model": meta["hub_model"],
+                "canonical_l0": canonical_l0,
+                "saes": index,
+                "circuit_tracer_sets": {n: f"{CIRCUIT_TRACER_DIR}/{n}" for n in sets},
+            },
+        )
         registry = registry_entry(repo, layout, index, meta)
         with atomic_path(tmp / "pretrained_saes.yaml") as f:
             f.write_text(yaml.safe_dump(registry, sort_keys=False))
@@ -387,8 +414,11 @@ def code_version() -> str:
     try:
         out = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, timeout=10, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return f"{version}+{out.stdout.strip()}"
     except (OSError, subprocess.SubprocessError):
         return version
@@ -454,6 +484,10 @@ def make_release(
         },
     }
     return build_release(
-        repo=job.repo, layout=job.layout, entries=entries, meta=meta,
-        canonical_l0=job.canonical_l0, out_dir=out_dir,
-    )  # fmt: skip
+        repo=job.repo,
+        layout=job.layout,
+        entries=entries,
+        meta=meta,
+        canonical_l0=job.canonical_l0,
+        out_dir=out_dir,
+    )

@@ -24,9 +24,12 @@ WEIGHTS = {
 
 
 def loading_snippet(
-    layout: str, repo: str, path: str, overrides: dict[str, Any] | None,
+    layout: str,
+    repo: str,
+    path: str,
+    overrides: dict[str, Any] | None,
     transcoders: bool = False,
-) -> str:  # fmt: skip
+) -> str:
     """Python that loads one SAE (or transcoder) of the release with SAELens (tests
     run it)."""
     gs1 = "gemma_2_transcoder" if transcoders else "gemma_2_sae"
@@ -109,7 +112,7 @@ def model_card(
             "interpretability",
             "saesuite",
             "gemma-scope",
-        ],  # fmt: skip
+        ],
     }
     datasets = [s["id"] for s in meta["data"]["sources"] if s["type"] == "hub"]
     if datasets:
@@ -232,9 +235,13 @@ def model_card(
         "next-token cross-entropy with the reconstruction spliced in minus the clean "
         "loss; canonical = the SAE whose L0 is closest to "
         f"{meta['canonical_l0']:g} for its layer, site (or kind) and width."
-        + (" A transcoder's FVU is of the MLP's output it predicts; delta loss and "
-           "loss recovered splice that prediction in for the MLP's output (loss "
-           "recovered against zero-ablating the MLP)." if transcoders else ""),
+        + (
+            " A transcoder's FVU is of the MLP's output it predicts; delta loss and "
+            "loss recovered splice that prediction in for the MLP's output (loss "
+            "recovered against zero-ablating the MLP)."
+            if transcoders
+            else ""
+        ),
         "",
         "![Pareto](pareto.png)",
         "",
@@ -242,7 +249,7 @@ def model_card(
         "| loss recovered | canonical |" + (" dashboard |" if dashboards else ""),
         "|---|---:|---|---:|---|---:|---:|---:|---:|:---:|"
         + ("---|" if dashboards else ""),
-    ]  # fmt: skip
+    ]
     for r in index:
         spars = sparsity_label(r["penalty"], r["value"], "legend")
         link = f" [latents]({r['dashboard']}) |" if r.get("dashboard") else ""

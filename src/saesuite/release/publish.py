@@ -87,9 +87,10 @@ def make_plan(
             for item in api.list_repo_tree(
                 repo_id, recursive=True, revision=revision, repo_type="model"
             )
-            if hasattr(item, "size") and item.path not in local_paths
+            if hasattr(item, "size")
+            and item.path not in local_paths
             and item.path != ".gitattributes"
-        )  # fmt: skip
+        )
     except (RepositoryNotFoundError, RevisionNotFoundError):
         state = "missing"
     except HfHubHTTPError as err:
@@ -100,8 +101,14 @@ def make_plan(
     for f in files:
         same = f.path_in_repo in remote and _same(f, remote[f.path_in_repo])
         action = "skip" if same else "upload"
-        rows.append({"path": f.path_in_repo, "bytes": f.size, "sha256": f.sha256,
-                     "action": action})  # fmt: skip
+        rows.append(
+            {
+                "path": f.path_in_repo,
+                "bytes": f.size,
+                "sha256": f.sha256,
+                "action": action,
+            }
+        )
     send = [r for r in rows if r["action"] == "upload"]
     return {
         "repo_id": repo_id,
@@ -202,17 +209,23 @@ def publish_folder(
         ops = [CommitOperationAdd(r["path"], str(folder / r["path"])) for r in part]
         suffix = f" (part {i}/{len(parts)})" if len(parts) > 1 else ""
         info = api.create_commit(
-            repo_id, ops, commit_message=message + suffix, revision=revision,
+            repo_id,
+            ops,
+            commit_message=message + suffix,
+            revision=revision,
             repo_type="model",
-        )  # fmt: skip
+        )
         commits.append(getattr(info, "oid", None))
         log.info("%s: sent %d files%s", repo_id, len(part), suffix)
     if delete_extra and plan["remote_only"]:
         ops = [CommitOperationDelete(p) for p in plan["remote_only"]]
         api.create_commit(
-            repo_id, ops, commit_message=f"{message}: remove files not in the release",
-            revision=revision, repo_type="model",
-        )  # fmt: skip
+            repo_id,
+            ops,
+            commit_message=f"{message}: remove files not in the release",
+            revision=revision,
+            repo_type="model",
+        )
         plan["deleted"] = plan["remote_only"]
     plan["commits"] = commits
     return plan
@@ -237,8 +250,12 @@ def publish_release(
     write_json(out, result)
     log.info(
         "%s %s: %d of %d files (%.1f MB) %s; remote %s",
-        result["mode"], job.repo_id, result["upload_files"], len(result["files"]),
+        result["mode"],
+        job.repo_id,
+        result["upload_files"],
+        len(result["files"]),
         result["upload_bytes"] / 1e6,
-        "sent" if job.upload else "to send", result["remote"],
-    )  # fmt: skip
+        "sent" if job.upload else "to send",
+        result["remote"],
+    )
     return result

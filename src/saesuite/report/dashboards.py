@@ -39,8 +39,11 @@ def dashboards_table(layer_json: str | Path, model: str, n_latents: int = 5) -> 
         folder = Path(d["dir"])
         (info,) = read_js(folder / "info.js")
         (text,) = read_js(folder / "text.js")
-        records = [r for shard in sorted((folder / "shards").glob("shard_*.js"))
-                   for r in read_js(shard)[1]]  # fmt: skip
+        records = [
+            r
+            for shard in sorted((folder / "shards").glob("shard_*.js"))
+            for r in read_js(shard)[1]
+        ]
         best = sorted((r for r in records if r["top"]), key=lambda r: -r["max"])
         link = (folder / "index.html").resolve().as_uri()
         cells = "".join(

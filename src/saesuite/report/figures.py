@@ -85,8 +85,9 @@ def pareto(df: pd.DataFrame, model: str, site: str, metric: str, by: str, at: in
     for colour, g in zip(colours, groups, strict=True):
         line = sub[sub[by] == g]
         label = f"layer {g}" if by == "layer" else f"width {width_label(g)}"
-        pareto_series(ax, list(line["l0"]), list(line[metric]), label=label,
-                      color=colour, ms=4)  # fmt: skip
+        pareto_series(
+            ax, list(line["l0"]), list(line[metric]), label=label, color=colour, ms=4
+        )
     what = f"width {width_label(at)}" if by == "layer" else f"layer {at}"
     title = _title(model, site, f"{what}: {metric.replace('_', ' ')} vs L0")
     pareto_axes(ax, metric, log_y=metric == "fvu", title=title)
@@ -104,10 +105,18 @@ def compare(df: pd.DataFrame, model: str, metric: str, layer: int, width: int):
     fig, ax = subplots(figsize=(6.4, 4.4))
     for colour, family in zip(_colours(len(COMPARED)), COMPARED, strict=True):
         line = sub[sub["site"] == family]
-        pareto_series(ax, list(line["l0"]), list(line[metric]),
-                      label=FAMILY_TITLES[family], color=colour, ms=4)  # fmt: skip
-    title = (f"{model} · MLP output: SAEs and transcoders · {_at(layer, width)}: "
-             f"{metric.replace('_', ' ')} vs L0")  # fmt: skip
+        pareto_series(
+            ax,
+            list(line["l0"]),
+            list(line[metric]),
+            label=FAMILY_TITLES[family],
+            color=colour,
+            ms=4,
+        )
+    title = (
+        f"{model} · MLP output: SAEs and transcoders · {_at(layer, width)}: "
+        f"{metric.replace('_', ' ')} vs L0"
+    )
     pareto_axes(ax, metric, log_y=metric == "fvu", title=title)
     ax.legend(fontsize="small")
     return fig
@@ -166,8 +175,12 @@ def by_position(
     for colour, sae in zip(_colours(len(saes)), saes, strict=True):
         m = sae["metrics"]
         label = f"L0 {m['l0']:.0f}"
-        axes[0].plot(np.arange(len(m["mse_by_position"])), m["mse_by_position"],
-                     color=colour, label=label)  # fmt: skip
+        axes[0].plot(
+            np.arange(len(m["mse_by_position"])),
+            m["mse_by_position"],
+            color=colour,
+            label=label,
+        )
         dl = m["delta_loss_by_position"]
         axes[1].plot(np.arange(len(dl)), dl, color=colour, label=label)
     axes[0].set_yscale("log")
@@ -181,8 +194,9 @@ def by_position(
     return fig
 
 
-def training(logs: dict[str, list[dict[str, Any]]], model: str, site: str, width: int,
-             layer: int):  # fmt: skip
+def training(
+    logs: dict[str, list[dict[str, Any]]], model: str, site: str, width: int, layer: int
+):
     """L0 and FVU of the training batches against tokens seen, and the dead (solid)
     and dense (dashed) latents each logged step counts, one colour per SAE."""
     fig, axes = subplots(3, 1, figsize=(7.2, 7.8), sharex=True)
@@ -193,8 +207,9 @@ def training(logs: dict[str, list[dict[str, Any]]], model: str, site: str, width
         counted = [r for r in rows if r.get("dead") is not None]  # older logs lack it
         t = [r["tokens"] for r in counted]
         axes[2].plot(t, [r["dead"] for r in counted], color=colour, label=label)
-        axes[2].plot(t, [r.get("dense") or 0 for r in counted], color=colour,
-                     linestyle="--")  # fmt: skip
+        axes[2].plot(
+            t, [r.get("dense") or 0 for r in counted], color=colour, linestyle="--"
+        )
     axes[0].set_ylabel("L0 (training batch)")
     axes[1].set_ylabel("FVU (training batch)")
     axes[2].set_ylabel(f"latents of {width}: dead —, dense - -")
@@ -283,16 +298,26 @@ def health_frame(
     for _, r in df.iterrows():
         lines = train_log(r["path"])  # not `log`: the module's logger
         first, last = lines[0], lines[-1]
-        rows.append({
-            "layer": r["layer"], "site": r["site"], "width": r["width"],
-            "sparsity": sparsity_label(r["penalty"], r["value"], "legend"),
-            "initial FVU": first["fvu"], "final FVU": last["fvu"],
-            "dead (training)": last.get("dead"), "dense (training)": last.get("dense"),
-            "dead (held-out)": r["dead"], "dense (held-out)": r["dense_latents"],
-            "loss recovered": r.get("loss_recovered"),
-            "warnings": "; ".join(health_warnings(
-                int(r["width"]), int(r["dead"]), r.get("loss_recovered"))),
-        })  # fmt: skip
+        rows.append(
+            {
+                "layer": r["layer"],
+                "site": r["site"],
+                "width": r["width"],
+                "sparsity": sparsity_label(r["penalty"], r["value"], "legend"),
+                "initial FVU": first["fvu"],
+                "final FVU": last["fvu"],
+                "dead (training)": last.get("dead"),
+                "dense (training)": last.get("dense"),
+                "dead (held-out)": r["dead"],
+                "dense (held-out)": r["dense_latents"],
+                "loss recovered": r.get("loss_recovered"),
+                "warnings": "; ".join(
+                    health_warnings(
+                        int(r["width"]), int(r["dead"]), r.get("loss_recovered")
+                    )
+                ),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -346,8 +371,14 @@ def write_report(
     health = health_frame(df, lambda p: read_train_log(log_path[p]))
     flagged = health[health["warnings"] != ""]
     for _, r in flagged.iterrows():
-        log.warning("%s layer %s %s (%s): %s", model, r["layer"], r["site"],
-                    r["sparsity"], r["warnings"])  # fmt: skip
+        log.warning(
+            "%s layer %s %s (%s): %s",
+            model,
+            r["layer"],
+            r["site"],
+            r["sparsity"],
+            r["warnings"],
+        )
     title = f"{model}: training health ({len(flagged)} of {len(health)} SAEs flagged)"
     with atomic_path(Path(tables_dir) / "health.html") as tmp:
         tmp.write_text(html_table(health, title), encoding="utf-8")

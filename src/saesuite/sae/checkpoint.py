@@ -39,9 +39,13 @@ def member_state(members: list[Member]) -> list[dict[str, Any]]:
 
 
 def save_checkpoint(
-    path: Path, step: int, members: list[Member], fingerprint: str,
-    rank: int = 0, world: int = 1,
-) -> None:  # fmt: skip
+    path: Path,
+    step: int,
+    members: list[Member],
+    fingerprint: str,
+    rank: int = 0,
+    world: int = 1,
+) -> None:
     """Rank 0 writes `path`. A sharded SAE's other blocks go to one file per rank and
     step, written before `path` names that step and removed once a later one does,
     so that the files `path` points to are always complete."""
@@ -97,9 +101,10 @@ def load_checkpoint(path: Path, members: list[Member], rank: int = 0) -> int:
         raise RuntimeError(f"{path}: checkpoint holds SAEs {state['saes']}")
     if state.get("shards") and rank != 0:
         state = torch.load(
-            shard_path(path, rank, state["step"]), weights_only=True,
+            shard_path(path, rank, state["step"]),
+            weights_only=True,
             map_location="cpu",
-        )  # fmt: skip
+        )
     for m, s in zip(members, state["members"]):
         m.sae.load_state_dict(s["sae"])
         m.opt.load_state_dict(s["opt"])

@@ -42,9 +42,15 @@ class MemoryReader:
     batch `step` of a seeded permutation of the rows, a new one each epoch."""
 
     def __init__(
-        self, x: torch.Tensor, y: torch.Tensor | None, *, batch_size: int, seed: int,
-        scale: float, target_scale: float,
-    ):  # fmt: skip
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        *,
+        batch_size: int,
+        seed: int,
+        scale: float,
+        target_scale: float,
+    ):
         if len(x) < batch_size:
             raise ValueError(
                 f"{len(x)} fine-tuning tokens, fewer than one batch ({batch_size})"
@@ -104,7 +110,7 @@ def finetune_layer(
     them as the train rule writes its own. Returns their sae.json records."""
     if len(job.init_dirs) != len(job.trains) or any(
         len(i) != len(t.dictionaries) for i, t in zip(job.init_dirs, job.trains)
-    ):  # fmt: skip
+    ):
         raise ValueError("a finetune job needs one trained folder per dictionary")
     need = max(d.tokens for t in job.trains for d in t.dictionaries)
     info = read_json(model_info)
@@ -123,8 +129,15 @@ def finetune_layer(
             "transfer.finetune_share"
         )
     model = load_model(job.target_cfg, cache_root)
-    acts = extract_batches(model, ids, sites, widths, "float32", EXTRACT_BATCH,
-                           desc=f"{job.target} chat-formatted")  # fmt: skip
+    acts = extract_batches(
+        model,
+        ids,
+        sites,
+        widths,
+        "float32",
+        EXTRACT_BATCH,
+        desc=f"{job.target} chat-formatted",
+    )
     del model
     keep = mask.reshape(-1)
     acts = {s: a[keep] for s, a in acts.items()}
@@ -133,16 +146,24 @@ def finetune_layer(
         norm = read_json(t.normalization)["scale"]
         paired = t.output_site != t.input_site
         reader = MemoryReader(
-            acts[t.input_site], acts[t.output_site] if paired else None,
-            batch_size=t.train.batch_size, seed=t.seed,
-            scale=norm[t.input_site], target_scale=norm[t.output_site],
-        )  # fmt: skip
+            acts[t.input_site],
+            acts[t.output_site] if paired else None,
+            batch_size=t.train.batch_size,
+            seed=t.seed,
+            scale=norm[t.input_site],
+            target_scale=norm[t.output_site],
+        )
         tokens = max(d.tokens for d in t.dictionaries)
         log.info(
             "%s: %d chat-formatted tokens of %s (%d sequences) for %d fine-tuning "
-            "tokens (%.2f epochs)", t.name, reader.n_valid, job.target, len(ids),
-            tokens, tokens / reader.n_valid,
-        )  # fmt: skip
+            "tokens (%.2f epochs)",
+            t.name,
+            reader.n_valid,
+            job.target,
+            len(ids),
+            tokens,
+            tokens / reader.n_valid,
+        )
         init = {d.path: s for d, s in zip(t.dictionaries, dirs, strict=True)}
         record = {
             d.path: {

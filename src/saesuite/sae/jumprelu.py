@@ -123,9 +123,11 @@ def pre_act_penalty(
 
 
 def prefix_ends(
-    fractions: list[float] | tuple[float, ...], width: int, start: int = 0,
+    fractions: list[float] | tuple[float, ...],
+    width: int,
+    start: int = 0,
     stop: int | None = None,
-) -> tuple[int, ...]:  # fmt: skip
+) -> tuple[int, ...]:
     """The Matryoshka loss's inner prefixes of a `width`-latent SAE, latents
     [0, round(f·width)) for each fraction f, as ends local to the block [start, stop)
     a shard holds (clipped to it, so every shard has as many; the full width is
@@ -409,9 +411,14 @@ class JumpReLUSAE(nn.Module):
     @classmethod
     def from_release(cls, tensors: dict[str, torch.Tensor]) -> JumpReLUSAE:
         d_in, d_sae = tensors["W_enc"].shape
-        sae = cls(d_in, d_sae, d_out=tensors["W_dec"].shape[1],
-                  skip="W_skip" in tensors, apply_b_dec_to_input=False,
-                  dtype=tensors["W_enc"].dtype)  # fmt: skip
+        sae = cls(
+            d_in,
+            d_sae,
+            d_out=tensors["W_dec"].shape[1],
+            skip="W_skip" in tensors,
+            apply_b_dec_to_input=False,
+            dtype=tensors["W_enc"].dtype,
+        )
         with torch.no_grad():
             for name in ("W_enc", "W_dec", "b_enc", "b_dec", "W_skip"):
                 if name in tensors:

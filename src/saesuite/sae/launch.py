@@ -41,9 +41,17 @@ def _ignore_usr1() -> None:
 
 def torchrun(job_file: str | Path, nproc: int) -> int:
     """Run `saesuite.sae.train` on `job_file` in `nproc` processes; the exit status."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "saesuite.sae.train",
-           "--job", str(job_file)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "saesuite.sae.train",
+        "--job",
+        str(job_file),
+    ]
     got: list[int] = []
     # sys.stdout/err may be a job's log file (saesuite.data.logs.job_log): hand it over.
     proc = subprocess.Popen(
@@ -65,7 +73,10 @@ def torchrun(job_file: str | Path, nproc: int) -> int:
         for s, h in old.items():
             signal.signal(s, h)
     if got and rc != 0:
-        log.warning("signal %d: the workers checkpointed; exiting %d (retry)", got[0],
-                    PREEMPTED_EXIT)  # fmt: skip
+        log.warning(
+            "signal %d: the workers checkpointed; exiting %d (retry)",
+            got[0],
+            PREEMPTED_EXIT,
+        )
         return PREEMPTED_EXIT
     return rc

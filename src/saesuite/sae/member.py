@@ -73,10 +73,16 @@ class Member:
     """One SAE of the job with its optimiser, schedule and dead-latent counter."""
 
     def __init__(
-        self, spec: Dictionary, d_in: int, cfg: TrainConfig, seed: int,
-        device: str, latents: tuple[int, int] | None = None, d_out: int | None = None,
+        self,
+        spec: Dictionary,
+        d_in: int,
+        cfg: TrainConfig,
+        seed: int,
+        device: str,
+        latents: tuple[int, int] | None = None,
+        d_out: int | None = None,
         out_dir: str = "",
-    ):  # fmt: skip
+    ):
         """`latents`: the block [start, stop) this process holds of a sharded SAE;
         `d_out`: a transcoder's target width (d_in by default); `out_dir`: where its
         outputs go (TrainJob.out_dir)."""
@@ -169,9 +175,13 @@ def dead_mask(m: Member, cfg: TrainConfig) -> torch.Tensor | None:
 
 
 def train_step(
-    m: Member, x: torch.Tensor, step: int, cfg: TrainConfig, world: int,
+    m: Member,
+    x: torch.Tensor,
+    step: int,
+    cfg: TrainConfig,
+    world: int,
     target: torch.Tensor | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """One optimiser step of `m` on batch x (and a transcoder's target batch)."""
     spec, sched = m.spec, m.schedule
     lr = sched.lr_at(step)
@@ -186,11 +196,20 @@ def train_step(
         init_b_dec(m, x if target is None else target, world)
     mu = cfg.frequency_coefficient * sched.lam_factor(step)
     dead = dead_mask(m, cfg)
-    stats = fn(m.sae, x, target=target, penalty=spec.penalty, lambda_=lambda_,
-               target_l0=spec.target_l0, sharded=m.sharded, frequency_coefficient=mu,
-               max_frequency=cfg.max_frequency, prefixes=m.prefixes,
-               pre_act_coefficient=cfg.pre_act_coefficient,
-               dead=None if dead is None else dead.to(x.device))  # fmt: skip
+    stats = fn(
+        m.sae,
+        x,
+        target=target,
+        penalty=spec.penalty,
+        lambda_=lambda_,
+        target_l0=spec.target_l0,
+        sharded=m.sharded,
+        frequency_coefficient=mu,
+        max_frequency=cfg.max_frequency,
+        prefixes=m.prefixes,
+        pre_act_coefficient=cfg.pre_act_coefficient,
+        dead=None if dead is None else dead.to(x.device),
+    )
     counts = stats.counts
     loss, l0, fvu, recon = stats.loss, stats.l0, stats.fvu, stats.reconstruction
     if world > 1 and not m.sharded:  # sharded: every process has the whole sums

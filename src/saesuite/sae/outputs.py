@@ -37,12 +37,15 @@ def start_from(m: Member, sae_dir: str, rank: int = 0, world: int = 1) -> None:
         )
     if m.sharded:
         lo, hi = bounds(m.spec.width, world, rank)
-        state = {k: v.narrow(LATENT_DIM[k], lo, hi - lo) if k in LATENT_DIM else v
-                 for k, v in state.items()}  # fmt: skip
+        state = {
+            k: v.narrow(LATENT_DIM[k], lo, hi - lo) if k in LATENT_DIM else v
+            for k, v in state.items()
+        }
     for k, v in state.items():
         if v.shape != mine[k].shape:
-            raise ValueError(f"{sae_dir}: {k} is {tuple(v.shape)}, not "
-                             f"{tuple(mine[k].shape)}")  # fmt: skip
+            raise ValueError(
+                f"{sae_dir}: {k} is {tuple(v.shape)}, not {tuple(mine[k].shape)}"
+            )
     m.sae.load_state_dict(state)
 
 
@@ -55,19 +58,26 @@ def gather_members(members: list[Member], rank: int, world: int) -> None:
         # as the shard was built: a transcoder's output width, skip matrix and input
         # (no b_dec subtracted) included
         full = JumpReLUSAE(
-            m.sae.d_in, m.spec.width, d_out=m.sae.W_dec.shape[1], skip=m.sae.skip,
+            m.sae.d_in,
+            m.spec.width,
+            d_out=m.sae.W_dec.shape[1],
+            skip=m.sae.skip,
             apply_b_dec_to_input=m.sae.apply_b_dec_to_input,
-            threshold_param=m.sae.threshold_param, bandwidth=m.sae.bandwidth,
+            threshold_param=m.sae.threshold_param,
+            bandwidth=m.sae.bandwidth,
             device="meta",
-        )  # fmt: skip
+        )
         full.load_state_dict(state, assign=True)
         m.sae = full
 
 
 def write_outputs(
-    m: Member, job: TrainJob, scale: float, n_valid: int,
+    m: Member,
+    job: TrainJob,
+    scale: float,
+    n_valid: int,
     target_scale: float | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Per SAE: folded release weights, raw training state, and reproduction JSON.
     `target_scale`: a transcoder's target site's scalar (its input's is `scale`)."""
     out = Path(m.out_dir)

@@ -22,8 +22,12 @@ import torch.distributed as dist
 
 # Which dimension of each parameter runs over latents (b_dec has none: replicated).
 LATENT_DIM = {
-    "W_enc": 1, "W_dec": 0, "b_enc": 0, "threshold_raw": 0, "log_threshold": 0
-}  # fmt: skip
+    "W_enc": 1,
+    "W_dec": 0,
+    "b_enc": 0,
+    "threshold_raw": 0,
+    "log_threshold": 0,
+}
 
 
 def bounds(width: int, world: int, rank: int) -> tuple[int, int]:

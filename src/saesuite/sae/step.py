@@ -73,11 +73,18 @@ def dense_step(
 ) -> StepStats:
     y = x if target is None else target
     out = sae.training_loss(
-        x, target=target, penalty=penalty, lambda_=lambda_,
-        target_l0=target_l0, sharded=sharded,
-        frequency_coefficient=frequency_coefficient, max_frequency=max_frequency,
-        prefixes=prefixes, pre_act_coefficient=pre_act_coefficient, dead=dead,
-    )  # fmt: skip
+        x,
+        target=target,
+        penalty=penalty,
+        lambda_=lambda_,
+        target_l0=target_l0,
+        sharded=sharded,
+        frequency_coefficient=frequency_coefficient,
+        max_frequency=max_frequency,
+        prefixes=prefixes,
+        pre_act_coefficient=pre_act_coefficient,
+        dead=dead,
+    )
     out.loss.backward()
     err = (y - out.x_hat).pow(2).sum()
     return StepStats(
@@ -128,9 +135,11 @@ def _sampled_dot(
     crow = torch.zeros(a.shape[0] + 1, dtype=torch.int64, device=a.device)
     crow[1:] = per_row.cumsum(0)
     pattern = torch.sparse_csr_tensor(
-        crow, cols, torch.zeros(len(cols), dtype=a.dtype, device=a.device),
+        crow,
+        cols,
+        torch.zeros(len(cols), dtype=a.dtype, device=a.device),
         size=(a.shape[0], b.shape[0]),
-    )  # fmt: skip
+    )
     return torch.sparse.sampled_addmm(pattern, a, b.T, beta=0.0).values()
 
 
@@ -186,10 +195,14 @@ def sparse_step(
             cols, torch.tensor(ends[1:-1], device=x.device), right=True
         )
         masks = [grp == g for g in range(len(ends) - 1)]
-        parts = torch.stack([
-            _bag_sum(sae.W_dec, cols[m], torch.bincount(rows[m], minlength=B), vals[m])
-            for m in masks
-        ])  # fmt: skip
+        parts = torch.stack(
+            [
+                _bag_sum(
+                    sae.W_dec, cols[m], torch.bincount(rows[m], minlength=B), vals[m]
+                )
+                for m in masks
+            ]
+        )
         parts = reduce(parts)  # (groups, B, d_out): summed over shards in one call
         x_hats = base + parts.cumsum(0)  # reconstruction from each prefix
         errs = x_hats - y
@@ -300,6 +313,9 @@ def sparse_step(
         _add_grad(sae.threshold_raw, g_theta)
 
     return StepStats(
-        float(recon + inner_sq / B + sparse), float(recon), float(l0_f.mean()),
-        _fvu(err_sq, y), per_latent,
-    )  # fmt: skip
+        float(recon + inner_sq / B + sparse),
+        float(recon),
+        float(l0_f.mean()),
+        _fvu(err_sq, y),
+        per_latent,
+    )

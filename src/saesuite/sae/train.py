@@ -76,10 +76,13 @@ def _dist() -> tuple[int, int]:
 
 
 def train_site(
-    job: TrainJob, stop_at: Callable[[int], bool] | None = None, *,
-    reader: Any = None, init: dict[str, str] | None = None,
+    job: TrainJob,
+    stop_at: Callable[[int], bool] | None = None,
+    *,
+    reader: Any = None,
+    init: dict[str, str] | None = None,
     info: dict[str, dict[str, Any]] | None = None,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     """Train every dictionary of `job` on its site, in groups that fit the device
     (`job.group_bytes` overrides what the GPU has); write their outputs.
     `stop_at(step)`: a stop signal for tests, as if one came after that step.
@@ -137,8 +140,11 @@ def train_site(
         if held["shards"] != shards(first):
             log.warning(
                 "%s holds SAEs trained over %s shard(s); this run takes %s: starting "
-                "them afresh", ckpt, held["shards"] or 1, shards(first) or 1,
-            )  # fmt: skip
+                "them afresh",
+                ckpt,
+                held["shards"] or 1,
+                shards(first) or 1,
+            )
             first = []
     else:  # another config's, or SAEs done
         first = []
@@ -148,8 +154,9 @@ def train_site(
         dist.barrier()  # no process may read a checkpoint rank 0 is removing
     rest = [i for i in todo if i not in first]
     groups = [first] if first else []
-    fitted = sae_groups([job.dictionaries[i] for i in rest], reader.d_in, cfg, world,
-                        budget)  # fmt: skip
+    fitted = sae_groups(
+        [job.dictionaries[i] for i in rest], reader.d_in, cfg, world, budget
+    )
     groups += [[rest[j] for j in g] for g in fitted]
 
     stop = {"signal": None}
@@ -165,14 +172,19 @@ def train_site(
             n_shards = shards(idx)
             members = [
                 Member(
-                    job.dictionaries[i], reader.d_in, cfg,
-                    sae_seed(job.seed, job.site, job.dictionaries[i].path), device,
-                    bounds(job.dictionaries[i].width, world, rank) if n_shards
-                    else None, d_out=reader.d_out,
+                    job.dictionaries[i],
+                    reader.d_in,
+                    cfg,
+                    sae_seed(job.seed, job.site, job.dictionaries[i].path),
+                    device,
+                    bounds(job.dictionaries[i].width, world, rank)
+                    if n_shards
+                    else None,
+                    d_out=reader.d_out,
                     out_dir=job.out_dir(job.dictionaries[i]),
                 )
                 for i in idx
-            ]  # fmt: skip
+            ]
             if init:
                 for m in members:
                     start_from(m, init[m.spec.path], rank, world)
@@ -180,10 +192,25 @@ def train_site(
             if len(groups) > 1 or done:
                 desc += f" [{len(done) + len(idx)}/{len(job.dictionaries)} SAEs]"
             if n_shards and rank == 0:
-                log.info("%s: width %d sharded over %d processes", desc,
-                         members[0].spec.width, world)  # fmt: skip
-            _train_group(job, members, reader, device, ckpt, fingerprint, stop, desc,
-                         rank, world, stop_at)  # fmt: skip
+                log.info(
+                    "%s: width %d sharded over %d processes",
+                    desc,
+                    members[0].spec.width,
+                    world,
+                )
+            _train_group(
+                job,
+                members,
+                reader,
+                device,
+                ckpt,
+                fingerprint,
+                stop,
+                desc,
+                rank,
+                world,
+                stop_at,
+            )
             if n_shards:
                 gather_members(members, rank, world)
             if rank == 0:
@@ -192,8 +219,7 @@ def train_site(
                         m, job, scale, reader.n_valid, target_scale
                     ) | (info or {}).get(m.spec.path, {})
                     if info:  # the fine-tuning's own record, beside the trainer's
-                        write_json(paths.sae_file(m.out_dir, "info"),
-                                   done[m.spec.path])  # fmt: skip
+                        write_json(paths.sae_file(m.out_dir, "info"), done[m.spec.path])
                 write_json(marker, {"job": fingerprint, "saes": done})
                 remove_checkpoint(ckpt)
             if world > 1:
@@ -209,10 +235,18 @@ def train_site(
 
 
 def _train_group(
-    job: TrainJob, members: list[Member], reader: ActivationReader, device: str,
-    ckpt: Path, fingerprint: str, stop: dict[str, Any], desc: str, rank: int,
-    world: int, stop_at: Callable[[int], bool] | None = None,
-) -> None:  # fmt: skip
+    job: TrainJob,
+    members: list[Member],
+    reader: ActivationReader,
+    device: str,
+    ckpt: Path,
+    fingerprint: str,
+    stop: dict[str, Any],
+    desc: str,
+    rank: int,
+    world: int,
+    stop_at: Callable[[int], bool] | None = None,
+) -> None:
     """Train `members` on the same batches to the end of their schedules, from
     `ckpt` if it exists; checkpoint every `checkpoint_every` steps and on a signal
     (then raise Preempted)."""
@@ -228,9 +262,11 @@ def _train_group(
         if start:
             log.info("resuming %s from step %d of %d", desc, start, total)
     # Data parallelism splits the batch; shards of latents all see the whole batch.
-    local = slice(None) if sharded else slice(
-        rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world
-    )  # fmt: skip
+    local = (
+        slice(None)
+        if sharded
+        else slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
+    )
     files = [open(p, "a") for p in logs] if rank == 0 else []
     bar = tqdm(
         mininterval=progress_interval(),
@@ -300,8 +336,12 @@ def _train_group(
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--job", required=True, help="job JSON written by the train rule")
-    ap.add_argument("--nproc", type=int, default=1,
-                    help="processes (GPUs); through torchrun when > 1")  # fmt: skip
+    ap.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes (GPUs); through torchrun when > 1",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(  # records on their own line, after any progress bar
         level=logging.INFO,

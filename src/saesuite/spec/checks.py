@@ -40,8 +40,9 @@ class TransferCheck:
             Evaluation(**{**e, "layers": e["layers"] and tuple(e["layers"])})
             for e in d["evaluations"]
         )
-        return cls(d["name"], d["kind"], d["base"], d["target"], evals,
-                   d.get("finetuned"))  # fmt: skip
+        return cls(
+            d["name"], d["kind"], d["base"], d["target"], evals, d.get("finetuned")
+        )
 
 
 def finetuned_key(base: str, target: str) -> str:
@@ -79,13 +80,16 @@ def finetuned_specs(
     for c in checks:
         if c.finetuned is None:
             continue
-        layers = set(next(e.layers for e in c.evaluations
-                          if e.trained_on == c.finetuned))  # fmt: skip
+        layers = set(
+            next(e.layers for e in c.evaluations if e.trained_on == c.finetuned)
+        )
         out += [
-            dataclasses.replace(s, model=c.finetuned,
-                                tokens=max(batch, round(share * s.tokens)))
-            for s in suite if s.model == c.base and s.layer in layers
-        ]  # fmt: skip
+            dataclasses.replace(
+                s, model=c.finetuned, tokens=max(batch, round(share * s.tokens))
+            )
+            for s in suite
+            if s.model == c.base and s.layer in layers
+        ]
     return out
 
 
@@ -137,8 +141,11 @@ def evaluations(config: dict[str, Any], suite: list[Dictionary]) -> list[Evaluat
     out = {Evaluation(m, m, "text") for m in models_with_saes(suite)}
     for check in transfer_checks(config, suite):
         # The reference (PT SAEs on PT text) is part of the full evaluation already.
-        out.update(e for e in check.evaluations if e.trained_on != e.evaluated_on
-                   or e.data != "text")  # fmt: skip
+        out.update(
+            e
+            for e in check.evaluations
+            if e.trained_on != e.evaluated_on or e.data != "text"
+        )
     return sorted(out, key=lambda e: (e.trained_on, e.evaluated_on, e.data))
 
 

@@ -35,8 +35,12 @@ def site_width(kind: str, d_model: int, n_heads: int, head_dim: int | None) -> i
 
 def text_site_width(text_config: Any, kind: str) -> int:
     """The same from a Hugging Face text config (any object with its attributes)."""
-    return site_width(kind, text_config.hidden_size, text_config.num_attention_heads,
-                      getattr(text_config, "head_dim", None))  # fmt: skip
+    return site_width(
+        kind,
+        text_config.hidden_size,
+        text_config.num_attention_heads,
+        getattr(text_config, "head_dim", None),
+    )
 
 
 KNOWN: dict[str, ModelShape] = {

@@ -64,8 +64,9 @@ def lock_roots(roots: list[str], checkout: str | os.PathLike) -> list[Path]:
                 "Snakemake process: there is nothing to remove."
             ) from None
         except OSError as err:  # ENOLCK, EOPNOTSUPP: no locks on this filesystem
-            log.warning("%s: no lock (%s); runs sharing this root are not kept "
-                        "apart", root, err)  # fmt: skip
+            log.warning(
+                "%s: no lock (%s); runs sharing this root are not kept apart", root, err
+            )
             f.close()
             continue
         f.seek(0)

@@ -50,8 +50,10 @@ def has_chat_template(model_cfg: dict[str, Any]) -> bool | None:
         return True
     kind = source_kind(src)
     if kind == "local":
-        files = {n: Path(src) / n for n in ("config.json", "tokenizer_config.json",
-                                            *TEMPLATE_FILES)}  # fmt: skip
+        files = {
+            n: Path(src) / n
+            for n in ("config.json", "tokenizer_config.json", *TEMPLATE_FILES)
+        }
     elif kind == "hub":
         from huggingface_hub import try_to_load_from_cache
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 # penalty → its value's meaning, and the label patterns by place
 PENALTIES = {
-    "l0": ("λ of λ·L0 (Gemma Scope)", {"folder": "lambda_{v}", "release": "lambda_{v}",
-                                       "legend": "λ {v}"}),
-    "target_l0": ("the target L0 of the quadratic penalty (Gemma Scope 2)",
-                  {"folder": "l0_{v}", "release": "target_{v}",
-                   "legend": "target L0 {v}"}),
-}  # fmt: skip
+    "l0": (
+        "λ of λ·L0 (Gemma Scope)",
+        {"folder": "lambda_{v}", "release": "lambda_{v}", "legend": "λ {v}"},
+    ),
+    "target_l0": (
+        "the target L0 of the quadratic penalty (Gemma Scope 2)",
+        {"folder": "l0_{v}", "release": "target_{v}", "legend": "target L0 {v}"},
+    ),
+}
 
 
 def sparsity_label(penalty: str, value: float, place: str = "folder") -> str:

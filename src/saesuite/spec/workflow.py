@@ -66,13 +66,19 @@ class Workflow:
 
     def site_specs(self, model: str, layer: int, kind: str) -> list[Dictionary]:
         """The dictionaries one train job trains (those reading that site)."""
-        return [s for s in self.suite if s.model == model and s.layer == layer
-                and s.family == kind]  # fmt: skip
+        return [
+            s
+            for s in self.suite
+            if s.model == model and s.layer == layer and s.family == kind
+        ]
 
     def layer_specs(self, model: str, layer: int) -> list[Dictionary]:
         """The dictionaries of `model` (or of a fine-tuned key) at `layer`."""
-        return [s for s in self.suite + self.finetuned
-                if s.model == model and s.layer == layer]  # fmt: skip
+        return [
+            s
+            for s in self.suite + self.finetuned
+            if s.model == model and s.layer == layer
+        ]
 
     def train_families(self, model: str) -> list[tuple[int, str]]:
         """(layer, family) of each train job of the model (Dictionary.family)."""
@@ -93,8 +99,11 @@ class Workflow:
         return [paths.chunk(self.scratch, model, c)[kind] for c in self.chunk_indices()]
 
     def site_summaries(self, model: str | None = None) -> list[str]:
-        sites = {(s.model, s.layer, s.family) for s in self.suite
-                 if model is None or s.model == model}  # fmt: skip
+        sites = {
+            (s.model, s.layer, s.family)
+            for s in self.suite
+            if model is None or s.model == model
+        }
         return [paths.site_summary(self.root, m, L, k) for m, L, k in sorted(sites)]
 
     def layer_site_summaries(self, model: str, layer: int) -> list[str]:
@@ -121,8 +130,10 @@ class Workflow:
 
     def eval_layers(self, e: Evaluation) -> list[str]:
         """The summaries of the evaluate jobs that run evaluation `e`, a layer each."""
-        return [paths.eval_pass(self.root, e.evaluated_on, e.data, L)
-                for L in self.evaluation_layers(e)]  # fmt: skip
+        return [
+            paths.eval_pass(self.root, e.evaluated_on, e.data, L)
+            for L in self.evaluation_layers(e)
+        ]
 
     @cached_property
     def eval_passes(self) -> dict[tuple[str, str, int], list[Dictionary]]:
@@ -148,21 +159,33 @@ class Workflow:
     def dashboard_layers(self, model: str | None = None) -> list[str]:
         """The dashboards jobs' summaries: one per model × layer that
         `has_dashboards` (none unless dashboards.enabled)."""
-        layers = sorted({(s.model, s.layer) for s in self.suite
-                         if (model is None or s.model == model)
-                         and has_dashboards(self.config, s.layer)})  # fmt: skip
+        layers = sorted(
+            {
+                (s.model, s.layer)
+                for s in self.suite
+                if (model is None or s.model == model)
+                and has_dashboards(self.config, s.layer)
+            }
+        )
         return [paths.dashboards_layer(self.root, m, L) for m, L in layers]
 
     def transfer_inputs(self, name: str) -> list[str]:
-        return list(dict.fromkeys(
-            f for e in self.checks[name].evaluations for f in self.eval_layers(e)
-        ))  # fmt: skip
+        return list(
+            dict.fromkeys(
+                f for e in self.checks[name].evaluations for f in self.eval_layers(e)
+            )
+        )
 
     def release_inputs(self, name: str) -> list[str]:
         job = self.releases[name]
         out = [paths.eval_pass(self.root, job.model, "text", L) for L in job.layers]
-        out += sorted({paths.dashboards_layer(self.root, job.model, m.dictionary.layer)
-                       for m in job.members if m.dashboard})  # fmt: skip
+        out += sorted(
+            {
+                paths.dashboards_layer(self.root, job.model, m.dictionary.layer)
+                for m in job.members
+                if m.dashboard
+            }
+        )
         return out
 
     # -- jobs -----------------------------------------------------------------------
@@ -180,8 +203,9 @@ class Workflow:
     def finetune_params(self, key: str, layer: int) -> dict[str, Any]:
         """The finetune job as the rule's param, without where its inputs are."""
         c = self.tuned[key]
-        job = jobs.finetune_job(self.config, self.suite, self.finetuned, key, c.base,
-                                c.target, layer).to_dict()  # fmt: skip
+        job = jobs.finetune_job(
+            self.config, self.suite, self.finetuned, key, c.base, c.target, layer
+        ).to_dict()
         for t in job["trains"]:
             for k in jobs.TrainJob.LOCATION:
                 t.pop(k)
@@ -211,11 +235,15 @@ class Workflow:
         # one: Snakemake skips jobs whose outputs exist, however old those after).
         out += [f for m in self.trained for f in self.chunk_files(m, "data")]
         out += [paths.eval_table(root, m)["csv"] for m in self.trained]
-        out += list(dict.fromkeys(f for e in self.evaluations
-                                  for f in self.eval_layers(e)))  # fmt: skip
+        out += list(
+            dict.fromkeys(f for e in self.evaluations for f in self.eval_layers(e))
+        )
         out += [paths.transfer_outputs(root, name)["plot"] for name in self.checks]
-        out += [paths.report_dirs(root, m)[k] for m in self.trained
-                for k in ("figures", "tables")]  # fmt: skip
+        out += [
+            paths.report_dirs(root, m)[k]
+            for m in self.trained
+            for k in ("figures", "tables")
+        ]
         out += [paths.release_manifest(root, name) for name in self.releases]
         out += self.dashboard_layers()
         return out
