@@ -29,7 +29,7 @@ from saesuite.data.sites import capture
 from saesuite.data.tokens import load_tokens
 from saesuite.eval.evaluate import load_released
 from saesuite.eval.latents import LatentStats
-from saesuite.spec import jobs, paths
+from saesuite.spec import make_jobs, paths
 from saesuite.spec.config import REPO_ROOT, load_config
 from saesuite.spec.sites import Site
 from saesuite.spec.workflow import Workflow
@@ -48,7 +48,7 @@ print(json.dumps({"seconds": time.perf_counter() - t, "peak_mb": peak}))
 
 def job_for(config: dict, model: str, layer: int, tokens: int, out: Path):
     config = {**config, "dashboards": {**config["dashboards"], "tokens": tokens}}
-    job = jobs.dashboard_job(config, Workflow(config).suite, model, layer)
+    job = make_jobs.dashboard_job(config, Workflow(config).suite, model, layer)
     members = tuple(dataclasses.replace(m, out=str(out / m.key)) for m in job.members)
     return dataclasses.replace(job, members=members)
 

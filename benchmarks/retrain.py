@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import yaml
 
-from saesuite.spec import jobs, paths
+from saesuite.spec import jobs, make_jobs, paths
 from saesuite.spec.config import REPO_ROOT, load_config, parse_settings
 from saesuite.spec.suite import cache_root
 from saesuite.spec.workflow import Workflow
@@ -57,7 +57,7 @@ def retrain_job(cfg: dict[str, Any], layer: int, kind: str, out: Path) -> jobs.T
     """The run's train job of (layer, kind) under `cfg`, reading the run's cache and
     writing its checkpoint and dictionaries under `out` (as its output_root)."""
     key = next(iter(cfg["models"]))
-    job = jobs.train_job(cfg, Workflow(cfg).suite, key, layer, kind)
+    job = make_jobs.train_job(cfg, Workflow(cfg).suite, key, layer, kind)
     return dataclasses.replace(
         job, checkpoint=str(out / "checkpoint.pt"), root=str(out)
     )

@@ -304,7 +304,7 @@ def test_retrain_benchmark_runs_the_rules_job_under_a_try_and_refuses_bad_ones(
     import yaml
 
     from saesuite.spec.config import ConfigError
-    from saesuite.spec.jobs import train_job
+    from saesuite.spec.make_jobs import train_job
     from saesuite.spec.workflow import Workflow
 
     rt = bench("retrain")

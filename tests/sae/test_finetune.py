@@ -25,7 +25,8 @@ from saesuite.spec import paths
 from saesuite.spec.checks import finetuned_specs, transfer_checks
 from saesuite.spec.config import load_config
 from saesuite.spec.io import read_json, write_json
-from saesuite.spec.jobs import FinetuneJob, finetune_job
+from saesuite.spec.jobs import FinetuneJob
+from saesuite.spec.make_jobs import finetune_job
 from saesuite.spec.suite import expand_suite
 
 

@@ -287,7 +287,7 @@ def test_transcoder_groups_are_planned_and_nonsense_is_refused():
     the cache holds both sites once, and releases hold SAEs only (issue 16)."""
     import copy
 
-    from saesuite.spec import jobs
+    from saesuite.spec import make_jobs
     from saesuite.spec.config import ConfigError
     from saesuite.spec.workflow import Workflow
 
@@ -305,7 +305,7 @@ def test_transcoder_groups_are_planned_and_nonsense_is_refused():
         "skip_transcoder",
         "transcoder",
     ]
-    job = jobs.train_job(wf.config, wf.suite, "tiny", 1, "transcoder")
+    job = make_jobs.train_job(wf.config, wf.suite, "tiny", 1, "transcoder")
     assert (job.input_site, job.output_site) == ("layer_1.mlp_in", "layer_1.mlp")
     assert {d.kind for d in job.dictionaries} == {"transcoder"}
     assert list(wf.releases) == [
@@ -317,7 +317,7 @@ def test_transcoder_groups_are_planned_and_nonsense_is_refused():
         sorted(m.dictionary.kind for m in members)
         == ["skip_transcoder"] * 2 + ["transcoder"] * 2
     )
-    members = jobs.eval_job(wf.config, wf.suite, "tiny", "text", 1).members
+    members = make_jobs.eval_job(wf.config, wf.suite, "tiny", "text", 1).members
     assert {m.key for m in members} == {f"tiny/{s.path}" for s in wf.suite}
 
     for bad, key, match in (

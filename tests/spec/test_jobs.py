@@ -19,7 +19,7 @@ from saesuite.cluster.resources import (
     train_flops,
     train_mem_mb,
 )
-from saesuite.spec import jobs, paths
+from saesuite.spec import jobs, make_jobs, paths
 from saesuite.spec.config import load_config
 from saesuite.spec.sites import Site
 from saesuite.spec.workflow import Workflow
@@ -51,7 +51,7 @@ def test_a_train_job_covers_one_site_and_travels_as_json(wf):
         paths.manifest(scratch, "tiny"), paths.normalization(scratch, "tiny")
     )
     assert here.checkpoint == f"{scratch}/tiny/checkpoints/layer_3.att.pt"
-    assert here == jobs.train_job(wf.config, wf.suite, "tiny", 3, "att")
+    assert here == make_jobs.train_job(wf.config, wf.suite, "tiny", 3, "att")
     elsewhere = job.located("/fast/tiny/activations/manifest.json", "/fast/n.json")
     assert elsewhere.checkpoint == "/fast/tiny/checkpoints/layer_3.att.pt"
     assert elsewhere.fingerprint() == here.fingerprint()
@@ -82,10 +82,10 @@ def test_a_layers_plain_and_skip_transcoders_checkpoint_apart(tmp_path):
 
 def test_every_job_round_trips_through_json(wf):
     built = [
-        jobs.eval_job(wf.config, wf.layer_specs("tiny", 1), "tiny", "text", 1),
-        jobs.rollouts_job(wf.config, "tiny"),
+        make_jobs.eval_job(wf.config, wf.layer_specs("tiny", 1), "tiny", "text", 1),
+        make_jobs.rollouts_job(wf.config, "tiny"),
         *wf.releases.values(),
-        *(jobs.publish_job(wf.config, r) for r in wf.releases.values()),
+        *(make_jobs.publish_job(wf.config, r) for r in wf.releases.values()),
     ]
     for job in built:
         again = type(job).from_dict(json.loads(json.dumps(job.to_dict())))

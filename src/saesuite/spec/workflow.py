@@ -8,7 +8,7 @@ import dataclasses
 from functools import cached_property
 from typing import Any
 
-from saesuite.spec import jobs, paths
+from saesuite.spec import jobs, make_jobs, paths
 from saesuite.spec.checks import (
     Evaluation,
     TransferCheck,
@@ -59,7 +59,9 @@ class Workflow:
         out = {}
         for repo, specs in release_groups(self.config, self.suite).items():
             width = known_site_width(self.config, specs[0].model, specs[0].site)
-            out[folder_name(repo)] = jobs.release_job(self.config, repo, specs, width)
+            out[folder_name(repo)] = make_jobs.release_job(
+                self.config, repo, specs, width
+            )
         return out
 
     # -- what one job covers ----------------------------------------------------
@@ -193,17 +195,17 @@ class Workflow:
     def train_params(self, model: str, layer: int, kind: str) -> dict[str, Any]:
         """The train job as the rule's param: without where the activations are
         (the rule's inputs say that), so moving the scratch does not rerun it."""
-        job = jobs.train_job(self.config, self.suite, model, layer, kind).to_dict()
+        job = make_jobs.train_job(self.config, self.suite, model, layer, kind).to_dict()
         return {k: v for k, v in job.items() if k not in jobs.TrainJob.LOCATION}
 
     def eval_params(self, lm: str, data: str, layer: int) -> dict:
         specs = self.eval_passes[(lm, data, layer)]
-        return jobs.eval_job(self.config, specs, lm, data, layer).to_dict()
+        return make_jobs.eval_job(self.config, specs, lm, data, layer).to_dict()
 
     def finetune_params(self, key: str, layer: int) -> dict[str, Any]:
         """The finetune job as the rule's param, without where its inputs are."""
         c = self.tuned[key]
-        job = jobs.finetune_job(
+        job = make_jobs.finetune_job(
             self.config, self.suite, self.finetuned, key, c.base, c.target, layer
         ).to_dict()
         for t in job["trains"]:
@@ -212,10 +214,10 @@ class Workflow:
         return {k: v for k, v in job.items() if k != "corpus"}
 
     def dashboard_params(self, model: str, layer: int) -> dict[str, Any]:
-        return jobs.dashboard_job(self.config, self.suite, model, layer).to_dict()
+        return make_jobs.dashboard_job(self.config, self.suite, model, layer).to_dict()
 
     def rollouts_params(self, model: str) -> dict[str, Any]:
-        return jobs.rollouts_job(self.config, model).to_dict()
+        return make_jobs.rollouts_job(self.config, model).to_dict()
 
     def release_params(self, name: str) -> dict[str, Any]:
         return self.releases[name].to_dict()
@@ -224,7 +226,7 @@ class Workflow:
         return dataclasses.asdict(self.checks[name])
 
     def publish_params(self, name: str) -> dict[str, Any]:
-        return jobs.publish_job(self.config, self.releases[name]).to_dict()
+        return make_jobs.publish_job(self.config, self.releases[name]).to_dict()
 
     # -- targets --------------------------------------------------------------------
 
