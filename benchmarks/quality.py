@@ -480,7 +480,7 @@ def check_lens_options(options: dict[str, Any]) -> None:
 
 def real(args: argparse.Namespace) -> None:
     from saesuite.data.models import load_model
-    from saesuite.data.store import ActivationReader
+    from saesuite.data.reader import ActivationReader
     from saesuite.data.tokens import load_tokens
     from saesuite.eval.evaluate import evaluate
     from saesuite.spec import paths

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-import saesuite.data.store as store
+import saesuite.data.reader as reader
+from saesuite.data.reader import ActivationReader
 from saesuite.data.store import (
     CHECKSUM,
     CHECKSUM_BLOCK_BYTES,
-    ActivationReader,
     ChunkWriter,
     write_manifest,
 )
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         epoch(manifest, args.batch, args.bucket, False)  # into the page cache
         best = {True: float("inf"), False: float("inf")}
         share = float("inf")
-        store._Chunk._verify = timed_verify(store._Chunk._verify)
+        reader._Chunk._verify = timed_verify(reader._Chunk._verify)
         for _ in range(args.repeats):
             for verify in (False, True):
                 SPENT[0] = 0.0

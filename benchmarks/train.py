@@ -22,7 +22,7 @@ import time
 import torch
 from common import matmul_ceiling
 
-from saesuite.data.store import ActivationReader
+from saesuite.data.reader import ActivationReader
 from saesuite.sae.member import Member, train_step
 from saesuite.spec.config import REPO_ROOT, schema_defaults
 from saesuite.spec.dictionary import Dictionary

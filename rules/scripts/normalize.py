@@ -1,6 +1,6 @@
 # Adapter: rule normalize → saesuite.data.store.write_normalization
 from saesuite.data.logs import job_log
-from saesuite.data.store import write_normalization
+from saesuite.data.reader import write_normalization
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with job_log(sm.log[0], sm.threads):

@@ -8,14 +8,8 @@ import math
 import pytest
 import torch
 
-from saesuite.data.store import (
-    ActivationReader,
-    ChunkWriter,
-    StoreError,
-    normalization_scalars,
-    write_chunk,
-    write_manifest,
-)
+from saesuite.data.reader import ActivationReader, normalization_scalars
+from saesuite.data.store import ChunkWriter, StoreError, write_chunk, write_manifest
 from saesuite.spec.io import read_json, sha256_file
 
 D = 6

@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from saesuite.cluster.resources import sae_gpu_bytes
-from saesuite.data.store import write_chunk, write_manifest, write_normalization
+from saesuite.data.reader import write_normalization
+from saesuite.data.store import write_chunk, write_manifest
 from saesuite.sae.checkpoint import truncate_log
 from saesuite.sae.groups import needs_sharding, sae_groups
 from saesuite.sae.jumprelu import JumpReLUSAE
@@ -572,7 +573,7 @@ def test_transcoders_train_on_row_aligned_pairs_and_release_on_raw_units(
     scalars and the skip matrix folded in) predict the raw MLP output from the raw
     input exactly as the trained state does on normalised data, and the skip
     connection takes the dense linear part the latents cannot."""
-    from saesuite.data.store import ActivationReader
+    from saesuite.data.reader import ActivationReader
     from saesuite.sae.jumprelu import JumpReLUSAE
 
     results = train_site(transcoder_job(pair_store, tmp_path))

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from saesuite.data.logs import OwnLineHandler, progress_interval
 from saesuite.data.models import pick_device
-from saesuite.data.store import ActivationReader
+from saesuite.data.reader import ActivationReader
 from saesuite.sae.checkpoint import (
     checkpoint_head,
     load_checkpoint,
