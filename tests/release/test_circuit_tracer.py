@@ -23,7 +23,8 @@ from saesuite.data.models import (
 )
 from saesuite.data.sites import capture
 from saesuite.eval.evaluate import load_released
-from saesuite.release.build import Entry, build_release
+from saesuite.release.build import build_release
+from saesuite.release.layouts import Entry
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.io import read_json

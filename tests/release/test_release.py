@@ -15,13 +15,8 @@ import yaml
 from helpers import release_meta
 from safetensors.torch import save_file
 
-from saesuite.release.build import (
-    LAYOUTS,
-    Entry,
-    build_release,
-    canonical,
-    folder_paths,
-)
+from saesuite.release.build import build_release, canonical
+from saesuite.release.layouts import LAYOUTS, Entry, folder_paths
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.io import read_json, sha256_file
