@@ -26,7 +26,8 @@ import torch
 from common import bench_model
 
 from saesuite.data.sites import site_width
-from saesuite.eval.evaluate import evaluate, load_released
+from saesuite.eval.evaluate import load_released
+from saesuite.eval.passes import evaluate
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec.config import REPO_ROOT
 from saesuite.spec.sites import Site

@@ -51,7 +51,7 @@ from saesuite.cluster.resources import sae_gpu_bytes
 from saesuite.data.extract import extract_batches
 from saesuite.data.models import DTYPES, default_attention
 from saesuite.data.sites import site_width
-from saesuite.eval.evaluate import evaluate
+from saesuite.eval.passes import evaluate
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.sae.member import Member, train_step
 from saesuite.sae.step import dense_step, sparse_step

@@ -30,7 +30,8 @@ import torch
 from saesuite.data.models import load_model
 from saesuite.data.sites import site_width
 from saesuite.data.tokens import load_tokens
-from saesuite.eval.evaluate import evaluate, load_released
+from saesuite.eval.evaluate import load_released
+from saesuite.eval.passes import evaluate
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec import paths
 from saesuite.spec.config import REPO_ROOT, load_config

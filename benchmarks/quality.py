@@ -482,7 +482,7 @@ def real(args: argparse.Namespace) -> None:
     from saesuite.data.models import load_model
     from saesuite.data.reader import ActivationReader
     from saesuite.data.tokens import load_tokens
-    from saesuite.eval.evaluate import evaluate
+    from saesuite.eval.passes import evaluate
     from saesuite.spec import paths
     from saesuite.spec.config import load_config
     from saesuite.spec.io import read_json

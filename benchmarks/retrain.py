@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from saesuite.data.models import load_model
     from saesuite.data.tokens import load_tokens
-    from saesuite.eval.evaluate import evaluate, load_released
+    from saesuite.eval.evaluate import load_released
+    from saesuite.eval.passes import evaluate
     from saesuite.sae.train import train_site
 
     cfg = next(iter(configs.values()))

@@ -86,7 +86,7 @@ def test_loss_tokens_benchmark_pools_blocks_into_one_evaluation(capsys, tiny_mod
     out = capsys.readouterr().out
     (row,) = table(out)
     assert row[:3] == ["1", "res", "64"] and row[-1].endswith(" of 4")
-    from saesuite.eval.evaluate import evaluate
+    from saesuite.eval.passes import evaluate
     from saesuite.sae.jumprelu import JumpReLUSAE
     from saesuite.spec.sites import Site
 

@@ -15,7 +15,7 @@ import torch
 
 from saesuite.data.models import describe_model, load_model
 from saesuite.data.sites import capture
-from saesuite.eval.evaluate import evaluate
+from saesuite.eval.passes import evaluate
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec.sites import ARCHITECTURES, SITE_NAMES, Site
 

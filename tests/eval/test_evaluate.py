@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from helpers import load_tiny
 
 from saesuite.data.sites import capture, logits_with
-from saesuite.eval.evaluate import NextToken
-from saesuite.eval.evaluate import evaluate as evaluate_acc
+from saesuite.eval.passes import NextToken
+from saesuite.eval.passes import evaluate as evaluate_acc
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.jobs import EvalJob, EvalMember
