@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from common import best_time, matmul_ceiling, sync
 
-from saesuite.cluster.resources import sae_gpu_bytes
+from saesuite.cluster.memory import sae_gpu_bytes
 from saesuite.data.extract import extract_batches
 from saesuite.data.models import DTYPES, default_attention
 from saesuite.data.sites import site_width

@@ -87,8 +87,8 @@ def test_plan_shards_saes_too_wide_for_one_gpu_and_names_those_that_still_do_not
     suite's 8 GPUs for that width each take 1/8 of the latents and the whole batch of
     4096 rows (6 × 4 B × 4096 × 2^17 = 13 GB of work tensors). With one GPU per job
     it does not fit, and the plan names how many it needs. On CPU there is no limit."""
+    from saesuite.cluster.memory import sae_gpu_bytes
     from saesuite.cluster.plan import gpu_memory
-    from saesuite.cluster.resources import sae_gpu_bytes
     from saesuite.spec.config import REPO_ROOT, load_config
 
     c = load_config(REPO_ROOT / "config/suites/gemma-2-2b-pt.yaml")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from helpers import make_config
 
+from saesuite.cluster.memory import train_flops
 from saesuite.cluster.resources import (
     BASE_MB,
     evaluate_estimate,
@@ -13,7 +14,6 @@ from saesuite.cluster.resources import (
     model_mb,
     request,
     runtime_min,
-    train_flops,
     train_mem_mb,
     train_nproc,
 )
@@ -156,7 +156,7 @@ def test_a_skip_transcoders_bytes_count_its_skip_matrix():
     """Issue 16: W_skip (d_in × d_in, fp32) is 7 % of a 2B transcoder at 2^14: the
     sizes count it; whole on every process of a sharded job, with its gradient and
     Adam's two moments."""
-    from saesuite.cluster.resources import sae_gpu_bytes
+    from saesuite.cluster.memory import sae_gpu_bytes
     from saesuite.spec.sizes import dictionary_bytes
 
     d, w = 2304, 2**14
@@ -202,7 +202,7 @@ def test_the_matryoshka_losss_memory_is_counted_as_autograd_keeps_it():
     (rows, width) tensors of any SAE."""
     import torch
 
-    from saesuite.cluster.resources import n_prefixes, sae_gpu_bytes
+    from saesuite.cluster.memory import n_prefixes, sae_gpu_bytes
     from saesuite.sae.jumprelu import JumpReLUSAE
     from saesuite.spec.sizes import dictionary_bytes
 

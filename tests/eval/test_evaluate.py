@@ -223,7 +223,7 @@ def test_saes_in_groups_that_fit_a_gpu_get_the_metrics_of_one_group(
     from helpers import make_config
     from safetensors.torch import save_file
 
-    from saesuite.cluster.resources import fit_groups
+    from saesuite.cluster.memory import fit_groups
     from saesuite.data.tokens import save_tokens
     from saesuite.eval.evaluate import evaluate_layer, released_shape
     from saesuite.spec.config import load_config

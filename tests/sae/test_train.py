@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saesuite.cluster.resources import sae_gpu_bytes
+from saesuite.cluster.memory import sae_gpu_bytes
 from saesuite.data.reader import write_normalization
 from saesuite.data.store import write_chunk, write_manifest
 from saesuite.sae.checkpoint import truncate_log

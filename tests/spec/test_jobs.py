@@ -11,12 +11,12 @@ import pytest
 import torch
 from helpers import make_config
 
+from saesuite.cluster.memory import train_flops
 from saesuite.cluster.resources import (
     BASE_MB,
     SMALL_JOB_MINUTES,
     JobResources,
     request,
-    train_flops,
     train_mem_mb,
 )
 from saesuite.spec import jobs, make_jobs, paths

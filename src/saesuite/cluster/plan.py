@@ -27,16 +27,18 @@ from typing import Any
 
 import pandas as pd
 
-from saesuite.cluster.resources import (
-    cache_plan,
-    dashboards_estimate,
-    evaluate_estimate,
-    finetune_estimate,
+from saesuite.cluster.memory import (
     forward_flops,
     n_prefixes,
     sae_gpu_bytes,
     shards_needed,
     train_flops,
+)
+from saesuite.cluster.resources import (
+    cache_plan,
+    dashboards_estimate,
+    evaluate_estimate,
+    finetune_estimate,
     train_group_bytes,
     train_nproc,
 )

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from saesuite.cluster.resources import GPU_HEADROOM, fit_groups
+from saesuite.cluster.memory import GPU_HEADROOM, fit_groups
 from saesuite.data.logs import progress_interval
 from saesuite.data.models import load_model
 from saesuite.data.sites import (

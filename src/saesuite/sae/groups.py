@@ -8,12 +8,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from saesuite.cluster.resources import (
-    GPU_HEADROOM,
-    fit_groups,
-    n_prefixes,
-    sae_gpu_bytes,
-)
+from saesuite.cluster.memory import GPU_HEADROOM, fit_groups, n_prefixes, sae_gpu_bytes
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.sections import TrainConfig
 

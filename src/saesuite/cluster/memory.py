@@ -1,0 +1,113 @@
+"""Memory and FLOP formulas of training and inference (no torch, no config): what a
+dictionary takes on a device, how dictionaries are grouped to fit one, over how many
+processes a wide one must be sharded, and a step's or a pass's FLOPs. The planner and
+the resources (`cluster.resources`), the trainer's groups and the evaluate job's use
+them, so a job is sized by the formula it runs under.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from saesuite.spec.dictionary import Dictionary
+from saesuite.spec.known_models import ModelShape
+from saesuite.spec.sizes import BYTES, dictionary_bytes
+
+GPU_HEADROOM = 0.9  # of resources.gpu_mem_gb: CUDA context, allocator, the batch
+
+
+F32 = BYTES["float32"]
+# (rows, width) tensors a training step holds: pre-activations, activations, masks and
+# their gradients
+WORK_TENSORS = 6
+
+
+def n_prefixes(fractions: Sequence[float] | None) -> int:
+    """The Matryoshka loss's inner prefixes (train.matryoshka_fractions)."""
+    return len(fractions or ())
+
+
+def sae_gpu_bytes(
+    batch_size: int,
+    d_in: int,
+    width: int,
+    nproc: int,
+    sharded: bool = False,
+    skip: bool = False,
+    prefixes: int = 0,
+) -> int:
+    """Bytes one SAE takes on each GPU of a job of `nproc` processes: fp32 weights,
+    gradients and two Adam moments, and the (rows, width) pre-activations,
+    activations, masks and their gradients (~6 tensors). Data parallelism gives each
+    process the whole SAE and batch/nproc rows; `sharded` gives it width/nproc
+    latents (saesuite.sae.shard) and the whole batch. `skip`: a skip-transcoder,
+    whose W_skip every process holds whole. `prefixes` (`n_prefixes`): the Matryoshka
+    loss keeps, per group of latents (the inner prefixes and the rest), a partial
+    decode, the reconstruction from it, its error and its gradient, (rows, d_in)
+    each (saesuite.sae.step, the dense loss about the same)."""
+    groups = prefixes + 1 if prefixes else 0
+    # weights, gradients and two Adam moments: 4 copies of the parameters
+    if sharded:  # a block of the latents; W_skip and b_dec whole on every process
+        latents = -(-width // nproc)
+        rows, params = batch_size, dictionary_bytes(d_in, latents)
+        params += (d_in + (d_in * d_in if skip else 0)) * F32
+    else:
+        latents, rows = width, batch_size // nproc
+        params = dictionary_bytes(d_in, width, skip=skip)
+    work = WORK_TENSORS * rows * latents * F32
+    matryoshka = 4 * groups * rows * d_in * F32
+    return 4 * params + work + matryoshka
+
+
+def fit_groups(
+    sizes: list[float], budget: float | None, alone: frozenset[int] = frozenset()
+) -> list[list[int]]:
+    """Indices of items of `sizes` bytes in consecutive groups within `budget` (None:
+    one group); an item larger than the budget, or in `alone`, is a group of its own."""
+    if budget is None:
+        return [list(range(len(sizes)))] if sizes else []
+    groups: list[list[int]] = []
+    used = math.inf
+    for i, n in enumerate(sizes):
+        if i in alone:
+            groups.append([i])
+            used = math.inf
+            continue
+        if used + n > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += n
+    return groups
+
+
+def shards_needed(
+    batch_size: int, d_in: int, width: int, budget: float, prefixes: int = 0
+) -> int | None:
+    """The fewest processes over which one SAE fits `budget` bytes per GPU (1: it
+    fits whole; None: not even over 1024)."""
+    if sae_gpu_bytes(batch_size, d_in, width, 1, prefixes=prefixes) <= budget:
+        return 1
+    for n in range(2, 1025):
+        if (
+            sae_gpu_bytes(batch_size, d_in, width, n, sharded=True, prefixes=prefixes)
+            <= budget
+        ):
+            return n
+    return None
+
+
+def train_flops(specs: list[Dictionary], d_in: int) -> float:
+    """A dense training step is ≈ 10·d·width FLOPs per token (forward, backward)."""
+    return float(sum(10 * d_in * s.width * s.tokens for s in specs))
+
+
+def forward_flops(shape: ModelShape, tokens: int, layers: int | None = None) -> float:
+    """2·params FLOPs per token through the model, or through its first `layers`."""
+    share = 1.0 if layers is None else layers / shape.n_layers
+    return 2 * shape.n_params * share * tokens
+
+
+# Sampling one token at a time runs far below the matmul rate: rollout jobs ask for
+# this many times the time of their FLOPs.
