@@ -164,8 +164,24 @@ def resolve_train_tokens(config: dict[str, Any]) -> None:
 
 
 def check_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Checks the schema cannot express; returns the config, changed in place only
-    where `resolve_train_tokens` resolves data.train_tokens "unique"."""
+    """Checks the schema cannot express, one section after another (the first
+    problem raises ConfigError naming its key); returns the config, changed in place
+    only where `resolve_train_tokens` resolves data.train_tokens "unique"."""
+    _check_models(config)
+    _check_train(config)
+    for gi, group in enumerate(config["suite"]):
+        _check_group(config, gi, group)
+    _check_release(config)
+    _check_inputs(config)
+    resolve_train_tokens(config)
+    _check_sizes(config)
+    _check_layers(config)
+    _check_dashboards(config)
+    return config
+
+
+def _check_models(config: dict[str, Any]) -> None:
+    """Every source exists or names a Hub id; a base pairs an IT model with a PT one."""
     models = config["models"]
     for key, m in models.items():
         try:
@@ -183,43 +199,53 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
                     f"config key 'models.{key}.base': a base pairs an 'it' model with "
                     "a 'pt' model"
                 )
+
+
+def _check_train(config: dict[str, Any]) -> None:
     t = config["train"]
     if t["decoder_norm"] == "unit" and t["decoder_init_norm"] != 1.0:
         raise ConfigError(
             f"config key 'train.decoder_init_norm': {t['decoder_init_norm']} needs "
             "train.decoder_norm: free (unit-norm decoder rows are renormalised)"
         )
-    for gi, group in enumerate(config["suite"]):
-        for mk in group["models"] or []:
-            if mk not in models:
-                raise ConfigError(
-                    f"config key 'suite.{gi}.models': '{mk}' is not a model key "
-                    f"(known: {sorted(models)})"
-                )
-        rng = group["layers"]
-        if isinstance(rng, dict) and rng["stop"] <= rng["start"]:
-            raise ConfigError(f"config key 'suite.{gi}.layers': stop must exceed start")
-        kind = group.get("kind", "sae")
-        if group.get("skip") is not None and kind != "transcoder":
+
+
+def _check_group(config: dict[str, Any], gi: int, group: dict[str, Any]) -> None:
+    """Suite group `gi`: known models, a layer range, its kind's sites, L0 < width."""
+    models = config["models"]
+    for mk in group["models"] or []:
+        if mk not in models:
             raise ConfigError(
-                f"config key 'suite.{gi}.skip': a skip connection is a transcoder's; "
-                f"set suite.{gi}.kind: transcoder, or drop skip"
+                f"config key 'suite.{gi}.models': '{mk}' is not a model key "
+                f"(known: {sorted(models)})"
             )
-        allowed = KINDS[group_kind(group)].sites
-        if allowed is not None and not set(group["sites"]) <= set(allowed):
+    rng = group["layers"]
+    if isinstance(rng, dict) and rng["stop"] <= rng["start"]:
+        raise ConfigError(f"config key 'suite.{gi}.layers': stop must exceed start")
+    kind = group.get("kind", "sae")
+    if group.get("skip") is not None and kind != "transcoder":
+        raise ConfigError(
+            f"config key 'suite.{gi}.skip': a skip connection is a transcoder's; "
+            f"set suite.{gi}.kind: transcoder, or drop skip"
+        )
+    allowed = KINDS[group_kind(group)].sites
+    if allowed is not None and not set(group["sites"]) <= set(allowed):
+        raise ConfigError(
+            f"config key 'suite.{gi}.sites': a {kind} reads an MLP's input "
+            f"and predicts its output: sites must be [{', '.join(allowed)}], not "
+            f"{group['sites']}"
+        )
+    for l0 in group["sparsity"].get("target_l0") or []:
+        width = min(group["widths"])
+        if l0 >= width:
             raise ConfigError(
-                f"config key 'suite.{gi}.sites': a {kind} reads an MLP's input "
-                f"and predicts its output: sites must be [{', '.join(allowed)}], not "
-                f"{group['sites']}"
+                f"config key 'suite.{gi}.sparsity.target_l0': {l0} active latents "
+                f"per token cannot be reached by an SAE of width {width} "
+                f"(suite.{gi}.widths); a target L0 must be below the width"
             )
-        for l0 in group["sparsity"].get("target_l0") or []:
-            width = min(group["widths"])
-            if l0 >= width:
-                raise ConfigError(
-                    f"config key 'suite.{gi}.sparsity.target_l0': {l0} active latents "
-                    f"per token cannot be reached by an SAE of width {width} "
-                    f"(suite.{gi}.widths); a target L0 must be below the width"
-                )
+
+
+def _check_release(config: dict[str, Any]) -> None:
     rel = config["release"]
     skips = [gi for gi, g in enumerate(config["suite"]) if g.get("skip") is not None]
     if rel["layout"] == "gemma-scope" and skips:
@@ -240,6 +266,10 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
             f"config key 'release.repo': '{rel['repo']}' is not a pattern over "
             f"{{org}}, {{prefix}}, {{model}}, {{site}} ({err})"
         ) from None
+
+
+def _check_inputs(config: dict[str, Any]) -> None:
+    """The transfer prompts load; each data source has the key its type needs."""
     if config["transfer"]["prompts"] is not None:
         try:
             load_prompts(config["transfer"]["prompts"])
@@ -252,7 +282,9 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
                 f"config key 'data.sources.{si}.{need}' is required for type "
                 f"'{src['type']}'"
             )
-    resolve_train_tokens(config)
+
+
+def _check_sizes(config: dict[str, Any]) -> None:
     data = config["data"]
     for split in ("train_tokens", "eval_tokens"):
         if data[split] < data["context_size"]:
@@ -260,6 +292,10 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
                 f"config key 'data.{split}' ({data[split]}) is smaller than one "
                 f"sequence (data.context_size = {data['context_size']})"
             )
+
+
+def _check_layers(config: dict[str, Any]) -> None:
+    models = config["models"]
     for key in models:
         for layer in model_layers(config, key):
             n = n_layers(config, key)
@@ -268,6 +304,10 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
                     f"layer {layer} requested for model '{key}', which has {n} layers "
                     f"(0..{n - 1}); check 'suite.*.layers'"
                 )
+
+
+def _check_dashboards(config: dict[str, Any]) -> None:
+    models = config["models"]
     asked = config["dashboards"]["layers"]
     if config["dashboards"]["enabled"] and asked is not None:
         present = {layer for key in models for layer in model_layers(config, key)}
@@ -277,7 +317,6 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
                 f"config key 'dashboards.layers': no dictionary of the suite is at "
                 f"layer(s) {missing} (the suite's layers: {sorted(present)})"
             )
-    return config
 
 
 def config_hash(config: dict[str, Any]) -> str:
