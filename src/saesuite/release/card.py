@@ -102,6 +102,29 @@ def model_card(
     overrides: dict[str, Any] | None = None,
     circuit_tracer_sets: list[str] | tuple[str, ...] = (),
 ) -> str:
+    """The release's README.md: Hub metadata, what it holds, loading, circuits,
+    hook points, evaluation and training, one section each."""
+    kinds: dict[str, int] = {}
+    for r in index:
+        kinds[r.get("kind", "sae")] = kinds.get(r.get("kind", "sae"), 0) + 1
+    dashboards = any(r.get("dashboard") for r in index)
+    lines = _front(repo, layout, index, meta, kinds)
+    lines += _loading(repo, layout, index, overrides, kinds, dashboards)
+    if circuit_tracer_sets:
+        lines += _circuits(repo, circuit_tracer_sets)
+    lines += _hooks(index)
+    lines += _evaluation(index, meta, set(kinds) != {"sae"}, dashboards)
+    lines += _training(meta)
+    return "\n".join(lines)
+
+
+def _front(
+    repo: str,
+    layout: str,
+    index: list[dict[str, Any]],
+    meta: dict[str, Any],
+    kinds: dict[str, int],
+) -> list[str]:
     header = {
         "license": meta["license"],
         "library_name": "saelens",
@@ -117,21 +140,14 @@ def model_card(
     datasets = [s["id"] for s in meta["data"]["sources"] if s["type"] == "hub"]
     if datasets:
         header["datasets"] = datasets
-    first = next((r for r in index if r["canonical"]), index[0])
-    weights, keys = WEIGHTS[layout]
     sites = sorted({r["site"] for r in index})
     layers = sorted({r["layer"] for r in index})
     widths = sorted({r["width"] for r in index})
-    kinds = {}
-    for r in index:
-        kinds[r.get("kind", "sae")] = kinds.get(r.get("kind", "sae"), 0) + 1
-    transcoders = set(kinds) != {"sae"}
-    dashboards = any(r.get("dashboard") for r in index)
     what = " and ".join(f"{n} {KIND_WORDS[k]}" for k, n in sorted(kinds.items()))
     where = (
         "each predicting an MLP's output (after its post-norm) from its input "
         "(after its pre-norm) at layers"
-        if transcoders
+        if set(kinds) != {"sae"}
         else f"on sites {', '.join(sites)} of layers"
     )
     lines = [
@@ -151,17 +167,25 @@ def model_card(
     ]
     if meta.get("source_note"):
         lines += [f"> {meta['source_note']}", ""]
-    lines += [
+    return lines
+
+
+def _loading(
+    repo: str,
+    layout: str,
+    index: list[dict[str, Any]],
+    overrides: dict[str, Any] | None,
+    kinds: dict[str, int],
+    dashboards: bool,
+) -> list[str]:
+    first = next((r for r in index if r["canonical"]), index[0])
+    weights, keys = WEIGHTS[layout]
+    transcoders = set(kinds) != {"sae"}
+    return [
         "## Loading",
         "",
         "```python",
-        loading_snippet(
-            layout,
-            repo,
-            first["path"],
-            overrides,
-            transcoders,
-        ),
+        loading_snippet(layout, repo, first["path"], overrides, transcoders),
         "```",
         "",
         f"Or without SAELens: each SAE folder holds `{weights}` with {keys} "
@@ -196,21 +220,26 @@ def model_card(
         "provenance and sha256 of every file.",
         "",
     ]
-    if circuit_tracer_sets:
-        lines += [
-            "## Circuits with circuit-tracer",
-            "",
-            "These transcoder sets cover every layer; each folder's `config.yaml` is "
-            "circuit-tracer's own transcoder-set config: "
-            + ", ".join(f"`circuit_tracer/{n}`" for n in circuit_tracer_sets)
-            + ".",
-            "",
-            "```python",
-            circuit_tracer_snippet(repo, circuit_tracer_sets[0]),
-            "```",
-            "",
-        ]
-    lines += [
+
+
+def _circuits(repo: str, sets: list[str] | tuple[str, ...]) -> list[str]:
+    return [
+        "## Circuits with circuit-tracer",
+        "",
+        "These transcoder sets cover every layer; each folder's `config.yaml` is "
+        "circuit-tracer's own transcoder-set config: "
+        + ", ".join(f"`circuit_tracer/{n}`" for n in sets)
+        + ".",
+        "",
+        "```python",
+        circuit_tracer_snippet(repo, sets[0]),
+        "```",
+        "",
+    ]
+
+
+def _hooks(index: list[dict[str, Any]]) -> list[str]:
+    lines = [
         "## Hook points",
         "",
         "| layer | site | Hugging Face module | SAELens hook |",
@@ -224,8 +253,17 @@ def model_card(
             hooks[(r["layer"], r["site"])] = (r["hf_hook_out"], r["hook_out"])
     for (layer, site), (hf, tl) in sorted(hooks.items()):
         lines.append(f"| {layer} | {site} | `{hf}` | `{tl}` |")
+    return lines
+
+
+def _evaluation(
+    index: list[dict[str, Any]],
+    meta: dict[str, Any],
+    transcoders: bool,
+    dashboards: bool,
+) -> list[str]:
     ev = meta["evaluate"]
-    lines += [
+    lines = [
         "",
         "## Evaluation",
         "",
@@ -259,8 +297,12 @@ def model_card(
             f"| {_fmt(r.get('loss_recovered'))} | {'✓' if r['canonical'] else ''} |"
             + (link or (" |" if dashboards else ""))
         )
+    return lines
+
+
+def _training(meta: dict[str, Any]) -> list[str]:
     d = meta["data"]
-    lines += [
+    return [
         "",
         "## Training",
         "",
@@ -274,7 +316,6 @@ def model_card(
         "```",
         "",
     ]
-    return "\n".join(lines)
 
 
 def pareto_plot(index: list[dict[str, Any]], repo: str, out: str | Path) -> None:
