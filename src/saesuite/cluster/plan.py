@@ -51,24 +51,36 @@ from saesuite.spec.suite import expand_suite, has_dashboards, model_layers, sequ
 def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
     """One row per model × stage: saes, tokens, cache_bytes, flops, gpu_hours."""
     suite = expand_suite(config)
-    data, ev = config["data"], config["evaluate"]
-    ctx = data["context_size"]
-    train_tok = sequences(config, "train") * ctx
-    eval_tok = sequences(config, "eval") * ctx
+    checks = transfer_checks(config, suite)
+    tuned = finetuned_specs(config, suite, checks)
+    rows = _extract_and_train_rows(config, suite)
+    rows += _finetune_rows(config, checks, tuned)
+    rows += _evaluation_rows(config, suite, tuned)
+    rows += _dashboard_rows(config, suite)
+    rows += _rollout_rows(config, checks)
+    df = pd.DataFrame(rows)
+    df["gpu_hours"] = df["flops"] / (tflops * 1e12) / 3600
+    return df
+
+
+def _add(
+    rows: list, model: str, stage: str, saes: int, tokens: int, cache, flops
+) -> None:
+    rows.append(
+        {
+            "model": model,
+            "stage": stage,
+            "saes": saes,
+            "tokens": tokens,
+            "cache_bytes": cache,
+            "flops": flops,
+        }
+    )
+
+
+def _extract_and_train_rows(config: dict[str, Any], suite: list[Dictionary]) -> list:
+    train_tok = sequences(config, "train") * config["data"]["context_size"]
     rows = []
-
-    def add(model: str, stage: str, saes: int, tokens: int, cache: int, flops):
-        rows.append(
-            {
-                "model": model,
-                "stage": stage,
-                "saes": saes,
-                "tokens": tokens,
-                "cache_bytes": cache,
-                "flops": flops,
-            }
-        )
-
     for model in sorted({s.model for s in suite}):
         specs: list[Dictionary] = [s for s in suite if s.model == model]
         shape = known_shape(config["models"][model]["source"])
@@ -82,16 +94,22 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
             dtype = config["activations"]["dtype"]
             cache = sum(cache_plan(widths, train_tok, dtype).values())
             flops = forward_flops(shape, train_tok, last + 1)
-        add(model, "extract", 0, train_tok, cache, flops)
+        _add(rows, model, "extract", 0, train_tok, cache, flops)
         flops = None
         if shape:
             by_site = {
                 k: [s for s in specs if s.site == k] for k in {s.site for s in specs}
             }
             flops = sum(train_flops(v, shape.site_width(k)) for k, v in by_site.items())
-        add(model, "train", len(specs), sum(s.tokens for s in specs), None, flops)
-    checks = transfer_checks(config, suite)
-    tuned = finetuned_specs(config, suite, checks)
+        _add(
+            rows, model, "train", len(specs), sum(s.tokens for s in specs), None, flops
+        )
+    return rows
+
+
+def _finetune_rows(config: dict[str, Any], checks, tuned: list[Dictionary]) -> list:
+    """Gemma Scope 2's IT SAEs (transfer.finetune_share): one job per layer."""
+    rows = []
     for c in checks:  # Gemma Scope 2's IT SAEs (transfer.finetune_share)
         mine = [s for s in tuned if s.model == c.finetuned]
         if not mine:
@@ -105,7 +123,8 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
                 ]
                 for L in sorted({s.layer for s in mine})
             )
-        add(
+        _add(
+            rows,
             c.target,
             f"finetune ({c.base} SAEs)",
             len(mine),
@@ -113,6 +132,15 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
             None,
             flops,
         )
+    return rows
+
+
+def _evaluation_rows(
+    config: dict[str, Any], suite: list[Dictionary], tuned: list[Dictionary]
+) -> list:
+    ev = config["evaluate"]
+    eval_tok = sequences(config, "eval") * config["data"]["context_size"]
+    rows = []
     for e in evaluations(config, suite):
         specs = [
             s
@@ -138,7 +166,8 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
             if e.trained_on == e.evaluated_on and e.data == "text"
             else "transfer"
         )
-        add(
+        _add(
+            rows,
             e.evaluated_on,
             f"{stage} ({e.trained_on} SAEs, {e.data})",
             len(specs),
@@ -146,6 +175,12 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
             None,
             flops,
         )
+    return rows
+
+
+def _dashboard_rows(config: dict[str, Any], suite: list[Dictionary]) -> list:
+    eval_tok = sequences(config, "eval") * config["data"]["context_size"]
+    rows = []
     for model in sorted({s.model for s in suite}):  # one dashboards job per layer
         layers = sorted(
             {
@@ -167,7 +202,8 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
                 )[1]
                 for L in layers
             )
-        add(
+        _add(
+            rows,
             model,
             "dashboards",
             sum(s.model == model and s.layer in layers for s in suite),
@@ -175,11 +211,17 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
             None,
             flops,
         )
+    return rows
+
+
+def _rollout_rows(config: dict[str, Any], checks) -> list:
+    rows = []
     rollout_models = {c.target for c in checks}
     for model in sorted(rollout_models):
         shape = known_shape(config["models"][model]["source"])
         tok = config["transfer"]["tokens"]
-        add(
+        _add(
+            rows,
             model,
             "rollouts",
             0,
@@ -187,9 +229,7 @@ def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
             None,
             forward_flops(shape, tok) if shape else None,
         )
-    df = pd.DataFrame(rows)
-    df["gpu_hours"] = df["flops"] / (tflops * 1e12) / 3600
-    return df
+    return rows
 
 
 def gpu_memory(config: dict[str, Any]) -> tuple[list[str], list[str]]:
