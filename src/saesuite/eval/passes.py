@@ -259,7 +259,11 @@ def evaluate(
     `loss_sequences` (None = all). `progress(n)` is told of every
     finished batch of n sequences. `resume=False` recomputes the layers before
     each site in its spliced passes (for benchmarks). `encode_bytes` bounds the
-    work tensors of encoding (`_reconstruct`)."""
+    work tensors of encoding (`_reconstruct`).
+
+    Longer than 80 lines on purpose: per batch the clean pass, each site's
+    zero-ablation and each dictionary's spliced pass share the kept layer outputs and
+    the clean logits, held for that batch only."""
     n_seq, ctx = ids.shape
     n_loss = n_seq if loss_sequences is None else min(loss_sequences, n_seq)
     entries = {k: _entry(e) for k, e in saes.items()}

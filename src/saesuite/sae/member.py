@@ -182,7 +182,10 @@ def train_step(
     world: int,
     target: torch.Tensor | None = None,
 ) -> dict:
-    """One optimiser step of `m` on batch x (and a transcoder's target batch)."""
+    """One optimiser step of `m` on batch x (and a transcoder's target batch).
+    Longer than 80 lines on purpose: it reads top to bottom as the order a resumed or
+    sharded run must repeat bit for bit (statistics, their reduction over processes,
+    gradients, clipping, Adam, the decoder projection, θ's clamp, the counters)."""
     spec, sched = m.spec, m.schedule
     lr = sched.lr_at(step)
     for group in m.opt.param_groups:

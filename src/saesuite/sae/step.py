@@ -168,6 +168,11 @@ def sparse_step(
     pre_act_coefficient: float = 0.0,
     dead: torch.Tensor | None = None,
 ) -> StepStats:
+    """The training step of `dense_step`, its decoder and backward on the active
+    latents only. Longer than 80 lines on purpose: one hand-derived backward whose
+    intermediates (the active list, the estimator's kernel window, the error) every
+    gradient shares; split, they would be recomputed or passed along as a dozen
+    tensors."""
     reduce = all_reduce_ if sharded else (lambda t: t)
     y = x if target is None else target
     B, d_sae = x.shape[0], sae.d_sae

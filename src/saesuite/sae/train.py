@@ -93,7 +93,11 @@ def train_site(
 
     A retried job skips the SAEs whose outputs it finished (listed in a marker file
     beside the checkpoint) and resumes the group in its checkpoint; a checkpoint or
-    marker of another training config is discarded."""
+    marker of another training config is discarded.
+
+    Longer than 80 lines on purpose: the retry protocol (the marker, the
+    checkpoint's group and shards, the groups after it) is one sequence whose steps
+    decide each other's inputs."""
     cfg = job.train
     paired = job.dictionaries[0].paired
     rank, world = _dist()
@@ -249,7 +253,9 @@ def _train_group(
 ) -> None:
     """Train `members` on the same batches to the end of their schedules, from
     `ckpt` if it exists; checkpoint every `checkpoint_every` steps and on a signal
-    (then raise Preempted)."""
+    (then raise Preempted). Longer than 80 lines on purpose: the loop and its stop
+    and checkpoint protocol stay together, since every process must take the same
+    branch at the same step."""
     cfg = job.train
     total = max(m.schedule.total_steps for m in members)
     logs = [paths.sae_file(m.out_dir, "log") for m in members]
