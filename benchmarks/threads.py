@@ -29,11 +29,11 @@ import sys
 import time
 
 import torch
+from common import bench_model
 
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.sae.member import contiguous_grads
 from saesuite.sae.step import dense_step, sparse_step
-from saesuite.spec.config import REPO_ROOT, load_config
 
 STEPS = {"sparse": sparse_step, "dense": dense_step}
 
@@ -94,7 +94,7 @@ def worker(args: argparse.Namespace) -> None:
     (imports, loading) left out."""
     torch.set_num_threads(args.threads)
     if args.worker == "forward":
-        model = load(args.model)
+        model = bench_model(args.model)[3]
         vocab = model.config.get_text_config().vocab_size
         ids = torch.randint(10, min(vocab, 1000), (args.fwd_batch, args.context),
                             generator=torch.Generator().manual_seed(0))  # fmt: skip
@@ -109,16 +109,6 @@ def worker(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     step_ms(sae, x / args.d**0.5, args.worker, args.reps)
     print(f"WORK {time.perf_counter() - t}")
-
-
-def load(model: str | None):
-    from saesuite.data.models import load_model
-
-    cfg = load_config(REPO_ROOT / "config" / "config.yaml")
-    mcfg = {**next(iter(cfg["models"].values())), "device": "cpu"}
-    if model:
-        mcfg["source"] = model
-    return load_model(mcfg, REPO_ROOT / "results" / "cache")
 
 
 def side_by_side(work: list[str], jobs: int, threads: int) -> float:
