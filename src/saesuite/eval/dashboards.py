@@ -184,12 +184,7 @@ def dashboard_layer(
         )
         for key, (site, sae) in saes.items()
     }
-    needed = set(used)
-    for e in effects.values():
-        needed.update(e[1].flatten().tolist())
-        needed.update(e[3].flatten().tolist())
-    order = sorted(needed)
-    strings = dict(zip(order, tok.batch_decode([[t] for t in order]), strict=True))
+    strings = token_strings(tok, used, effects)
     text = {
         "ids": ids.tolist(),
         "mask": mask.int().tolist(),
@@ -203,27 +198,43 @@ def dashboard_layer(
             st,
             latent_records(st, effects[m.key], strings),
             text,
-            {
-                "model": job.model,
-                "layer": job.layer,
-                "dictionary": m.key,
-                "input_site": m.input_site,
-                "output_site": m.output_site,
-                "width": st.width,
-                "tokens": st.tokens,
-                "sequences": n_seq,
-                "top_k": st.k,
-                "window": st.half_window,
-                "samples": st.samples,
-                "shard_size": SHARD,
-                "n_shards": -(-st.width // SHARD),
-                "versions": versions(),
-            },
+            dashboard_info(job, m, st, n_seq),
         )
         summary.append({"key": m.key, "dir": m.out, "dead": int((st.count == 0).sum())})
     result = {"model": job.model, "layer": job.layer, "dashboards": summary}
     write_json(out, result)
     return result
+
+
+def dashboard_info(job: DashboardJob, m: Any, st: LatentStats, n_seq: int) -> dict:
+    """A dashboard's dashboard.json header: what it shows and how it was streamed."""
+    return {
+        "model": job.model,
+        "layer": job.layer,
+        "dictionary": m.key,
+        "input_site": m.input_site,
+        "output_site": m.output_site,
+        "width": st.width,
+        "tokens": st.tokens,
+        "sequences": n_seq,
+        "top_k": st.k,
+        "window": st.half_window,
+        "samples": st.samples,
+        "shard_size": SHARD,
+        "n_shards": -(-st.width // SHARD),
+        "versions": versions(),
+    }
+
+
+def token_strings(tok: Any, used: list[int], effects: dict[str, Any]) -> dict[int, str]:
+    """The text of every token the pages show: those of the held-out contexts and
+    those of each latent's logit effects (positive and negative), decoded once."""
+    needed = set(used)
+    for e in effects.values():
+        needed.update(e[1].flatten().tolist())
+        needed.update(e[3].flatten().tolist())
+    order = sorted(needed)
+    return dict(zip(order, tok.batch_decode([[t] for t in order]), strict=True))
 
 
 def write_dashboard(

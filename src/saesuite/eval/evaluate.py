@@ -92,15 +92,7 @@ def evaluate_layer(
     ids, mask = ids[:n_seq], mask[:n_seq]
     shapes = [released_shape(s.dir) for s in job.members]
     model = load_model(job.model_cfg, cache_root)
-    for s, (d_in, _) in zip(job.members, shapes):
-        site = s.dictionary.input_site
-        want = site_width(model, site.kind)
-        if d_in != want:
-            raise ValueError(
-                f"SAE {s.key} has d_in {d_in}, but site {site.name} of model "
-                f"'{job.evaluated_on}' is {want} wide: the two models "
-                "differ in shape; pair only models of one architecture (models.*.base)"
-            )
+    _check_widths(job, shapes, model)
     device = next(model.parameters()).device
     budget = job.group_bytes or device_sae_budget(model, ev, ctx)
     groups = fit_groups([released_bytes(s.dir) for s in job.members], budget)
@@ -137,6 +129,49 @@ def evaluate_layer(
             del saes
     elapsed = time.perf_counter() - start
     meta = {**(extra or {}), "data_path": str(data_path)}
+    summary = _write_members(job, acc, shapes, meta)
+    log.info(
+        "%d SAEs in %d group(s) on %d sequences (%d with loss metrics) in %.1f s",
+        len(job.members),
+        len(groups),
+        n_seq,
+        min(n_loss, n_seq),
+        elapsed,
+    )
+    result = {
+        "evaluated_on": job.evaluated_on,
+        "data": job.data,
+        **meta,
+        "versions": versions(),
+        "saes": summary,
+    }
+    write_json(out, result)
+    return result
+
+
+def _check_widths(
+    job: EvalJob, shapes: list[tuple[int, int]], model: torch.nn.Module
+) -> None:
+    """Each dictionary's d_in is its input site's width in the model it runs through
+    (checked before any pass)."""
+    for s, (d_in, _) in zip(job.members, shapes):
+        site = s.dictionary.input_site
+        want = site_width(model, site.kind)
+        if d_in != want:
+            raise ValueError(
+                f"SAE {s.key} has d_in {d_in}, but site {site.name} of model "
+                f"'{job.evaluated_on}' is {want} wide: the two models "
+                "differ in shape; pair only models of one architecture (models.*.base)"
+            )
+
+
+def _write_members(
+    job: EvalJob,
+    acc: dict[str, Accumulator],
+    shapes: list[tuple[int, int]],
+    meta: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Each member's frequencies and JSON; its line of the layer's summary."""
     summary = []
     for s in job.members:
         metrics = acc[s.key].metrics()
@@ -160,20 +195,4 @@ def evaluate_layer(
         d_sae = shapes[job.members.index(s)][1]
         for w in health_warnings(d_sae, metrics["dead"], metrics.get("loss_recovered")):
             log.warning("%s on %s: %s", s.key, job.evaluated_on, w)
-    log.info(
-        "%d SAEs in %d group(s) on %d sequences (%d with loss metrics) in %.1f s",
-        len(job.members),
-        len(groups),
-        n_seq,
-        min(n_loss, n_seq),
-        elapsed,
-    )
-    result = {
-        "evaluated_on": job.evaluated_on,
-        "data": job.data,
-        **meta,
-        "versions": versions(),
-        "saes": summary,
-    }
-    write_json(out, result)
-    return result
+    return summary

@@ -142,6 +142,35 @@ def registry_entry(
     return {repo.split("/")[-1]: entry}
 
 
+def index_row(
+    layout: str, p: str, e: Entry, meta: dict[str, Any], is_canonical: bool
+) -> dict[str, Any]:
+    """A dictionary's row of index.json (its folder `p` in the repo): identity, hook
+    points (a transcoder's input and output), whether canonical, its metrics."""
+    d = e.dictionary
+    layer, site, out = d.layer, d.input_site.kind, d.output_site.kind
+    out_hooks = {}
+    if d.paired:  # a transcoder: where it reads and where it writes
+        out_hooks = {
+            "hf_hook_out": hf_hook_point(meta["model_type"], layer, out),
+            "hook_out": SITE_KINDS[out].tl_hook.format(L=layer),
+        }
+    return {
+        "id": p.split("/", 1)[1] if layout == "gemma-scope-2" else p,
+        "path": p,
+        **e.identity,
+        "kind": d.kind,
+        "d_in": meta["site_widths"][site],
+        "hf_hook": hf_hook_point(meta["model_type"], layer, site),
+        "hook": SITE_KINDS[site].tl_hook.format(L=layer),
+        **out_hooks,
+        "canonical": is_canonical,
+        **({"dashboard": f"{p}/{DASHBOARD_DIR}/index.html"} if e.dashboard else {}),
+        "trained_as": d.path,
+        **e.metrics,
+    }
+
+
 def build_release(
     *,
     repo: str,
@@ -170,37 +199,10 @@ def build_release(
         for p, e in sorted(
             folders.items(), key=lambda kv: (kv[1].dictionary.layer, kv[0])
         ):
-            d = e.dictionary
             write_sae(layout, e, tmp / p, meta)
             if e.dashboard:  # a folder that opens from disk (saesuite.eval.dashboards)
                 shutil.copytree(e.dashboard, tmp / p / DASHBOARD_DIR)
-            layer, site, out = d.layer, d.input_site.kind, d.output_site.kind
-            out_hooks = {}
-            if d.paired:  # a transcoder: where it reads and where it writes
-                out_hooks = {
-                    "hf_hook_out": hf_hook_point(meta["model_type"], layer, out),
-                    "hook_out": SITE_KINDS[out].tl_hook.format(L=layer),
-                }
-            index.append(
-                {
-                    "id": p.split("/", 1)[1] if layout == "gemma-scope-2" else p,
-                    "path": p,
-                    **e.identity,
-                    "kind": d.kind,
-                    "d_in": meta["site_widths"][site],
-                    "hf_hook": hf_hook_point(meta["model_type"], layer, site),
-                    "hook": SITE_KINDS[site].tl_hook.format(L=layer),
-                    **out_hooks,
-                    "canonical": d.path in best,
-                    **(
-                        {"dashboard": f"{p}/{DASHBOARD_DIR}/index.html"}
-                        if e.dashboard
-                        else {}
-                    ),
-                    "trained_as": d.path,
-                    **e.metrics,
-                }
-            )
+            index.append(index_row(layout, p, e, meta, e.dictionary.path in best))
         sets = circuit_tracer_sets(repo, layout, folders, meta)
         for name, cfg in sets.items():
             with atomic_path(tmp / CIRCUIT_TRACER_DIR / name / "config.yaml") as f:
