@@ -52,7 +52,7 @@ from saesuite.data.extract import extract_batches
 from saesuite.data.models import DTYPES, default_attention
 from saesuite.data.sites import site_width
 from saesuite.eval.passes import evaluate
-from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.sae.jumprelu import JumpReLUSAE, LossTerms
 from saesuite.sae.member import Member, train_step
 from saesuite.sae.step import dense_step, sparse_step
 from saesuite.spec.config import schema_defaults
@@ -224,7 +224,7 @@ def check_steps(device: str, s: dict, kind: str = "sae") -> list[dict[str, Any]]
         if tc:
             base.W_skip.normal_(0, d**-0.5, generator=g)
             y = x @ torch.randn(d, d, generator=g) / d**0.5 + torch.randn(n, d)
-    kw = {"penalty": "l0", "lambda_": 1e-3}
+    terms = LossTerms("l0", 1e-3)
     grads = {}
     for where, fn in (
         ("cpu", dense_step),
@@ -233,7 +233,7 @@ def check_steps(device: str, s: dict, kind: str = "sae") -> list[dict[str, Any]]
         (device, sparse_step),
     ):
         sae = copy.deepcopy(base).to(where)
-        fn(sae, x.to(where), target=None if y is None else y.to(where), **kw)
+        fn(sae, x.to(where), terms, target=None if y is None else y.to(where))
         grads[where, fn.__name__] = {k: p.grad for k, p in sae.named_parameters()}
     rows = []
     what = "skip-transcoder " if tc else ""

@@ -33,7 +33,7 @@ from saesuite.spec.config import REPO_ROOT
 def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
-    from saesuite.sae.jumprelu import JumpReLUSAE
+    from saesuite.sae.jumprelu import JumpReLUSAE, LossTerms
     from saesuite.sae.shard import bounds
     from saesuite.sae.step import dense_step
 
@@ -55,7 +55,7 @@ def worker(args: argparse.Namespace) -> None:
         if gpu:
             torch.cuda.synchronize()
         t = time.perf_counter()
-        dense_step(sae, x, penalty="l0", lambda_=1e-3, sharded=world > 1)
+        dense_step(sae, x, LossTerms("l0", 1e-3, sharded=world > 1))
         opt.step()
         opt.zero_grad(set_to_none=True)
         if gpu:

@@ -31,7 +31,7 @@ import time
 import torch
 from common import bench_model
 
-from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.sae.jumprelu import JumpReLUSAE, LossTerms
 from saesuite.sae.member import contiguous_grads
 from saesuite.sae.step import dense_step, sparse_step
 
@@ -55,7 +55,7 @@ def step_ms(
     opt = torch.optim.Adam(sae.parameters(), lr=1e-7, betas=(0.0, 0.999), fused=True)
 
     def one() -> float:
-        st = STEPS[path](sae, x, penalty="target_l0", lambda_=0.01, target_l0=20.0)
+        st = STEPS[path](sae, x, LossTerms("target_l0", 0.01, 20.0))
         contiguous_grads(sae)
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         opt.step()

@@ -203,7 +203,7 @@ def test_the_matryoshka_losss_memory_is_counted_as_autograd_keeps_it():
     import torch
 
     from saesuite.cluster.memory import n_prefixes, sae_gpu_bytes
-    from saesuite.sae.jumprelu import JumpReLUSAE
+    from saesuite.sae.jumprelu import JumpReLUSAE, LossTerms
     from saesuite.spec.sizes import dictionary_bytes
 
     d, w, B = 64, 1024, 256
@@ -217,7 +217,7 @@ def test_the_matryoshka_losss_memory_is_counted_as_autograd_keeps_it():
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            sae.training_loss(x, lambda_=1e-3, prefixes=prefixes)
+            sae.training_loss(x, LossTerms(lambda_=1e-3, prefixes=prefixes))
         return sum(sizes)
 
     plain = sae_gpu_bytes(B, d, w, 1)

@@ -7,7 +7,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from saesuite.sae.jumprelu import JumpReLUSAE, prefix_ends
+from saesuite.sae.jumprelu import JumpReLUSAE, LossTerms, prefix_ends
 from saesuite.sae.shard import bounds, clip_grad_norm_, gather_state
 from saesuite.sae.step import dense_step, sparse_step
 
@@ -28,16 +28,24 @@ MAX_FREQUENCY = 0.1
 DEAD = torch.arange(WIDTH) < 12
 
 
-def step_kwargs(key: str, rank: int | None = None, world: int = 1) -> dict:
-    """dense_step/sparse_step keywords of PENALTIES[key], for the whole SAE or (rank
-    given) the block of latents that rank holds."""
+def step_args(
+    key: str, rank: int | None = None, world: int = 1
+) -> tuple[LossTerms, dict]:
+    """dense_step/sparse_step's terms and keywords of PENALTIES[key], for the whole
+    SAE or (rank given) the block of latents that rank holds."""
     penalty, target, mu, fractions, pre = PENALTIES[key]
     lo, hi = (0, WIDTH) if rank is None else bounds(WIDTH, world, rank)
-    return dict(
-        penalty=penalty, lambda_=0.3, target_l0=target, frequency_coefficient=mu,
-        max_frequency=MAX_FREQUENCY, prefixes=prefix_ends(fractions, WIDTH, lo, hi),
-        pre_act_coefficient=pre, dead=DEAD[lo:hi], sharded=rank is not None,
-    )  # fmt: skip
+    terms = LossTerms(
+        penalty=penalty,
+        lambda_=0.3,
+        target_l0=target,
+        frequency_coefficient=mu,
+        max_frequency=MAX_FREQUENCY,
+        prefixes=prefix_ends(fractions, WIDTH, lo, hi),
+        pre_act_coefficient=pre,
+        sharded=rank is not None,
+    )
+    return terms, {"dead": DEAD[lo:hi]}
 
 
 def whole() -> JumpReLUSAE:
@@ -105,7 +113,8 @@ def main(out: str) -> None:
     for name, fn in (("dense", dense_step), ("sparse", sparse_step)):
         for key, (penalty, *_) in PENALTIES.items():
             sae = shard_of(full, rank, world)
-            st = fn(sae, x, **step_kwargs(key, rank, world))
+            terms, kw = step_args(key, rank, world)
+            st = fn(sae, x, terms, **kw)
             res[f"{name}/{key}"] = {
                 "stats": [st.loss, st.reconstruction, st.l0, st.fvu],
                 "fired": st.fired,
@@ -115,8 +124,8 @@ def main(out: str) -> None:
                 res["norm"] = clip_grad_norm_(sae, 0.01)
                 res["clipped"] = {k: p.grad.clone() for k, p in sae.named_parameters()}
         tc = shard_of(whole_skip_transcoder(), rank, world)
-        st = fn(tc, x, target=tc_target(), penalty="target_l0", lambda_=0.3,
-                target_l0=4.0, sharded=True)  # fmt: skip
+        terms = LossTerms("target_l0", 0.3, 4.0, sharded=True)
+        st = fn(tc, x, terms, target=tc_target())
         res[f"{name}/skip_transcoder"] = {
             "stats": [st.loss, st.reconstruction, st.l0, st.fvu],
             "fired": st.fired,

@@ -6,11 +6,18 @@ trainer's prefixes and dead mask. The sharded step with both is in test_shard.py
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from helpers import sae64, x_near_threshold
 
-from saesuite.sae.jumprelu import JumpReLUSAE, pre_act_penalty, prefix_ends
+from saesuite.sae.jumprelu import (
+    JumpReLUSAE,
+    LossTerms,
+    pre_act_penalty,
+    prefix_ends,
+)
 from saesuite.sae.member import Member, dead_mask, train_step
 from saesuite.sae.step import dense_step, sparse_step
 from saesuite.spec.dictionary import Dictionary
@@ -46,8 +53,8 @@ def test_the_matryoshka_loss_adds_each_prefixs_own_reconstruction():
     sae = sae64(d_in=5, d_sae=7)
     x = x_near_threshold(sae)
     ends = prefix_ends([0.3, 0.6], 7)  # (2, 4)
-    plain = sae.training_loss(x, lambda_=0.1)
-    nested = sae.training_loss(x, lambda_=0.1, prefixes=ends)
+    plain = sae.training_loss(x, LossTerms(lambda_=0.1))
+    nested = sae.training_loss(x, LossTerms(lambda_=0.1, prefixes=ends))
     assert float(nested.reconstruction.detach()) == float(plain.reconstruction.detach())
     extra = float((nested.loss - plain.loss).detach())
     assert extra > 0
@@ -63,7 +70,7 @@ def test_the_pre_activation_loss_and_its_gradient_by_hand():
     gap = (theta - pre).clamp_min(0) * dead  # (B, d_sae)
     want = C_PRE * float(gap.sum()) / len(x)
     assert float(pre_act_penalty(pre, theta, dead, C_PRE)) == pytest.approx(want)
-    out = sae.training_loss(x, lambda_=0.0, pre_act_coefficient=C_PRE, dead=dead)
+    out = sae.training_loss(x, LossTerms(pre_act_coefficient=C_PRE), dead=dead)
     assert float(out.sparsity.detach()) == pytest.approx(want)
     out.sparsity.backward()
     below = ((pre < theta) & dead).double()  # where relu(θ − pre) has slope 1
@@ -107,14 +114,13 @@ def test_the_sparse_step_equals_autograd_with_the_new_terms(param, kind, terms):
             sae.W_skip.normal_(0, 0.3)
         target = torch.randn(16, 4, dtype=torch.float64)
     x = x_near_threshold(sae)
-    kw = dict(target=target, penalty="target_l0", lambda_=0.4, target_l0=2.0,
-              dead=torch.tensor([True, False, True, True, False, False, True]),
-              **terms)  # fmt: skip
-    a = dense_step(sae, x, **kw)
+    loss = LossTerms("target_l0", 0.4, 2.0, **terms)
+    kw = dict(target=target, dead=torch.tensor([1, 0, 1, 1, 0, 0, 1], dtype=bool))
+    a = dense_step(sae, x, loss, **kw)
     ga = grads(sae)
-    b = sparse_step(sae, x, **kw)
+    b = sparse_step(sae, x, loss, **kw)
     gb = grads(sae)
-    off = dense_step(sae, x, **{**kw, "prefixes": (), "pre_act_coefficient": 0.0})
+    off = dense_step(sae, x, replace(loss, prefixes=(), pre_act_coefficient=0.0), **kw)
     grads(sae)
     assert a.loss > off.loss  # the new terms are on
     assert a.loss == pytest.approx(b.loss, rel=1e-12)

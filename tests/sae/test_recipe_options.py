@@ -6,13 +6,14 @@ the training log's dead and dense latent counts."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 from helpers import sae64, x_near_threshold
 from test_sae import closed_form_theta_grad
 
-from saesuite.sae.jumprelu import JumpReLUSAE, frequency_penalty
+from saesuite.sae.jumprelu import JumpReLUSAE, LossTerms, frequency_penalty
 from saesuite.sae.member import Member, init_b_dec, train_step
 from saesuite.sae.step import dense_step, sparse_step
 from saesuite.spec.dictionary import Dictionary
@@ -37,8 +38,8 @@ def test_frequency_penalty_trains_theta_only_by_its_closed_form(param):
     theta = sae.threshold.detach()
     freq = (pre > theta).double().mean(0)
     assert (freq > P_MAX).any() and (freq <= P_MAX).any()  # both sides exercised
-    out = sae.training_loss(x, lambda_=0.0, frequency_coefficient=MU,
-                            max_frequency=P_MAX)  # fmt: skip
+    terms = LossTerms(lambda_=0.0, frequency_coefficient=MU, max_frequency=P_MAX)
+    out = sae.training_loss(x, terms)
     assert float(out.sparsity.detach()) == pytest.approx(
         float(MU * ((freq - P_MAX).clamp_min(0) ** 2).sum() / P_MAX)
     )
@@ -59,16 +60,17 @@ def test_frequency_penalty_trains_theta_only_by_its_closed_form(param):
 
 @pytest.mark.parametrize("penalty, target", [("l0", None), ("target_l0", 2.0)])
 def test_sparse_step_equals_autograd_with_the_frequency_penalty(penalty, target):
-    kw = dict(penalty=penalty, lambda_=0.4, target_l0=target,
-              frequency_coefficient=MU, max_frequency=P_MAX)  # fmt: skip
+    terms = LossTerms(
+        penalty, 0.4, target, frequency_coefficient=MU, max_frequency=P_MAX
+    )
     sae = sae64()
     x = x_near_threshold(sae)
-    a = dense_step(sae, x, **kw)
+    a = dense_step(sae, x, terms)
     ga = {n: p.grad.clone() for n, p in sae.named_parameters()}
     sae.zero_grad(set_to_none=True)
-    b = sparse_step(sae, x, **kw)
+    b = sparse_step(sae, x, terms)
     gb = {n: p.grad.clone() for n, p in sae.named_parameters()}
-    off = dense_step(sae64(), x, **{**kw, "frequency_coefficient": 0.0})
+    off = dense_step(sae64(), x, replace(terms, frequency_coefficient=0.0))
     assert a.loss > off.loss  # the penalty is on
     assert a.loss == pytest.approx(b.loss, rel=1e-12)
     for n in ga:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import EPS, sae64, x_near_threshold
 
-from saesuite.sae.jumprelu import JumpReLUSAE, sparsity_penalty
+from saesuite.sae.jumprelu import JumpReLUSAE, LossTerms, sparsity_penalty
 
 
 def closed_form_theta_grad(pre, theta, g, scale_by_theta):
@@ -34,7 +34,7 @@ def test_kernel_points_are_really_inside():
 def test_reconstruction_gradient_of_threshold_closed_form(param):
     sae = sae64(threshold_param=param)
     x = x_near_threshold(sae)
-    out = sae.training_loss(x, penalty="l0", lambda_=0.0)
+    out = sae.training_loss(x, LossTerms("l0", 0.0))
     out.loss.backward()
     with torch.no_grad():
         pre, theta = sae.pre_acts(x), sae.threshold.detach()
@@ -57,7 +57,7 @@ def test_sparsity_term_trains_only_theta(penalty, target):
     lam = 0.37
     pre = sae.pre_acts(x).detach()
     theta = sae.threshold.detach()
-    out = sae.training_loss(x, penalty=penalty, lambda_=lam, target_l0=target)
+    out = sae.training_loss(x, LossTerms(penalty, lam, target))
     out.sparsity.backward()
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         g = getattr(sae, name).grad
@@ -82,13 +82,13 @@ def test_weight_gradients_match_finite_differences():
         pre = sae.pre_acts(x)
         near = (pre - sae.threshold).abs() < 0.05
         sae.threshold_raw[near.any(0)] += 0.2
-    out = sae.training_loss(x, penalty="l0", lambda_=0.5)
+    out = sae.training_loss(x, LossTerms("l0", 0.5))
     out.loss.backward()
     h = 1e-6
 
     def loss() -> float:
         with torch.no_grad():
-            return float(sae.training_loss(x, penalty="l0", lambda_=0.5).loss)
+            return float(sae.training_loss(x, LossTerms("l0", 0.5)).loss)
 
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         p = getattr(sae, name)

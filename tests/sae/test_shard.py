@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from saesuite.sae.jumprelu import LossTerms
 from saesuite.sae.shard import LATENT_DIM, bounds
 from saesuite.sae.step import dense_step
 from saesuite.spec.config import REPO_ROOT
@@ -72,7 +73,8 @@ def test_each_block_is_initialised_as_its_slice_of_the_whole_sae(ranks):
 @pytest.mark.parametrize("key", list(w.PENALTIES))
 def test_sharded_steps_give_the_whole_saes_loss_and_gradients(ranks, step, key):
     full, x = w.whole(), w.batch()
-    st = dense_step(full, x, **w.step_kwargs(key))
+    terms, kw = w.step_args(key)
+    st = dense_step(full, x, terms, **kw)
     assert st.fired.any() and not st.fired.all()  # a real mix of latents
     for r in ranks:  # every process has the whole loss, L0 and FVU
         torch.testing.assert_close(
@@ -99,8 +101,7 @@ def test_a_sharded_skip_transcoder_gives_the_whole_ones_loss_and_gradients(ranks
     """Issue 16: a skip-transcoder's latents shard as an SAE's do; its W_skip (and
     b_dec) stay whole on every process, with the same gradient on each."""
     full, x, y = w.whole_skip_transcoder(), w.batch(), w.tc_target()
-    st = dense_step(full, x, target=y, penalty="target_l0", lambda_=0.3,
-                    target_l0=4.0)  # fmt: skip
+    st = dense_step(full, x, LossTerms("target_l0", 0.3, 4.0), target=y)
     assert st.fired.any() and not st.fired.all()
     for r in ranks:
         torch.testing.assert_close(
@@ -116,7 +117,7 @@ def test_a_sharded_skip_transcoder_gives_the_whole_ones_loss_and_gradients(ranks
 
 def test_clipping_uses_the_norm_of_the_whole_gradient(ranks):
     full, x = w.whole(), w.batch()
-    dense_step(full, x, penalty="l0", lambda_=0.3)
+    dense_step(full, x, LossTerms("l0", 0.3))
     norm = torch.nn.utils.clip_grad_norm_(full.parameters(), 0.01)
     assert norm > 0.01  # it did clip
     for r in ranks:

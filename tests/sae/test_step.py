@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import sae64, x_near_threshold
 
+from saesuite.sae.jumprelu import LossTerms
 from saesuite.sae.step import dense_step, sparse_step
 
 PARAMS = ("W_enc", "W_dec", "b_enc", "b_dec")
@@ -28,10 +29,10 @@ def grads(sae):
 def test_sparse_step_equals_dense_autograd(param, penalty, coef, target):
     sae = sae64(d_in=5, d_sae=7, threshold_param=param)
     x = x_near_threshold(sae, n=16)
-    kw = dict(penalty=penalty, lambda_=coef, target_l0=target)
-    a = dense_step(sae, x, **kw)
+    terms = LossTerms(penalty, coef, target)
+    a = dense_step(sae, x, terms)
     ga = grads(sae)
-    b = sparse_step(sae, x, **kw)
+    b = sparse_step(sae, x, terms)
     gb = grads(sae)
     assert a.loss == pytest.approx(b.loss, rel=1e-12)
     assert a.l0 == pytest.approx(b.l0) and a.fvu == pytest.approx(b.fvu)
@@ -52,9 +53,9 @@ def test_sparse_step_on_a_realistic_shape():
         sae.threshold_raw.fill_(0.25)
         sae.b_dec.normal_(0, 0.05)
     x = torch.randn(300, 32, dtype=torch.float64) / 32**0.5
-    a = dense_step(sae, x, penalty="l0", lambda_=1e-2)
+    a = dense_step(sae, x, LossTerms("l0", 1e-2))
     ga = grads(sae)
-    sparse_step(sae, x, penalty="l0", lambda_=1e-2)
+    sparse_step(sae, x, LossTerms("l0", 1e-2))
     gb = grads(sae)
     assert 1 < a.l0 < 100, a.l0
     for name in ga:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import EPS
 
-from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.sae.jumprelu import JumpReLUSAE, LossTerms
 from saesuite.sae.step import dense_step, sparse_step
 
 D_IN, D_OUT, WIDTH, N = 5, 4, 7, 16
@@ -71,7 +71,7 @@ def test_transcoder_gradients_equal_the_definition(skip, step):
     t = transcoder(skip)
     x, y = batch(t)
     want = independent(t, x, y, coef=0.3)
-    stats = step(t, x, target=y, penalty="l0", lambda_=0.3)
+    stats = step(t, x, LossTerms("l0", 0.3), target=y)
     got = {n: v.grad for n, v in t.named_parameters()}
     assert set(got) == set(want) and ("W_skip" in got) == skip
     assert want["threshold_raw"].abs().sum() > 0  # the kernel window is hit

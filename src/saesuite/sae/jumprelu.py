@@ -5,7 +5,7 @@ decoder-norm constraint, and folding the input normalisation into released weigh
     sae = JumpReLUSAE(d_in=640, d_sae=4096)
     f = sae.encode(x)            # (B, d_sae)
     x_hat = sae.decode(f)        # (B, d_in)
-    out = sae.training_loss(x, penalty="l0", lambda_=1e-3)
+    out = sae.training_loss(x, LossTerms(penalty="l0", lambda_=1e-3))
 
 Public API, used by the trainer (`saesuite.sae.train`), evaluation and release.
 """
@@ -13,6 +13,7 @@ Public API, used by the trainer (`saesuite.sae.train`), evaluation and release.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -66,6 +67,29 @@ class StepFn(torch.autograd.Function):
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """What one training step minimises besides ‖y − ŷ‖²: the options object of
+    `JumpReLUSAE.training_loss`, `dense_step` and `sparse_step` (built per step by
+    `saesuite.sae.member.train_step` from the dictionary and `TrainConfig`).
+
+    penalty/lambda_/target_l0: the L0 term (`sparsity_penalty`); frequency_*: the
+    `frequency_penalty` above `max_frequency` (off at 0); prefixes: the Matryoshka
+    prefix ends (`prefix_ends`; () = one reconstruction); pre_act_coefficient: the
+    `pre_act_penalty` of the dead latents (off at 0); sharded: the module holds one
+    block of the latents (`saesuite.sae.shard`) and sums over latents span every
+    process."""
+
+    penalty: Penalty = "l0"
+    lambda_: float = 0.0
+    target_l0: float | None = None
+    frequency_coefficient: float = 0.0
+    max_frequency: float = 1.0
+    prefixes: tuple[int, ...] = ()
+    pre_act_coefficient: float = 0.0
+    sharded: bool = False
 
 
 class LossOutput(NamedTuple):
@@ -273,30 +297,21 @@ class JumpReLUSAE(nn.Module):
     def training_loss(
         self,
         x: torch.Tensor,
+        terms: LossTerms = LossTerms(),
         *,
         target: torch.Tensor | None = None,
-        penalty: Penalty = "l0",
-        lambda_: float = 0.0,
-        target_l0: float | None = None,
-        sharded: bool = False,
-        frequency_coefficient: float = 0.0,
-        max_frequency: float = 1.0,
-        prefixes: tuple[int, ...] = (),
-        pre_act_coefficient: float = 0.0,
         dead: torch.Tensor | None = None,
     ) -> LossOutput:
-        """‖y − ŷ‖² + sparsity, with the straight-through estimators; dense path.
-        y is `target` (a transcoder's output site) or x itself (an SAE). The
-        sparsity holds the L0 term and, when `frequency_coefficient` > 0, the
-        `frequency_penalty` above `max_frequency`, and when `pre_act_coefficient` > 0
-        the `pre_act_penalty` of the `dead` latents (bool, this module's).
-        `prefixes` (`prefix_ends`): the Matryoshka loss, Σ over the inner prefixes P
-        of ‖y − ŷ_P‖², ŷ_P decoded from latents [0, P) only (biases and skip
-        connection included), added to the full reconstruction's term (SAELens's
-        Matryoshka SAEs: unweighted); `reconstruction` stays the full one's.
-        `sharded`: this module holds one block of the latents (`saesuite.sae.shard`);
-        the reconstruction and L0 are summed over the processes holding the others."""
-        fan, total = (fan_out, reduce_sum) if sharded else (_identity, _identity)
+        """‖y − ŷ‖² + the `terms`, with the straight-through estimators; dense
+        path. y is `target` (a transcoder's output site) or x itself (an SAE);
+        `dead` (bool, this module's latents) feeds the pre-activation penalty.
+        With `terms.prefixes`, the Matryoshka loss: Σ over the inner prefixes P of
+        ‖y − ŷ_P‖², ŷ_P decoded from latents [0, P) only (biases and skip connection
+        included), added to the full reconstruction's term (SAELens's Matryoshka
+        SAEs: unweighted); `reconstruction` stays the full one's. Sharded, the
+        reconstruction and L0 are summed over the processes holding the others."""
+        t = terms
+        fan, total = (fan_out, reduce_sum) if t.sharded else (_identity, _identity)
         y = x if target is None else target
         xc = fan(x - self.b_dec) if self.apply_b_dec_to_input else x
         pre = xc @ self.W_enc + self.b_enc
@@ -308,23 +323,23 @@ class JumpReLUSAE(nn.Module):
         recon = (y - x_hat).pow(2).sum(-1).mean()
         inner = recon.new_zeros(())
         partial, lo = self.b_dec, 0
-        if prefixes and self.skip:
+        if t.prefixes and self.skip:
             partial = partial + x @ self.W_skip
-        for hi in prefixes:
+        for hi in t.prefixes:
             partial = partial + total(f[:, lo:hi] @ self.W_dec[lo:hi])
             inner = inner + (y - partial).pow(2).sum(-1).mean()
             lo = hi
         fires = StepFn.apply(pre, theta, self.bandwidth)  # (B, d_sae)
         l0 = total(fires.sum(-1))  # (B,)
-        sparse = sparsity_penalty(l0, penalty, lambda_, target_l0)
-        if frequency_coefficient > 0:  # a shard sums its own latents' terms
+        sparse = sparsity_penalty(l0, t.penalty, t.lambda_, t.target_l0)
+        if t.frequency_coefficient > 0:  # a shard sums its own latents' terms
             freq = frequency_penalty(
-                fires.mean(0), frequency_coefficient, max_frequency
+                fires.mean(0), t.frequency_coefficient, t.max_frequency
             )
             sparse = sparse + total(freq)
-        if pre_act_coefficient > 0 and dead is not None:
+        if t.pre_act_coefficient > 0 and dead is not None:
             sparse = sparse + total(
-                pre_act_penalty(pre, theta, dead, pre_act_coefficient)
+                pre_act_penalty(pre, theta, dead, t.pre_act_coefficient)
             )
         return LossOutput(
             recon + inner + sparse,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from saesuite.sae.jumprelu import JumpReLUSAE, prefix_ends
+from saesuite.sae.jumprelu import JumpReLUSAE, LossTerms, prefix_ends
 from saesuite.sae.shard import (
     all_reduce_,
     clip_grad_norm_,
@@ -199,20 +199,18 @@ def train_step(
         init_b_dec(m, x if target is None else target, world)
     mu = cfg.frequency_coefficient * sched.lam_factor(step)
     dead = dead_mask(m, cfg)
-    stats = fn(
-        m.sae,
-        x,
-        target=target,
+    terms = LossTerms(
         penalty=spec.penalty,
         lambda_=lambda_,
         target_l0=spec.target_l0,
-        sharded=m.sharded,
         frequency_coefficient=mu,
         max_frequency=cfg.max_frequency,
         prefixes=m.prefixes,
         pre_act_coefficient=cfg.pre_act_coefficient,
-        dead=None if dead is None else dead.to(x.device),
+        sharded=m.sharded,
     )
+    dead = None if dead is None else dead.to(x.device)
+    stats = fn(m.sae, x, terms, target=target, dead=dead)
     counts = stats.counts
     loss, l0, fvu, recon = stats.loss, stats.l0, stats.fvu, stats.reconstruction
     if world > 1 and not m.sharded:  # sharded: every process has the whole sums

@@ -8,12 +8,12 @@
   ~L0 active latents per token through `embedding_bag` (a gather-and-sum kernel), which
   is what makes JumpReLU training cheaper than dense once L0 ≪ width.
 
-Both take a transcoder too (`target`: the site it predicts; a skip connection's
-gradient is one dense matmul). Both fill `.grad` of the SAE's parameters
-(accumulating, as autograd does) and return `StepStats`; with `sharded=True` the SAE
-is one process's block of latents (`saesuite.sae.shard`) and the sums over latents
-are taken over all processes. Used by `saesuite.sae.train`; tests check that both
-give equal gradients.
+Both take the loss's options as one `LossTerms`, and a transcoder too (`target`: the
+site it predicts; a skip connection's gradient is one dense matmul). Both fill `.grad`
+of the SAE's parameters (accumulating, as autograd does) and return `StepStats`; with
+`terms.sharded` the SAE is one process's block of latents (`saesuite.sae.shard`) and
+the sums over latents are taken over all processes. Used by `saesuite.sae.train`;
+tests check that both give equal gradients.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from saesuite.sae.jumprelu import (
     JumpReLUSAE,
-    Penalty,
+    LossTerms,
     frequency_penalty,
     rectangle,
     sparsity_penalty,
@@ -59,32 +59,13 @@ def _fvu(err_sq_sum: torch.Tensor, x: torch.Tensor) -> float:
 def dense_step(
     sae: JumpReLUSAE,
     x: torch.Tensor,
+    terms: LossTerms,
     *,
     target: torch.Tensor | None = None,
-    penalty: Penalty,
-    lambda_: float,
-    target_l0: float | None = None,
-    sharded: bool = False,
-    frequency_coefficient: float = 0.0,
-    max_frequency: float = 1.0,
-    prefixes: tuple[int, ...] = (),
-    pre_act_coefficient: float = 0.0,
     dead: torch.Tensor | None = None,
 ) -> StepStats:
     y = x if target is None else target
-    out = sae.training_loss(
-        x,
-        target=target,
-        penalty=penalty,
-        lambda_=lambda_,
-        target_l0=target_l0,
-        sharded=sharded,
-        frequency_coefficient=frequency_coefficient,
-        max_frequency=max_frequency,
-        prefixes=prefixes,
-        pre_act_coefficient=pre_act_coefficient,
-        dead=dead,
-    )
+    out = sae.training_loss(x, terms, target=target, dead=dead)
     out.loss.backward()
     err = (y - out.x_hat).pow(2).sum()
     return StepStats(
@@ -156,16 +137,9 @@ def _gather_dot(a: torch.Tensor, ia: torch.Tensor, b: torch.Tensor, ib: torch.Te
 def sparse_step(
     sae: JumpReLUSAE,
     x: torch.Tensor,
+    terms: LossTerms,
     *,
     target: torch.Tensor | None = None,
-    penalty: Penalty,
-    lambda_: float,
-    target_l0: float | None = None,
-    sharded: bool = False,
-    frequency_coefficient: float = 0.0,
-    max_frequency: float = 1.0,
-    prefixes: tuple[int, ...] = (),
-    pre_act_coefficient: float = 0.0,
     dead: torch.Tensor | None = None,
 ) -> StepStats:
     """The training step of `dense_step`, its decoder and backward on the active
@@ -173,7 +147,11 @@ def sparse_step(
     intermediates (the active list, the estimator's kernel window, the error) every
     gradient shares; split, they would be recomputed or passed along as a dozen
     tensors."""
-    reduce = all_reduce_ if sharded else (lambda t: t)
+    t = terms
+    penalty, lambda_, target_l0 = t.penalty, t.lambda_, t.target_l0
+    prefixes, mu, max_frequency = t.prefixes, t.frequency_coefficient, t.max_frequency
+    pre_act_coefficient = t.pre_act_coefficient
+    reduce = all_reduce_ if terms.sharded else (lambda v: v)
     y = x if target is None else target
     B, d_sae = x.shape[0], sae.d_sae
     theta = sae.threshold.detach()
@@ -242,12 +220,12 @@ def sparse_step(
     order = torch.argsort(cols, stable=True)
     r_by_c, c_sorted = rows[order], cols[order]
     per_latent = torch.bincount(c_sorted, minlength=d_sae)
-    if frequency_coefficient > 0:  # this module's latents; a shard's are its own
+    if mu > 0:  # this module's latents; a shard's are its own
         freq = per_latent.to(x.dtype) / B
-        fpen = frequency_penalty(freq, frequency_coefficient, max_frequency)
+        fpen = frequency_penalty(freq, mu, max_frequency)
         sparse = sparse + reduce(fpen.clone())
         # ∂penalty/∂p_i, and ∂p_i/∂θ_i = −(1/ε)·Σ_b K / B through the step
-        dfreq = 2 * frequency_coefficient * (freq - max_frequency).clamp_min(0.0)
+        dfreq = 2 * mu * (freq - max_frequency).clamp_min(0.0)
         dfreq /= max_frequency * B
     # sorted by latent, each group's entries are one slice: [starts[g], starts[g+1])
     vals_sorted = vals[order]
@@ -287,7 +265,7 @@ def sparse_step(
         else:
             dpen = lambda_ * (4.0 / target_l0) * (l0_f - target_l0) / B
         g_theta.index_add_(0, kc, -(1.0 / eps) * k * dpen[kr])
-        if frequency_coefficient > 0:
+        if mu > 0:
             g_theta.index_add_(0, kc, -(1.0 / eps) * k * dfreq[kc])
 
     if pre_act_coefficient > 0 and dead is not None:
