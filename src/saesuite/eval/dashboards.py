@@ -309,6 +309,58 @@ def write_dashboard(
 SAMPLE_BINS = ((2 / 3, 1.0), (1 / 3, 2 / 3), (0.0, 1 / 3))
 
 
+def _np_activation(
+    ctx: list[Any], bin_: tuple[float, float, float], text: dict, window: int
+) -> dict:
+    """One context as a Neuronpedia activation: its tokens' strings and values in
+    the ±window span, inside the bin (bin_min, bin_max, bin_contains)."""
+    seq, pos, _, nz = ctx
+    ids, strings = text["ids"][seq], text["strings"]
+    vals = dict((o, v) for o, v in nz)
+    span = [p for p in range(pos - window, pos + window + 1) if 0 <= p < len(ids)]
+    return {
+        "bin_min": bin_[0],
+        "bin_max": bin_[1],
+        "bin_contains": bin_[2],
+        "tokens": [strings[str(ids[p])] for p in span],
+        "values": [float(vals.get(p - pos, 0.0)) for p in span],
+    }
+
+
+def _np_feature(r: dict, info: dict, text: dict, centres: list[float]) -> dict:
+    """One latent's record as a Neuronpedia feature. Top contexts are the "top
+    activations" bin (bin_min −1, bin_max the max, bin_contains −1); the sample is
+    cut into thirds of the max, each bin's bin_contains the share of the sample in
+    it (the sample is uniform over firing tokens)."""
+    w, top = info["window"], r["max"]
+    acts = [_np_activation(c, (-1, top, -1), text, w) for c in r["top"]]
+    n = max(1, len(r["sample"]))
+    for lo, hi in SAMPLE_BINS:
+        inside = [
+            c
+            for c in r["sample"]
+            if lo * top <= c[2] < hi * top or (hi == 1.0 and c[2] == top)
+        ]
+        bin_ = (lo * top, hi * top, len(inside) / n)
+        acts += [_np_activation(c, bin_, text, w) for c in inside]
+    return {
+        "feature_index": r["i"],
+        "neg_str": [s for s, _ in r["neg"]],
+        "neg_values": [float(v) for _, v in r["neg"]],
+        "pos_str": [s for s, _ in r["pos"]],
+        "pos_values": [float(v) for _, v in r["pos"]],
+        "frac_nonzero": float(r["freq"]),
+        "freq_hist_data_bar_values": [centres[b] for b, _ in r["hist"]],
+        "freq_hist_data_bar_heights": [float(c) for _, c in r["hist"]],
+        "logits_hist_data_bar_heights": [],
+        "logits_hist_data_bar_values": [],
+        "n_prompts_total": info["sequences"],
+        "n_tokens_in_prompt": len(text["ids"][0]) if text["ids"] else 0,
+        "dataset": "",
+        "activations": acts,
+    }
+
+
 def neuronpedia_batches(
     folder: str | Path,
     out_dir: str | Path,
@@ -320,77 +372,25 @@ def neuronpedia_batches(
     """A dictionary's dashboard as the batch files SAEDashboard's Neuronpedia runner
     writes (`batch-N.json`: NeuronpediaDashboardBatch → features → activations), for
     Neuronpedia's import: `model_id` and `source` (its SAE set, e.g. "9-res-ss") name
-    it there. Top contexts are the "top activations" bin (bin_min −1, bin_max the
-    max, bin_contains −1); the sample is cut into thirds of the max, each bin's
-    bin_contains the share of the sample in it (the sample is uniform over firing
-    tokens). Logit histograms are left empty: saesuite does not compute them."""
+    it there. Logit histograms are left empty: saesuite does not compute them."""
     folder, out_dir = Path(folder), Path(out_dir)
     (info,) = read_js(folder / "info.js")
     (text,) = read_js(folder / "text.js")
-    ids, strings = text["ids"], text["strings"]
     centres = bin_centres()
-
-    def activation(ctx: list[Any], lo: float, hi: float, share: float) -> dict:
-        seq, pos, _, nz = ctx
-        vals = dict((o, v) for o, v in nz)
-        span = [
-            p
-            for p in range(pos - info["window"], pos + info["window"] + 1)
-            if 0 <= p < len(ids[seq])
-        ]
-        return {
-            "bin_min": lo,
-            "bin_max": hi,
-            "bin_contains": share,
-            "tokens": [strings[str(ids[seq][p])] for p in span],
-            "values": [float(vals.get(p - pos, 0.0)) for p in span],
-        }
-
-    features = []
-    for shard in sorted((folder / "shards").glob("shard_*.js")):
-        for r in read_js(shard)[1]:
-            acts = [activation(c, -1, r["max"], -1) for c in r["top"]]
-            n = max(1, len(r["sample"]))
-            for lo, hi in SAMPLE_BINS:
-                inside = [
-                    c
-                    for c in r["sample"]
-                    if lo * r["max"] <= c[2] < hi * r["max"]
-                    or (hi == 1.0 and c[2] == r["max"])
-                ]
-                acts += [
-                    activation(c, lo * r["max"], hi * r["max"], len(inside) / n)
-                    for c in inside
-                ]
-            features.append(
-                {
-                    "feature_index": r["i"],
-                    "neg_str": [s for s, _ in r["neg"]],
-                    "neg_values": [float(v) for _, v in r["neg"]],
-                    "pos_str": [s for s, _ in r["pos"]],
-                    "pos_values": [float(v) for _, v in r["pos"]],
-                    "frac_nonzero": float(r["freq"]),
-                    "freq_hist_data_bar_values": [centres[b] for b, _ in r["hist"]],
-                    "freq_hist_data_bar_heights": [float(c) for _, c in r["hist"]],
-                    "logits_hist_data_bar_heights": [],
-                    "logits_hist_data_bar_values": [],
-                    "n_prompts_total": info["sequences"],
-                    "n_tokens_in_prompt": len(ids[0]) if ids else 0,
-                    "dataset": "",
-                    "activations": acts,
-                }
-            )
+    features = [
+        _np_feature(r, info, text, centres)
+        for shard in sorted((folder / "shards").glob("shard_*.js"))
+        for r in read_js(shard)[1]
+    ]
     written = []
     for n in range(0, len(features), batch_size):
         path = out_dir / f"batch-{n // batch_size}.json"
-        write_json(
-            path,
-            {
-                "model_id": model_id,
-                "layer": info["layer"],
-                "sae_set": source,
-                "features": features[n : n + batch_size],
-            },
-        )
+        batch = {
+            "model_id": model_id,
+            "layer": info["layer"],
+            "sae_set": source,
+            "features": features[n : n + batch_size],
+        }
+        write_json(path, batch)
         written.append(path)
     return written

@@ -34,6 +34,55 @@ def _seed(seed: int, batch: int) -> int:
     return derived_seed("rollouts", seed, batch)
 
 
+def _stop_ids(tokenizer: Any) -> list[int]:
+    """EOS, and the chat template's end of turn where the vocabulary has it."""
+    end_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    has_end = isinstance(end_turn, int) and end_turn != tokenizer.unk_token_id
+    return [tokenizer.eos_token_id] + ([end_turn] if has_end else [])
+
+
+def _sample(
+    model: torch.nn.Module,
+    heads: list[list[int]],
+    *,
+    ctx: int,
+    temperature: float,
+    stops: list[int],
+    pad: int,
+    bos: int,
+    seed: int,
+) -> list[list[int]]:
+    """Each head's sampled reply (plain sampling at `temperature`), cut after its
+    first stop token. Heads are left-padded, so every prompt ends where generation
+    starts."""
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    width = max(map(len, heads))
+    x = torch.tensor([[pad] * (width - len(h)) + h for h in heads], device=device)
+    attn = torch.tensor(
+        [[0] * (width - len(h)) + [1] * len(h) for h in heads], device=device
+    )
+    gen = GenerationConfig(
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=ctx - min(map(len, heads)),
+        eos_token_id=stops,
+        pad_token_id=pad,
+        bos_token_id=bos,
+    )
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(input_ids=x, attention_mask=attn, generation_config=gen)
+    replies = []
+    for row in out[:, width:].tolist():
+        ends = [k for k, t in enumerate(row) if t in stops]
+        replies.append(row[: ends[0] + 1] if ends else row)
+    return replies
+
+
 def generate_rollouts(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -49,62 +98,27 @@ def generate_rollouts(
     """n_seqs sequences (prompts cycled) of ctx tokens: BOS, user prefix (masked),
     prompt, model-turn opening, then the model's sampled reply until it ends its
     turn, right-padded (masked). Returns (ids int32, mask bool, stats)."""
-    from transformers import GenerationConfig
-
     prefix, suffix = chat_wrap(template, tokenizer)
     pre = tokenizer(prefix, add_special_tokens=False)["input_ids"]
     suf = tokenizer(suffix, add_special_tokens=False)["input_ids"]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     specials = special_ids(tokenizer)
-    end_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
-    stops = [eos] + (
-        [end_turn]
-        if isinstance(end_turn, int) and end_turn != tokenizer.unk_token_id
-        else []
-    )
+    stops = _stop_ids(tokenizer)
     # A prompt may take at most half the context, so there is room for a reply.
+    room = max(1, ctx // 2 - len(pre) - len(suf) - 1)
     bodies = [
-        tokenizer(p, add_special_tokens=False)["input_ids"][
-            : max(1, ctx // 2 - len(pre) - len(suf) - 1)
-        ]
-        for p in prompts
+        tokenizer(p, add_special_tokens=False)["input_ids"][:room] for p in prompts
     ]
     ids = torch.full((n_seqs, ctx), pad, dtype=torch.int32)
     mask = torch.zeros(n_seqs, ctx, dtype=torch.bool)
-    device = next(model.parameters()).device
     reply_lens = []
+    sampling = dict(ctx=ctx, temperature=temperature, stops=stops, pad=pad, bos=bos)
     for bi, b0 in enumerate(range(0, n_seqs, batch_size)):
         rows = range(b0, min(b0 + batch_size, n_seqs))
         heads = [[bos] + pre + bodies[r % len(bodies)] + suf for r in rows]
-        width = max(map(len, heads))
-        # Left padding, so every prompt ends where generation starts.
-        x = torch.tensor([[pad] * (width - len(h)) + h for h in heads], device=device)
-        attn = torch.tensor(
-            [[0] * (width - len(h)) + [1] * len(h) for h in heads], device=device
-        )
-        gen = GenerationConfig(
-            do_sample=True,
-            temperature=temperature,
-            top_k=0,
-            top_p=1.0,
-            max_new_tokens=ctx - min(map(len, heads)),
-            eos_token_id=stops,
-            pad_token_id=pad,
-            bos_token_id=bos,
-        )
-        torch.manual_seed(_seed(seed, bi))
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=x, attention_mask=attn, generation_config=gen
-            )
-        for j, r in enumerate(rows):
-            head = heads[j]
-            reply = out[j, width:].tolist()
-            for k, t in enumerate(reply):
-                if t in stops:
-                    reply = reply[: k + 1]
-                    break
+        replies = _sample(model, heads, seed=_seed(seed, bi), **sampling)
+        for r, head, reply in zip(rows, heads, replies):
             seq = (head + reply)[:ctx]
             keep = [False] * (1 + len(pre)) + [
                 t not in specials for t in seq[1 + len(pre) :]
