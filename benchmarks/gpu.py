@@ -16,7 +16,7 @@ failed.
    extraction batch (every site of every layer, float32), one dense and one sparse
    training step of an SAE and of a skip-transcoder (every gradient; and sparse
    against dense on the device), and one evaluation batch (its metrics), within the
-   tolerances below;
+   tolerances of gpu_checks.py;
 2. extraction: tokens/s of all sites against the bare forward pass to the deepest
    layer, float32 and bfloat16, both shapes;
 3. training: tokens/s of the trainer's step (`train_step`: step, clipping, Adam, the
@@ -30,280 +30,45 @@ failed.
    ~35 MB, never tried there (BENCHMARKS.md); without them the section says so;
 4. evaluation: the marginal cost of one SAE (its spliced pass, encoding, metrics)
    against a clean forward pass with the head, from `evaluate` with one and two SAEs.
+
+Its helper modules: gpu_models.py (random models, inputs, sizes), gpu_checks.py
+(section 1) and gpu_report.py (the machine and the tables).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
-import importlib.util
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import best_time, matmul_ceiling, sync
+from common import best_time, sync
+from gpu_checks import correctness
+from gpu_models import (
+    EXTRA,
+    bench_spec,
+    build_model,
+    eval_sae,
+    every_site,
+    free,
+    sibling,
+    sizes,
+    threshold_for,
+    token_ids,
+)
+from gpu_report import machine, markdown, save
 
 from saesuite.cluster.memory import sae_gpu_bytes
 from saesuite.data.extract import extract_batches
-from saesuite.data.models import DTYPES, default_attention
 from saesuite.data.sites import site_width
 from saesuite.eval.passes import evaluate
-from saesuite.sae.jumprelu import JumpReLUSAE, LossTerms
 from saesuite.sae.member import Member, train_step
-from saesuite.sae.step import dense_step, sparse_step
 from saesuite.spec.config import schema_defaults
-from saesuite.spec.dictionary import Dictionary
-from saesuite.spec.io import atomic_open, write_json
-from saesuite.spec.known_models import KNOWN
 from saesuite.spec.sections import TrainConfig
-from saesuite.spec.sites import SITE_NAMES, Site
-
-# Tolerances of the correctness checks: the largest relative error ‖a − b‖ / ‖b‖ over
-# the compared tensors (or |a − b| / max(|b|, 1e-3) over metrics). float32 kernels
-# differ in summation order (~1e-6 relative per op over 18 layers). θ's gradient is a
-# sum over the few pre-activations inside the kernel window: one that rounds across
-# the window's edge moves it by a whole term, hence the looser bound (the check uses
-# a bandwidth of 0.05 so that the window holds thousands of terms).
-EXTRACT_TOL = 1e-3
-GRAD_TOL = 1e-3
-THETA_TOL = 2e-2
-EVAL_TOL = 1e-3
-CHECK_BANDWIDTH = 0.05
-
-# Model shapes beyond KNOWN's: vocabularies, KV heads and sliding windows of the
-# published config.json files.
-EXTRA = {
-    "gemma-3-270m": {"arch": "gemma3", "vocab": 262144, "kv": 1, "window": 512},
-    "gemma-2-2b": {"arch": "gemma2", "vocab": 256000, "kv": 4, "window": 4096},
-}
-
-
-# Each size on one GPU and in the quick CPU run (the test suite's): (full, quick).
-SIZES: dict[str, tuple[Any, Any]] = {
-    "ctx": (1024, 16),  # tokens per sequence
-    "seqs": (16, 4),  # sequences extracted (half for the 2B shape)
-    "batch": (8, 2),  # sequences per forward pass
-    "check_ctx": (128, 16),  # tokens per sequence in the correctness checks
-    "d_ins": ([640, 2304], [32, 48]),
-    "widths": ([16384, 65536, 262144], [256, 1024]),
-    "l0s": ([20, 100], [20, 100]),
-    "train_batch": (4096, 128),
-    "check_width": (4096, 256),
-    "check_batch": (1024, 64),
-    "warmup": (2, 1),  # training steps before the timed ones
-    "steps": (5, 2),  # timed training steps
-    "eval_width": (16384, 64),
-    "eval_seqs": (4, 2),
-    "matmul": (8192, 256),  # n of the n×n×n matmul ceiling
-    "repeats": (2, 1),  # best of
-}
-
-
-def sizes(quick: bool) -> dict[str, Any]:
-    return {k: v[1] if quick else v[0] for k, v in SIZES.items()}
-
-
-def hf_config(name: str, quick: bool) -> Any:
-    """The transformers config of a random model of `name`'s shape (tiny if quick)."""
-    from transformers import Gemma2Config, Gemma3TextConfig
-
-    shape, extra = KNOWN[name], EXTRA[name]
-    kw = {
-        "vocab_size": extra["vocab"],
-        "hidden_size": shape.d_model,
-        "intermediate_size": shape.d_mlp,
-        "num_hidden_layers": shape.n_layers,
-        "num_attention_heads": shape.n_heads,
-        "num_key_value_heads": extra["kv"],
-        "head_dim": shape.head_dim,
-        "sliding_window": extra["window"],
-        "query_pre_attn_scalar": shape.head_dim,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "bos_token_id": 2,
-    }
-    if quick:
-        kw |= {
-            "vocab_size": 512,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 1,
-            "head_dim": 16,
-            "sliding_window": 8,
-            "query_pre_attn_scalar": 16,
-        }
-    return (Gemma2Config if extra["arch"] == "gemma2" else Gemma3TextConfig)(**kw)
-
-
-def build_model(name: str, quick: bool, dtype: str, device: str, seed: int = 0):
-    """A random-weight causal LM of `name`'s shape, initialised on `device`."""
-    from transformers import AutoModelForCausalLM
-
-    cfg = hf_config(name, quick)
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(
-            cfg, dtype=DTYPES[dtype], attn_implementation=default_attention(cfg)
-        )
-    return model.eval().requires_grad_(False)
-
-
-def sibling(name: str):
-    """Another benchmark of this folder, as a module."""
-    path = Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
-
-def token_ids(vocab: int, n_seq: int, ctx: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(10, vocab, (n_seq, ctx), generator=g)
-    ids[:, 0] = 2  # <bos>
-    return ids
-
-
-def every_site(model) -> list[str]:
-    n = model.config.get_text_config().num_hidden_layers
-    return [f"layer_{L}.{k}" for L in range(n) for k in SITE_NAMES]
-
-
-def threshold_for(l0: float, width: int) -> float:
-    """θ at which a latent with N(0, 1) pre-activations fires on a share l0/width of
-    tokens: with unit-norm encoder columns (the initialisation) and x ~ N(0, I), every
-    pre-activation is N(0, 1)."""
-    return float(
-        torch.special.ndtri(torch.tensor(1.0 - l0 / width, dtype=torch.float64))
-    )
-
-
-def bench_spec(width: int, tokens: int, coefficient: float) -> Dictionary:
-    return Dictionary.of("bench", "sae", 0, "res", width, tokens, lambda_=coefficient)
-
-
-# --- 1. correctness -----------------------------------------------------------------
-def check(name: str, err: float, tol: float) -> dict[str, Any]:
-    return {"check": name, "error": err, "tolerance": tol, "pass": err <= tol}
-
-
-def check_extraction(cpu_model, dev_model, s: dict) -> dict[str, Any]:
-    sites = every_site(cpu_model)
-    widths = {x: site_width(cpu_model, Site.parse(x).kind) for x in sites}
-    ids = token_ids(cpu_model.config.vocab_size, 2, s["check_ctx"])
-    a = extract_batches(cpu_model, ids, sites, widths, "float32", 2, "cpu")
-    b = extract_batches(dev_model, ids, sites, widths, "float32", 2, "device")
-    err = max(rel_err(b[x], a[x]) for x in sites)
-    return check(f"extraction batch: {len(sites)} sites, float32", err, EXTRACT_TOL)
-
-
-def check_steps(device: str, s: dict, kind: str = "sae") -> list[dict[str, Any]]:
-    """Gradients of both steps, device against CPU, for an SAE or a skip-transcoder
-    (its target a random linear map of the input plus noise)."""
-    d, w, n = s["d_ins"][0], s["check_width"], s["check_batch"]
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, d, generator=g)
-    tc = kind == "skip_transcoder"
-    base = JumpReLUSAE(
-        d, w, skip=tc, apply_b_dec_to_input=not tc, bandwidth=CHECK_BANDWIDTH
-    ).initialize(torch.Generator().manual_seed(0))
-    y = None
-    with torch.no_grad():
-        base.threshold_raw.fill_(threshold_for(0.02 * w, w))
-        if tc:
-            base.W_skip.normal_(0, d**-0.5, generator=g)
-            y = x @ torch.randn(d, d, generator=g) / d**0.5 + torch.randn(n, d)
-    terms = LossTerms("l0", 1e-3)
-    grads = {}
-    for where, fn in (
-        ("cpu", dense_step),
-        ("cpu", sparse_step),
-        (device, dense_step),
-        (device, sparse_step),
-    ):
-        sae = copy.deepcopy(base).to(where)
-        fn(sae, x.to(where), terms, target=None if y is None else y.to(where))
-        grads[where, fn.__name__] = {k: p.grad for k, p in sae.named_parameters()}
-    rows = []
-    what = "skip-transcoder " if tc else ""
-    for step in ("dense_step", "sparse_step"):
-        rows += pair(f"{what}{step}: device vs CPU", grads[device, step],
-                     grads["cpu", step])  # fmt: skip
-    rows += pair(
-        f"{what}sparse vs dense step on the device",
-        grads[device, "sparse_step"],
-        grads[device, "dense_step"],
-    )
-    return rows
-
-
-def pair(name: str, a: dict, b: dict) -> list[dict[str, Any]]:
-    theta = [k for k in b if k.startswith("threshold")]
-    rest = max(rel_err(a[k], b[k]) for k in b if k not in theta)
-    names = ", ".join(k for k in b if k not in theta)
-    return [
-        check(f"{name}, gradients of {names}", rest, GRAD_TOL),
-        check(f"{name}, gradient of θ", rel_err(a[theta[0]], b[theta[0]]), THETA_TOL),
-    ]
-
-
-EVAL_KEYS = (
-    "mse",
-    "fvu",
-    "l0",
-    "cosine",
-    "clean_loss",
-    "spliced_loss",
-    "zero_ablation_loss",
-    "kl",
-)
-
-
-def eval_sae(d_in: int, width: int, device: str) -> JumpReLUSAE:
-    sae = JumpReLUSAE(d_in, width, apply_b_dec_to_input=False)
-    return sae.initialize(torch.Generator().manual_seed(0)).to(device)
-
-
-def check_evaluation(cpu_model, dev_model, device: str, s: dict) -> dict[str, Any]:
-    site = Site(cpu_model.config.num_hidden_layers // 2, "res")
-    ids = token_ids(cpu_model.config.vocab_size, 2, s["check_ctx"])
-    mask = torch.ones_like(ids, dtype=torch.bool)
-    mask[:, 0] = False
-    sae = eval_sae(site_width(cpu_model, "res"), s["eval_width"], "cpu")
-    out = {}
-    for where, model in (("cpu", cpu_model), (device, dev_model)):
-        acc = evaluate(
-            model,
-            ids.to(where),
-            mask.to(where),
-            {"sae": (site, copy.deepcopy(sae).to(where))},
-            batch_size=2,
-            loss_batch_size=2,
-        )["sae"]
-        out[where] = acc.metrics()
-    a, b = out[device], out["cpu"]
-    err = max(abs(a[k] - b[k]) / max(abs(b[k]), 1e-3) for k in EVAL_KEYS)
-    return check(f"evaluation batch: {', '.join(EVAL_KEYS)}", err, EVAL_TOL)
-
-
-def correctness(device: str, quick: bool, s: dict) -> list[dict[str, Any]]:
-    cpu_model = build_model("gemma-3-270m", quick, "float32", "cpu")
-    dev_model = copy.deepcopy(cpu_model).to(device)
-    rows = [check_extraction(cpu_model, dev_model, s)]
-    rows += check_steps(device, s) + check_steps(device, s, "skip_transcoder")
-    rows.append(check_evaluation(cpu_model, dev_model, device, s))
-    return rows
+from saesuite.spec.sites import Site
 
 
 # --- 2. extraction ------------------------------------------------------------------
@@ -337,11 +102,6 @@ def extract_one(name, dtype, device, quick, s, bare_forward) -> dict[str, Any]:
         "model": name, "dtype": dtype, "tokens": n, "sites": len(sites),
         "bare_tok_s": n / bare, "all_sites_tok_s": n / every, "ratio": bare / every,
     }  # fmt: skip
-
-
-def free(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
 
 
 # --- 3. training and memory ---------------------------------------------------------
@@ -494,121 +254,6 @@ def evaluate_one(name, dtype, device, quick, s) -> dict[str, Any]:
         "width": s["eval_width"], "clean_s": full, "per_sae_s": two - one,
         "shared_s": 2 * one - two, "per_sae_over_clean": (two - one) / full,
     }  # fmt: skip
-
-
-# --- report -------------------------------------------------------------------------
-def gb(x: float | None) -> str:
-    return "n/a" if x is None else f"{x / 1e9:.2f}"
-
-
-def _ratio(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
-
-
-# Each section's table: title, (column, alignment) pairs, and a row's cells.
-TABLES = {
-    "correctness": (
-        "Correctness: device against CPU",
-        [("check", "<"), ("error", ">"), ("tolerance", ">"), ("result", "<")],
-        lambda r: [r["check"], f"{r['error']:.2e}", f"{r['tolerance']:.0e}",
-                   "pass" if r["pass"] else "FAIL"],
-    ),
-    "extraction": (
-        "Extraction: all sites against the bare forward",
-        [("model", "<"), ("dtype", "<"), ("tokens", ">"), ("sites", ">"),
-         ("bare forward tok/s", ">"), ("all sites tok/s", ">"), ("all / bare", ">")],
-        lambda r: [r["model"], r["dtype"], str(r["tokens"]), str(r["sites"]),
-                   f"{r['bare_tok_s']:.0f}", f"{r['all_sites_tok_s']:.0f}",
-                   f"{r['ratio']:.0%}"],
-    ),
-    "training": (
-        "Training step and memory",
-        [("d_in", ">"), ("width", ">"), ("L0 target", ">"), ("step", "<"),
-         ("L0", ">"), ("tok/s", ">"), ("share of fp32 ceiling", ">"),
-         ("sparse / dense", ">"), ("faster", "<"), ("auto picks", "<"),
-         ("peak GB", ">"), ("estimate GB", ">"), ("peak / estimate", ">")],
-        lambda r: [str(r["d_in"]), str(r["width"]), str(r["target_l0"]), r["step"],
-                   f"{r['l0']:.1f}", f"{r['tok_s']:.0f}", f"{r['share_fp32']:.1%}",
-                   f"{r['sparse_over_dense']:.2f}", r["faster"], r["auto"],
-                   gb(r["peak_bytes"]), gb(r["estimate_bytes"]),
-                   _ratio(r["peak_over_estimate"])],
-    ),
-    "saelens": (
-        "SAELens's trainer on the same batches (dense; saesuite: its faster step)",
-        [("d_in", ">"), ("width", ">"), ("L0 target", ">"), ("L0", ">"),
-         ("SAELens tok/s", ">"), ("saesuite tok/s", ">"), ("saesuite / SAELens", ">"),
-         ("sae-lens", "<")],
-        lambda r: [str(r["d_in"]), str(r["width"]), str(r["target_l0"]),
-                   f"{r['l0']:.1f}", f"{r['tok_s']:.0f}", f"{r['saesuite_tok_s']:.0f}",
-                   f"{r['ratio']:.2f}", r["sae_lens"]],
-    ),
-    "evaluation": (
-        "Evaluation: one SAE's marginal cost against a clean forward",
-        [("model", "<"), ("dtype", "<"), ("layer", ">"), ("tokens", ">"),
-         ("SAE width", ">"), ("clean forward s", ">"), ("per SAE s", ">"),
-         ("shared s", ">"), ("per SAE / clean", ">")],
-        lambda r: [r["model"], r["dtype"], str(r["layer"]), str(r["tokens"]),
-                   str(r["width"]), f"{r['clean_s']:.3f}", f"{r['per_sae_s']:.3f}",
-                   f"{r['shared_s']:.3f}", f"{r['per_sae_over_clean']:.2f}"],
-    ),
-}  # fmt: skip
-
-
-def markdown(rep: dict[str, Any]) -> str:
-    m = rep["machine"]
-    out = [
-        f"# GPU proof: {m['device_name']}",
-        "",
-        f"{rep['date']}; `{rep['command']}`; torch {m['torch']}, transformers "
-        f"{m['transformers']}, Python {m['python']}; matmul ceiling "
-        f"{m['fp32_flops'] / 1e12:.1f} TFLOP/s float32, "
-        f"{m['bf16_flops'] / 1e12:.1f} TFLOP/s bfloat16 ({m['matmul_n']}³).",
-        "",
-    ]
-    sec = rep["sections"]
-    for name, (title, columns, cells) in TABLES.items():
-        if name not in sec:
-            continue
-        if sec[name] and "note" in sec[name][0]:
-            out += [f"## {title}", "", sec[name][0]["note"], ""]
-            continue
-        head = [c for c, _ in columns]
-        align = "|" + "|".join("---" if a == "<" else "---:" for _, a in columns) + "|"
-        out += [f"## {title}", "", "| " + " | ".join(head) + " |", align]
-        out += ["| " + " | ".join(cells(r)) + " |" for r in sec[name]]
-        out.append("")
-    return "\n".join(out)
-
-
-def save(rep: dict[str, Any], out: Path) -> None:
-    write_json(out / "gpu.json", rep)
-    with atomic_open(out / "gpu.md") as f:
-        f.write(markdown(rep))
-
-
-def machine(device: str, s: dict) -> dict[str, Any]:
-    import transformers
-
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.startswith("cuda")
-        else platform.processor() or platform.machine()
-    )
-    return {
-        "device": device,
-        "device_name": name,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "matmul_n": s["matmul"],
-        "fp32_flops": matmul_ceiling(
-            s["matmul"], s["matmul"], s["matmul"], device, torch.float32, 10
-        ),
-        "bf16_flops": matmul_ceiling(
-            s["matmul"], s["matmul"], s["matmul"], device, torch.bfloat16, 10
-        ),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -184,7 +184,7 @@ def test_gpu_benchmark_on_cpu_without_the_workflow_packages(tmp_path):
 
 
 def test_gpu_benchmark_checks_fail_on_a_disagreement():
-    gpu = bench("gpu")
+    gpu = bench("gpu_checks")
     g = torch.Generator().manual_seed(0)
     ref = {"W_enc": torch.randn(8, 4, generator=g), "threshold_raw": torch.rand(4)}
     same = {k: v.clone() for k, v in ref.items()}
@@ -197,7 +197,7 @@ def test_gpu_benchmark_checks_fail_on_a_disagreement():
         gpu.check("a check", 1.0, 0.5)]}, "machine": {
         "device_name": "cpu", "torch": "t", "transformers": "t", "python": "p",
         "fp32_flops": 1e12, "bf16_flops": 1e12, "matmul_n": 4}}  # fmt: skip
-    assert "| a check | 1.00e+00 | 5e-01 | FAIL |" in gpu.markdown(rep)
+    assert "| a check | 1.00e+00 | 5e-01 | FAIL |" in bench("gpu").markdown(rep)
 
 
 def test_gpu_benchmark_compares_saelens_where_it_is_installed(tmp_path, capsys):
@@ -241,7 +241,7 @@ def test_quality_benchmark_converts_saes_both_ways_exactly():
     as saesuite's released form, and ours as SAELens's, give SAELens's own outputs."""
     from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
 
-    q = bench("quality")
+    q = bench("quality_trainers")
     torch.manual_seed(0)
     lens = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=16, d_sae=64))
     with torch.no_grad():  # free decoder norms, a b_dec, spread thresholds
@@ -275,16 +275,17 @@ def test_quality_benchmark_hands_saelens_its_own_options():
         "jumprelu_ste_to_input": True,
         "pre_act_loss_coefficient": 3e-6,
     }
-    x = torch.randn(2 * q.BATCH, 16)
-    sae = q.train_saelens(x, 32, 1.0, options=opts)
+    t = bench("quality_trainers")
+    x = torch.randn(2 * t.BATCH, 16)
+    sae = t.train_saelens(x, 32, 1.0, options=opts)
     assert sae.cfg.jumprelu_sparsity_loss_mode == "tanh"
     assert sae.cfg.jumprelu_ste_to_input is True
     assert sae.cfg.pre_act_loss_coefficient == 3e-6
-    plain = q.train_saelens(x, 32, 1.0)
+    plain = t.train_saelens(x, 32, 1.0)
     assert plain.cfg.jumprelu_sparsity_loss_mode == "step"
     assert plain.cfg.jumprelu_ste_to_input is False
     with pytest.raises(TypeError, match="no_such_option"):
-        q.train_saelens(x, 32, 1.0, options={"no_such_option": 1})
+        t.train_saelens(x, 32, 1.0, options={"no_such_option": 1})
     # the command refuses it before it reads the cache or loads the model
     with pytest.raises(SystemExit, match="has no no_such_option"):
         q.main(["real", "--configfile", "/nonexistent.yaml", "--lens-set",
