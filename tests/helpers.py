@@ -351,19 +351,38 @@ def release_meta(n_layers: int = 4, d: int = 64) -> dict:
     }
 
 
-def chromium() -> str:
-    """Debian's Chromium: skipped without it, failed when CI requires it."""
+def missing(why: str, require: str) -> None:
+    """A test's outside part is missing: it skips, or fails where CI sets the
+    environment variable `require` (.ci/run), so that a client test never passes
+    as a skip there."""
     import os
-    import shutil
 
     import pytest
+
+    if os.environ.get(require):
+        pytest.fail(f"{why} ({require} is set)")
+    pytest.skip(why)
+
+
+def client(module: str):
+    """An external client (e.g. sae_lens) imported, or `missing` without it; CI sets
+    SAESUITE_REQUIRE_CLIENTS."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        missing(f"{module} is not importable: {e}", "SAESUITE_REQUIRE_CLIENTS")
+
+
+def chromium() -> str:
+    """Debian's Chromium, or `missing` without it; CI sets SAESUITE_REQUIRE_CHROMIUM."""
+    import shutil
 
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         why = "no chromium (Debian's chromium package; .ci/system-deps installs it)"
-        if os.environ.get("SAESUITE_REQUIRE_CHROMIUM"):
-            pytest.fail(why)
-        pytest.skip(why)
+        missing(why, "SAESUITE_REQUIRE_CHROMIUM")
     return exe
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import release_meta
+from helpers import client, release_meta
 from safetensors.torch import save_file
 
 from saesuite.release.build import build_release, canonical
@@ -168,7 +168,7 @@ def hub_cache(tmp_path, repo: str, folder, monkeypatch):
 def test_saelens_loads_every_layout_and_reconstructs_like_us(
     layout, tmp_path, monkeypatch
 ):
-    pytest.importorskip("sae_lens")
+    client("sae_lens")
     from sae_lens import SAE
 
     # SAELens's Gemma Scope 1 loader reads the model size from the repo id and only
@@ -286,7 +286,7 @@ def test_saelens_loads_transcoders_in_every_layout_and_predicts_like_us(
     skip connection) released, then loaded by SAELens from a local Hub cache with the
     model card's snippet: its transcoder classes predict the MLP output as ours do,
     skip connection included, and the hook points name the MLP's input and output."""
-    pytest.importorskip("sae_lens")
+    client("sae_lens")
     kinds = ["transcoder"] + ([] if layout == "gemma-scope" else ["skip_transcoder"])
     # SAELens's Gemma Scope 1 transcoder reader knows Gemma Scope's widths only
     width = 4096 if layout == "gemma-scope" else 128

@@ -25,7 +25,7 @@ import time
 
 import pytest
 import yaml
-from helpers import make_config
+from helpers import make_config, missing
 
 from saesuite.spec.config import REPO_ROOT
 
@@ -50,11 +50,9 @@ def _have_slurm() -> str | None:
 
 @pytest.fixture(scope="module")
 def cluster():
-    missing = _have_slurm()
-    if missing:
-        if os.environ.get("SAESUITE_REQUIRE_SLURM"):
-            pytest.fail(missing)
-        pytest.skip(missing)
+    why = _have_slurm()
+    if why:
+        missing(why, "SAESUITE_REQUIRE_SLURM")
     up = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True)
     assert up.returncode == 0, up.stdout + up.stderr
     yield
