@@ -174,6 +174,22 @@ def dead_mask(m: Member, cfg: TrainConfig) -> torch.Tensor | None:
     return m.since_fired >= cfg.pre_act_window_tokens
 
 
+def global_fvu(reconstruction: float, y: torch.Tensor) -> float:
+    """The FVU of the global batch of a data-parallel step, Σ‖y − ŷ‖² / Σ‖y − ȳ‖²
+    with ȳ the mean over every process's rows (not the mean of the processes' FVUs,
+    each about its own rows' mean). `reconstruction`: this process's mean ‖y − ŷ‖²."""
+    n = y.shape[0]
+    y64 = y.detach().double()
+    head = torch.tensor(
+        [reconstruction * n, float(y64.pow(2).sum()), n], dtype=torch.float64
+    )
+    buf = torch.cat([head, y64.sum(0).cpu()])
+    dist.all_reduce(buf)
+    err, total_sq, count = buf[:3].tolist()
+    spread = total_sq - float(buf[3:].pow(2).sum()) / count
+    return err / max(spread, 1e-30)
+
+
 def train_step(
     m: Member,
     x: torch.Tensor,
@@ -214,9 +230,10 @@ def train_step(
     counts = stats.counts
     loss, l0, fvu, recon = stats.loss, stats.l0, stats.fvu, stats.reconstruction
     if world > 1 and not m.sharded:  # sharded: every process has the whole sums
-        buf = torch.tensor([loss, l0, fvu, recon], dtype=torch.float64)
+        buf = torch.tensor([loss, l0, recon], dtype=torch.float64)
         dist.all_reduce(buf)
-        loss, l0, fvu, recon = (buf / world).tolist()
+        loss, l0, recon = (buf / world).tolist()
+        fvu = global_fvu(stats.reconstruction, x if target is None else target)
         counts = counts.clone()
         dist.all_reduce(counts)  # over every process's share of the batch
     counts = counts.cpu()  # one device→host copy per step, for both counters
