@@ -147,6 +147,7 @@ def test_rollouts_are_chat_formatted_masked_and_seeded(tiny_models, tokenizer):
         pads = ids[r] == tokenizer.pad_token_id
         assert not mask[r][pads].any()
     assert stats["mean_reply_tokens"] > 0
+    assert stats["n_prompts"] == len(prompts) and "prompts" not in stats
     long = generate_rollouts(
         model, tokenizer, GEMMA_CHAT_TEMPLATE, ["word " * 200],
         n_seqs=1, ctx=64, temperature=1.0, batch_size=1, seed=0,

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from saesuite.spec.config import REPO_ROOT
 from saesuite.spec.io import read_json, sha256_file
+from saesuite.spec.prompts import load_prompts
 
 pytestmark = pytest.mark.slow
 
@@ -192,6 +193,9 @@ def test_format_shift_check_is_labelled_as_such(run):
     assert (base / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rollouts = read_json(work / "results" / "tiny" / "rollouts" / "rollouts.json")
     assert rollouts["model"] == "tiny" and rollouts["sequences"] == 16
+    # where the prompts came from, and how many: two keys, neither overwriting the other
+    assert rollouts["prompts"] == "saesuite:spec/prompts.txt"
+    assert rollouts["n_prompts"] == len(load_prompts(None)) > 1
 
 
 def test_release_folders_carry_the_measured_saes(run):

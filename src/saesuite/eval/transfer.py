@@ -131,7 +131,7 @@ def generate_rollouts(
         "tokens": n_seqs * ctx,
         "unmasked_tokens": int(mask.sum()),
         "mean_reply_tokens": sum(reply_lens) / max(len(reply_lens), 1),
-        "prompts": len(prompts),
+        "n_prompts": len(prompts),
     }
     return ids, mask, stats
 
