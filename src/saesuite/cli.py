@@ -4,6 +4,8 @@ saesuite ls RESULTS [--model M] [--csv]   the SAEs of a run, with their metrics
 saesuite show SAE_DIR                      one SAE: how it was trained, how it scored
 saesuite neuronpedia DASHBOARD --model-id M --source S --out DIR
                                            a dashboard as Neuronpedia batch files
+saesuite compare RESULTS_A RESULTS_B       two runs' artefacts: same bytes? else
+                                           each dictionary's metric deltas
 """
 
 from __future__ import annotations
@@ -151,6 +153,19 @@ def cmd_neuronpedia(args: argparse.Namespace) -> None:
     print(f"{len(written)} batch files in {args.out}")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from saesuite.report.compare import compare, tolerance_line
+
+    table, deltas, verdict = compare(Path(args.a), Path(args.b))
+    print(table.to_string(index=False))
+    if len(deltas):
+        print(f"\nEvaluations that differ (tolerance: {tolerance_line()}):")
+        print(deltas.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"\n{verdict}")
+    if verdict == "different":
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="saesuite", description=__doc__.split("\n")[0]
@@ -188,6 +203,16 @@ def main(argv: list[str] | None = None) -> None:
     npx.add_argument("--out", required=True, help="folder for batch-N.json")
     npx.add_argument("--batch-size", type=int, default=128, help="features a file")
     npx.set_defaults(func=cmd_neuronpedia)
+    cmp = sub.add_parser(
+        "compare",
+        help="whether two runs built the same bytes, and how far metrics moved",
+        description="Exit status 0 when every artefact is byte-equal, or when only "
+        "evaluations differ and every dictionary's L0, FVU and delta loss are within "
+        "the stated tolerance; 1 otherwise.",
+    )
+    cmp.add_argument("a", help="one run's output_root")
+    cmp.add_argument("b", help="the other's")
+    cmp.set_defaults(func=cmd_compare)
     args = parser.parse_args(argv)
     try:
         args.func(args)

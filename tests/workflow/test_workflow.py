@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -570,3 +571,56 @@ def test_the_local_and_slurm_profiles_rerun_on_the_same_triggers():
     assert all(
         t == ["mtime", "params", "input", "software-env"] for t in triggers.values()
     )
+
+
+def test_a_rebuild_compares_identical_and_another_seed_is_measured(run, tmp_path):
+    """Issue 36, item 2: the tiny workflow built again from nothing in another
+    folder gives the same bytes for every artefact kind (`saesuite compare` exits
+    0 and says so); with another seed the chunks and SAEs differ, and each
+    dictionary's metric deltas are those of its two evaluation JSONs."""
+    from saesuite.cli import main
+    from saesuite.report.compare import TOLERANCES, compare, within
+
+    first = run[0] / "results"
+    cfg = yaml.safe_load((run[0] / "config.yaml").read_text())
+
+    def rebuild(name: str, **changes) -> Path:
+        work = tmp_path / name
+        work.mkdir()
+        (work / "config.yaml").write_text(yaml.safe_dump({**cfg, **changes}))
+        done = snakemake(work, "--cores", "2")
+        assert done.returncode == 0, done.stderr[-3000:]
+        return work / "results"
+
+    again = rebuild("again")
+    table, deltas, verdict = compare(first, again)
+    assert verdict == "identical" and len(deltas) == 0, table
+    # every kind was built and compared (the tiny suite builds no dashboards)
+    assert set(table[table["files"] == 0]["artefact"]) == {"dashboards"}, table
+    out = subprocess.run(
+        [sys.executable, "-c", "from saesuite.cli import main; main()", "compare",
+         str(first), str(again)], capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0 and out.stdout.rstrip().endswith("identical"), out
+
+    other = rebuild("seed", seed=cfg.get("seed", 0) + 1)
+    table, deltas, verdict = compare(first, other)
+    by = table.set_index("artefact")
+    assert by.loc["activation chunks", "differ"] == by.loc["activation chunks", "files"]
+    assert by.loc["dictionary weights", "differ"] > 0
+    evals = sorted(
+        str(p.relative_to(first)).removesuffix(".json")
+        for p in first.glob("*/eval/*/*/**/*.json")
+    )
+    assert sorted(deltas["evaluation"]) == evals
+    row = deltas.iloc[0]
+    ma = read_json(first / f"{row['evaluation']}.json")["metrics"]
+    mb = read_json(other / f"{row['evaluation']}.json")["metrics"]
+    for k in TOLERANCES:
+        assert row[f"Δ {k}"] == pytest.approx(mb[k] - ma[k])
+    ok = all(within(k, ma[k], mb[k]) for k in TOLERANCES)
+    assert row["within tolerance"] == ok
+    assert verdict == ("within tolerance" if deltas["within tolerance"].all()
+                       else "different")  # fmt: skip
+    with pytest.raises(SystemExit):  # a folder that is not there
+        main(["compare", str(first), str(tmp_path / "nothing")])

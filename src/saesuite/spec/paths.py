@@ -109,6 +109,25 @@ def results_of(sae_dir_path: str | PurePath) -> Path:
     return Path(sae_dir_path).parents[5]
 
 
+# What a run builds, by kind, as globs under its output root (`saesuite compare`):
+# logs, Snakemake's benchmark files, the model cache and locks are left out, since
+# they hold times and host paths, not results.
+ARTEFACTS = {
+    "corpus": ("corpus/corpus.jsonl",),
+    "tokens and rollouts": ("*/tokens/*.safetensors", "*/rollouts/*.safetensors"),
+    "activation chunks": ("*/activations/chunk_*.safetensors",),
+    "normalisation": ("*/activations/normalization.json",),
+    "dictionary weights": (f"*/saes/**/{SAE_FILES['weights']}",),
+    "training states": (f"*/saes/**/{SAE_FILES['state']}",),
+    "training logs": (f"*/saes/**/{SAE_FILES['log']}",),
+    "dictionary records": (f"*/saes/**/{SAE_FILES['info']}",),
+    "evaluations": ("*/eval/*/*/**/*.json", "*/eval/*/*/**/*.frequencies.safetensors"),
+    "evaluation tables": ("*/eval/table.csv", "transfer/*/table.csv"),
+    "dashboards": ("*/dashboards/**/*",),
+    "release folders": ("release/**/*",),
+}
+
+
 # Each release layout's weights file, in every dictionary's folder (saesuite.release)
 RELEASE_WEIGHTS = {
     "gemma-scope-2": "params.safetensors",
