@@ -95,7 +95,7 @@ def test_plan_shards_saes_too_wide_for_one_gpu_and_names_those_that_still_do_not
     assert c["resources"]["nproc_by_width"] == {"1048576": 8}
     sharded, problems = gpu_memory(c)
     assert problems == []
-    per_gpu = 16 * 2 * 2304 * 2**17 + 16 * 2304 + 6 * 4 * 4096 * 2**17
+    per_gpu = 16 * 2 * 2304 * 2**17 + 16 * 2304 + 8 * 4 * 4096 * 2**17
     assert sae_gpu_bytes(4096, 2304, 2**20, 8, sharded=True) == per_gpu
     assert sharded == [
         f"gemma-2-2b res width 1048576 (layers 5, 12, 19): "

@@ -57,7 +57,7 @@ def test_train_estimates_match_hand_computation():
     specs = [s for s in expand_suite(c) if s.layer == 1 and s.site == "res"]
     d = 2304
     bucket = 1000 * d * 4  # shuffle_bucket × d_in × float32
-    per_sae = 16 * 2 * d * 128 + 6 * 4 * 256 * 128
+    per_sae = 16 * 2 * d * 128 + 8 * 4 * 256 * 128
     assert train_mem_mb(c, specs, d) == int((bucket + 2 * per_sae) / 2**20 * 1.5) + 2048
     # on GPUs the host keeps the bucket and a checkpoint's weights + 2 Adam moments
     on_gpu = cfg(gpu=True)
@@ -94,7 +94,18 @@ def test_evaluate_estimate_counts_the_passes():
     assert flops == 2 * n * (1024 + 256 * (6 + 3 + 1))
     # res and mlp are 2304 wide, att 8 heads × 256 = 2048
     sae_mb = 2 * (2304 + 2048 + 2304) * 2 * 128 * 4 / 2**20
-    assert mem == model_mb(c, "tiny") + int(1.5 * sae_mb) + BASE_MB
+    # on the CPU the pass's tensors too: per loss batch of L × T × V logits, p in
+    # float32, the spliced logits and a temporary in bfloat16, their float32 copy,
+    # two float64 KL blocks; per batch of B, the three sites captured and rebuilt;
+    # encoding's three (B, T, width) float32 tensors
+    ev, T, V = c["evaluate"], c["data"]["context_size"], 256000
+    L, B = ev["loss_batch_size"], ev["batch_size"]
+    logits = L * T * V
+    work = (logits * (4 + 2 * 2 + 4) + 2 * min(2**24, logits) * 8
+            + 2 * B * T * (2304 + 2048 + 2304) * 4 + 3 * 4 * B * T * 128)  # fmt: skip
+    assert mem == (
+        model_mb(c, "tiny") + int(1.5 * sae_mb) + BASE_MB + int(1.5 * work / 2**20)
+    )
     # On a 10 GB GPU, 9 GB - 5.2 GB of bf16 weights - 4.3 GB of work leaves no room
     # beside the model: counted as 1 GB of SAEs, 6 × 2.4 MB → one group still. The
     # host holds one SAE at a time.
@@ -226,6 +237,8 @@ def test_the_matryoshka_losss_memory_is_counted_as_autograd_keeps_it():
     kept = saved((64, 256)) - saved(())
     assert kept <= extra <= 2 * kept
     acts = plain - 4 * dictionary_bytes(d, w)
-    assert saved(()) <= acts <= 2 * saved(())
+    # saved for backward, then the gradients and the estimators' temporaries at
+    # backward: the peak measured in test_memory_measured.py is ~2.1× what is saved
+    assert saved(()) <= acts <= 2.5 * saved(())
     sharded = sae_gpu_bytes(B, d, w, 4, sharded=True, prefixes=2)
     assert sharded - sae_gpu_bytes(B, d, w, 4, sharded=True) == 4 * 4 * 3 * B * d

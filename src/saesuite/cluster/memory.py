@@ -12,15 +12,16 @@ from collections.abc import Sequence
 
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.known_models import ModelShape
-from saesuite.spec.sizes import BYTES, dictionary_bytes
+from saesuite.spec.sizes import BYTES, ENCODE_BYTES, KL_BLOCK, dictionary_bytes
 
 GPU_HEADROOM = 0.9  # of resources.gpu_mem_gb: CUDA context, allocator, the batch
 
 
 F32 = BYTES["float32"]
-# (rows, width) tensors a training step holds: pre-activations, activations, masks and
-# their gradients
-WORK_TENSORS = 6
+# (rows, width) float32 tensors a dense training step holds at its peak: pre-activations,
+# activations, the step's output, their gradients and the estimators' temporaries
+# (7.3 measured on the CPU: tests/cluster/test_memory_measured.py)
+WORK_TENSORS = 8
 
 
 def n_prefixes(fractions: Sequence[float] | None) -> int:
@@ -38,8 +39,8 @@ def sae_gpu_bytes(
     prefixes: int = 0,
 ) -> int:
     """Bytes one SAE takes on each GPU of a job of `nproc` processes: fp32 weights,
-    gradients and two Adam moments, and the (rows, width) pre-activations,
-    activations, masks and their gradients (~6 tensors). Data parallelism gives each
+    gradients and two Adam moments, and the dense step's (rows, width) work tensors
+    (WORK_TENSORS). Data parallelism gives each
     process the whole SAE and batch/nproc rows; `sharded` gives it width/nproc
     latents (saesuite.sae.shard) and the whole batch. `skip`: a skip-transcoder,
     whose W_skip every process holds whole. `prefixes` (`n_prefixes`): the Matryoshka
@@ -58,6 +59,33 @@ def sae_gpu_bytes(
     work = WORK_TENSORS * rows * latents * F32
     matryoshka = 4 * groups * rows * d_in * F32
     return 4 * params + work + matryoshka
+
+
+def evaluate_work_bytes(
+    *,
+    vocab: int,
+    ctx: int,
+    loss_batch_size: int,
+    batch_size: int,
+    model_dtype: str,
+    site_widths: Sequence[int],
+    max_width: int,
+) -> int:
+    """Bytes an evaluate pass holds beside the model and the dictionaries
+    (saesuite.eval.passes.evaluate): per loss batch of (B, T, V) logits, the clean
+    distribution p in float32, a spliced pass's logits in the model's dtype with one
+    temporary of the head (Gemma 2's soft-capping), their float32 copy when the model
+    is not float32, and the KL's two float64 blocks (KL_BLOCK elements each); per
+    reconstruction batch, every captured site (a transcoder's input and output both:
+    `site_widths`) and its reconstruction; and the encoding's work tensors (three
+    (rows, T, width) float32 tensors, ENCODE_BYTES at most)."""
+    logits = loss_batch_size * ctx * vocab
+    model = BYTES[model_dtype]
+    head = logits * (F32 + 2 * model + (F32 if model != F32 else 0))
+    kl = 2 * min(KL_BLOCK, logits) * BYTES["float64"]
+    acts = 2 * batch_size * ctx * sum(site_widths) * F32
+    encode = min(ENCODE_BYTES, 3 * F32 * batch_size * ctx * max_width)
+    return head + kl + acts + encode
 
 
 def fit_groups(

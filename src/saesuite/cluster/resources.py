@@ -32,6 +32,7 @@ from typing import Any
 from saesuite.cluster.memory import (
     F32,
     GPU_HEADROOM,
+    evaluate_work_bytes,
     forward_flops,
     n_prefixes,
     sae_gpu_bytes,
@@ -219,6 +220,8 @@ def evaluate_estimate(
     mem = model_mb(config, lm) + int(1.5 * sae_mb / 2**20) + BASE_MB
     if shape is None:
         return mem, None
+    if not uses_gpu(config, "evaluate"):  # the pass's tensors live on the host
+        mem += int(1.5 * eval_work(config, lm, shape, specs) / 2**20)
     n_tok = ev["tokens"] or (
         sequences(config, "eval") * config["data"]["context_size"]
         if data == "text"
@@ -234,6 +237,24 @@ def evaluate_estimate(
         groups = max(1, math.ceil(sum(sizes) / max(free, 1e9)))
     clean = n_tok + loss_tok * (n_sites + 1)
     return mem, forward_flops(shape, groups * clean + loss_tok * len(specs))
+
+
+def eval_work(
+    config: dict[str, Any], lm: str, shape: ModelShape, specs: list[Dictionary]
+) -> int:
+    """`evaluate_work_bytes` of one evaluate job: its dictionaries' sites, both of a
+    transcoder's captured."""
+    ev = config["evaluate"]
+    sites = {site for s in specs for site in (s.input_site, s.output_site)}
+    return evaluate_work_bytes(
+        vocab=shape.vocab,
+        ctx=config["data"]["context_size"],
+        loss_batch_size=ev["loss_batch_size"],
+        batch_size=ev["batch_size"],
+        model_dtype=config["models"][lm]["dtype"],
+        site_widths=[shape.site_width(site.kind) for site in sites],
+        max_width=max((s.width for s in specs), default=0),
+    )
 
 
 def rollouts_estimate(config: dict[str, Any], model: str) -> tuple[int, float | None]:

@@ -17,18 +17,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from saesuite.cluster.memory import GPU_HEADROOM, fit_groups
+from saesuite.cluster.memory import GPU_HEADROOM, evaluate_work_bytes, fit_groups
 from saesuite.data.logs import progress_interval
 from saesuite.data.models import load_model
 from saesuite.data.sites import (
     site_width,
 )
 from saesuite.data.tokens import load_tokens
-from saesuite.eval.passes import ENCODE_BYTES, Accumulator, evaluate
+from saesuite.eval.passes import Accumulator, evaluate
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec import paths
 from saesuite.spec.io import atomic_path, versions, write_json
-from saesuite.spec.jobs import EvalJob
+from saesuite.spec.jobs import EvalJob, EvalMember
 from saesuite.spec.metrics import health_warnings, scalar_metrics
 from saesuite.spec.sections import EvaluateConfig
 
@@ -54,16 +54,28 @@ def released_bytes(sae_dir: str | Path) -> int:
         return sum(4 * math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
-def device_sae_budget(model: torch.nn.Module, ev: EvaluateConfig, ctx: int):
+def device_sae_budget(
+    model: torch.nn.Module, ev: EvaluateConfig, ctx: int, members: list[EvalMember]
+):
     """Bytes of SAE weights one pass may hold on the model's GPU (None on CPU): what
-    the GPU has after the model, less the work of encoding and the head's logits."""
+    the GPU has after the model, less the pass's work (`evaluate_work_bytes`)."""
     device = next(model.parameters()).device
     if device.type != "cuda":
         return None
     total = torch.cuda.get_device_properties(device).total_memory
-    vocab = model.config.vocab_size
-    logits = 3 * ev.loss_batch_size * ctx * vocab * 4  # clean, spliced, p
-    work = ENCODE_BYTES + logits
+    text = model.config.get_text_config()
+    sites = {
+        s for m in members for s in (m.dictionary.input_site, m.dictionary.output_site)
+    }
+    work = evaluate_work_bytes(
+        vocab=text.vocab_size,
+        ctx=ctx,
+        loss_batch_size=ev.loss_batch_size,
+        batch_size=ev.batch_size,
+        model_dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        site_widths=[site_width(model, s.kind) for s in sites],
+        max_width=max(m.dictionary.width for m in members),
+    )
     return max(0.0, GPU_HEADROOM * total - torch.cuda.memory_allocated(device) - work)
 
 
@@ -94,7 +106,7 @@ def evaluate_layer(
     model = load_model(job.model_cfg, cache_root)
     _check_widths(job, shapes, model)
     device = next(model.parameters()).device
-    budget = job.group_bytes or device_sae_budget(model, ev, ctx)
+    budget = job.group_bytes or device_sae_budget(model, ev, ctx, list(job.members))
     groups = fit_groups([released_bytes(s.dir) for s in job.members], budget)
     acc: dict[str, Accumulator] = {}
     start = time.perf_counter()

@@ -39,8 +39,8 @@ from saesuite.data.sites import (
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec.metrics import DENSE_FREQUENCY
 from saesuite.spec.sites import Site
+from saesuite.spec.sizes import ENCODE_BYTES, KL_BLOCK
 
-ENCODE_BYTES = 2**31  # work tensors while encoding one SAE's batch
 HIST_EDGES = np.linspace(-10.0, 0.0, 41)  # log10 frequency, 0.25 wide
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class NextToken:
         return (neg_entropy - _dot(p, self.log_probs()))[:, :-1]
 
 
-def _dot(p: torch.Tensor, logq: torch.Tensor, block: int = 1 << 24) -> torch.Tensor:
+def _dot(p: torch.Tensor, logq: torch.Tensor, block: int = KL_BLOCK) -> torch.Tensor:
     """Σ_v p·log q over the last axis of two (B, T, V) float32 tensors, summed in
     float64 (float32 sums over 262,144 entries put 2.6e-5 nats of error in a KL of
     1e-3; float64 leaves the inputs' own rounding, 3e-6), a block of rows at a time

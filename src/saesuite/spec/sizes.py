@@ -2,9 +2,14 @@
 with `getattr(torch, name)`), a dictionary's weight bytes and the dashboards' logit
 block (torch-free: resources sizes jobs with them)."""
 
-BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# (float64: only the evaluation's KL sums, never a stored tensor)
+BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 # the dashboards' logit effects: one (latents, vocabulary) float32 block at once
 LOGIT_BLOCK_BYTES = 2**30
+# evaluation (saesuite.eval.passes): the work tensors of encoding one SAE's batch, and
+# the elements of each float64 block of the KL sums over the vocabulary
+ENCODE_BYTES = 2**31
+KL_BLOCK = 1 << 24
 
 
 def dictionary_bytes(
