@@ -168,3 +168,32 @@ def test_integer_adam_betas_from_yaml_are_taken():
     """`adam_beta1: 0` in a YAML config is an int, which torch's Adam refuses."""
     m = member(TrainConfig.defaults(adam_beta1=0))
     assert m.opt.param_groups[0]["betas"] == (0.0, 0.999)
+
+
+def test_outlier_tokens_leave_the_batch_and_the_step_trains_on_the_rest():
+    """train.max_norm_multiple: rows above the multiple of the batch's median norm
+    (a transcoder's where its input's or its target's is) are left out, counted in
+    the log; the step equals one on the kept rows alone; off, nothing is dropped."""
+    from saesuite.sae.member import drop_outliers
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    x[5] *= 20.0  # an attention-sink token
+    y = torch.randn(64, 8, generator=g)
+    y[9] *= 20.0
+    kept, _, n = drop_outliers(x, None, 5.0)
+    assert n == 1 and torch.equal(kept, torch.cat([x[:5], x[6:]]))
+    kx, ky, n = drop_outliers(x, y, 5.0)
+    rows = [i for i in range(64) if i not in (5, 9)]
+    assert n == 2 and torch.equal(kx, x[rows]) and torch.equal(ky, y[rows])
+    assert drop_outliers(x, None, 100.0)[2] == 0
+
+    on = TrainConfig.defaults(batch_size=64, lr=1e-3, max_norm_multiple=5.0)
+    off = TrainConfig.defaults(batch_size=64, lr=1e-3)
+    a, b = member(on), member(off)
+    log = train_step(a, x, 0, on, 1)
+    ref = train_step(b, x[[i for i in range(64) if i != 5]], 0, off, 1)
+    assert log["outliers"] == 1 and "outliers" not in ref
+    assert log["loss"] == ref["loss"] and log["fvu"] == ref["fvu"]
+    for k, p in a.sae.state_dict().items():
+        assert torch.equal(p, b.sae.state_dict()[k]), k

@@ -18,9 +18,10 @@ GPU_HEADROOM = 0.9  # of resources.gpu_mem_gb: CUDA context, allocator, the batc
 
 
 F32 = BYTES["float32"]
-# (rows, width) float32 tensors a dense training step holds at its peak: pre-activations,
-# activations, the step's output, their gradients and the estimators' temporaries
-# (7.3 measured on the CPU: tests/cluster/test_memory_measured.py)
+# (rows, width) float32 tensors a dense training step holds at its peak:
+# pre-activations, activations, the step's output, their gradients and the
+# estimators' temporaries (7.3 measured on the CPU:
+# tests/cluster/test_memory_measured.py)
 WORK_TENSORS = 8
 
 

@@ -190,6 +190,29 @@ def global_fvu(reconstruction: float, y: torch.Tensor) -> float:
     return err / max(spread, 1e-30)
 
 
+def _total(n: int, world: int, sharded: bool) -> int:
+    """A count over every process's share of the batch (sharded: each has it all)."""
+    if world == 1 or sharded:
+        return n
+    t = torch.tensor([n], dtype=torch.int64)
+    dist.all_reduce(t)
+    return int(t)
+
+
+def drop_outliers(
+    x: torch.Tensor, target: torch.Tensor | None, multiple: float
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """The batch without its rows of norm above `multiple` × the batch's median (a
+    transcoder's rows go where its input's or its target's is), and how many went."""
+    keep = x.norm(dim=1) <= multiple * x.norm(dim=1).median()
+    if target is not None:
+        keep &= target.norm(dim=1) <= multiple * target.norm(dim=1).median()
+    n = int((~keep).sum())
+    if n == 0:
+        return x, target, 0
+    return x[keep], None if target is None else target[keep], n
+
+
 def train_step(
     m: Member,
     x: torch.Tensor,
@@ -203,6 +226,9 @@ def train_step(
     sharded run must repeat bit for bit (statistics, their reduction over processes,
     gradients, clipping, Adam, the decoder projection, θ's clamp, the counters)."""
     spec, sched = m.spec, m.schedule
+    dropped = 0
+    if cfg.max_norm_multiple:
+        x, target, dropped = drop_outliers(x, target, cfg.max_norm_multiple)
     lr = sched.lr_at(step)
     for group in m.opt.param_groups:
         group["lr"] = lr
@@ -284,4 +310,6 @@ def train_step(
         "lr": lr,
         "lambda": lambda_,
         "path": mode,
-    }
+    } | (
+        {"outliers": _total(dropped, world, m.sharded)} if cfg.max_norm_multiple else {}
+    )

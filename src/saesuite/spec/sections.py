@@ -99,6 +99,7 @@ class TrainConfig(_Section):
     matryoshka_fractions: tuple[float, ...]
     pre_act_coefficient: float
     pre_act_window_tokens: int
+    max_norm_multiple: float | None
     threshold_param: str
     step: str
     sparse_density: float
