@@ -92,6 +92,9 @@ def test_a_latents_page_renders_its_top_context_from_file(tmp_path):
     assert '<pre id="errors"></pre>' in html
     for s, _ in records[c]["pos"]:
         assert f"&quot;{s}&quot;" in html or f'"{s}"' in html
+    # its histogram: one bar per non-empty bin over [0, max], counts as recorded
+    bars = [int(x.split('"', 1)[0]) for x in html.split('data-count="')[1:]]
+    assert bars == [n for n in records[c]["hist"] if n] and len(bars) >= 3
     # the index, by max activation: the top row is the latent with the largest max
     html = dom(f"{index}#list/max/0", tmp_path, "p2")
     first_row = html.split('href="#latent/', 2)[1].split('"', 1)[0]
@@ -179,6 +182,12 @@ def test_the_neuronpedia_export_loads_with_its_own_code(tmp_path):
         top[0].values[at] == value and top[0].tokens[at] == f"tok{int(ids[seq, pos])}"
     )
     assert len(f.activations) == len(r["top"]) + len(r["sample"])
+    # the activation histogram: bar centres over [0, max], the dashboard's counts
+    n = len(r["hist"])
+    assert f.freq_hist_data_bar_heights == [float(x) for x in r["hist"]]
+    assert f.freq_hist_data_bar_values == pytest.approx(
+        [(b + 0.5) * r["max"] / n for b in range(n)]
+    )
     assert f.pos_str == [s for s, _ in r["pos"]] and f.frac_nonzero == r["freq"]
     with pytest.raises(TypeError):  # the dataclasses do reject unknown keys
         sd.NeuronpediaDashboardFeature(feature_index=1, bogus=2)

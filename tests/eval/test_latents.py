@@ -77,7 +77,7 @@ def test_counts_sums_maxima_and_histogram_equal_brute_force():
         v = a[..., c][a[..., c] > 0]
         want = torch.bincount(torch.bucketize(v.log10(), LOG10_EDGES),
                               minlength=len(LOG10_EDGES) + 1)  # fmt: skip
-        assert torch.equal(st.hist[c], want), c
+        assert torch.equal(st.hist[c].long(), want), c
 
 
 def test_batching_does_not_change_anything():
@@ -165,3 +165,26 @@ def test_each_bin_centre_falls_in_its_own_bin():
     assert len(centres) == len(LOG10_EDGES) + 1
     assert torch.equal(torch.bucketize(centres.log10(), LOG10_EDGES),
                        torch.arange(len(centres)))  # fmt: skip
+
+
+def test_a_latents_linear_histogram_equals_equal_bins_over_its_range():
+    """Issue 36, item 5: a latent firing between 190 and 390 gets bars over its own
+    range (equal bins over [0, max], as SAEDashboard draws), not one bar on a
+    six-decade axis. Against torch.histc on the raw values, a value may move one bin
+    only within the fine bins' width (2.3 %) of an edge."""
+    from saesuite.eval.latents import LINEAR_BINS, linear_histogram
+
+    g = torch.Generator().manual_seed(0)
+    v = 190.0 + 200.0 * torch.rand(5000, generator=g)
+    st = LatentStats(1, k=1, half_window=0, samples=1, seed=0)
+    st.update(v.view(1, -1, 1), torch.zeros(1, len(v), dtype=torch.long),
+              torch.ones(1, len(v), dtype=torch.bool), first_seq=0)  # fmt: skip
+    top = float(v.max())
+    ours = linear_histogram(st.hist[0].tolist(), top)
+    exact = torch.histc(v, bins=LINEAR_BINS, min=0.0, max=top).long().tolist()
+    assert sum(ours) == len(v) and sum(1 for n in ours if n) >= 10
+    edges = torch.arange(1, LINEAR_BINS) * top / LINEAR_BINS
+    near = int(((v[:, None] - edges).abs() < 0.024 * v[:, None]).sum())
+    assert sum(abs(a - b) for a, b in zip(ours, exact)) <= 2 * near
+    assert ours[: int(0.45 * LINEAR_BINS)] == [0] * int(0.45 * LINEAR_BINS)
+    assert linear_histogram([0] * len(st.hist[0]), 0.0) == [0] * LINEAR_BINS

@@ -156,6 +156,10 @@ def test_a_released_transcoders_dashboard_opens_in_chromium(tc_run, tmp_path):
     url = (release / row["dashboard"]).resolve().as_uri()
     html = chromium_dom(f"{url}#latent/{c}", tmp_path / "chromium")
     assert f'data-latent="{c}"' in html and 'class="tok peak"' in html
+    # its histogram over its own range: several bars, the recorded counts
+    (rec,) = [r for r in records[1] if r["i"] == c]
+    bars = [int(x.split('"', 1)[0]) for x in html.split('data-count="')[1:]]
+    assert bars == [n for n in rec["hist"] if n] and len(bars) >= 2
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ Neuronpedia export read:
 - `text.js`: the dashboard split's token ids (one list per sequence) and the string
   of every id in them, as `saesuite.text({...})`;
 - `shards/shard_NNNNN.js`: SHARD latents each, as `saesuite.shard(N, [...])`: per
-  latent its frequency, max and mean activation, a sparse log10 histogram, the
+  latent its frequency, max and mean activation, its histogram (LINEAR_BINS counts
+  over [0, max]), the
   top-k contexts and the sample as [sequence, position, value, [[offset, value],
   ...]] (the window's non-zero values; its tokens are in text.js) and the logit
   effect (top and bottom tokens with their values);
@@ -44,7 +45,7 @@ from saesuite.eval.evaluate import load_released
 from saesuite.eval.latents import (
     LatentStats,
     TopContexts,
-    bin_centres,
+    linear_histogram,
     logit_effects,
 )
 from saesuite.spec.io import atomic_path, new_dir_beside, swap_in, versions, write_json
@@ -94,7 +95,7 @@ def latent_records(
             "freq": _round(freq[c]),
             "max": _round(mx[c]),
             "mean": _round(mean[c]),
-            "hist": [[b, n] for b, n in enumerate(hist[c]) if n],
+            "hist": linear_histogram(hist[c], mx[c]),
             "top": top[c],
             "sample": sample[c],
             "pos": [[strings[t], _round(v)] for t, v in zip(top_i[c], top_v[c])],
@@ -327,12 +328,12 @@ def _np_activation(
     }
 
 
-def _np_feature(r: dict, info: dict, text: dict, centres: list[float]) -> dict:
+def _np_feature(r: dict, info: dict, text: dict) -> dict:
     """One latent's record as a Neuronpedia feature. Top contexts are the "top
     activations" bin (bin_min −1, bin_max the max, bin_contains −1); the sample is
     cut into thirds of the max, each bin's bin_contains the share of the sample in
     it (the sample is uniform over firing tokens)."""
-    w, top = info["window"], r["max"]
+    w, top, bars = info["window"], r["max"], len(r["hist"])
     acts = [_np_activation(c, (-1, top, -1), text, w) for c in r["top"]]
     n = max(1, len(r["sample"]))
     for lo, hi in SAMPLE_BINS:
@@ -350,8 +351,8 @@ def _np_feature(r: dict, info: dict, text: dict, centres: list[float]) -> dict:
         "pos_str": [s for s, _ in r["pos"]],
         "pos_values": [float(v) for _, v in r["pos"]],
         "frac_nonzero": float(r["freq"]),
-        "freq_hist_data_bar_values": [centres[b] for b, _ in r["hist"]],
-        "freq_hist_data_bar_heights": [float(c) for _, c in r["hist"]],
+        "freq_hist_data_bar_values": [(b + 0.5) * top / bars for b in range(bars)],
+        "freq_hist_data_bar_heights": [float(c) for c in r["hist"]],
         "logits_hist_data_bar_heights": [],
         "logits_hist_data_bar_values": [],
         "n_prompts_total": info["sequences"],
@@ -372,13 +373,14 @@ def neuronpedia_batches(
     """A dictionary's dashboard as the batch files SAEDashboard's Neuronpedia runner
     writes (`batch-N.json`: NeuronpediaDashboardBatch → features → activations), for
     Neuronpedia's import: `model_id` and `source` (its SAE set, e.g. "9-res-ss") name
-    it there. Logit histograms are left empty: saesuite does not compute them."""
+    it there. The activation histogram is the dashboard's (bar centres over [0, max]
+    and their counts); logit histograms are left empty: saesuite does not compute
+    them."""
     folder, out_dir = Path(folder), Path(out_dir)
     (info,) = read_js(folder / "info.js")
     (text,) = read_js(folder / "text.js")
-    centres = bin_centres()
     features = [
-        _np_feature(r, info, text, centres)
+        _np_feature(r, info, text)
         for shard in sorted((folder / "shards").glob("shard_*.js"))
         for r in read_js(shard)[1]
     ]

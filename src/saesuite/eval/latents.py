@@ -2,7 +2,9 @@
 dashboards, issue 17): per latent its top-k activating contexts (one per sequence,
 a window of tokens around the maximum with the latent's value on each), a uniform
 sample of the contexts it fires on (for Neuronpedia-style activation-quantile bins),
-its firing count, sum and maximum, and a histogram of log10 activations.
+its firing count, sum and maximum, and a histogram of its activations over its own
+range (`linear_histogram`: bins between 0 and its maximum, as SAEDashboard and
+Neuronpedia draw them), re-binned from fine log10 bins counted while streaming.
 
 Memory is width × k × window, whatever the number of tokens: after each batch only
 the best k candidates per latent are kept (in unordered slots, ranked once at the
@@ -25,7 +27,25 @@ import torch
 
 from saesuite.spec.sizes import LOGIT_BLOCK_BYTES
 
-LOG10_EDGES = torch.linspace(-3.0, 3.0, 61)  # log10 activation, 0.1 wide
+# Streamed bins of log10 activation, 0.01 wide (2.3 % of the value): fine enough
+# that each falls in one linear bin of a latent's own histogram but at its edges.
+LOG10_EDGES = torch.linspace(-4.0, 4.0, 801)
+LINEAR_BINS = 24  # bars of a latent's histogram between 0 and its maximum
+
+
+def linear_histogram(fine: list[int], top: float, bins: int = LINEAR_BINS) -> list[int]:
+    """A latent's activation counts in `bins` equal bins over [0, top] (its maximum),
+    from its fine log10 counts (`fine`, as `LatentStats.hist` holds them): each fine
+    bin's count goes to the linear bin of its centre, clamped to [0, top]. The counts
+    sum to the latent's firing count; a value is off by one bin at most, and only
+    within 2.3 % of an edge."""
+    out = [0] * bins
+    if top <= 0:
+        return out
+    for centre, n in zip(bin_centres(), fine):
+        if n:
+            out[min(bins - 1, int(min(centre, top) / top * bins))] += n
+    return out
 
 
 def bin_centres() -> list[float]:
@@ -126,7 +146,7 @@ class LatentStats:
     count: torch.Tensor = field(init=False)  # firing tokens per latent
     total: torch.Tensor = field(init=False)  # sum of activations (float64)
     max: torch.Tensor = field(init=False)
-    hist: torch.Tensor = field(init=False)  # (width, len(LOG10_EDGES) + 1) counts
+    hist: torch.Tensor = field(init=False)  # (width, len(LOG10_EDGES) + 1) int32
     slots: TopContexts = field(init=False)  # the top k, unordered
     sample_slots: TopContexts = field(init=False)  # the sample, unordered
     slot_keys: torch.Tensor = field(init=False)  # their `_order_key`s
@@ -137,7 +157,7 @@ class LatentStats:
         self.count = torch.zeros(w, dtype=torch.long)
         self.total = torch.zeros(w, dtype=torch.float64)
         self.max = torch.zeros(w)
-        self.hist = torch.zeros(w, len(LOG10_EDGES) + 1, dtype=torch.long)
+        self.hist = torch.zeros(w, len(LOG10_EDGES) + 1, dtype=torch.int32)
         self.slots = TopContexts.empty(w, self.k, self.half_window)
         self.sample_slots = TopContexts.empty(w, self.samples, self.half_window)
         empty = _order_key(torch.tensor(-torch.inf), torch.tensor(-1))
@@ -173,7 +193,7 @@ class LatentStats:
         self.max.scatter_reduce_(0, c, v, "amax")
         bins = torch.bucketize(v.log10(), LOG10_EDGES)
         self.hist.view(-1).index_add_(
-            0, c * self.hist.shape[1] + bins, torch.ones_like(bins)
+            0, c * self.hist.shape[1] + bins, torch.ones_like(bins, dtype=torch.int32)
         )
         group = b * W + c  # (sequence in the batch, latent)
         # top-k: each sequence's maximum per latent, at its first position

@@ -92,22 +92,27 @@ function context(ctx, peak) {
   return line;
 }
 
-function histogram(hist) {
-  // bins of log10 activation, 0.1 wide from -3 (bin 0: below 10^-3)
-  const w = 6, h = 60, n = 62;
-  const top = Math.max(1, ...hist.map(([, c]) => c));
+function histogram(hist, max) {
+  // the latent's activations in equal bins over [0, max] (latents.linear_histogram)
+  const n = hist.length, w = Math.max(4, Math.floor(360 / Math.max(1, n))), h = 60;
+  const top = Math.max(1, ...hist);
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("width", w * n + 30); svg.setAttribute("height", h + 14);
-  for (const [b, c] of hist) {
+  svg.setAttribute("width", w * n + 40); svg.setAttribute("height", h + 14);
+  svg.setAttribute("class", "hist");
+  hist.forEach((c, b) => {
+    if (!c) return;
     const r = document.createElementNS(svg.namespaceURI, "rect");
     const bh = Math.max(1, (h * c) / top);
     r.setAttribute("x", b * w); r.setAttribute("y", h - bh);
     r.setAttribute("width", w - 1); r.setAttribute("height", bh);
+    r.setAttribute("data-count", c);
+    r.append(Object.assign(document.createElementNS(svg.namespaceURI, "title"),
+      { textContent: `${fmt((b * max) / n)} – ${fmt(((b + 1) * max) / n)}: ${c}` }));
     svg.append(r);
-  }
-  for (const [b, label] of [[1, "10⁻³"], [31, "1"], [61, "10³"]]) {
+  });
+  for (const [x, label] of [[0, "0"], [w * n - 10, fmt(max)]]) {
     const tx = document.createElementNS(svg.namespaceURI, "text");
-    tx.setAttribute("x", b * w); tx.setAttribute("y", h + 12);
+    tx.setAttribute("x", x); tx.setAttribute("y", h + 12);
     tx.setAttribute("font-size", 10); tx.textContent = label;
     svg.append(tx);
   }
@@ -134,7 +139,7 @@ async function latentView(i) {
   return el("section", { id: "latent", "data-latent": i },
     el("h2", {}, `Latent #${i}`),
     el("p", {}, `frequency ${fmt(r.freq)} · max ${fmt(r.max)} · mean when firing ${fmt(r.mean)}`),
-    histogram(r.hist),
+    histogram(r.hist, r.max),
     el("div", { class: "cols" },
       el("div", {}, el("h3", {}, "Promotes"), effects(r.pos, "pos")),
       el("div", {}, el("h3", {}, "Suppresses"), effects(r.neg, "neg"))),
