@@ -21,10 +21,12 @@ CODE_VERSIONS: dict[str, int] = {
     "extract": 2,  # 2: block checksums in each chunk's sidecar
     "manifest": 2,  # 2: names each chunk's sidecar (info_file)
     "normalize": 1,
-    "train": 5,  # 5: data-parallel logs its global FVU, outliers; 4: fused Adam; 3: Matryoshka, pre-activation losses; 2: dense logged
+    # 5: data-parallel logs its global FVU, outliers; 4: fused Adam; 3: Matryoshka,
+    # pre-activation losses; 2: dense logged
+    "train": 5,
     "evaluate": 2,  # 2: one job per model run through × data × layer
     "eval_table": 2,  # 2: the model's own SAEs from the shared jobs
-    "transfer_rollouts": 2,  # 2: rollouts.json keeps the prompts' source (n_prompts)
+    "transfer_rollouts": 2,  # 2: rollouts.json's n_prompts beside its prompts
     "finetune": 2,  # 2: fused Adam
     "transfer_table": 2,  # 2: the check's rows from the shared jobs
     "dashboards": 2,  # 2: each latent's histogram over its own range
