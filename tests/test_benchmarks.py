@@ -350,3 +350,52 @@ def test_threads_benchmark_prints_its_three_tables(capsys, tiny_models):
     rows = table("\n".join(jobs))
     assert [r[0] for r in rows] == ["sparse", "dense", "forward"]
     assert_measured(rows, range(1, 3))
+
+
+RUN_LOG = """Select jobs to execute...
+Execute 2 jobs...
+[Mon Dec  7 15:02:32 2026]
+localrule model:
+    output: results/gemma-3-270m/model.json
+    log: results/logs/model/gemma-3-270m.log
+    jobid: 6
+    reason: Missing output files: results/gemma-3-270m/model.json
+[Mon Dec  7 15:02:32 2026]
+localrule corpus:
+    output: results/corpus/corpus.jsonl, results/corpus/corpus.json
+    jobid: 5
+[Mon Dec  7 15:02:35 2026]
+Finished jobid: 5 (Rule: corpus)
+1 of 47 steps (2%) done
+[Mon Dec  7 15:02:40 2026]
+rule train:
+    input: results/gemma-3-270m/activations/manifest.json
+    jobid: 12
+    wildcards: model=gemma-3-270m, layer=9, kind=res
+[Mon Dec  7 15:03:03 2026]
+Finished jobid: 6 (Rule: model)
+[Mon Dec  7 15:05:10 2026]
+Finished jobid: 12 (Rule: train)
+"""
+
+
+def test_run_benchmark_times_jobs_from_snakemakes_log_and_bounds_a_dictionary(
+    tmp_path,
+):
+    """benchmarks/run.py (issue 36, item 10): each job from its start to its
+    "Finished jobid" line; a dictionary's train bound by hand: per step the encoder
+    2·B·d·w and 2·B·L0·4·d over its L0, interpolated between logged steps."""
+    run = bench("run")
+    jobs = run.job_times(RUN_LOG).set_index("jobid")
+    assert jobs.loc[5, "rule"] == "corpus" and jobs.loc[5, "seconds"] == 3
+    assert jobs.loc[6, "rule"] == "model" and jobs.loc[6, "seconds"] == 31
+    assert jobs.loc[12, "rule"] == "train" and jobs.loc[12, "seconds"] == 150
+    sae = tmp_path / "layer_0" / "res" / "width_16" / "l0_4"
+    sae.mkdir(parents=True)
+    (sae / "sae.json").write_text(json.dumps(
+        {"steps": 4, "d_in": 8, "width": 16, "train": {"batch_size": 2}}))  # fmt: skip
+    (sae / "train_log.jsonl").write_text(
+        json.dumps({"step": 0, "l0": 10.0}) + "\n" + json.dumps({"step": 3, "l0": 4.0})
+    )
+    # L0 10, 8, 6, 4 over the four steps: 28 active latent-steps
+    assert run.train_bound(sae) == 4 * 2 * 2 * 8 * 16 + 28 * 2 * 2 * 4 * 8
