@@ -156,6 +156,12 @@ def test_health_warnings_name_what_is_wrong():
         "51 of 100 latents dead",
     ]
     assert health_warnings(100, None, None) == []
+    assert health_warnings(100, 0, 0.5, 37.1, 20) == [
+        "held-out L0 37.1 misses its target 20 by over 25%"
+    ]
+    assert health_warnings(100, 0, 0.5, 24.9, 20) == []  # within ±25 %
+    assert health_warnings(100, 0, 0.5, 14.9, 20) != []
+    assert health_warnings(100, 0, 0.5, 37.1, None) == []  # a λ ladder: no target
 
 
 def test_health_table_flags_the_saes_a_researcher_should_distrust():
@@ -172,6 +178,12 @@ def test_health_table_flags_the_saes_a_researcher_should_distrust():
     assert h.loc[0, "warnings"] == "worse than zero-ablation (loss recovered -1.30)"
     assert h.loc[1, "warnings"] == "9 of 16 latents dead"
     assert (h.loc[2:, "warnings"] == "").all()
+    assert (h["target L0"] == df["value"]).all() and (
+        h["L0 (held-out)"] == df["l0"]
+    ).all()
+    df.loc[3, "l0"] = 2 * df.loc[3, "value"]  # twice its target
+    h = health_frame(df, logs.__getitem__)
+    assert "misses its target" in h.loc[3, "warnings"]
 
 
 def test_the_training_figure_plots_dead_and_dense_latents_as_logged():

@@ -205,6 +205,13 @@ def _write_members(
             }
         )
         d_sae = shapes[job.members.index(s)][1]
-        for w in health_warnings(d_sae, metrics["dead"], metrics.get("loss_recovered")):
+        warnings = health_warnings(
+            d_sae,
+            metrics["dead"],
+            metrics.get("loss_recovered"),
+            metrics["l0"],
+            s.dictionary.target_l0,
+        )
+        for w in warnings:
             log.warning("%s on %s: %s", s.key, job.evaluated_on, w)
     return summary

@@ -293,11 +293,13 @@ def health_frame(
 ) -> pd.DataFrame:
     """Training health per SAE (issue 19): FVU on the first and last training
     batches, dead and dense latents at the end of training (logged) and on the
-    held-out split, loss recovered, and the warnings of `health_warnings`."""
+    held-out split, loss recovered, the held-out L0 beside its target, and the
+    warnings of `health_warnings` (an L0 off its target by over 25 % among them)."""
     rows = []
     for _, r in df.iterrows():
         lines = train_log(r["path"])  # not `log`: the module's logger
         first, last = lines[0], lines[-1]
+        target = r["value"] if r["penalty"] == "target_l0" else None
         rows.append(
             {
                 "layer": r["layer"],
@@ -311,9 +313,15 @@ def health_frame(
                 "dead (held-out)": r["dead"],
                 "dense (held-out)": r["dense_latents"],
                 "loss recovered": r.get("loss_recovered"),
+                "target L0": target,
+                "L0 (held-out)": r["l0"],
                 "warnings": "; ".join(
                     health_warnings(
-                        int(r["width"]), int(r["dead"]), r.get("loss_recovered")
+                        int(r["width"]),
+                        int(r["dead"]),
+                        r.get("loss_recovered"),
+                        r["l0"],
+                        target,
                     )
                 ),
             }

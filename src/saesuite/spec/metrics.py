@@ -14,16 +14,37 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not isinstance(v, list | dict)}
 
 
+# How far a dictionary's held-out L0 may miss its target L0 (a share of the target)
+L0_TARGET_TOLERANCE = 0.25
+
+
+def l0_off_target(l0: float | None, target: float | None) -> bool:
+    """Held-out L0 outside ±L0_TARGET_TOLERANCE of the target (False without one)."""
+    if l0 is None or target is None:
+        return False
+    return abs(l0 / target - 1) > L0_TARGET_TOLERANCE
+
+
 def health_warnings(
-    width: int, dead: int | None, loss_recovered: float | None = None
+    width: int,
+    dead: int | None,
+    loss_recovered: float | None = None,
+    l0: float | None = None,
+    target_l0: float | None = None,
 ) -> list[str]:
     """What should make a researcher distrust an SAE (issue 19): worse than
-    zero-ablating its site (loss recovered < 0), or more than half its latents dead."""
+    zero-ablating its site (loss recovered < 0), more than half its latents dead, or
+    a held-out L0 off its target by more than L0_TARGET_TOLERANCE."""
     out = []
     if loss_recovered is not None and loss_recovered < 0:
         out.append(f"worse than zero-ablation (loss recovered {loss_recovered:.2f})")
     if dead is not None and dead > width / 2:
         out.append(f"{dead} of {width} latents dead")
+    if l0_off_target(l0, target_l0):
+        share = f"{L0_TARGET_TOLERANCE:.0%}"
+        out.append(
+            f"held-out L0 {l0:.1f} misses its target {target_l0:g} by over {share}"
+        )
     return out
 
 
