@@ -399,3 +399,11 @@ def test_run_benchmark_times_jobs_from_snakemakes_log_and_bounds_a_dictionary(
     )
     # L0 10, 8, 6, 4 over the four steps: 28 active latent-steps
     assert run.train_bound(sae) == 4 * 2 * 2 * 8 * 16 + 28 * 2 * 2 * 4 * 8
+
+
+def test_clt_benchmark_times_both_decoders_at_each_depth(capsys):
+    """benchmarks/clt.py --quick: a row per layer count, both paths timed."""
+    bench("clt").main(["--quick"])
+    rows = table(capsys.readouterr().out)
+    assert [r[0] for r in rows] == ["2", "4"]
+    assert_measured(rows, range(1, 6))

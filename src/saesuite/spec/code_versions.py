@@ -32,5 +32,5 @@ CODE_VERSIONS: dict[str, int] = {
     "dashboards": 2,  # 2: each latent's histogram over its own range
     "release": 2,  # 2: circuit-tracer set configs, transcoders in the card and plot
     "publish": 1,
-    "report_figures": 6,  # 6: held-out L0 by its target; 5: own SAEs from the shared jobs
+    "report_figures": 6,  # 6: held-out L0 by target; 5: own SAEs from the shared jobs
 }
