@@ -355,3 +355,38 @@ def test_a_transcoders_pairs_are_row_aligned_and_scaled_apart(tmp_path):
         seen += (2.0 * x[:, 0]).tolist()
     assert sorted(seen[:120]) == expected_ids()
     assert alone.pair(0)[1] is None
+
+
+def test_a_reader_of_many_sites_serves_them_row_aligned(tmp_path):
+    """ActivationReader.of_sites (a cross-layer dictionary's 2L sites): each site's
+    columns are that site's own reader's batch divided by its own scalar, rows
+    aligned; one and two sites read as the plain and the pair reader do."""
+    infos = []
+    for c in range(3):
+        rows = torch.arange(50, dtype=torch.float32) + 1000 * c
+        tensors = {f"layer_{k}.res": (k + 1) * rows[:, None].repeat(1, D + k)
+                   for k in range(3)}  # fmt: skip
+        tensors |= {"input_ids": torch.arange(50, dtype=torch.int32),
+                    "mask": torch.arange(50) % 5 != 0}  # fmt: skip
+        base = tmp_path / f"chunk_{c:05d}"
+        write_chunk(f"{base}.safetensors", f"{base}.json", tensors, {"chunk": c})
+        infos.append(f"{base}.json")
+    man = tmp_path / "manifest.json"
+    write_manifest(infos, man, {"model": "fake"})
+    sites = [(f"layer_{k}.res", 2.0**k) for k in range(3)]
+    many = ActivationReader.of_sites(man, sites, 8, 40, seed=3)
+    assert many.widths == (D, D + 1, D + 2)
+    for j in (0, 7, 20):  # 20: the second epoch
+        parts = many.split(many.batch(j))
+        for (name, scale), part in zip(sites, parts, strict=True):
+            one = ActivationReader(man, name, 8, 40, seed=3, scale=scale)
+            torch.testing.assert_close(part, one.batch(j))
+        # rows aligned: row r of every site is the same token ((k + 1)·id / 2^k)
+        torch.testing.assert_close(parts[1][:, 0], parts[0][:, 0])
+        torch.testing.assert_close(parts[2][:, 0] * 4 / 3, parts[0][:, 0])
+    pair = ActivationReader(man, "layer_0.res", 8, 40, seed=3, scale=1.0,
+                            target_site="layer_1.res", target_scale=2.0)  # fmt: skip
+    two = ActivationReader.of_sites(man, sites[:2], 8, 40, seed=3)
+    assert torch.equal(two.batch(5), pair.batch(5))
+    with pytest.raises(StoreError, match="'layer_9.res' not in chunks"):
+        ActivationReader.of_sites(man, [*sites, ("layer_9.res", 1.0)], 8, 40)

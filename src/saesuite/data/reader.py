@@ -7,7 +7,7 @@ normalisation scalar C. Chunks and their manifest are written by `data.store`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,11 +129,18 @@ class ActivationReader:
         verify: bool = True,
         target_site: str | None = None,
         target_scale: float = 1.0,
+        *,
+        more_sites: Sequence[tuple[str, float]] = (),
     ):
         """`verify=False` skips the block checksums (benchmarks/store.py measures
-        what they cost)."""
+        what they cost). `more_sites`: further (site, scale) pairs after the target's
+        (`of_sites`)."""
         _, infos = load_manifest(manifest)
-        sites = (site,) if target_site is None else (site, target_site)
+        pairs = [(site, scale)]
+        if target_site is not None:
+            pairs.append((target_site, target_scale))
+        pairs += list(more_sites)
+        sites = tuple(name for name, _ in pairs)
         for name in sites:
             missing = [i.path.name for i in infos if name not in i.tensors]
             if missing:
@@ -145,6 +152,7 @@ class ActivationReader:
         self.infos = infos
         self.site = site
         self.sites = sites
+        self.scales = tuple(c for _, c in pairs)
         self.target_site = target_site
         self.target_scale = target_scale
         self.batch_size = batch_size
@@ -155,8 +163,9 @@ class ActivationReader:
         self.n_valid = sum(i.n_valid for i in infos)
         if self.n_valid == 0:
             raise StoreError(f"{manifest}: no unmasked activations for '{site}'")
-        self.d_in = infos[0].tensors[site]["shape"][1]
-        self.d_out = infos[0].tensors[target_site or site]["shape"][1]
+        self.widths = tuple(infos[0].tensors[s]["shape"][1] for s in sites)
+        self.d_in = self.widths[0]
+        self.d_out = self.widths[1] if len(sites) > 1 else self.widths[0]
         self._open: dict[int, _Chunk] = {}
         self._cached: tuple[int, int, torch.Tensor] | None = None
 
@@ -186,12 +195,14 @@ class ActivationReader:
         data = torch.cat(parts) if len(parts) > 1 else parts[0]
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 65_537 + k)
         data = data[torch.randperm(len(data), generator=g)]
-        if self.target_site is None:
+        if len(self.sites) == 1:
             if self.scale != 1.0:
                 data /= self.scale
-        else:
-            data[:, : self.d_in] /= self.scale
-            data[:, self.d_in :] /= self.target_scale
+        else:  # each site's columns by its own scalar
+            lo = 0
+            for w, c in zip(self.widths, self.scales, strict=True):
+                data[:, lo : lo + w] /= c
+                lo += w
         self._cached = (epoch, k, data)
         return data
 
@@ -218,6 +229,29 @@ class ActivationReader:
         if self.target_site is None:
             return b, None
         return b[:, : self.d_in], b[:, self.d_in :]
+
+    @classmethod
+    def of_sites(
+        cls,
+        manifest: str | Path,
+        sites: Sequence[tuple[str, float]],
+        batch_size: int,
+        bucket: int,
+        seed: int = 0,
+        verify: bool = True,
+    ) -> ActivationReader:
+        """Row-aligned batches of any number of sites (a cross-layer dictionary's
+        inputs and outputs), each divided by its own scalar: (site, scale) pairs, in
+        the order of their columns (`split`). One site reads as the plain reader
+        does and two as a transcoder's, bit for bit."""
+        (first, c0), *rest = sites
+        target, c1 = rest[0] if rest else (None, 1.0)
+        return cls(manifest, first, batch_size, bucket, seed, c0, verify, target, c1,
+                   more_sites=rest[1:])  # fmt: skip
+
+    def split(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """A batch's columns, one tensor per site (views)."""
+        return tuple(batch.split(list(self.widths), dim=1))
 
     def batches(self, start: int = 0) -> Iterator[torch.Tensor]:
         j = start
