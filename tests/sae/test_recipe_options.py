@@ -187,6 +187,13 @@ def test_outlier_tokens_leave_the_batch_and_the_step_trains_on_the_rest():
     rows = [i for i in range(64) if i not in (5, 9)]
     assert n == 2 and torch.equal(kx, x[rows]) and torch.equal(ky, y[rows])
     assert drop_outliers(x, None, 100.0)[2] == 0
+    # clip: every row stays, the outliers scaled down to 5 × the median norm
+    cx, cy, n = drop_outliers(x, y, 5.0, "clip")
+    assert n == 2 and cx.shape == x.shape and cy.shape == y.shape
+    torch.testing.assert_close(cx[5].norm(), 5.0 * x.norm(dim=1).median())
+    torch.testing.assert_close(cx[5] / cx[5].norm(), x[5] / x[5].norm())
+    torch.testing.assert_close(cy[9].norm(), 5.0 * y.norm(dim=1).median())
+    assert torch.equal(cx[rows], x[rows]) and torch.equal(cy[rows], y[rows])
 
     on = TrainConfig.defaults(batch_size=64, lr=1e-3, max_norm_multiple=5.0)
     off = TrainConfig.defaults(batch_size=64, lr=1e-3)

@@ -200,16 +200,24 @@ def _total(n: int, world: int, sharded: bool) -> int:
 
 
 def drop_outliers(
-    x: torch.Tensor, target: torch.Tensor | None, multiple: float
+    x: torch.Tensor, target: torch.Tensor | None, multiple: float, mode: str = "drop"
 ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """The batch without its rows of norm above `multiple` × the batch's median (a
-    transcoder's rows go where its input's or its target's is), and how many went."""
-    keep = x.norm(dim=1) <= multiple * x.norm(dim=1).median()
+    transcoder's rows go where its input's or its target's is), and how many there
+    were; `mode` "clip" keeps them, each such row scaled down to that norm."""
+    cap = multiple * x.norm(dim=1).median()
+    keep = x.norm(dim=1) <= cap
     if target is not None:
-        keep &= target.norm(dim=1) <= multiple * target.norm(dim=1).median()
+        t_cap = multiple * target.norm(dim=1).median()
+        keep &= target.norm(dim=1) <= t_cap
     n = int((~keep).sum())
     if n == 0:
         return x, target, 0
+    if mode == "clip":
+        x = x * (cap / x.norm(dim=1, keepdim=True)).clamp(max=1.0)
+        if target is not None:
+            target = target * (t_cap / target.norm(dim=1, keepdim=True)).clamp(max=1.0)
+        return x, target, n
     return x[keep], None if target is None else target[keep], n
 
 
@@ -228,7 +236,9 @@ def train_step(
     spec, sched = m.spec, m.schedule
     dropped = 0
     if cfg.max_norm_multiple:
-        x, target, dropped = drop_outliers(x, target, cfg.max_norm_multiple)
+        x, target, dropped = drop_outliers(
+            x, target, cfg.max_norm_multiple, cfg.outlier_mode
+        )
     lr = sched.lr_at(step)
     for group in m.opt.param_groups:
         group["lr"] = lr

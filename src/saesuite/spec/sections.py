@@ -100,6 +100,7 @@ class TrainConfig(_Section):
     pre_act_coefficient: float
     pre_act_window_tokens: int
     max_norm_multiple: float | None
+    outlier_mode: str
     threshold_param: str
     step: str
     sparse_density: float
