@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import platform
 import tempfile
 import time
@@ -36,6 +37,7 @@ from saesuite.spec.suite import cache_root
 from saesuite.spec.workflow import Workflow
 
 COLS = ("l0", "fvu", "dead", "dense_latents")
+SINKS = ("cache fvu", "cache fvu w/o sinks")  # on one cache chunk (`sink_fvus`)
 
 
 def tries(base: dict[str, Any], specs: list[str]) -> dict[str, dict[str, Any]]:
@@ -63,6 +65,30 @@ def retrain_job(cfg: dict[str, Any], layer: int, kind: str, out: Path) -> jobs.T
     )
 
 
+def sink_fvus(job: jobs.TrainJob, d, sae, multiple: float) -> tuple[float, float]:
+    """FVU of a released dictionary on the unmasked rows of the run's first cache
+    chunk: all of them, and without the attention-sink tokens (norm above `multiple`
+    × the median, at its input or its target), which the held-out FVU counts."""
+    from safetensors import safe_open
+
+    manifest = json.loads(Path(job.manifest).read_text())
+    chunk = Path(job.manifest).parent / manifest["chunks"][0]["file"]
+    with safe_open(str(chunk), "pt") as f:
+        m = f.get_tensor("mask").bool()
+        x = f.get_tensor(d.input_site.name)[m].float()
+        y = f.get_tensor(d.output_site.name)[m].float()
+    keep = (x.norm(dim=1) <= multiple * x.norm(dim=1).median()) & (
+        y.norm(dim=1) <= multiple * y.norm(dim=1).median()
+    )
+    with torch.no_grad():
+        err = (y - sae(x)).pow(2).sum(1)
+
+    def fvu(rows: torch.Tensor) -> float:
+        return float(err[rows].sum() / (y[rows] - y[rows].mean(0)).pow(2).sum())
+
+    return fvu(torch.ones_like(keep)), fvu(keep)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--configfile", default=REPO_ROOT / "config" / "config.yaml")
@@ -77,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="where the retrained dictionaries go (a temporary folder)",
     )
+    ap.add_argument("--sink-multiple", type=float, default=5.0,
+                    help="norm / median above which a token is a sink")  # fmt: skip
     args = ap.parse_args(argv)
     base = yaml.safe_load(Path(args.configfile).read_text())
     base["output_root"] = str(REPO_ROOT / base.get("output_root", "results"))
@@ -108,15 +136,18 @@ def main(argv: list[str] | None = None) -> None:
         acc = evaluate(model, ids, mask, saes, batch_size=8, loss_sequences=0)
         for d in job.dictionaries:
             m = acc[d.path].metrics()
+            fvus = sink_fvus(job, d, saes[d.path][2], args.sink_multiple)
+            m |= dict(zip(SINKS, fvus, strict=True))
             rows.append((name, d.path, m, secs))
-            print(name, d.path, {k: m[k] for k in COLS}, flush=True)
+            print(name, d.path, {k: m[k] for k in COLS + SINKS}, flush=True)
     print(f"\n{platform.node()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {key}, layer {args.layer} {args.kind}, "
           f"{len(ids) * ids.shape[1]:,} held-out tokens; under {root}\n")  # fmt: skip
-    print("| try | dictionary | " + " | ".join(COLS) + " | train s |")
-    print("|---|---|" + "---:|" * (len(COLS) + 1))
+    print("| try | dictionary | " + " | ".join(COLS + SINKS) + " | train s |")
+    print("|---|---|" + "---:|" * (len(COLS + SINKS) + 1))
     for name, path, m, secs in rows:
-        vals = [f"{m[k]:.3f}" if isinstance(m[k], float) else str(m[k]) for k in COLS]
+        vals = [f"{m[k]:.3f}" if isinstance(m[k], float) else str(m[k])
+                for k in COLS + SINKS]  # fmt: skip
         print(f"| {name} | {path} | " + " | ".join(vals) + f" | {secs:.0f} |")
 
 
