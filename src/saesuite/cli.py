@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from saesuite.report.compare import compare, tolerance_line
 from saesuite.spec import paths
 from saesuite.spec.io import atomic_path, read_json
 from saesuite.spec.metrics import scalar_metrics
@@ -154,8 +155,6 @@ def cmd_neuronpedia(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from saesuite.report.compare import compare, tolerance_line
-
     table, deltas, verdict = compare(Path(args.a), Path(args.b))
     print(table.to_string(index=False))
     if len(deltas):
