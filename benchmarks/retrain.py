@@ -14,6 +14,11 @@ run's at the same settings; its checkpoint and dictionaries go under --out. Prin
 per try and dictionary: held-out L0, FVU, dead and dense latents (no loss metrics,
 which need the 262k-token head: loss_tokens.py measures those) and the job's train
 seconds.
+
+`--finetune TOKENS` starts each try from the run's trained dictionaries instead, for
+TOKENS tokens, as the `finetune` rule starts (no λ warm-up, b_dec kept): the
+restart of fine-tuning on the distribution the dictionaries were trained on, which
+tells what fine-tuning itself does apart from the data it sees.
 """
 
 from __future__ import annotations
@@ -55,13 +60,35 @@ def tries(base: dict[str, Any], specs: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def retrain_job(cfg: dict[str, Any], layer: int, kind: str, out: Path) -> jobs.TrainJob:
-    """The run's train job of (layer, kind) under `cfg`, reading the run's cache and
-    writing its checkpoint and dictionaries under `out` (as its output_root)."""
+def retrain_job(
+    cfg: dict[str, Any], layer: int, kind: str, out: Path, finetune: int | None = None
+) -> jobs.TrainJob:
+    """The run's train job of (layer, kind) under `cfg` (`kind`: a train job, as
+    `mlp_in_to_mlp`, or a family, its dictionaries alone where its job trains more: a
+    layer's skip-transcoders without its plain ones), reading the run's cache and
+    writing its checkpoint and dictionaries under `out` (as its output_root); with
+    `finetune`, for that many tokens with the finetune rule's train section."""
     key = next(iter(cfg["models"]))
-    job = make_jobs.train_job(cfg, Workflow(cfg).suite, key, layer, kind)
+    suite = Workflow(cfg).suite
+    here = [d for d in suite if (d.model, d.layer) == (key, layer)]
+    mine = [d for d in here if kind in (d.family, d.job)]
+    if not mine:
+        raise SystemExit(f"--layer {layer} --kind {kind}: no such dictionaries")
+    job = make_jobs.train_job(cfg, suite, key, layer, mine[0].job)
+    job = dataclasses.replace(
+        job,
+        checkpoint=str(out / "checkpoint.pt"),
+        root=str(out),
+        dictionaries=tuple(d for d in job.dictionaries if kind in (d.family, d.job)),
+    )
+    if finetune is None:
+        return job
     return dataclasses.replace(
-        job, checkpoint=str(out / "checkpoint.pt"), root=str(out)
+        job,
+        train=job.train.replace(lambda_warmup_steps=0, b_dec_init="zeros"),
+        dictionaries=tuple(
+            dataclasses.replace(d, tokens=finetune) for d in job.dictionaries
+        ),
     )
 
 
@@ -94,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--configfile", default=REPO_ROOT / "config" / "config.yaml")
     ap.add_argument("--layer", type=int, required=True)
     ap.add_argument("--kind", required=True,
-                    help="res, att, mlp, transcoder or skip_transcoder")  # fmt: skip
+                    help="res, att, mlp, transcoder, skip_transcoder or "
+                         "mlp_in_to_mlp (both)")  # fmt: skip
     ap.add_argument("--try", dest="tries", action="append", required=True,
                     metavar="NAME:KEY=VALUE,...")  # fmt: skip
     ap.add_argument(
@@ -103,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="where the retrained dictionaries go (a temporary folder)",
     )
+    ap.add_argument("--finetune", type=int, default=None, metavar="TOKENS",
+                    help="start from the run's dictionaries for TOKENS")  # fmt: skip
     ap.add_argument("--sink-multiple", type=float, default=5.0,
                     help="norm / median above which a token is a sink")  # fmt: skip
     args = ap.parse_args(argv)
@@ -110,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     base["output_root"] = str(REPO_ROOT / base.get("output_root", "results"))
     configs = tries(base, args.tries)  # before the cache and the model
     root = Path(args.out or tempfile.mkdtemp(prefix="retrain-"))
-    planned = {n: retrain_job(c, args.layer, args.kind, root / n)
+    planned = {n: retrain_job(c, args.layer, args.kind, root / n, args.finetune)
                for n, c in configs.items()}  # fmt: skip
 
     from saesuite.data.models import load_model
@@ -125,9 +155,13 @@ def main(argv: list[str] | None = None) -> None:
                        REPO_ROOT / cache_root(cfg))  # fmt: skip
     ids, mask = load_tokens(paths.tokens(cfg["output_root"], key)["eval"])
     rows = []
+    run = retrain_job(cfg, args.layer, args.kind, Path(cfg["output_root"]))
     for name, job in planned.items():
+        init = None
+        if args.finetune is not None:  # the run's dictionary of the same path
+            init = {d.path: run.out_dir(d) for d in run.dictionaries}
         t = time.perf_counter()
-        train_site(job)
+        train_site(job, init=init)
         secs = time.perf_counter() - t
         saes = {
             d.path: (d.input_site, d.output_site, load_released(job.out_dir(d)))

@@ -9,7 +9,7 @@ from saesuite.cluster.resources import JobResources
 from saesuite.spec import paths
 from saesuite.spec.code_versions import CODE_VERSIONS
 from saesuite.spec.config import validate_config
-from saesuite.spec.dictionary import FAMILY_TITLES
+from saesuite.spec.dictionary import FAMILY_TITLES, TRAIN_JOBS
 from saesuite.spec.sites import Site
 from saesuite.spec.suite import seqs_per_chunk
 from saesuite.spec.workflow import Workflow
@@ -48,7 +48,7 @@ wildcard_constraints:
     lm=one_of(config["models"]),
     chunk=r"\d{5}",
     layer=r"\d+",
-    kind=one_of(FAMILY_TITLES),
+    kind=one_of(TRAIN_JOBS),
     data="text|chat",
     check=one_of(WF.checks),
     release=one_of(WF.releases),

@@ -1,5 +1,6 @@
-# Activation cache → JumpReLU SAEs: one job per (model, layer, site) trains that
-# site's whole sparsity ladder (and widths) on the same batches.
+# Activation cache → JumpReLU dictionaries: one job per (model, layer, sites read and
+# written) trains a site's whole sparsity ladder (and widths), or a layer's plain and
+# skip-transcoders, on the same batches (`kind`: Dictionary.job).
 
 
 rule train:

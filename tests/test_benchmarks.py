@@ -322,8 +322,18 @@ def test_retrain_benchmark_runs_the_rules_job_under_a_try_and_refuses_bad_ones(
     assert [tc.out_dir(d) for d in tc.dictionaries] == [
         str(saes / f"layer_9/transcoder/width_4096/l0_{t}") for t in (20, 80)
     ]
-    run = train_job(cfg, Workflow(cfg).suite, "gemma-3-270m", 9, "transcoder")
-    assert dataclasses.replace(tc, checkpoint=run.checkpoint, root=run.root) == run
+    # the rule's job trains the layer's plain and skip-transcoders; --kind transcoder
+    # retrains its plain ones alone, otherwise as the rule trains them
+    run = train_job(cfg, Workflow(cfg).suite, "gemma-3-270m", 9, "mlp_in_to_mlp")
+    plain = tuple(d for d in run.dictionaries if d.kind == "transcoder")
+    assert {d.kind for d in run.dictionaries} == {"transcoder", "skip_transcoder"}
+    assert dataclasses.replace(
+        tc, checkpoint=run.checkpoint, root=run.root, dictionaries=run.dictionaries
+    ) == run and tc.dictionaries == plain  # fmt: skip
+    both = rt.retrain_job(cfg, 9, "mlp_in_to_mlp", tmp_path / "half")
+    assert both.dictionaries == run.dictionaries
+    with pytest.raises(SystemExit, match="no such dictionaries"):
+        rt.retrain_job(cfg, 5, "transcoder", tmp_path / "none")
     with pytest.raises(ConfigError, match="encoder_scale"):
         rt.tries(base, ["bad:encoder_scale=1"])
     with pytest.raises(SystemExit, match="want NAME"):

@@ -130,6 +130,61 @@ def test_spliced_loss_and_kl_match_a_direct_computation(setup):
     assert sum(hist["counts"]) + hist["below_range"] + out["dead"] == 96
 
 
+def _fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    x, x_hat = x.double(), x_hat.double()
+    return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+
+
+def test_outlier_tokens_keep_their_clean_activation_and_leave_the_metrics(setup):
+    """A dictionary trained without its outlier tokens (max_norm_multiple) is
+    evaluated without them, as BOS is: they keep their clean activation in the
+    spliced pass, leave L0 and FVU, and are counted, with the FVU they would give;
+    the loss tokens stay the mask's. Checked against a direct computation with one
+    batch's median norm."""
+    model, ids, mask = setup
+    site = Site(1, "res")
+    torch.manual_seed(0)
+    sae = JumpReLUSAE(64, 96, apply_b_dec_to_input=False).initialize()
+    with torch.no_grad():
+        sae.threshold_raw.fill_(0.05)
+    ids_l = ids.long()
+    acts = capture(model, ids_l, [site])[site]
+    norms = acts.norm(dim=-1)
+    multiple = 1.1
+    outlier = mask & (norms > multiple * norms[mask].median())
+    keep = mask & ~outlier
+    assert 0 < int(outlier.sum()) < int(keep.sum())
+    out = evaluate(
+        model,
+        ids,
+        mask,
+        {"s": (site, sae)},
+        batch_size=5,
+        loss_batch_size=5,
+        max_norm_multiple={"s": multiple},
+    )["s"]
+    ref = evaluate(model, ids, mask, {"s": (site, sae)}, batch_size=5)["s"]
+    with torch.no_grad():
+        clean = model(input_ids=ids_l).logits
+        x_hat = sae(acts)
+        f = sae.encode(acts[keep])
+    spliced = logits_with(
+        model, ids_l, [site], lambda s, x: torch.where(keep[..., None], sae(x), x)
+    )
+    ce_clean, ce_spliced, kl = reference_loss_and_kl(clean, spliced, ids_l, mask)
+    assert out["outlier_tokens"] == int(outlier.sum()) and ref["outlier_tokens"] == 0
+    assert out["tokens"] == int(keep.sum())
+    assert out["loss_tokens"] == ref["loss_tokens"]
+    assert out["delta_loss"] == pytest.approx(ce_spliced - ce_clean, abs=1e-5)
+    assert out["kl"] == pytest.approx(kl, rel=1e-4)
+    assert out["l0"] == pytest.approx(float((f != 0).sum(1).float().mean()))
+    assert out["fvu"] == pytest.approx(_fvu(acts[keep], x_hat[keep]), rel=1e-6)
+    assert out["fvu_with_outliers"] == pytest.approx(
+        _fvu(acts[mask], x_hat[mask]), rel=1e-6
+    )
+    assert out["fvu_with_outliers"] == pytest.approx(ref["fvu"], rel=1e-9)
+
+
 def test_loss_subset_and_layer_zero(setup):
     """Loss metrics on the first 2 sequences equal a run on those 2 alone; the
     reconstruction metrics still cover all 5; a layer-0 site (no layer to resume
@@ -343,3 +398,23 @@ def test_a_transcoder_is_spliced_in_for_the_mlp_and_scored_on_its_output(setup, 
     assert out["fvu"] == pytest.approx(float(fvu), rel=1e-5)
     assert out["l0"] == pytest.approx(float((f != 0).sum(1).float().mean()))
     assert 0 < out["l0"] < 96 and out["delta_loss"] != 0
+
+
+def test_a_dictionary_is_evaluated_without_the_tokens_it_dropped_in_training(tmp_path):
+    """The outlier multiple evaluation and dashboards use is the one its sae.json
+    says training dropped by: none when it clipped them, trained on all, or has no
+    sae.json (a dictionary from elsewhere)."""
+    from saesuite.eval.evaluate import trained_outlier_multiple
+    from saesuite.spec.io import write_json
+
+    cases = {
+        "drop": ({"max_norm_multiple": 5, "outlier_mode": "drop"}, 5),
+        "clip": ({"max_norm_multiple": 5, "outlier_mode": "clip"}, None),
+        "off": ({"max_norm_multiple": None, "outlier_mode": "drop"}, None),
+    }
+    for name, (train, want) in cases.items():
+        (tmp_path / name).mkdir()
+        write_json(tmp_path / name / "sae.json", {"train": train})
+        assert trained_outlier_multiple(tmp_path / name) == want, name
+    (tmp_path / "none").mkdir()
+    assert trained_outlier_multiple(tmp_path / "none") is None

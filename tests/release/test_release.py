@@ -337,3 +337,15 @@ def test_saelens_loads_transcoders_in_every_layout_and_predicts_like_us(
         cfg = json.loads((out / skip["path"] / "config.json").read_text())
         assert cfg["affine_connection"] is True
         assert cfg["hf_hook_point_out"] == skip["hf_hook_out"]
+
+
+def test_the_card_tells_how_to_apply_a_dictionary_trained_without_its_sinks():
+    """A release whose dictionaries dropped their outlier tokens in training says
+    which tokens to keep their original activation at; one that trained on every
+    token (off, or clipped) says nothing of it."""
+    from saesuite.release.card import _outliers
+
+    text = " ".join(_outliers({"max_norm_multiple": 5, "outlier_mode": "drop"}))
+    assert "exceeds 5× the median" in text and "outlier_tokens" in text
+    assert _outliers({"max_norm_multiple": 5, "outlier_mode": "clip"}) == []
+    assert _outliers({"max_norm_multiple": None, "outlier_mode": "drop"}) == []

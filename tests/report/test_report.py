@@ -169,8 +169,8 @@ def test_health_table_flags_the_saes_a_researcher_should_distrust():
     df["dead"], df["dense_latents"], df["loss_recovered"] = 1, 0, 0.5
     df.loc[0, "loss_recovered"] = -1.3  # worse than zero-ablating the site
     df.loc[1, "dead"] = 9  # of 16
-    logs = {p: [{"tokens": 1, "fvu": 123.0, "dead": 0, "dense": 2000},
-                {"tokens": 9, "fvu": 0.4, "dead": 3, "dense": 1}]
+    logs = {p: [{"step": 0, "tokens": 1, "fvu": 123.0, "dead": 0, "dense": 2000},
+                {"step": 8, "tokens": 9, "fvu": 0.4, "dead": 3, "dense": 1}]
             for p in df["path"]}  # fmt: skip
     h = health_frame(df, logs.__getitem__)
     assert len(h) == len(df) and list(h["initial FVU"].unique()) == [123.0]
@@ -184,6 +184,30 @@ def test_health_table_flags_the_saes_a_researcher_should_distrust():
     df.loc[3, "l0"] = 2 * df.loc[3, "value"]  # twice its target
     h = health_frame(df, logs.__getitem__)
     assert "misses its target" in h.loc[3, "warnings"]
+    p = df.loc[2, "path"]
+    logs[p] = [{"step": s, "tokens": s, "fvu": f, "dead": 0, "dense": 0}
+               for s, f in ((0, 9.0), (50, 0.5), (100, 1.2), (150, 0.4))]  # fmt: skip
+    h = health_frame(df, logs.__getitem__)
+    assert h.loc[2, "warnings"] == (
+        "training FVU 1.2 at step 100, over 2× the best before it (0.5)"
+    )
+
+
+def test_a_training_fvu_spike_is_one_after_the_first_fifth_of_the_steps():
+    """Issue 36: after the first 20 % of the logged steps, an FVU over twice the
+    best so far; the early fall from a bad start is none, nor is a rise under 2×."""
+    from saesuite.spec.metrics import fvu_spike
+
+    def log(*fvus):
+        return [{"step": 10 * i, "fvu": f} for i, f in enumerate(fvus)]
+
+    assert fvu_spike(log(30.0, 0.5, 0.9, 0.4)) is None  # 0.9 < 2 × 0.5
+    assert fvu_spike(log(0.3, 0.9, 0.5, 0.4, 0.4, 0.4, 0.4)) is None  # 10 < 20 % of 60
+    # the 2026-12 default run's layer-9 residual SAE at target 20
+    logged = ((0, 1.0), (50, 0.9), (100, 0.73), (150, 2.9), (200, 22.9), (291, 0.56))
+    run = [{"step": s, "fvu": f} for s, f in logged]
+    assert fvu_spike(run) == (200, 22.9, 0.73)
+    assert fvu_spike([]) is None
 
 
 def test_the_training_figure_plots_dead_and_dense_latents_as_logged():

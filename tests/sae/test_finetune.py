@@ -141,7 +141,7 @@ def test_the_job_fine_tunes_every_site_on_the_targets_chat_activations(
     ft_config, tmp_path, tiny_models
 ):
     job = located_job(ft_config, tmp_path)
-    assert [t.name for t in job.trains] == ["layer_1.res", "layer_1.skip_transcoder"]
+    assert [t.name for t in job.trains] == ["layer_1.mlp_in_to_mlp", "layer_1.res"]
     info = tmp_path / "model.json"
     write_json(info, describe_model("tiny", ft_config["models"]["tiny"], tmp_path))
     captured = []
@@ -181,7 +181,7 @@ def test_the_job_fine_tunes_every_site_on_the_targets_chat_activations(
     keep = mask.reshape(-1)
     want = {k: v.reshape(-1, 64)[keep] for k, v in got.items()}
     close = dict(rtol=1e-4, atol=1e-5)  # sdpa attention there, eager here
-    (x_res, y_res), (x_tc, y_tc) = captured
+    (x_tc, y_tc), (x_res, y_res) = captured
     torch.testing.assert_close(x_res, want["res"], **close)
     assert y_res is None
     torch.testing.assert_close(x_tc, want["mlp_in"], **close)
@@ -203,6 +203,29 @@ def test_the_job_fine_tunes_every_site_on_the_targets_chat_activations(
         assert float((end["W_enc"] - fresh.sae.W_enc.detach()).abs().max()) > 10 * moved
 
 
+def test_fine_tuning_runs_at_its_own_share_of_the_training_lr(ft_config):
+    """transfer.finetune_lr_scale: every train job of a finetune job runs at that
+    multiple of train.lr (1 by default); the PT train jobs keep train.lr."""
+    from saesuite.spec.config import load_config
+
+    def lrs(scale: float | None) -> set[float]:
+        raw = {**ft_config, "transfer": {**ft_config["transfer"]}}
+        if scale is not None:
+            raw["transfer"]["finetune_lr_scale"] = scale
+        config = load_config(raw)
+        suite = expand_suite(config)
+        tuned = finetuned_specs(config, suite, transfer_checks(config, suite))
+        job = finetune_job(config, suite, tuned, tuned[0].model, "tiny", "tiny", 1)
+        return {t.train.lr for t in job.trains}
+
+    assert lrs(None) == {1e-3}
+    assert lrs(0.1) == {1e-3 * 0.1}
+    from saesuite.spec.config import ConfigError
+
+    with pytest.raises(ConfigError, match="finetune_lr_scale"):
+        lrs(0)
+
+
 def test_the_job_round_trips_and_its_fingerprint_covers_the_recipe(ft_config, tmp_path):
     """The rule passes the job as JSON; a changed lr is a new fine-tuning, not a
     resumption of the old one's checkpoint."""
@@ -212,7 +235,7 @@ def test_the_job_round_trips_and_its_fingerprint_covers_the_recipe(ft_config, tm
     b = dataclasses.replace(t, train=t.train.replace(lr=2e-3))
     assert t.fingerprint() != b.fingerprint()
     root = ft_config["output_root"]
-    assert t.checkpoint == f"{root}/tiny-ft-tiny/checkpoints/layer_1.res.pt"
+    assert t.checkpoint == f"{root}/tiny-ft-tiny/checkpoints/layer_1.mlp_in_to_mlp.pt"
 
 
 def test_a_share_too_large_for_memory_is_refused_before_the_model_loads(

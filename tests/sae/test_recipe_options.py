@@ -174,7 +174,7 @@ def test_outlier_tokens_leave_the_batch_and_the_step_trains_on_the_rest():
     """train.max_norm_multiple: rows above the multiple of the batch's median norm
     (a transcoder's where its input's or its target's is) are left out, counted in
     the log; the step equals one on the kept rows alone; off, nothing is dropped."""
-    from saesuite.sae.member import drop_outliers
+    from saesuite.sae.outliers import drop_outliers
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 8, generator=g)

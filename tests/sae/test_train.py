@@ -388,6 +388,52 @@ def test_an_sae_trains_the_same_whatever_the_ladder_around_it(store, tmp_path):
     assert sae_seed(0, "layer_1.res", "a") == 1447239775895933308
 
 
+def test_a_layers_plain_and_skip_transcoders_train_in_one_job_as_if_alone(tmp_path):
+    """One train job reads the cache once for a layer's plain and skip-transcoders
+    (Dictionary.job mlp_in_to_mlp): each one's bytes are those it gets in a job of
+    its own, which is what two separate jobs wrote."""
+    root = tmp_path / "store"
+    root.mkdir()
+    x = sparse_data(4096, seed=1)
+    y = x @ torch.randn(D, D, generator=torch.Generator().manual_seed(2)) / 4
+    mask = torch.ones(4096, dtype=torch.bool)
+    mask[::64] = False
+    write_chunk(
+        f"{root}/chunk_00000.safetensors", f"{root}/chunk_00000.json",
+        {"layer_0.mlp_in": x, "layer_0.mlp": y,
+         "input_ids": torch.zeros(4096, dtype=torch.int32), "mask": mask},
+        {"chunk": 0},
+    )  # fmt: skip
+    write_manifest([f"{root}/chunk_00000.json"], root / "manifest.json", {"model": "s"})
+    sites = ["layer_0.mlp_in", "layer_0.mlp"]
+    write_normalization(root / "manifest.json", sites, root / "norm.json")
+    pair = tuple(
+        Dictionary.of("s", kind, 0, "mlp", 32, 128 * 20, lambda_=1e-3)
+        for kind in ("transcoder", "skip_transcoder")
+    )
+    assert {d.job for d in pair} == {"mlp_in_to_mlp"}
+
+    def job(out: str, dictionaries) -> TrainJob:
+        return TrainJob(
+            model="s", root=str(tmp_path / out), seed=3, shuffle_bucket=2048,
+            train=TRAIN, identity={"model": "s"}, dictionaries=dictionaries,
+            manifest=str(root / "manifest.json"),
+            normalization=str(root / "norm.json"),
+            checkpoint=str(tmp_path / out / "ckpt.pt"),
+        )  # fmt: skip
+
+    both = job("both", pair)
+    train_site(both)
+    for d in pair:
+        alone = job(d.kind, (d,))
+        train_site(alone)
+        for name in ("train_state.safetensors", "sae.safetensors"):
+            got = (Path(both.out_dir(d)) / name).read_bytes()
+            assert got == (Path(alone.out_dir(d)) / name).read_bytes(), (d.kind, name)
+    state = load_file(str(Path(both.out_dir(pair[1])) / "train_state.safetensors"))
+    assert "W_skip" in state
+
+
 def test_each_sae_logs_its_own_last_step(store, tmp_path):
     job = make_job(store, tmp_path, tokens=128 * 30)
     short = replace(job.dictionaries[1], tokens=128 * 12)  # a smaller budget, same job

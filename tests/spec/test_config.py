@@ -283,7 +283,8 @@ def test_a_model_without_chat_template_is_refused_before_any_job(tiny_models, tm
 
 def test_transcoder_groups_are_planned_and_nonsense_is_refused():
     """kind: transcoder reads layer L's mlp_in and predicts its mlp; skip: affine
-    makes skip-transcoders; each kind trains in its own job beside the MLP's SAEs,
+    makes skip-transcoders; both kinds train in one job (they read the same sites)
+    beside the MLP's SAEs,
     the cache holds both sites once, and releases hold SAEs only (issue 16)."""
     import copy
 
@@ -302,12 +303,11 @@ def test_transcoder_groups_are_planned_and_nonsense_is_refused():
     assert len(wf.suite) == 6 and wf.model_sites("tiny") == [(1, "mlp"), (1, "mlp_in")]
     assert [s.rsplit("/", 2)[1] for s in wf.site_summaries()] == [
         "mlp",
-        "skip_transcoder",
-        "transcoder",
+        "mlp_in_to_mlp",
     ]
-    job = make_jobs.train_job(wf.config, wf.suite, "tiny", 1, "transcoder")
+    job = make_jobs.train_job(wf.config, wf.suite, "tiny", 1, "mlp_in_to_mlp")
     assert (job.input_site, job.output_site) == ("layer_1.mlp_in", "layer_1.mlp")
-    assert {d.kind for d in job.dictionaries} == {"transcoder"}
+    assert {d.kind for d in job.dictionaries} == {"skip_transcoder", "transcoder"}
     assert list(wf.releases) == [
         "saesuite--saesuite-tiny-mlp",
         "saesuite--saesuite-tiny-transcoder",

@@ -59,25 +59,28 @@ def test_a_train_job_covers_one_site_and_travels_as_json(wf):
     assert jobs.TrainJob.from_dict(here.to_dict()) == here
 
 
-def test_a_layers_plain_and_skip_transcoders_checkpoint_apart(tmp_path):
-    """The two kinds read and write the same sites in two jobs, which may run at
-    once: each has its own checkpoint (they once shared layer_L.mlp_in.pt)."""
+def test_a_layers_plain_and_skip_transcoders_train_in_one_job(tmp_path):
+    """The two kinds read and write the same sites: one job trains both on the same
+    batches from one read of the cache, with one checkpoint, apart from the MLP's
+    SAE job (which reads another site)."""
     cfg = make_config("google/gemma-2-2b", output_root=str(tmp_path / "out"))
     base = {**cfg["suite"][0], "layers": [1], "sites": ["mlp"],
             "kind": "transcoder"}  # fmt: skip
-    cfg["suite"] = [base, {**base, "skip": "affine"}]
+    sae = {**base, "kind": "sae"}
+    cfg["suite"] = [sae, base, {**base, "skip": "affine"}]
     wf = Workflow(load_config(cfg))
     where = (
         paths.manifest(wf.scratch, "tiny"),
         paths.normalization(wf.scratch, "tiny"),
     )
-    ckpts = {
-        kind: jobs.TrainJob.from_dict(wf.train_params("tiny", 1, kind))
-        .located(*where)
-        .checkpoint
-        for kind in ("transcoder", "skip_transcoder")
-    }
-    assert ckpts == {k: f"{wf.scratch}/tiny/checkpoints/layer_1.{k}.pt" for k in ckpts}
+    assert wf.train_families("tiny") == [(1, "mlp"), (1, "mlp_in_to_mlp")]
+    job = jobs.TrainJob.from_dict(wf.train_params("tiny", 1, "mlp_in_to_mlp"))
+    assert {d.kind for d in job.dictionaries} == {"skip_transcoder", "transcoder"}
+    ckpt = job.located(*where).checkpoint
+    assert ckpt == f"{wf.scratch}/tiny/checkpoints/layer_1.mlp_in_to_mlp.pt"
+    sae_job = jobs.TrainJob.from_dict(wf.train_params("tiny", 1, "mlp"))
+    assert {d.kind for d in sae_job.dictionaries} == {"sae"}
+    assert sae_job.located(*where).checkpoint != ckpt
 
 
 def test_every_job_round_trips_through_json(wf):
@@ -198,7 +201,7 @@ def test_transcoders_start_from_their_own_encoder_scale_and_saes_jobs_stay(tmp_p
     tc = {**sae, "kind": "transcoder"}
     cfg["suite"] = [sae, tc, {**tc, "skip": "affine"}]
     cfg["transfer"] = {"finetune_share": 0.5}
-    kinds = ("mlp", "transcoder", "skip_transcoder")
+    kinds = ("mlp", "mlp_in_to_mlp")
 
     def scales(train: dict) -> tuple[dict, dict[str, float]]:
         wf = Workflow(load_config({**cfg, "train": train}))
@@ -209,20 +212,19 @@ def test_transcoders_start_from_their_own_encoder_scale_and_saes_jobs_stay(tmp_p
         got = {k: p["train"]["encoder_init_scale"] for k, p in params.items()}
         tuned = jobs.FinetuneJob.from_dict(wf.finetune_params("tiny-ft-tiny", 1))
         assert {
-            t.dictionaries[0].kind.replace("sae", "mlp"): t.train.encoder_init_scale
-            for t in tuned.trains
+            t.dictionaries[0].job: t.train.encoder_init_scale for t in tuned.trains
         } == got  # fmt: skip
         return params, got
 
     ours, got = scales({"recipe": "saesuite"})
-    assert got == {"mlp": 0.1, "transcoder": 1.0, "skip_transcoder": 1.0}
+    assert got == {"mlp": 0.1, "mlp_in_to_mlp": 1.0}
     plain, got = scales({"recipe": "saesuite", "transcoder_encoder_init_scale": None})
     assert got == dict.fromkeys(kinds, 0.1)
     assert plain["mlp"] == ours["mlp"]  # the SAE job is untouched by the key
     assert scales({"transcoder_encoder_init_scale": 0.5})[1] == {
-        "mlp": 1.0, "transcoder": 0.5, "skip_transcoder": 0.5}  # fmt: skip
+        "mlp": 1.0, "mlp_in_to_mlp": 0.5}  # fmt: skip
     # the trainer builds the transcoder with it: W_enc = 1.0·(unit rows)ᵀ
-    job = jobs.TrainJob.from_dict(ours["transcoder"])
+    job = jobs.TrainJob.from_dict(ours["mlp_in_to_mlp"])
     d = job.dictionaries[0]
     m = Member(d, 16, job.train, seed=0, device="cpu")
     torch.testing.assert_close(m.sae.W_enc.norm(dim=0), torch.ones(d.width))

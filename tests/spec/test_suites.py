@@ -29,12 +29,12 @@ EXPECTED = {
     # (L0 10, 50, 150), the L0-10 SAEs at 16k and 262k shared
     # SAEs: every layer × 3 sites × 2 widths (L0 10, 100) + 4 layers × 3 sites × 4
     # widths (L0 10, 50, 150), the L0-10 SAEs at 16k and 262k shared; transcoders the
-    # same with the MLP's one "site", plain and affine; a train job per site and per
-    # layer × kind of transcoder
+    # same with the MLP's one "site", plain and affine; a train job per site and one
+    # per layer for its plain and skip-transcoders together (they read the same sites)
     "gemma-scope-2-270m": (
         (18 * 3 * 2 + 4 * 3 * 2) + 2 * (18 * 2 + 4 * 2),
         (18 * 3 * 2 * 2 + 4 * 3 * 4 * 3 - 24) + 2 * (18 * 2 * 2 + 4 * 4 * 3 - 8),
-        18 * 3 + 18 * 2,
+        18 * 3 + 18,
     ),
     # every MLP layer at 2^14 × 6 λ, one train job per layer
     "gemma-2-2b-transcoders": (26, 26 * 6, 26),

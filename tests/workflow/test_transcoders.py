@@ -70,10 +70,11 @@ def tc_run(tiny_models, tmp_path_factory):
 
 
 def test_transcoders_train_and_evaluate_beside_the_mlps_saes(tc_run):
-    """Both MLP sites are extracted once; each layer × kind trains in its own job
-    from that cache; evaluation splices them in for the MLP beside the MLP's SAEs."""
+    """Both MLP sites are extracted once; each layer's plain and skip-transcoders
+    train in one job from that cache; evaluation splices them in for the MLP beside
+    the MLP's SAEs."""
     root, counts = tc_run
-    assert counts["train"] == 1 + 2 * N_LAYERS and counts["evaluate"] == N_LAYERS
+    assert counts["train"] == 1 + N_LAYERS and counts["evaluate"] == N_LAYERS
     assert counts["release"] == 2 and counts["dashboards"] == N_LAYERS
     manifest = read_json(root / "tiny" / "activations" / "manifest.json")
     tensors = set(manifest["chunks"][0]["tensors"])

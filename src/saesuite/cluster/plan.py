@@ -243,20 +243,19 @@ def gpu_memory(config: dict[str, Any]) -> tuple[list[str], list[str]]:
         return [], []
     jobs: dict[tuple[str, int, str], list[Dictionary]] = {}
     for s in expand_suite(config):
-        jobs.setdefault((s.model, s.layer, s.family), []).append(s)
+        jobs.setdefault((s.model, s.layer, s.job), []).append(s)
     found: dict[tuple, list[int]] = {}
     batch, pre = (
         config["train"]["batch_size"],
         n_prefixes(config["train"]["matryoshka_fractions"]),
     )
-    for (model, layer, site), specs in sorted(jobs.items()):
+    for (model, layer, _), specs in sorted(jobs.items()):
         shape = known_shape(config["models"][model]["source"])
         if shape is None:
             continue
         nproc = train_nproc(config, [s.width for s in specs])
         d_in = shape.site_width(specs[0].input_site.kind)
-        skip = specs[0].skip  # one kind per job
-        for width in sorted({s.width for s in specs}):
+        for site, width, skip in sorted({(s.family, s.width, s.skip) for s in specs}):
             if (
                 sae_gpu_bytes(batch, d_in, width, nproc, skip=skip, prefixes=pre)
                 > budget

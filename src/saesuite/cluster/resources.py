@@ -187,9 +187,9 @@ def finetune_estimate(
     d_sum = sum(known_site_width(config, target, x.kind) for x in sites)
     tokens = max(s.tokens for s in specs) * 5 // 4  # ~1/5 of chat tokens are masked
     acts = 2 * 4 * tokens * d_sum
-    train = 0  # the families train one after another
-    for family in {s.family for s in specs}:
-        group = [s for s in specs if s.family == family]
+    train = 0  # the train jobs run one after another
+    for job in {s.job for s in specs}:
+        group = [s for s in specs if s.job == job]
         d_in = known_site_width(config, target, group[0].input_site.kind)
         train = max(train, train_mem_mb(config, group, d_in))
     mem = model_mb(config, target) + int(1.5 * acts / 2**20) + train

@@ -41,13 +41,14 @@ from saesuite.data.logs import progress_interval
 from saesuite.data.models import load_model, load_tokenizer
 from saesuite.data.sites import capture
 from saesuite.data.tokens import load_tokens
-from saesuite.eval.evaluate import load_released
+from saesuite.eval.evaluate import load_released, trained_outlier_multiple
 from saesuite.eval.latents import (
     LatentStats,
     TopContexts,
     linear_histogram,
     logit_effects,
 )
+from saesuite.sae.outliers import norm_outliers
 from saesuite.spec.io import atomic_path, new_dir_beside, swap_in, versions, write_json
 from saesuite.spec.jobs import DashboardJob
 from saesuite.spec.sites import ARCHITECTURES, Site
@@ -153,6 +154,9 @@ def dashboard_layer(
         m.key: (m.dictionary.input_site, load_released(m.dir).to(device))
         for m in job.members
     }
+    # a dictionary trained without its input's outlier tokens shows none of them,
+    # as it shows no BOS (sae.outliers)
+    multiples = {m.key: trained_outlier_multiple(m.dir) for m in job.members}
     stats = {
         key: LatentStats(
             sae.W_enc.shape[1],
@@ -173,7 +177,11 @@ def dashboard_layer(
             acts = capture(model, b_ids.to(device), sites)
             with torch.no_grad():
                 for key, (site, sae) in saes.items():
-                    stats[key].update(sae.encode(acts[site]), b_ids, b_mask, lo)
+                    x = acts[site]
+                    keep = b_mask.to(x.device)
+                    if multiples[key]:
+                        keep = keep & ~norm_outliers(x, multiples[key], keep)
+                    stats[key].update(sae.encode(x), b_ids, keep.cpu(), lo)
             bar.update(len(b_ids))
     W_U = model.get_output_embeddings().weight.detach()
     used = sorted(set(ids.flatten().tolist()))

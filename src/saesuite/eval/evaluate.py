@@ -27,7 +27,7 @@ from saesuite.data.tokens import load_tokens
 from saesuite.eval.passes import Accumulator, evaluate
 from saesuite.sae.jumprelu import JumpReLUSAE
 from saesuite.spec import paths
-from saesuite.spec.io import atomic_path, versions, write_json
+from saesuite.spec.io import atomic_path, read_json, versions, write_json
 from saesuite.spec.jobs import EvalJob, EvalMember
 from saesuite.spec.metrics import health_warnings, scalar_metrics
 from saesuite.spec.sections import EvaluateConfig
@@ -38,6 +38,18 @@ log = logging.getLogger(__name__)
 def load_released(sae_dir: str | Path) -> JumpReLUSAE:
     """A trained SAE as released (folded: it takes raw activations)."""
     return JumpReLUSAE.from_release(load_file(str(paths.sae_file(sae_dir, "weights"))))
+
+
+def trained_outlier_multiple(sae_dir: str | Path) -> float | None:
+    """`train.max_norm_multiple` of a dictionary trained with its outlier tokens
+    dropped (its sae.json), which its evaluation and dashboards leave out in turn
+    (`sae.outliers`); None when it trained on every token (off, or clipped)."""
+    info = paths.sae_file(sae_dir, "info")
+    train = read_json(info).get("train", {}) if info.exists() else {}
+    multiple = train.get("max_norm_multiple")
+    return (
+        multiple if multiple and train.get("outlier_mode", "drop") == "drop" else None
+    )
 
 
 def released_shape(sae_dir: str | Path) -> tuple[int, int]:
@@ -109,6 +121,7 @@ def evaluate_layer(
     budget = job.group_bytes or device_sae_budget(model, ev, ctx, list(job.members))
     groups = fit_groups([released_bytes(s.dir) for s in job.members], budget)
     acc: dict[str, Accumulator] = {}
+    multiples = {m.key: trained_outlier_multiple(m.dir) for m in job.members}
     start = time.perf_counter()
     with tqdm(
         total=n_seq * len(groups),
@@ -136,12 +149,13 @@ def evaluate_layer(
                     loss_sequences=n_loss,
                     loss_batch_size=ev.loss_batch_size,
                     progress=bar.update,
+                    max_norm_multiple=multiples,
                 )
             )
             del saes
     elapsed = time.perf_counter() - start
     meta = {**(extra or {}), "data_path": str(data_path)}
-    summary = _write_members(job, acc, shapes, meta)
+    summary = _write_members(job, acc, shapes, meta, multiples)
     log.info(
         "%d SAEs in %d group(s) on %d sequences (%d with loss metrics) in %.1f s",
         len(job.members),
@@ -182,6 +196,7 @@ def _write_members(
     acc: dict[str, Accumulator],
     shapes: list[tuple[int, int]],
     meta: dict[str, Any],
+    multiples: dict[str, float | None],
 ) -> list[dict[str, Any]]:
     """Each member's frequencies and JSON; its line of the layer's summary."""
     summary = []
@@ -190,7 +205,11 @@ def _write_members(
         freq = acc[s.key].frequencies().float()
         with atomic_path(paths.frequencies(s.out)) as tmp:
             save_file({"frequency": freq}, str(tmp))
-        evaluation = {**job.evaluation(s), **meta}
+        evaluation = {
+            **job.evaluation(s),
+            **meta,
+            "max_norm_multiple": multiples[s.key],  # its outlier tokens left out
+        }
         write_json(
             s.out,
             {"identity": s.identity, "evaluation": evaluation, "metrics": metrics},

@@ -10,7 +10,12 @@ log10-frequency histogram), and reconstruction and delta loss by position.
 
 Masking: positions whose mask is False (BOS, EOS, pad, chat user prefix) keep their
 clean activation in every spliced pass and leave every mean; a next-token prediction
-counts only where both its input and its target position are unmasked.
+counts only where both its input and its target position are unmasked. A dictionary
+trained without its site's outlier tokens (`sae.outliers`: attention sinks) is
+evaluated without them the same way, per batch of sequences: they keep their clean
+activation in its spliced pass and leave its reconstruction metrics, which report how
+many there were and the FVU with them counted (`fvu_with_outliers`). Its loss tokens
+stay every SAE's: the predictions at and after a sink still see the splice elsewhere.
 
 Cost: the language-model head dominates small models (~3× the body of gemma-3-270m),
 so the loss metrics run on the first `loss_sequences` sequences and the
@@ -37,6 +42,7 @@ from saesuite.data.sites import (
     site_hooks,
 )
 from saesuite.sae.jumprelu import JumpReLUSAE
+from saesuite.sae.outliers import norm_outliers
 from saesuite.spec.metrics import DENSE_FREQUENCY
 from saesuite.spec.sites import Site
 from saesuite.spec.sizes import ENCODE_BYTES, KL_BLOCK
@@ -62,6 +68,10 @@ class Accumulator:
     clean: float = 0.0
     zero: float = 0.0
     kl: float = 0.0
+    o_n: int = 0  # outlier tokens: left out of the metrics above, counted here
+    o_err: float = 0.0
+    o_sq: float = 0.0
+    o_total: torch.Tensor = field(init=False)
     total: torch.Tensor = field(init=False)
     fired: torch.Tensor = field(init=False)
     pos_err: torch.Tensor = field(init=False)
@@ -71,6 +81,7 @@ class Accumulator:
 
     def __post_init__(self) -> None:
         self.total = torch.zeros(self.d_in, dtype=torch.float64)
+        self.o_total = torch.zeros(self.d_in, dtype=torch.float64)
         self.fired = torch.zeros(self.d_sae, dtype=torch.int64)
         self.pos_err = torch.zeros(self.ctx, dtype=torch.float64)
         self.pos_n = torch.zeros(self.ctx, dtype=torch.int64)
@@ -93,6 +104,17 @@ class Accumulator:
         self.pos_err.index_add_(0, pos, err_tok.cpu())
         self.pos_n.index_add_(0, pos, torch.ones_like(pos))
 
+    def add_outliers(
+        self, x: torch.Tensor, x_hat: torch.Tensor, o: torch.Tensor
+    ) -> None:
+        """Outlier tokens `o` (B, T): only their count and their part of the FVU
+        with them counted."""
+        xs, xh = x[o].double(), x_hat[o].double()
+        self.o_n += len(xs)
+        self.o_err += float((xs - xh).pow(2).sum())
+        self.o_sq += float(xs.pow(2).sum())
+        self.o_total += xs.sum(0).cpu()
+
     def add_loss(
         self,
         pred: torch.Tensor,
@@ -113,6 +135,12 @@ class Accumulator:
     def frequencies(self) -> torch.Tensor:
         """Share of evaluation tokens each latent fired on."""
         return self.fired.double() / max(self.n, 1)
+
+    def _fvu_with_outliers(self) -> float:
+        n = self.n + self.o_n
+        mean = (self.total + self.o_total) / n
+        var = self.sq + self.o_sq - n * float(mean.pow(2).sum())
+        return (self.err + self.o_err) / var
 
     def metrics(self) -> dict[str, Any]:
         if self.n == 0:
@@ -137,6 +165,8 @@ class Accumulator:
             },
             "mse_by_position": (self.pos_err / self.pos_n.clamp_min(1)).tolist(),
             "loss_tokens": self.n_pred,
+            "outlier_tokens": self.o_n,
+            "fvu_with_outliers": self._fvu_with_outliers(),
         }
         if self.n_pred == 0:
             return out
@@ -213,8 +243,10 @@ def _reconstruct(
     acc: Accumulator,
     encode_bytes: int,
     y: torch.Tensor | None = None,
+    o: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x̂ of a batch (B, T, d), its reconstruction metrics added to `acc`; for a
+    """x̂ of a batch (B, T, d), its reconstruction metrics on the tokens of mask `m`
+    added to `acc`, and those of outlier tokens `o` (B, T) apart; for a
     transcoder, its prediction ŷ of the target batch `y` from x. Encoded a few
     sequences at a time: (rows, T, width) pre-activations, mask and latents of a
     2^20-latent SAE take 12 GB per 1,024 tokens."""
@@ -227,11 +259,26 @@ def _reconstruct(
             f = sae.encode(xi)
             x_hat = sae.decode(f, xi).to(y.dtype)
             acc.add_reconstruction(y[i : i + rows], x_hat, f, m[i : i + rows])
+            if o is not None:
+                acc.add_outliers(y[i : i + rows], x_hat, o[i : i + rows])
             parts.append(x_hat)
     return torch.cat(parts)
 
 
 Entry = tuple[Site, JumpReLUSAE] | tuple[Site, Site, JumpReLUSAE]
+
+
+def outlier_split(
+    m: torch.Tensor, x: torch.Tensor, y: torch.Tensor, multiple: float | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the tokens a dictionary is scored and spliced on, its outlier tokens) of a
+    batch with mask `m`: where its input `x` or its target `y` is an outlier
+    (`sae.outliers.norm_outliers`), as training left them out; `multiple` None:
+    (m, None)."""
+    if not multiple:
+        return m, None
+    o = norm_outliers(x, multiple, m) | norm_outliers(y, multiple, m)
+    return m & ~o, o
 
 
 def _entry(e: Entry) -> tuple[Site, Site, JumpReLUSAE]:
@@ -251,6 +298,7 @@ def evaluate(
     progress: Any = None,
     resume: bool = True,
     encode_bytes: int = ENCODE_BYTES,
+    max_norm_multiple: dict[str, float | None] | None = None,
 ) -> dict[str, Accumulator]:
     """Accumulated metrics of every SAE in `saes` ({key: (site, released SAE on raw
     input)}, or for a transcoder {key: (input site, output site, released
@@ -259,7 +307,8 @@ def evaluate(
     `loss_sequences` (None = all). `progress(n)` is told of every
     finished batch of n sequences. `resume=False` recomputes the layers before
     each site in its spliced passes (for benchmarks). `encode_bytes` bounds the
-    work tensors of encoding (`_reconstruct`).
+    work tensors of encoding (`_reconstruct`). `max_norm_multiple` ({key:
+    multiple}) leaves a dictionary's outlier tokens out as BOS is (`outlier_split`).
 
     Longer than 80 lines on purpose: per batch the clean pass, each site's
     zero-ablation and each dictionary's spliced pass share the kept layer outputs and
@@ -270,6 +319,7 @@ def evaluate(
     sites = sorted({s for i, o, _ in entries.values() for s in (i, o)})
     spliced_at = sorted({o for _, o, _ in entries.values()})
     acc = {k: Accumulator(s.d_out, s.d_sae, ctx) for k, (_, _, s) in entries.items()}
+    multiple = max_norm_multiple or {}
     device = next(model.parameters()).device
     resume_layers = sorted({s.layer - 1 for s in spliced_at if s.layer > 0 and resume})
 
@@ -293,9 +343,9 @@ def evaluate(
         # The clean distribution p and Σ p log p, kept for every SAE's KL.
         p, neg_entropy = clean.as_reference()
 
-        def masked(new: torch.Tensor):
+        def masked(new: torch.Tensor, where: torch.Tensor = m):
             def replace(_s: Site, act: torch.Tensor) -> torch.Tensor:
-                return torch.where(m[..., None], new.to(act.dtype), act)
+                return torch.where(where[..., None], new.to(act.dtype), act)
 
             return replace
 
@@ -313,11 +363,13 @@ def evaluate(
             for site in spliced_at
         }
         for key, (site_in, site, sae) in entries.items():
-            x_hat = _reconstruct(
-                sae, captured[site_in], m, acc[key], encode_bytes, captured[site]
-            )
+            x, y = captured[site_in], captured[site]
+            m_e, o = outlier_split(m, x, y, multiple.get(key))
+            x_hat = _reconstruct(sae, x, m_e, acc[key], encode_bytes, y, o)
             spliced = NextToken(
-                logits_from(model, x_ids, [site], masked(x_hat), after(site, kept)),
+                logits_from(
+                    model, x_ids, [site], masked(x_hat, m_e), after(site, kept)
+                ),
                 x_ids,
             )
             kl = spliced.kl_from(p, neg_entropy)
@@ -331,9 +383,9 @@ def evaluate(
         m = mask[b0 : b0 + batch_size].to(device)
         captured = capture(model, x_ids, sites)
         for key, (site_in, site, sae) in entries.items():
-            _reconstruct(
-                sae, captured[site_in], m, acc[key], encode_bytes, captured[site]
-            )
+            x, y = captured[site_in], captured[site]
+            m_e, o = outlier_split(m, x, y, multiple.get(key))
+            _reconstruct(sae, x, m_e, acc[key], encode_bytes, y, o)
         if progress:
             progress(len(x_ids))
     return acc

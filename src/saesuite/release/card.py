@@ -315,6 +315,23 @@ def _training(meta: dict[str, Any]) -> list[str]:
         yaml.safe_dump({"train": meta["train"]}, sort_keys=True).strip(),
         "```",
         "",
+        *_outliers(meta["train"]),
+    ]
+
+
+def _outliers(train: dict[str, Any]) -> list[str]:
+    """What a dictionary trained without its outlier tokens asks of its user."""
+    multiple = train.get("max_norm_multiple")
+    if not multiple or train.get("outlier_mode", "drop") != "drop":
+        return []
+    return [
+        f"Tokens whose activation norm exceeds {_fmt(multiple)}× the median of their "
+        "batch (attention sinks, about 2 in 10,000 besides BOS) were left out of "
+        "training and of the evaluation above, as BOS is: apply these dictionaries "
+        "with the original activation kept at such tokens. Each evaluation JSON "
+        "gives their count (`outlier_tokens`) and the FVU with them counted "
+        "(`fvu_with_outliers`).",
+        "",
     ]
 
 

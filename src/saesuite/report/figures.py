@@ -40,7 +40,12 @@ from saesuite.report.dashboards import dashboards_table
 from saesuite.spec import paths
 from saesuite.spec.dictionary import FAMILY_TITLES
 from saesuite.spec.io import atomic_path, read_json
-from saesuite.spec.metrics import health_warnings, nearest_l0
+from saesuite.spec.metrics import (
+    SPIKE_FACTOR,
+    fvu_spike,
+    health_warnings,
+    nearest_l0,
+)
 from saesuite.spec.releases import width_label
 from saesuite.spec.sparsity import sparsity_label
 
@@ -294,12 +299,19 @@ def health_frame(
     """Training health per SAE (issue 19): FVU on the first and last training
     batches, dead and dense latents at the end of training (logged) and on the
     held-out split, loss recovered, the held-out L0 beside its target, and the
-    warnings of `health_warnings` (an L0 off its target by over 25 % among them)."""
+    warnings of `health_warnings` (an L0 off its target by over 25 % among them)
+    and a spike of its training FVU (`fvu_spike`)."""
     rows = []
     for _, r in df.iterrows():
         lines = train_log(r["path"])  # not `log`: the module's logger
         first, last = lines[0], lines[-1]
         target = r["value"] if r["penalty"] == "target_l0" else None
+        spike = fvu_spike(lines)
+        spiked = (
+            [f"training FVU {spike[1]:.3g} at step {spike[0]}, over "
+             f"{SPIKE_FACTOR:g}× the best before it ({spike[2]:.3g})"]
+            if spike else []
+        )  # fmt: skip
         rows.append(
             {
                 "layer": r["layer"],
@@ -323,6 +335,7 @@ def health_frame(
                         r["l0"],
                         target,
                     )
+                    + spiked
                 ),
             }
         )

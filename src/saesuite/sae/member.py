@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from saesuite.sae.jumprelu import JumpReLUSAE, LossTerms, prefix_ends
+from saesuite.sae.outliers import drop_outliers
 from saesuite.sae.shard import (
     all_reduce_,
     clip_grad_norm_,
@@ -197,28 +198,6 @@ def _total(n: int, world: int, sharded: bool) -> int:
     t = torch.tensor([n], dtype=torch.int64)
     dist.all_reduce(t)
     return int(t)
-
-
-def drop_outliers(
-    x: torch.Tensor, target: torch.Tensor | None, multiple: float, mode: str = "drop"
-) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """The batch without its rows of norm above `multiple` × the batch's median (a
-    transcoder's rows go where its input's or its target's is), and how many there
-    were; `mode` "clip" keeps them, each such row scaled down to that norm."""
-    cap = multiple * x.norm(dim=1).median()
-    keep = x.norm(dim=1) <= cap
-    if target is not None:
-        t_cap = multiple * target.norm(dim=1).median()
-        keep &= target.norm(dim=1) <= t_cap
-    n = int((~keep).sum())
-    if n == 0:
-        return x, target, 0
-    if mode == "clip":
-        x = x * (cap / x.norm(dim=1, keepdim=True)).clamp(max=1.0)
-        if target is not None:
-            target = target * (t_cap / target.norm(dim=1, keepdim=True)).clamp(max=1.0)
-        return x, target, n
-    return x[keep], None if target is None else target[keep], n
 
 
 def train_step(

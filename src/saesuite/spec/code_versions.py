@@ -24,13 +24,21 @@ CODE_VERSIONS: dict[str, int] = {
     # 5: data-parallel logs its global FVU, outliers; 4: fused Adam; 3: Matryoshka,
     # pre-activation losses; 2: dense logged
     "train": 5,
-    "evaluate": 2,  # 2: one job per model run through × data × layer
+    # 3: a dictionary trained without its outlier tokens is evaluated without them;
+    # 2: one job per model run through × data × layer
+    "evaluate": 3,
     "eval_table": 2,  # 2: the model's own SAEs from the shared jobs
     "transfer_rollouts": 2,  # 2: rollouts.json's n_prompts beside its prompts
     "finetune": 2,  # 2: fused Adam
     "transfer_table": 2,  # 2: the check's rows from the shared jobs
-    "dashboards": 2,  # 2: each latent's histogram over its own range
-    "release": 2,  # 2: circuit-tracer set configs, transcoders in the card and plot
+    # 3: without the outlier tokens a dictionary trained without; 2: each latent's
+    # histogram over its own range
+    "dashboards": 3,
+    # 3: the card says how to apply dictionaries trained without their outlier
+    # tokens; 2: circuit-tracer set configs, transcoders in the card and plot
+    "release": 3,
     "publish": 1,
-    "report_figures": 6,  # 6: held-out L0 by target; 5: own SAEs from the shared jobs
+    # 7: training FVU spikes flagged; 6: held-out L0 by target; 5: own SAEs from the
+    # shared jobs
+    "report_figures": 7,
 }

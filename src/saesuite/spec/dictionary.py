@@ -72,13 +72,27 @@ KINDS: dict[str, Kind] = {
 }
 
 
-# What one train job covers at one layer (Dictionary.family), as the report names
-# it: a site's SAEs, or a paired kind (its folder under saes/layer_L/ and the rules'
-# `kind` wildcard).
+# A family of dictionaries at one layer (Dictionary.family), as the report names it:
+# a site's SAEs, or a paired kind (its folder under saes/layer_L/).
 FAMILY_TITLES = {
     **SITE_NAMES,
     **{k.name: k.title for k in KINDS.values() if k.reads is not None},
 }
+
+
+def paired_job(reads: list[str], writes: list[str]) -> str:
+    """The train job (Dictionary.job) of the paired dictionaries that read and write
+    these site kinds at one layer: "mlp_in_to_mlp"."""
+    return "_to_".join("+".join(sites) for sites in (reads, writes))
+
+
+# Every train job's name at a layer (the rules' `kind` wildcard): a site's SAEs, or
+# the paired kinds reading and writing the same sites.
+TRAIN_JOBS = dict(SITE_NAMES)
+for _k in KINDS.values():
+    if _k.reads is not None and _k.writes is not None:
+        _job = paired_job([_k.reads], [_k.writes])
+        TRAIN_JOBS[_job] = " and ".join(filter(None, [TRAIN_JOBS.get(_job), _k.name]))
 
 
 @dataclass(frozen=True)
@@ -178,9 +192,20 @@ class Dictionary:
 
     @property
     def family(self) -> str:
-        """What its train job covers at its layer, and its folder there: an SAE's
-        site, or the kind of a paired dictionary."""
+        """Its folder at its layer and its rows' `site` in the tables: an SAE's site,
+        or the kind of a paired dictionary (its train job: `job`)."""
         return self.kind if self.paired else self.site
+
+    @property
+    def job(self) -> str:
+        """What its train job covers at its layer, and the rules' `kind` wildcard:
+        every dictionary that reads and writes its sites, trained on the same
+        batches from one read of the cache. An SAE's site; for a paired dictionary
+        the sites it reads and writes ("mlp_in_to_mlp": a layer's plain and
+        skip-transcoders together)."""
+        if not self.paired:
+            return self.site
+        return paired_job([s.kind for s in self.reads], [s.kind for s in self.writes])
 
     @property
     def penalty(self) -> str:

@@ -113,11 +113,11 @@ class TrainJob(_Json):
 
     @property
     def name(self) -> str:
-        """layer_L.{family}: the input site for SAEs, layer_L.{kind} for paired
-        dictionaries (a layer's plain and skip-transcoders read and write the same
-        sites but are two jobs, which must not share a checkpoint)."""
+        """layer_L.{job} (Dictionary.job): the input site for SAEs, the sites read
+        and written for paired dictionaries (a layer's plain and skip-transcoders,
+        one job)."""
         d = self.dictionaries[0]
-        return f"layer_{d.layer}.{d.kind}" if d.paired else self.input_site
+        return f"layer_{d.layer}.{d.job}" if d.paired else self.input_site
 
     def out_dir(self, d: Dictionary) -> str:
         """Where dictionary `d` of this job writes its folder."""

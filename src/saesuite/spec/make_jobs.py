@@ -49,16 +49,16 @@ def train_job(
     suite: list[Dictionary],
     model: str,
     layer: int,
-    family: str,
+    job: str,
 ) -> TrainJob:
-    """The train job of one site's SAEs, or of one layer's paired dictionaries of
-    one kind (`family`: Dictionary.family). Only what shapes the dictionaries goes
-    in."""
+    """The train job of one site's SAEs, or of one layer's paired dictionaries that
+    read and write the same sites (`job`: Dictionary.job). Only what shapes the
+    dictionaries goes in."""
     root = config["output_root"]
     scratch = config.get("scratch_root") or root
-    specs = [d for d in suite if (d.model, d.layer, d.family) == (model, layer, family)]
+    specs = [d for d in suite if (d.model, d.layer, d.job) == (model, layer, job)]
     if not specs:
-        raise ValueError(f"no dictionaries of {model} at layer {layer}, {family}")
+        raise ValueError(f"no dictionaries of {model} at layer {layer}, {job}")
     m = config["models"][model]
     return TrainJob(
         model=model,
@@ -87,8 +87,9 @@ def finetune_job(
 ) -> FinetuneJob:
     """The fine-tuning of `base`'s dictionaries at one layer (`finetuned`: every
     fine-tuned Dictionary, spec.checks.finetuned_specs) on `target` under `key`, one
-    train job per family. The train section's λ warm-up is dropped (the states are
-    sparse already) and b_dec kept (not re-initialised)."""
+    train job per Dictionary.job. The train section's λ warm-up is dropped (the
+    states are sparse already), b_dec kept (not re-initialised) and the lr scaled
+    by transfer.finetune_lr_scale."""
     root = config["output_root"]
     specs = [d for d in finetuned if d.model == key and d.layer == layer]
     if not specs:
@@ -96,7 +97,8 @@ def finetune_job(
     pt = {d.path: d for d in suite if d.model == base}
     m = config["models"][target]
     train = TrainConfig.from_dict(config["train"])
-    train = train.replace(lambda_warmup_steps=0, b_dec_init="zeros")
+    lr = train.lr * TransferConfig.from_dict(config["transfer"]).finetune_lr_scale
+    train = train.replace(lambda_warmup_steps=0, b_dec_init="zeros", lr=lr)
     identity = {
         "model": key,
         "base": base,
@@ -105,8 +107,8 @@ def finetune_job(
         "revision": m["revision"],
     }
     trains, inits = [], []
-    for family in sorted({d.family for d in specs}):
-        group = [d for d in specs if d.family == family]
+    for job in sorted({d.job for d in specs}):
+        group = [d for d in specs if d.job == job]
         trains.append(
             TrainJob(
                 model=key,

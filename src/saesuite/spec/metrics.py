@@ -25,6 +25,28 @@ def l0_off_target(l0: float | None, target: float | None) -> bool:
     return abs(l0 / target - 1) > L0_TARGET_TOLERANCE
 
 
+# A training FVU spike: after the first SPIKE_AFTER of the logged steps, a logged FVU
+# above SPIKE_FACTOR × the best logged so far
+SPIKE_AFTER, SPIKE_FACTOR = 0.2, 2.0
+
+
+def fvu_spike(log: Sequence[dict[str, Any]]) -> tuple[int, float, float] | None:
+    """The worst (step, FVU, best FVU before it) among the training log's lines
+    after the first SPIKE_AFTER of its steps whose FVU exceeds SPIKE_FACTOR × the best
+    before it; None without one."""
+    if not log:
+        return None
+    last = log[-1]["step"]
+    best, worst = float("inf"), None
+    for line in log:
+        fvu = line["fvu"]
+        if line["step"] >= SPIKE_AFTER * last and fvu > SPIKE_FACTOR * best:
+            if worst is None or fvu / best > worst[1] / worst[2]:
+                worst = (line["step"], fvu, best)
+        best = min(best, fvu)
+    return worst
+
+
 def health_warnings(
     width: int,
     dead: int | None,

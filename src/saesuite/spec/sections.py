@@ -149,6 +149,7 @@ class TransferConfig(_Section):
     prompts: str | None
     tokens: int
     finetune_share: float
+    finetune_lr_scale: float
     temperature: float
     batch_size: int
 

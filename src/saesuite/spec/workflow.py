@@ -67,11 +67,12 @@ class Workflow:
     # -- what one job covers ----------------------------------------------------
 
     def site_specs(self, model: str, layer: int, kind: str) -> list[Dictionary]:
-        """The dictionaries one train job trains (those reading that site)."""
+        """The dictionaries one train job trains (Dictionary.job `kind`: those
+        reading and writing the same sites)."""
         return [
             s
             for s in self.suite
-            if s.model == model and s.layer == layer and s.family == kind
+            if s.model == model and s.layer == layer and s.job == kind
         ]
 
     def layer_specs(self, model: str, layer: int) -> list[Dictionary]:
@@ -83,8 +84,8 @@ class Workflow:
         ]
 
     def train_families(self, model: str) -> list[tuple[int, str]]:
-        """(layer, family) of each train job of the model (Dictionary.family)."""
-        return sorted({(s.layer, s.family) for s in self.suite if s.model == model})
+        """(layer, job) of each train job of the model (Dictionary.job)."""
+        return sorted({(s.layer, s.job) for s in self.suite if s.model == model})
 
     def model_sites(self, model: str) -> list[tuple[int, str]]:
         """The sites the model's activation cache holds: what its dictionaries read
@@ -102,7 +103,7 @@ class Workflow:
 
     def site_summaries(self, model: str | None = None) -> list[str]:
         sites = {
-            (s.model, s.layer, s.family)
+            (s.model, s.layer, s.job)
             for s in self.suite
             if model is None or s.model == model
         }
@@ -112,7 +113,7 @@ class Workflow:
         """What writes the layer's dictionaries: train jobs, or a finetune job."""
         if model in self.tuned:
             return [paths.finetune_summary(self.root, model, layer)]
-        kinds = sorted({s.family for s in self.layer_specs(model, layer)})
+        kinds = sorted({s.job for s in self.layer_specs(model, layer)})
         return [paths.site_summary(self.root, model, layer, k) for k in kinds]
 
     def finetune_inputs(self, key: str, layer: int) -> dict[str, Any]:
