@@ -71,6 +71,15 @@ def const_sae(d: int, d_sae: int, b_dec: torch.Tensor) -> JumpReLUSAE:
     return sae
 
 
+def seeded_sae() -> JumpReLUSAE:
+    """A random 64 → 96 SAE at θ 0.05 (seed 0): some latents fire on every token."""
+    torch.manual_seed(0)
+    sae = JumpReLUSAE(64, 96, apply_b_dec_to_input=False).initialize()
+    with torch.no_grad():
+        sae.threshold_raw.fill_(0.05)
+    return sae
+
+
 def test_identity_zero_and_mean_saes(setup):
     model, ids, mask = setup
     site = Site(1, "res")
@@ -102,10 +111,7 @@ def test_identity_zero_and_mean_saes(setup):
 def test_spliced_loss_and_kl_match_a_direct_computation(setup):
     model, ids, mask = setup
     site = Site(2, "mlp")
-    torch.manual_seed(0)
-    sae = JumpReLUSAE(64, 96, apply_b_dec_to_input=False).initialize()
-    with torch.no_grad():
-        sae.threshold_raw.fill_(0.05)
+    sae = seeded_sae()
     out = evaluate(model, ids, mask, {"s": (site, sae)}, batch_size=3)["s"]
     ids_l = ids.long()
     with torch.no_grad():
@@ -143,10 +149,7 @@ def test_outlier_tokens_keep_their_clean_activation_and_leave_the_metrics(setup)
     batch's median norm."""
     model, ids, mask = setup
     site = Site(1, "res")
-    torch.manual_seed(0)
-    sae = JumpReLUSAE(64, 96, apply_b_dec_to_input=False).initialize()
-    with torch.no_grad():
-        sae.threshold_raw.fill_(0.05)
+    sae = seeded_sae()
     ids_l = ids.long()
     acts = capture(model, ids_l, [site])[site]
     norms = acts.norm(dim=-1)
