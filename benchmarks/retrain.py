@@ -38,10 +38,12 @@ import yaml
 
 from saesuite.spec import jobs, make_jobs, paths
 from saesuite.spec.config import REPO_ROOT, load_config, parse_settings
+from saesuite.spec.metrics import fvu_spike
 from saesuite.spec.suite import cache_root
 from saesuite.spec.workflow import Workflow
 
 COLS = ("l0", "fvu", "dead", "dense_latents")
+SPIKE = "worst spike"  # training log's worst FVU / best before it (spec.metrics)
 SINKS = ("cache fvu", "cache fvu w/o sinks")  # on one cache chunk (`sink_fvus`)
 
 
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from saesuite.data.models import load_model
     from saesuite.data.tokens import load_tokens
-    from saesuite.eval.evaluate import load_released
+    from saesuite.eval.evaluate import load_released, trained_outlier_multiple
     from saesuite.eval.passes import evaluate
     from saesuite.sae.train import train_site
 
@@ -167,21 +169,30 @@ def main(argv: list[str] | None = None) -> None:
             d.path: (d.input_site, d.output_site, load_released(job.out_dir(d)))
             for d in job.dictionaries
         }
-        acc = evaluate(model, ids, mask, saes, batch_size=8, loss_sequences=0)
+        multiple = {p: trained_outlier_multiple(job.out_dir(d))
+                    for d in job.dictionaries for p in [d.path]}  # fmt: skip
+        acc = evaluate(model, ids, mask, saes, batch_size=8, loss_sequences=0,
+                       max_norm_multiple=multiple)  # fmt: skip  # as the run's
         for d in job.dictionaries:
             m = acc[d.path].metrics()
+            text = paths.sae_file(job.out_dir(d), "log").read_text()
+            log = [json.loads(line) for line in text.splitlines()]
+            spike = fvu_spike(log)
+            m[SPIKE] = "none" if spike is None else (
+                f"{spike[1] / spike[2]:.1f}x at {spike[0]}")  # fmt: skip
             fvus = sink_fvus(job, d, saes[d.path][2], args.sink_multiple)
             m |= dict(zip(SINKS, fvus, strict=True))
             rows.append((name, d.path, m, secs))
-            print(name, d.path, {k: m[k] for k in COLS + SINKS}, flush=True)
+            print(name, d.path, {k: m[k] for k in COLS + SINKS + (SPIKE,)}, flush=True)
     print(f"\n{platform.node()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {key}, layer {args.layer} {args.kind}, "
           f"{len(ids) * ids.shape[1]:,} held-out tokens; under {root}\n")  # fmt: skip
-    print("| try | dictionary | " + " | ".join(COLS + SINKS) + " | train s |")
-    print("|---|---|" + "---:|" * (len(COLS + SINKS) + 1))
+    cols = COLS + SINKS + (SPIKE,)
+    print("| try | dictionary | " + " | ".join(cols) + " | train s |")
+    print("|---|---|" + "---:|" * (len(cols) + 1))
     for name, path, m, secs in rows:
         vals = [f"{m[k]:.3f}" if isinstance(m[k], float) else str(m[k])
-                for k in COLS + SINKS]  # fmt: skip
+                for k in cols]  # fmt: skip
         print(f"| {name} | {path} | " + " | ".join(vals) + f" | {secs:.0f} |")
 
 
