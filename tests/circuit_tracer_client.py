@@ -4,6 +4,10 @@ an attribution graph for the token ids given, and write what the test compares
 with saesuite's own computations: the graph's logits and token vectors, each
 layer's transcoder prediction on the activations given, the graph's sizes.
 
+A CLT folder (saesuite.release.clt_layout, either layout) is named clt:FOLDER;
+its prediction of every layer's MLP output at once is written as "clt" (n_layers,
+n_pos, d_model).
+
 usage: circuit_tracer_client.py INPUTS.safetensors OUT_DIR MODEL_DIR RELEASE:SET ..."""
 
 from __future__ import annotations
@@ -17,7 +21,12 @@ import torch
 from circuit_tracer import attribute
 from safetensors.torch import load_file, save_file
 
-from saesuite.release.circuit_tracer import replacement_model, transcoder_set
+from saesuite.release.circuit_tracer import (
+    cross_layer_transcoder,
+    gemma_scope_2_clt,
+    replacement_model,
+    transcoder_set,
+)
 
 
 def main(inputs: str, out_dir: str, model_dir: str, *sets: str) -> None:
@@ -26,6 +35,8 @@ def main(inputs: str, out_dir: str, model_dir: str, *sets: str) -> None:
     out = Path(out_dir)
     for n, spec in enumerate(sets):
         release, name = spec.rsplit(":", 1)
+        if release == "clt":
+            release, name = name, None
         start = time.perf_counter()
         model = replacement_model(release, name, model_dir=model_dir)
         graph = attribute(ids, model, max_n_logits=3, batch_size=64)
@@ -37,11 +48,19 @@ def main(inputs: str, out_dir: str, model_dir: str, *sets: str) -> None:
             "adjacency": graph.adjacency_matrix.float(),
         }
         # the set the replacement model holds, read again outside nnsight's wrapper
-        transcoders = transcoder_set(release, name)
-        with torch.no_grad():
-            for layer in range(model.cfg.n_layers):
-                x = given[f"layer_{layer}.mlp_in"]
-                tensors[f"layer_{layer}"] = transcoders[layer](x).float()
+        n_layers = model.cfg.n_layers
+        xs = [given[f"layer_{layer}.mlp_in"] for layer in range(n_layers)]
+        if name is None:
+            gs2 = list(Path(release).glob("params_layer_*.safetensors"))
+            read = gemma_scope_2_clt if gs2 else cross_layer_transcoder
+            transcoders = read(release)
+            with torch.no_grad():
+                tensors["clt"] = transcoders(torch.stack(xs)).float()
+        else:
+            transcoders = transcoder_set(release, name)
+            with torch.no_grad():
+                for layer, x in enumerate(xs):
+                    tensors[f"layer_{layer}"] = transcoders[layer](x).float()
         save_file(
             {k: v.contiguous() for k, v in tensors.items()},
             str(out / f"{n}.safetensors"),
@@ -49,7 +68,7 @@ def main(inputs: str, out_dir: str, model_dir: str, *sets: str) -> None:
         (out / f"{n}.json").write_text(
             json.dumps(
                 {
-                    "set": name,
+                    "set": name or release,
                     "skip": bool(transcoders.skip_connection),
                     "n_features": len(graph.selected_features),
                     "n_layers": model.cfg.n_layers,

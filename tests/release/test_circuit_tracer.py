@@ -116,3 +116,60 @@ def test_circuit_tracer_predicts_each_layer_as_saesuite_does(graphs):
                 want = load_released(e.sae_dir)(inputs[f"layer_{layer}.mlp_in"])
             torch.testing.assert_close(tensors[f"layer_{layer}"], want,
                                        rtol=1e-4, atol=1e-4)  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", ["circuit-tracer", "gemma-scope-2"])
+def test_circuit_tracer_reads_a_cross_layer_transcoder_as_saesuite_computes_it(
+    layout, tmp_path
+):
+    """A CLT over all 18 layers (random, thresholds at each latent's 99th percentile
+    on real activations, trained-unit scalars folded) written in circuit-tracer's CLT
+    format or Gemma Scope 2's is read by circuit-tracer's own `load_clt` or
+    `load_gemma_scope_2_clt` in its environment (every layer: 18, not the 17 its
+    loader would read unaided): its
+    prediction of every layer's MLP output equals saesuite's on the embedded model's
+    activations, and its attribution graph through the model agrees with the model
+    (logits, token vectors, one node per active feature)."""
+    from saesuite.release.clt_layout import (
+        write_circuit_tracer_clt,
+        write_gemma_scope_2_clt,
+    )
+    from saesuite.sae.clt import CrossLayerTranscoder
+
+    src = resolve_source(EMBEDDED, tmp_path / "cache")
+    model_dir = converted_dir(src.location, tmp_path / "cache", src.digest)
+    model = load_model(EMBEDDED, tmp_path / "cache")
+    tok = load_tokenizer(EMBEDDED, tmp_path / "cache")
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    sites = [Site(L, "mlp_in") for L in range(N_LAYERS)]
+    calib = tok(["Trains, music and the history of mathematics in Paris."],
+                return_tensors="pt").input_ids  # fmt: skip
+    x = torch.stack([a[0] for a in capture(model, calib, sites).values()], 1)
+    g = torch.Generator().manual_seed(0)
+    clt = CrossLayerTranscoder(N_LAYERS, D, 64).initialize(g)
+    scales_in = torch.linspace(1.0, 30.0, N_LAYERS).tolist()
+    scales_out = torch.linspace(0.5, 8.0, N_LAYERS).tolist()
+    with torch.no_grad():
+        clt.b_dec.normal_(0, 0.1, generator=g)
+        pre = clt.pre_acts(x / torch.tensor(scales_in)[:, None])  # trained units
+        clt.threshold_raw.copy_(pre.quantile(0.99, dim=0).clamp(min=1e-3))
+    clt.fold_normalization(scales_in, scales_out)
+    folder = tmp_path / "clt"
+    if layout == "circuit-tracer":
+        write_circuit_tracer_clt(clt, folder, repo_id="someone/clt", scan="someone/clt")
+    else:
+        write_gemma_scope_2_clt(clt, folder)
+    acts = capture(model, ids, sites)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0]
+        embedded = model.get_input_embeddings()(ids)[0]
+        xs = torch.stack([acts[s][0] for s in sites], 1)  # (n_pos, L, d)
+        want = clt(xs).transpose(0, 1)  # (L, n_pos, d)
+    assert (clt.encode(xs) > 0).any(), "no latent fires: the check would be vacuous"
+    inputs = {"input_ids": ids[0], **{s.name: acts[s][0] for s in sites}}
+    results = run_circuit_tracer(tmp_path / "client", model_dir, inputs,
+                                 [f"clt:{folder}"])  # fmt: skip
+    check_attribution(results, inputs["input_ids"], logits, embedded)
+    ((info, tensors),) = results
+    assert info["skip"] is False and info["n_layers"] == N_LAYERS
+    torch.testing.assert_close(tensors["clt"], want, rtol=1e-4, atol=1e-4)

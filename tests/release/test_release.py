@@ -349,3 +349,47 @@ def test_the_card_tells_how_to_apply_a_dictionary_trained_without_its_sinks():
     assert "exceeds 5× the median" in text and "outlier_tokens" in text
     assert _outliers({"max_norm_multiple": 5, "outlier_mode": "clip"}) == []
     assert _outliers({"max_norm_multiple": None, "outlier_mode": "drop"}) == []
+
+
+def test_saelens_reads_a_gemma_scope_2_clt_layer_as_its_transcoder(
+    tmp_path, monkeypatch
+):
+    """SAELens's own Gemma Scope 2 loader (`gemma_3`) reads one layer of a CLT in
+    Gemma Scope 2's layout as a transcoder at that layer's MLP input: its latents are
+    the CLT's layer-i latents, its decoder the sum of that layer's blocks over every
+    output layer (SAELens's reading, for latent activations), both computed here from
+    the CLT's tensors."""
+    client("sae_lens")
+    from sae_lens import SAE
+    from sae_lens.loading.pretrained_sae_loaders import gemma_3_sae_huggingface_loader
+
+    from saesuite.release.clt_layout import write_gemma_scope_2_clt
+    from saesuite.sae.clt import CrossLayerTranscoder
+
+    L, d, w = 4, 16, 32
+    g = torch.Generator().manual_seed(5)
+    clt = CrossLayerTranscoder(L, d, w).initialize(g)
+    with torch.no_grad():
+        clt.b_enc.normal_(0, 0.1, generator=g)
+        clt.b_dec.normal_(0, 0.5, generator=g)
+        clt.threshold_raw.uniform_(0.05, 0.3, generator=g)
+    repo = "someone/gemma-scope-2-270m-pt"
+    out = tmp_path / "release"
+    write_gemma_scope_2_clt(clt, out / "clt" / "width_32_l0_20")
+    hub_cache(tmp_path, repo, out, monkeypatch)
+    x = torch.randn(64, d, generator=g)
+    for i in range(L):
+        folder = f"clt/width_32_l0_20/params_layer_{i}"
+        sae = SAE.from_pretrained(release=repo, sae_id=folder,
+                                  converter=gemma_3_sae_huggingface_loader)  # fmt: skip
+        assert sae.cfg.metadata.hook_name == f"blocks.{i}.hook_mlp_in"
+        pre = x @ clt.W_enc[i].detach() + clt.b_enc[i].detach()
+        f = pre * (pre > clt.threshold[i].detach())
+        summed = clt.W_dec[i].detach().view(w, L - i, d).sum(1)
+        with torch.no_grad():
+            theirs = sae.encode(x)
+            torch.testing.assert_close(theirs, f, rtol=1e-5, atol=1e-5)
+            assert (f != 0).any() and (f == 0).any()
+            torch.testing.assert_close(sae.decode(theirs),
+                                       f @ summed + clt.b_dec[i].detach(),
+                                       rtol=1e-5, atol=1e-5)  # fmt: skip

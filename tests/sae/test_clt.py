@@ -5,6 +5,8 @@ its own target."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -108,3 +110,25 @@ def test_a_few_steps_learn_a_planted_cross_layer_map():
         out.loss.backward()
         opt.step()
     assert float(out.reconstruction.sum()) < 0.5 * first
+
+
+def test_folding_the_scalars_gives_the_trained_map_on_raw_activations():
+    """fold_normalization: the folded CLT on raw x_i equals d_j × the trained CLT
+    on x_i / c_i, at every output layer, with each latent's firing unchanged."""
+    g = torch.Generator().manual_seed(3)
+    L, d, w = 3, 8, 16
+    clt = CrossLayerTranscoder(L, d, w).initialize(g)
+    with torch.no_grad():
+        clt.b_enc.normal_(0, 0.1, generator=g)
+        clt.b_dec.normal_(0, 0.5, generator=g)
+        clt.threshold_raw.uniform_(0.01, 0.2, generator=g)
+    c, dd = [2.0, 0.5, 7.0], [3.0, 0.25, 11.0]
+    x = torch.randn(32, L, d, generator=g) * torch.tensor(c)[:, None]
+    with torch.no_grad():
+        trained = clt(x / torch.tensor(c)[:, None]) * torch.tensor(dd)[:, None]
+        fires = clt.encode(x / torch.tensor(c)[:, None]) > 0
+        folded = copy.deepcopy(clt).fold_normalization(c, dd)
+        torch.testing.assert_close(folded(x), trained, rtol=1e-5, atol=1e-5)
+        assert torch.equal(folded.encode(x) > 0, fires) and fires.any()
+    with pytest.raises(ValueError, match="2 input and 3 output scales for 3 layers"):
+        clt.fold_normalization(c[:2], dd)

@@ -130,21 +130,92 @@ def client_model_dir(model_dir: str | Path) -> Path:
     return view
 
 
+def cross_layer_transcoder(
+    folder: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """circuit-tracer's CrossLayerTranscoder of a folder in its own CLT format
+    (saesuite.release.clt_layout), read by its own `load_clt` with the hooks its
+    config.yaml names."""
+    from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
+
+    folder = Path(folder)
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    if cfg.get("model_kind") != "cross_layer_transcoder":
+        raise ValueError(
+            f"{folder / 'config.yaml'}: model_kind {cfg.get('model_kind')!r}, "
+            "not 'cross_layer_transcoder'"
+        )
+    return load_clt(
+        str(folder),
+        feature_input_hook=cfg["feature_input_hook"],
+        feature_output_hook=cfg["feature_output_hook"],
+        scan=cfg["scan"],
+        device=torch.device(device),
+        dtype=dtype,
+        lazy_decoder=False,
+    )
+
+
+def gemma_scope_2_clt(
+    folder: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """circuit-tracer's CrossLayerTranscoder of a folder in Gemma Scope 2's CLT
+    layout (params_layer_<i>.safetensors), read by its own `load_gemma_scope_2_clt`
+    at the MLP's input and output, as its configs for Gemma Scope 2 set.
+
+    Its 0.5 loader reads layers range(max(paths)), one fewer than it is given, and
+    then fails on the decoders' shapes: the paths it gets carry one key past the last
+    layer (never read), so that it reads every layer."""
+    from circuit_tracer.transcoder.cross_layer_transcoder import (
+        load_gemma_scope_2_clt,
+    )
+
+    files = sorted(Path(folder).glob("params_layer_*.safetensors"))
+    paths = {int(f.stem.removeprefix("params_layer_")): str(f) for f in files}
+    if sorted(paths) != list(range(len(paths))) or not paths:
+        raise FileNotFoundError(
+            f"{folder}: want params_layer_0..N.safetensors, found "
+            f"{sorted(paths) or 'none'}"
+        )
+    paths[len(paths)] = paths[0]  # the key past the last layer; never read
+    return load_gemma_scope_2_clt(
+        paths,
+        feature_input_hook="mlp.hook_in",
+        feature_output_hook="hook_mlp_out",
+        device=torch.device(device),
+        dtype=dtype,
+    )
+
+
 def replacement_model(
     release: str | Path,
-    name: str,
+    name: str | None,
     *,
     model_dir: str | Path,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> Any:
     """circuit-tracer's replacement model of the local model at `model_dir` with the
-    release's transcoder set `name` (nnsight backend, token vectors scaled)."""
+    release's transcoder set `name` (nnsight backend, token vectors scaled); with
+    `name` None, `release` is a CLT folder, in Gemma Scope 2's layout
+    (`gemma_scope_2_clt`) or circuit-tracer's (`cross_layer_transcoder`)."""
     from circuit_tracer import ReplacementModel
 
+    if name is None and list(Path(release).glob("params_layer_*.safetensors")):
+        transcoders = gemma_scope_2_clt(release, device=device, dtype=dtype)
+    elif name is None:
+        transcoders = cross_layer_transcoder(release, device=device, dtype=dtype)
+    else:
+        transcoders = transcoder_set(release, name, device=device, dtype=dtype)
     model = ReplacementModel.from_pretrained_and_transcoders(
         str(client_model_dir(model_dir)),
-        transcoder_set(release, name, device=device, dtype=dtype),
+        transcoders,
         backend="nnsight",
         device=torch.device(device),
         dtype=dtype,

@@ -17,6 +17,7 @@ same sum as dense matmuls, the reference the tests hold the sparse one to.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -131,6 +132,31 @@ class CrossLayerTranscoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def fold_normalization(
+        self, in_scales: Sequence[float], out_scales: Sequence[float]
+    ) -> CrossLayerTranscoder:
+        """The same map on raw activations, for a CLT trained on x_i / c_i
+        (`in_scales`) against y_j / d_j (`out_scales`), each site's own scalar:
+        layer i's latents grow by c_i (W_enc,i unchanged, b_enc,i and θ_i × c_i), so
+        block i→j of its decoder takes d_j / c_i and b_dec,j takes d_j. In place;
+        returns self."""
+        L = self.n_layers
+        if len(in_scales) != L or len(out_scales) != L:
+            raise ValueError(
+                f"{len(in_scales)} input and {len(out_scales)} output scales for "
+                f"{L} layers"
+            )
+        c = torch.tensor(in_scales, dtype=self.b_enc.dtype)
+        d = torch.tensor(out_scales, dtype=self.b_enc.dtype)
+        self.b_enc.mul_(c[:, None])
+        self.threshold_raw.mul_(c[:, None])
+        for i, w in enumerate(self.W_dec):
+            blocks = w.view(self.width, L - i, self.d_out)
+            blocks.mul_((d[i:] / c[i])[None, :, None])
+        self.b_dec.mul_(d[:, None])
+        return self
 
     def training_loss(
         self,
