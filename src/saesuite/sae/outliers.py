@@ -34,17 +34,20 @@ def drop_outliers(
     """The batch without its rows of norm above `multiple` × the batch's median (a
     transcoder's rows go where its input's or its target's is), and how many there
     were; `mode` "clip" keeps them, each such row scaled down to that norm."""
-    cap = multiple * x.norm(dim=1).median()
-    keep = x.norm(dim=1) <= cap
+    out = norm_outliers(x, multiple)
     if target is not None:
-        t_cap = multiple * target.norm(dim=1).median()
-        keep &= target.norm(dim=1) <= t_cap
-    n = int((~keep).sum())
+        out |= norm_outliers(target, multiple)
+    n = int(out.sum())
     if n == 0:
         return x, target, 0
     if mode == "clip":
-        x = x * (cap / x.norm(dim=1, keepdim=True)).clamp(max=1.0)
-        if target is not None:
-            target = target * (t_cap / target.norm(dim=1, keepdim=True)).clamp(max=1.0)
-        return x, target, n
+        clipped = None if target is None else _clip(target, multiple)
+        return _clip(x, multiple), clipped, n
+    keep = ~out
     return x[keep], None if target is None else target[keep], n
+
+
+def _clip(x: torch.Tensor, multiple: float) -> torch.Tensor:
+    """x with each row's norm capped at `multiple` × the median row norm."""
+    norms = x.norm(dim=1, keepdim=True)
+    return x * (multiple * norms.median() / norms).clamp(max=1.0)
