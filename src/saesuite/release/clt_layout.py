@@ -21,9 +21,11 @@ hub` keys). The tensors are in raw units: fold the training scalars first
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 import yaml
 from safetensors.torch import save
 
@@ -40,6 +42,27 @@ CONFIG_FILE = "config.yaml"
 INPUT_HOOK, OUTPUT_HOOK = CIRCUIT_TRACER_HOOKS  # the MLP's input and output
 
 
+def _write_layers(
+    clt: CrossLayerTranscoder,
+    folder: str | Path,
+    files: Callable[[int, torch.Tensor], dict[str, dict[str, torch.Tensor]]],
+) -> list[Path]:
+    """Write each encoder layer i's `files(i, its decoder blocks (width, L − i,
+    d_out))` ({file name: tensors}) under `folder`, atomically; the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    L, w, d = clt.n_layers, clt.width, clt.d_out
+    written = []
+    for i in range(L):
+        blocks = clt.W_dec[i].detach().view(w, L - i, d)
+        for name, tensors in files(i, blocks).items():
+            path = folder / name
+            with atomic_open(path, "wb") as f:
+                f.write(save({k: v.contiguous() for k, v in tensors.items()}))
+            written.append(path)
+    return written
+
+
 def write_circuit_tracer_clt(
     clt: CrossLayerTranscoder,
     folder: str | Path,
@@ -51,23 +74,20 @@ def write_circuit_tracer_clt(
 ) -> list[Path]:
     """Write `clt` (raw units) under `folder` in circuit-tracer's CLT format; the
     files written, each atomically."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    L, w, d = clt.n_layers, clt.width, clt.d_out
-    written = []
-    for i in range(L):
+
+    def files(i: int, blocks: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
         enc = {
-            f"W_enc_{i}": clt.W_enc[i].detach().T.contiguous(),
-            f"b_enc_{i}": clt.b_enc[i].detach().contiguous(),
-            f"b_dec_{i}": clt.b_dec[i].detach().contiguous(),
-            f"threshold_{i}": clt.threshold[i].detach().contiguous(),
+            f"W_enc_{i}": clt.W_enc[i].detach().T,
+            f"b_enc_{i}": clt.b_enc[i].detach(),
+            f"b_dec_{i}": clt.b_dec[i].detach(),
+            f"threshold_{i}": clt.threshold[i].detach(),
         }
-        dec = {f"W_dec_{i}": clt.W_dec[i].detach().view(w, L - i, d).contiguous()}
-        for name, tensors in ((ENCODER_FILE, enc), (DECODER_FILE, dec)):
-            path = folder / name.format(i=i)
-            with atomic_open(path, "wb") as f:
-                f.write(save(tensors))
-            written.append(path)
+        return {
+            ENCODER_FILE.format(i=i): enc,
+            DECODER_FILE.format(i=i): {f"W_dec_{i}": blocks},
+        }
+
+    written = _write_layers(clt, folder, files)
     config = {
         "model_kind": "cross_layer_transcoder",
         "repo_id": repo_id,
@@ -75,11 +95,10 @@ def write_circuit_tracer_clt(
         "feature_input_hook": feature_input_hook,
         "feature_output_hook": feature_output_hook,
     }
-    path = folder / CONFIG_FILE
+    path = Path(folder) / CONFIG_FILE
     with atomic_open(path) as f:
         yaml.safe_dump(config, f, sort_keys=False)
-    written.append(path)
-    return written
+    return [*written, path]
 
 
 def write_gemma_scope_2_clt(
@@ -87,24 +106,19 @@ def write_gemma_scope_2_clt(
 ) -> list[Path]:
     """Write `clt` (raw units) under `folder` in Gemma Scope 2's CLT layout; the
     files written, each atomically."""
-    import torch
+    L = clt.n_layers
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    L, w, d = clt.n_layers, clt.width, clt.d_out
-    written = []
-    for i in range(L):
-        w_dec = torch.zeros(w, L, d, dtype=clt.b_dec.dtype)
-        w_dec[:, i:] = clt.W_dec[i].detach().view(w, L - i, d)
+    def files(i: int, blocks: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        w, _, d = blocks.shape
+        w_dec = torch.zeros(w, L, d, dtype=blocks.dtype)
+        w_dec[:, i:] = blocks  # the layers before i: zero
         tensors = {
-            "w_enc": clt.W_enc[i].detach().contiguous(),
-            "b_enc": clt.b_enc[i].detach().contiguous(),
-            "threshold": clt.threshold[i].detach().contiguous(),
-            "b_dec": clt.b_dec[i].detach().contiguous(),
+            "w_enc": clt.W_enc[i].detach(),
+            "b_enc": clt.b_enc[i].detach(),
+            "threshold": clt.threshold[i].detach(),
+            "b_dec": clt.b_dec[i].detach(),
             "w_dec": w_dec,
         }
-        path = folder / GEMMA_SCOPE_2_FILE.format(i=i)
-        with atomic_open(path, "wb") as f:
-            f.write(save(tensors))
-        written.append(path)
-    return written
+        return {GEMMA_SCOPE_2_FILE.format(i=i): tensors}
+
+    return _write_layers(clt, folder, files)
