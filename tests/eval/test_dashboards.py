@@ -191,3 +191,23 @@ def test_the_neuronpedia_export_loads_with_its_own_code(tmp_path):
     assert f.pos_str == [s for s, _ in r["pos"]] and f.frac_nonzero == r["freq"]
     with pytest.raises(TypeError):  # the dataclasses do reject unknown keys
         sd.NeuronpediaDashboardFeature(feature_index=1, bogus=2)
+
+
+def test_a_transcoders_dashboard_leaves_out_its_targets_outlier_tokens_too():
+    """shown_tokens: a dictionary trained without its outlier tokens shows neither
+    those of its input nor, a transcoder's, those of its target (each above the
+    multiple × the median norm of the batch's valid tokens), nor masked ones; one
+    trained on every token (multiple None) shows every valid token."""
+    from saesuite.eval.dashboards import shown_tokens
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[:, 0] = False  # BOS
+    x, y = torch.randn(2, 6, 4, generator=g), torch.randn(2, 6, 4, generator=g)
+    x[0, 0] *= 100  # masked: never an outlier, never shown
+    x[0, 3] *= 100  # an input-side sink
+    y[1, 2] *= 100  # a target-side sink, its input ordinary
+    want = mask.clone()
+    want[0, 3] = want[1, 2] = False
+    assert torch.equal(shown_tokens(mask, x, y, 5.0), want)
+    assert torch.equal(shown_tokens(mask, x, y, None), mask)

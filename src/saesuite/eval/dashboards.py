@@ -48,7 +48,7 @@ from saesuite.eval.latents import (
     linear_histogram,
     logit_effects,
 )
-from saesuite.sae.outliers import norm_outliers
+from saesuite.eval.passes import outlier_split
 from saesuite.spec.io import atomic_path, new_dir_beside, swap_in, versions, write_json
 from saesuite.spec.jobs import DashboardJob
 from saesuite.spec.sites import ARCHITECTURES, Site
@@ -133,6 +133,16 @@ def decoder_in_residual(model: torch.nn.Module, sae: Any, site: Site, arch: Any)
     return W_dec
 
 
+def shown_tokens(
+    mask: torch.Tensor, x: torch.Tensor, y: torch.Tensor, multiple: float | None
+) -> torch.Tensor:
+    """The tokens of a batch (`mask`, bool (B, T)) a dictionary's dashboard shows:
+    one trained without its outlier tokens (at its input `x` or, a transcoder's, its
+    target `y`; `multiple` its max_norm_multiple) shows none of them, as it shows no
+    BOS, by the rule of its evaluation (`eval.passes.outlier_split`)."""
+    return outlier_split(mask, x, y, multiple)[0]
+
+
 def dashboard_layer(
     job: DashboardJob,
     *,
@@ -154,8 +164,7 @@ def dashboard_layer(
         m.key: (m.dictionary.input_site, load_released(m.dir).to(device))
         for m in job.members
     }
-    # a dictionary trained without its input's outlier tokens shows none of them,
-    # as it shows no BOS (sae.outliers)
+    targets = {m.key: m.dictionary.output_site for m in job.members}
     multiples = {m.key: trained_outlier_multiple(m.dir) for m in job.members}
     stats = {
         key: LatentStats(
@@ -167,7 +176,7 @@ def dashboard_layer(
         )
         for key, (_, sae) in saes.items()
     }
-    sites = sorted({site for site, _ in saes.values()})
+    sites = sorted({site for site, _ in saes.values()} | set(targets.values()))
     batch = cfg.batch_size
     with tqdm(
         total=n_seq, unit="seq", desc="dashboards", mininterval=progress_interval()
@@ -178,9 +187,9 @@ def dashboard_layer(
             with torch.no_grad():
                 for key, (site, sae) in saes.items():
                     x = acts[site]
-                    keep = b_mask.to(x.device)
-                    if multiples[key]:
-                        keep = keep & ~norm_outliers(x, multiples[key], keep)
+                    keep = shown_tokens(
+                        b_mask.to(x.device), x, acts[targets[key]], multiples[key]
+                    )
                     stats[key].update(sae.encode(x), b_ids, keep.cpu(), lo)
             bar.update(len(b_ids))
     W_U = model.get_output_embeddings().weight.detach()

@@ -33,7 +33,7 @@ CODE_VERSIONS: dict[str, int] = {
     "transfer_table": 2,  # 2: the check's rows from the shared jobs
     # 3: without the outlier tokens a dictionary trained without; 2: each latent's
     # histogram over its own range
-    "dashboards": 3,
+    "dashboards": 4,
     # 3: the card says how to apply dictionaries trained without their outlier
     # tokens; 2: circuit-tracer set configs, transcoders in the card and plot
     "release": 3,
