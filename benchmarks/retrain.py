@@ -11,9 +11,11 @@ Uses the default run's activation cache and held-out tokens (`make run` first). 
 section and checked by the schema before anything trains. The job is the one the
 `train` rule gets (saesuite.spec.jobs.train_job), so training is bit for bit the
 run's at the same settings; its checkpoint and dictionaries go under --out. Printed
-per try and dictionary: held-out L0, FVU, dead and dense latents (no loss metrics,
-which need the 262k-token head: loss_tokens.py measures those) and the job's train
-seconds.
+per try and dictionary: held-out L0, FVU, dead and dense latents, taken as the run's
+evaluation takes them (a dictionary's outlier tokens left out; no loss metrics, which
+need the 262k-token head: loss_tokens.py measures those), the FVU on one cache chunk
+with and without its attention sinks, the worst spike of its training FVU
+(spec.metrics.fvu_spike) and the job's train seconds.
 
 `--finetune TOKENS` starts each try from the run's trained dictionaries instead, for
 TOKENS tokens, as the `finetune` rule starts (no λ warm-up, b_dec kept): the

@@ -21,12 +21,7 @@ import torch
 from circuit_tracer import attribute
 from safetensors.torch import load_file, save_file
 
-from saesuite.release.circuit_tracer import (
-    cross_layer_transcoder,
-    gemma_scope_2_clt,
-    replacement_model,
-    transcoder_set,
-)
+from saesuite.release.circuit_tracer import clt, replacement_model, transcoder_set
 
 
 def main(inputs: str, out_dir: str, model_dir: str, *sets: str) -> None:
@@ -51,9 +46,7 @@ def main(inputs: str, out_dir: str, model_dir: str, *sets: str) -> None:
         n_layers = model.cfg.n_layers
         xs = [given[f"layer_{layer}.mlp_in"] for layer in range(n_layers)]
         if name is None:
-            gs2 = list(Path(release).glob("params_layer_*.safetensors"))
-            read = gemma_scope_2_clt if gs2 else cross_layer_transcoder
-            transcoders = read(release)
+            transcoders = clt(release)
             with torch.no_grad():
                 tensors["clt"] = transcoders(torch.stack(xs)).float()
         else:

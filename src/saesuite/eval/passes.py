@@ -277,7 +277,9 @@ def outlier_split(
     (m, None)."""
     if not multiple:
         return m, None
-    o = norm_outliers(x, multiple, m) | norm_outliers(y, multiple, m)
+    o = norm_outliers(x, multiple, m)
+    if y is not x:  # a transcoder's target: an SAE's is its input
+        o |= norm_outliers(y, multiple, m)
     return m & ~o, o
 
 

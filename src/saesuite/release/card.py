@@ -326,7 +326,7 @@ def _outliers(train: dict[str, Any]) -> list[str]:
         return []
     return [
         f"Tokens whose activation norm exceeds {_fmt(multiple)}× the median of their "
-        "batch (attention sinks, about 2 in 10,000 besides BOS) were left out of "
+        "batch (attention sinks, rare tokens besides BOS) were left out of "
         "training and of the evaluation above, as BOS is: apply these dictionaries "
         "with the original activation kept at such tokens. Each evaluation JSON "
         "gives their count (`outlier_tokens`) and the FVU with them counted "

@@ -167,7 +167,8 @@ def gemma_scope_2_clt(
 ) -> Any:
     """circuit-tracer's CrossLayerTranscoder of a folder in Gemma Scope 2's CLT
     layout (params_layer_<i>.safetensors), read by its own `load_gemma_scope_2_clt`
-    at the MLP's input and output, as its configs for Gemma Scope 2 set.
+    at the MLP's input and output (where SAELens reads these folders; circuit-tracer's
+    own default input is hook_resid_mid: docs/loading.md).
 
     Its 0.5 loader reads layers range(max(paths)), one fewer than it is given, and
     then fails on the decoders' shapes: the paths it gets carry one key past the last
@@ -193,6 +194,20 @@ def gemma_scope_2_clt(
     )
 
 
+def clt(
+    folder: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """circuit-tracer's CrossLayerTranscoder of a CLT folder in either layout:
+    Gemma Scope 2's (`gemma_scope_2_clt`) or circuit-tracer's own
+    (`cross_layer_transcoder`)."""
+    gs2 = any(Path(folder).glob("params_layer_*.safetensors"))
+    read = gemma_scope_2_clt if gs2 else cross_layer_transcoder
+    return read(folder, device=device, dtype=dtype)
+
+
 def replacement_model(
     release: str | Path,
     name: str | None,
@@ -203,14 +218,11 @@ def replacement_model(
 ) -> Any:
     """circuit-tracer's replacement model of the local model at `model_dir` with the
     release's transcoder set `name` (nnsight backend, token vectors scaled); with
-    `name` None, `release` is a CLT folder, in Gemma Scope 2's layout
-    (`gemma_scope_2_clt`) or circuit-tracer's (`cross_layer_transcoder`)."""
+    `name` None, `release` is a CLT folder in either layout (`clt`)."""
     from circuit_tracer import ReplacementModel
 
-    if name is None and list(Path(release).glob("params_layer_*.safetensors")):
-        transcoders = gemma_scope_2_clt(release, device=device, dtype=dtype)
-    elif name is None:
-        transcoders = cross_layer_transcoder(release, device=device, dtype=dtype)
+    if name is None:
+        transcoders = clt(release, device=device, dtype=dtype)
     else:
         transcoders = transcoder_set(release, name, device=device, dtype=dtype)
     model = ReplacementModel.from_pretrained_and_transcoders(

@@ -36,7 +36,7 @@ CODE_VERSIONS: dict[str, int] = {
     "dashboards": 4,
     # 3: the card says how to apply dictionaries trained without their outlier
     # tokens; 2: circuit-tracer set configs, transcoders in the card and plot
-    "release": 3,
+    "release": 4,
     "publish": 1,
     # 7: training FVU spikes flagged; 6: held-out L0 by target; 5: own SAEs from the
     # shared jobs
