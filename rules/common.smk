@@ -49,6 +49,7 @@ wildcard_constraints:
     chunk=r"\d{5}",
     layer=r"\d+",
     kind=one_of(TRAIN_JOBS),
+    clt=one_of([d.path for d in WF.spanning]),
     data="text|chat",
     check=one_of(WF.checks),
     release=one_of(WF.releases),

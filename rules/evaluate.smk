@@ -43,3 +43,29 @@ rule eval_table:
         code=CODE_VERSIONS["eval_table"],
     script:
         "scripts/eval_table.py"
+
+
+# A cross-layer transcoder as a replacement model of every MLP it spans, and one
+# layer at a time (saesuite.eval.clt_eval), on its model's held-out text.
+rule evaluate_clt:
+    input:
+        clt=paths.spanning_summary(ROOT, "{model}", "{clt}"),
+        model=paths.model_info(ROOT, "{model}"),
+        data=paths.eval_data(ROOT, "{model}", "text"),
+    output:
+        paths.sae_eval(ROOT, "{model}", "{model}", "text", "{clt}"),
+    log:
+        f"{ROOT}/logs/evaluate_clt/{{model}}/{{clt}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/evaluate_clt/{{model}}/{{clt}}.tsv"
+    conda:
+        "../envs/saesuite.yaml"
+    threads: job_threads("evaluate")
+    resources:
+        **resources_of("evaluate"),
+    params:
+        code=CODE_VERSIONS["evaluate"],
+        job=lambda w: WF.spanning_eval_params(w.model, w.clt),
+        cache_root=CACHE,
+    script:
+        "scripts/evaluate_clt.py"

@@ -30,3 +30,28 @@ rule train:
         nproc=get_train_nproc,
     script:
         "scripts/train.py"
+
+
+# One cross-layer transcoder per job, over every layer it spans (`clt`: its
+# Dictionary.path): row-aligned reads of each layer's MLP input and output.
+rule train_clt:
+    input:
+        manifest=paths.manifest(SCRATCH, "{model}"),
+        normalization=paths.normalization(SCRATCH, "{model}"),
+    output:
+        paths.spanning_summary(ROOT, "{model}", "{clt}"),
+    log:
+        f"{ROOT}/logs/train_clt/{{model}}/{{clt}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/train_clt/{{model}}/{{clt}}.tsv"
+    retries: RETRIES
+    conda:
+        "../envs/saesuite.yaml"
+    threads: job_threads("train")
+    resources:
+        **resources_of("train"),
+    params:
+        code=CODE_VERSIONS["train"],
+        job=lambda w: WF.spanning_train_params(w.model, w.clt),
+    script:
+        "scripts/train_clt.py"

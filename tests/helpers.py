@@ -5,6 +5,7 @@ SAEs of the gradient tests."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import re
@@ -441,3 +442,118 @@ def chromium_dom(url: str, profile: Path) -> str:
     console = [ln for ln in done.stderr.splitlines() if "CONSOLE" in ln]
     assert not console, console
     return done.stdout
+
+
+def hub_cache(tmp_path, repo: str, folder, monkeypatch):
+    """A local Hugging Face cache holding `folder` as the snapshot of `repo`, served
+    offline: it stands in for the Hub, which cannot be reached from here."""
+    import shutil
+
+    import huggingface_hub.constants as hc
+
+    cache = tmp_path / "hub"
+    snap = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    shutil.copytree(folder, snap)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+
+    # SAELens reads a safetensors header from the Hub with HTTP range requests: the
+    # stand-in reads it from the cached file.
+    import sae_lens.loading.pretrained_sae_loaders as loaders
+
+    def shapes(repo_id: str, filename: str) -> dict[str, list[int]]:
+        from safetensors import safe_open
+
+        with safe_open(str(snap / filename), "pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+
+    monkeypatch.setattr(loaders, "get_safetensors_tensor_shapes", shapes)
+
+
+def frozen_direct_effects(model, ids: torch.Tensor, target) -> dict[str, Any]:
+    """The gradients attribution edges are made of, as circuit-tracer documents them
+    and computed here from the model itself: one backward pass of `target` through
+    the model with every attention pattern and every RMSNorm denominator frozen (as
+    constants of the clean pass) and no gradient through the MLPs, read at each
+    layer's MLP output ("mlp", (L, T, d)) and at the embedding output ("embed",
+    (T, d), with "embedded" its value). `target(acts)` gets the pass's MLP inputs
+    ({layer: (T, d)}) and final hidden state ("final", (T, d)) and returns a scalar.
+
+    An edge into the target is then ⟨gradient at the source's location, what the
+    source writes there⟩: a token's embedding, a latent's activation times each of
+    its decoder rows (summed over the layers it writes)."""
+    import contextlib
+
+    import torch.nn.functional as F
+    from transformers.models.gemma3 import modeling_gemma3
+
+    from saesuite.data.sites import decoder_layers
+
+    def frozen_norm(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps).detach()
+
+    dropout = F.dropout
+
+    def frozen_pattern(x, *args, **kwargs):  # attention's only dropout: its pattern
+        return dropout(x, *args, **kwargs).detach()
+
+    layers = decoder_layers(model)
+    zs = [torch.zeros(ids.shape[-1], model.config.hidden_size, requires_grad=True)
+          for _ in layers]  # fmt: skip
+    acts: dict[Any, torch.Tensor] = {}
+    handles = []
+
+    def embed_hook(_m, _a, out):
+        acts["embed"] = e = out.detach()[0].requires_grad_()
+        return e[None]
+
+    def mlp_in_hook(i):
+        def hook(_m, _a, out):
+            acts[i] = out[0]
+
+        return hook
+
+    def mlp_out_hook(i):
+        def hook(_m, _a, out):
+            return out.detach() + zs[i][None]
+
+        return hook
+
+    handles.append(model.get_input_embeddings().register_forward_hook(embed_hook))
+    for i, layer in enumerate(layers):
+        handles.append(
+            layer.pre_feedforward_layernorm.register_forward_hook(mlp_in_hook(i))
+        )
+        handles.append(
+            layer.post_feedforward_layernorm.register_forward_hook(mlp_out_hook(i))
+        )
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: [h.remove() for h in handles])
+        stack.enter_context(
+            _patched(modeling_gemma3.Gemma3RMSNorm, "_norm", frozen_norm)
+        )
+        stack.enter_context(_patched(modeling_gemma3.nn.functional, "dropout",
+                                     frozen_pattern))  # fmt: skip
+        out = model.model(input_ids=ids[None], use_cache=False)
+        acts["final"] = out.last_hidden_state[0]
+        target(acts).backward()
+    return {
+        # no gradient reaches the MLP outputs after the target
+        "mlp": torch.stack(
+            [torch.zeros_like(z) if z.grad is None else z.grad for z in zs]
+        ),  # fmt: skip
+        "embed": acts["embed"].grad,
+        "embedded": acts["embed"].detach(),
+    }
+
+
+@contextlib.contextmanager
+def _patched(owner, name: str, value):
+    old = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)

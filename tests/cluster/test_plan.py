@@ -37,6 +37,41 @@ def test_default_plan_matches_hand_computation():
     assert ev["flops"] == 2 * n * (4 * (16384 + 512 * (1 + 3 + 6)) + 2 * 512 * 4)
 
 
+def test_a_clt_plans_its_cache_training_evaluation_and_memory():
+    """An 18-layer CLT of gemma-3-270m beside one layer's MLP SAEs: the cache holds
+    all 36 MLP sites; its training counts 6·L·d·width per token for the encoders and
+    6·L0·d per decoder block an active latent writes (L(L+1)/2 per L0); its
+    memory on one GPU every tensor (encoders, 171 decoder blocks, gradients, two Adam
+    moments) and the step's work; a width that does not fit is named."""
+    from saesuite.cluster.memory import clt_bytes
+    from saesuite.cluster.plan import gpu_memory
+
+    clt = {"layers": "all", "kind": "clt", "sites": ["mlp"], "widths": [2048],
+           "sparsity": {"target_l0": [10]}, "tokens": 65536}  # fmt: skip
+    cfg = load_config({
+        "models": {"m": {"source": "embedded"}},
+        "suite": [{"layers": [9], "sites": ["mlp"], "widths": [4096],
+                   "sparsity": {"target_l0": [20]}, "tokens": 300000}, clt],
+    })  # fmt: skip
+    df = preflight(cfg, tflops=0.1).set_index("stage")
+    ctx = cfg["data"]["context_size"]
+    tokens = cfg["data"]["train_tokens"] // ctx * ctx
+    assert df.loc["extract", "cache_bytes"] == tokens * (36 * 640 * 4 + 5)
+    L, d, w = 18, 640, 2048
+    want = 65536 * (6 * L * d * w + 6 * 10 * d * L * (L + 1) / 2)
+    assert df.loc["train_clt", "flops"] == pytest.approx(want)
+    assert df.loc["train_clt", "saes"] == 1 and df.loc["train", "saes"] == 1
+    params = L * w * (d + 2) + w * d * 171 + L * d
+    batch = cfg["train"]["batch_size"]
+    assert clt_bytes(batch, L, d, d, w) == (
+        4 * 4 * params + 8 * batch * L * w * 4 + batch * L * 3 * d * 4)  # fmt: skip
+    wide = {**clt, "widths": [2**20]}
+    on_gpus = {"gpu": True, "gpu_mem_gb": 80}
+    gpu = load_config({**cfg, "suite": [wide], "resources": on_gpus})
+    _, problems = gpu_memory(gpu)
+    assert len(problems) == 1 and "is not sharded over GPUs" in problems[0]
+
+
 def test_gemma_scope_budgets_on_a_gemma_2_2b_suite():
     cfg = load_config({
         "models": {"g2b": {"source": "google/gemma-2-2b"}},

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import client, release_meta
+from helpers import client, hub_cache, release_meta
 from safetensors.torch import save_file
 
 from saesuite.release.build import build_release, canonical
@@ -134,34 +134,6 @@ def test_a_failed_build_leaves_no_folder(tmp_path):
     with pytest.raises(ValueError, match="release.layout"):
         build_release(repo=REPO, layout="npz", entries=[a], meta=meta(),
                       canonical_l0=100, out_dir=out)  # fmt: skip
-
-
-def hub_cache(tmp_path, repo: str, folder, monkeypatch):
-    """A local Hugging Face cache holding `folder` as the snapshot of `repo`, served
-    offline: it stands in for the Hub, which cannot be reached from here."""
-    import shutil
-
-    import huggingface_hub.constants as hc
-
-    cache = tmp_path / "hub"
-    snap = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
-    shutil.copytree(folder, snap)
-    (snap.parent.parent / "refs").mkdir()
-    (snap.parent.parent / "refs" / "main").write_text("0" * 40)
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
-
-    # SAELens reads a safetensors header from the Hub with HTTP range requests: the
-    # stand-in reads it from the cached file.
-    import sae_lens.loading.pretrained_sae_loaders as loaders
-
-    def shapes(repo_id: str, filename: str) -> dict[str, list[int]]:
-        from safetensors import safe_open
-
-        with safe_open(str(snap / filename), "pt") as f:
-            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-
-    monkeypatch.setattr(loaders, "get_safetensors_tensor_shapes", shapes)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

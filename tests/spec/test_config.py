@@ -332,6 +332,54 @@ def test_transcoder_groups_are_planned_and_nonsense_is_refused():
         assert f"suite.0.{key}" in str(err.value)
 
 
+def test_clt_groups_expand_to_one_job_each_and_nonsense_is_refused():
+    """kind: clt makes one CLT per width × rung over the group's layers, trained,
+    evaluated and released by jobs of its own; the cache holds every layer's two MLP
+    sites; the per-layer jobs (evaluation by layer) do not grow with its layers; a
+    span of one layer, a layer past the model's or other sites are refused, named."""
+    import copy
+
+    from saesuite.spec import make_jobs
+    from saesuite.spec.config import ConfigError
+    from saesuite.spec.workflow import Workflow
+
+    cfg = make_config()
+    sae = {**cfg["suite"][0], "layers": [1], "sites": ["mlp"]}
+    clt = {**sae, "layers": {"start": 0, "stop": 4}, "kind": "clt"}
+    cfg["suite"] = [sae, clt]
+    cfg["models"]["tiny"]["n_layers"] = 4
+    wf = Workflow(load_config(cfg))
+    assert [d.path for d in wf.spanning] == [
+        "clt/layers_0-3/width_128/l0_8", "clt/layers_0-3/width_128/l0_16"]  # fmt: skip
+    assert wf.model_sites("tiny") == [
+        (L, k) for L in range(4) for k in ("mlp", "mlp_in")
+    ]
+    assert [p.rsplit("/", 1)[1] for p in wf.eval_layers(wf.evaluations[0])] == [
+        "layer_1.json"]  # fmt: skip
+    job = make_jobs.spanning_train_job(
+        wf.config, wf.spanning, "tiny", wf.spanning[0].path
+    )
+    assert job.name == "clt.layers_0-3.width_128.l0_8" and job.checkpoint.endswith(
+        "checkpoints/clt.layers_0-3.width_128.l0_8.pt")  # fmt: skip
+    assert set(wf.spanning_summaries()) <= set(wf.final_outputs())
+    assert set(wf.spanning_evals()) <= set(wf.final_outputs())
+    release = wf.releases["saesuite--saesuite-tiny-clt"]
+    assert release.spanning and wf.release_inputs("saesuite--saesuite-tiny-clt") == [
+        m.eval for m in release.members]  # fmt: skip
+    for bad, key, match in (
+        ({"layers": [2]}, "layers", "spans two or more layers"),
+        ({"layers": {"start": 1, "stop": 2}}, "layers", "spans two or more layers"),
+        ({"layers": [2, 4]}, "layers", "which has 4 layers"),
+        ({"sites": ["res"]}, "sites", r"must be \[mlp\]"),
+        ({"skip": "affine"}, "skip", "kind: transcoder"),
+    ):
+        raw = copy.deepcopy(cfg)
+        raw["suite"] = [{**clt, **bad}]
+        with pytest.raises(ConfigError, match=match) as err:
+            load_config(raw)
+        assert f"suite.0.{key}" in str(err.value)
+
+
 def test_skip_transcoders_are_refused_for_gemma_scope_1s_layout():
     from saesuite.spec.config import ConfigError
 

@@ -39,7 +39,9 @@ def test_each_kind_reads_and_writes_the_sites_of_its_rule():
 
 
 def test_a_dictionary_its_kind_does_not_relate_cannot_be_made():
-    with pytest.raises(ValueError, match="unknown dictionary kind 'clt'"):
+    with pytest.raises(ValueError, match="unknown dictionary kind 'crosscoder'"):
+        Dictionary.of("m", "crosscoder", 1, "mlp", 64, 1000, lambda_=1.0)
+    with pytest.raises(ValueError, match="a clt spans two or more layers"):
         Dictionary.of("m", "clt", 1, "mlp", 64, 1000, lambda_=1.0)
     with pytest.raises(ValueError, match=r"must be one of \['mlp'\], not 'res'"):
         Dictionary.of("m", "transcoder", 1, "res", 64, 1000, lambda_=1.0)
@@ -48,6 +50,31 @@ def test_a_dictionary_its_kind_does_not_relate_cannot_be_made():
         ok.replace(writes=(Site(2, "res"),))
     with pytest.raises(ValueError, match="an SAE reconstructs the site it reads"):
         ok.replace(kind="transcoder")
+
+
+def test_a_clt_is_one_dictionary_over_its_layers():
+    """A CLT reads every layer's MLP input and writes every layer's MLP output; its
+    folder names its span, as deep as a per-layer dictionary's; its JSON round-trips;
+    a span of one layer, layers out of order or other sites cannot be made."""
+    c = Dictionary.spanning("m", "clt", [0, 1, 2, 3], 128, 1000, lambda_=1.0,
+                            target_l0=8)  # fmt: skip
+    assert c.reads == tuple(Site(i, "mlp_in") for i in range(4))
+    assert c.writes == tuple(Site(i, "mlp") for i in range(4))
+    assert (c.spans, c.layers, c.layer, c.family, c.job, c.release_site) == (
+        True, (0, 1, 2, 3), 0, "clt", "clt", "clt")  # fmt: skip
+    assert c.path == "clt/layers_0-3/width_128/l0_8"
+    assert c.path.count("/") == Dictionary.of(
+        "m", "sae", 1, "res", 64, 1000, lambda_=1.0).path.count("/")  # fmt: skip
+    gaps = Dictionary.spanning("m", "clt", [7, 13, 17, 22], 64, 1000, lambda_=1.0)
+    assert gaps.span == "layers_7_13_17_22"
+    assert Dictionary.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    for layers in ([3], [2, 1], [1, 1]):
+        with pytest.raises(ValueError, match="two or more increasing layers"):
+            Dictionary.spanning("m", "clt", layers, 64, 1000, lambda_=1.0)
+    with pytest.raises(ValueError, match="two or more increasing layers"):
+        c.replace(writes=tuple(Site(i, "res") for i in range(4)))
+    with pytest.raises(ValueError, match="one dictionary per layer"):
+        Dictionary.spanning("m", "transcoder", [0, 1], 64, 1000, lambda_=1.0)
 
 
 def test_json_round_trips_and_names_each_quantity_once(default_suite):

@@ -2,7 +2,10 @@
 Snakemake run: plain and skip-transcoders at every layer beside the MLP-output SAEs
 of layer 1, trained from the one activation cache, evaluated spliced in for the MLP,
 drawn in the report and released in Gemma Scope 2's layout with circuit-tracer's
-transcoder-set configs (tests/release/test_circuit_tracer.py loads them)."""
+transcoder-set configs (tests/release/test_circuit_tracer.py loads them); and
+cross-layer transcoders over all four layers from the same cache (issue 37),
+evaluated as a replacement model and released in Gemma Scope 2's CLT layout and
+circuit-tracer's, which SAELens and circuit-tracer load."""
 
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import yaml
 from helpers import (
     check_attribution,
     chromium_dom,
+    client,
+    hub_cache,
     job_counts,
     load_tiny,
     make_config,
@@ -28,6 +33,7 @@ from saesuite.data.sites import capture
 from saesuite.eval.dashboards import read_js
 from saesuite.eval.evaluate import load_released
 from saesuite.release.build import make_release
+from saesuite.sae.clt import CrossLayerTranscoder
 from saesuite.spec import jobs, paths
 from saesuite.spec.config import load_config
 from saesuite.spec.io import read_json
@@ -44,13 +50,15 @@ def load_tok(model_dir):
 pytestmark = pytest.mark.slow
 N_LAYERS = 4  # the tiny models' (helpers.tiny_hf_config)
 TC_REPO = "saesuite--saesuite-tiny-transcoder"
+CLT_REPO = "saesuite--saesuite-tiny-clt"
 
 
 def transcoder_config(model_dir: Path) -> dict:
     cfg = make_config(model_dir, output_root="results")
     base = {**cfg["suite"][0], "layers": [1], "sites": ["mlp"]}
     every = {**base, "layers": list(range(N_LAYERS)), "kind": "transcoder"}
-    cfg["suite"] = [base, every, {**every, "skip": "affine"}]
+    clt = {**every, "layers": "all", "kind": "clt"}
+    cfg["suite"] = [base, every, {**every, "skip": "affine"}, clt]
     cfg["transfer"] = {"format_shift": False}
     cfg["dashboards"] = {"enabled": True, "top_k": 5, "window": 3, "samples": 3,
                          "logit_tokens": 5}  # fmt: skip
@@ -75,7 +83,8 @@ def test_transcoders_train_and_evaluate_beside_the_mlps_saes(tc_run):
     the MLP's SAEs."""
     root, counts = tc_run
     assert counts["train"] == 1 + N_LAYERS and counts["evaluate"] == N_LAYERS
-    assert counts["release"] == 2 and counts["dashboards"] == N_LAYERS
+    assert counts["release"] == 3 and counts["dashboards"] == N_LAYERS
+    assert counts["train_clt"] == 2 and counts["evaluate_clt"] == 2
     manifest = read_json(root / "tiny" / "activations" / "manifest.json")
     tensors = set(manifest["chunks"][0]["tensors"])
     assert tensors - {"input_ids", "mask"} == {f"layer_{L}.{s}" for L in range(N_LAYERS)
@@ -108,7 +117,7 @@ def test_transcoders_are_released_with_circuit_tracer_sets(tc_run):
     params.safetensors in layer order."""
     root, _ = tc_run
     assert sorted(p.name for p in (root / "release").iterdir()) == [
-        "saesuite--saesuite-tiny-mlp", TC_REPO]  # fmt: skip
+        CLT_REPO, "saesuite--saesuite-tiny-mlp", TC_REPO]  # fmt: skip
     release = root / "release" / TC_REPO
     meta = read_json(release / "index.json")
     index = meta["saes"]
@@ -191,12 +200,61 @@ def circuit_tracer_run(tc_run, tiny_models, tmp_path_factory, tokenizer):
         logits = model(input_ids=ids).logits[0]
         embedded = model.get_input_embeddings()(ids)[0]
     inputs = {"input_ids": ids[0], **{s.name: acts[s][0] for s in sites}}
+    # the CLT evaluation's loss sequences, each spliced where the evaluation did
+    clt_row = clt_at(root, 8.0)
+    loss_ids, loss_keep = loss_tokens(root, model, clt_row)
+    inputs |= {"loss_ids": loss_ids, "loss_keep": loss_keep}
     release = root / "release" / TC_REPO
+    clts = root / "release" / CLT_REPO
     sets = [f"{release}:transcoder_width_128_target_8",
             f"{release}:skip_transcoder_width_128_target_8",
-            f"{gs1}:transcoder_width_128_target_8"]  # fmt: skip
+            f"{gs1}:transcoder_width_128_target_8",
+            f"clt:{clts / clt_row['circuit_tracer']}",
+            f"clt:{clts / clt_row['path']}"]  # fmt: skip
     results = run_circuit_tracer(out / "client", model_dir, inputs, sets)
     return results, inputs, logits, embedded, release, gs1
+
+
+def clt_at(root: Path, target: float) -> dict:
+    """The released CLT of target L0 `target` (its index.json row)."""
+    rows = read_json(root / "release" / CLT_REPO / "index.json")["clts"]
+    (row,) = [r for r in rows if r["value"] == target]
+    return row
+
+
+def eval_split(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss sequences of every evaluation (evaluate.loss_tokens) and their mask."""
+    from saesuite.data.tokens import load_tokens
+
+    cfg = make_config()
+    n = cfg["evaluate"]["loss_tokens"] // cfg["data"]["context_size"]
+    ids, mask = load_tokens(paths.tokens(str(root), "tiny")["eval"])
+    return ids[:n], mask[:n]
+
+
+def loss_tokens(root: Path, model, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss sequences of the CLT's evaluation (evaluate.loss_tokens of the
+    held-out split) and where it spliced: unmasked tokens that are no outlier at any
+    of its sites (sae.clt_train.clt_outliers, the rule it trained by)."""
+    from saesuite.sae.clt_train import clt_outliers
+
+    ids, mask = eval_split(root)
+    ins = [Site(L, "mlp_in") for L in range(N_LAYERS)]
+    outs = [Site(L, "mlp") for L in range(N_LAYERS)]
+    acts = capture(model, ids, ins + outs)
+    keep = mask.clone()
+    if not row["max_norm_multiple"]:
+        return ids, keep
+    x = torch.stack([acts[s] for s in ins], dim=2)
+    y = torch.stack([acts[s] for s in outs], dim=2)
+    per = load_config(make_config())["evaluate"]["loss_batch_size"]
+    for b in range(0, len(ids), per):  # the evaluation's batches, each its own median
+        m = mask[b : b + per]
+        out = clt_outliers(
+            x[b : b + per][m], y[b : b + per][m], row["max_norm_multiple"]
+        )
+        keep[b : b + per][m] = ~out
+    return ids, keep
 
 
 def test_circuit_tracer_reads_each_layout_and_predicts_like_us(circuit_tracer_run):
@@ -206,9 +264,9 @@ def test_circuit_tracer_reads_each_layout_and_predicts_like_us(circuit_tracer_ru
     results, inputs, _, _, release, gs1 = circuit_tracer_run
     index = read_json(release / "index.json")["saes"]
     assert read_json(gs1 / "index.json")["layout"] == "gemma-scope"
-    assert [info["skip"] for info, _ in results] == [False, True, False]
+    assert [info["skip"] for info, _ in results[:3]] == [False, True, False]
     kinds = ("transcoder", "skip_transcoder", "transcoder")
-    for (_, tensors), kind in zip(results, kinds, strict=True):
+    for (_, tensors), kind in zip(results[:3], kinds, strict=True):
         for layer in range(N_LAYERS):
             (row,) = [r for r in index if (r["layer"], r["kind"], r["value"])
                       == (layer, kind, 8.0)]  # fmt: skip
@@ -218,6 +276,220 @@ def test_circuit_tracer_reads_each_layout_and_predicts_like_us(circuit_tracer_ru
                 expected = ours(inputs[f"layer_{layer}.mlp_in"])
             torch.testing.assert_close(tensors[f"layer_{layer}"], expected,
                                        rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_clts_train_on_the_cache_and_evaluate_as_a_replacement_model(tc_run):
+    """Each CLT reads every layer's MLP input and predicts every MLP output from the
+    cache the transcoders use; its evaluation reports the replacement model's loss
+    and each layer's L0 and FVU, and its release holds both layouts."""
+    root, _ = tc_run
+    for target in (8.0, 16.0):
+        row = clt_at(root, target)
+        info = read_json(root / "tiny" / "saes" / row["trained_as"] / "sae.json")
+        assert info["reads"] == [f"layer_{L}.mlp_in" for L in range(N_LAYERS)]
+        assert info["writes"] == [f"layer_{L}.mlp" for L in range(N_LAYERS)]
+        m = row["metrics"]
+        assert row["layers"] == list(range(N_LAYERS)) and len(row["by_layer"]) == 4
+        assert (
+            math.isfinite(m["delta_loss"]) and math.isfinite(m["kl"]) and m["kl"] >= 0
+        )
+        assert m["l0"] == pytest.approx(sum(b["l0"] for b in row["by_layer"]))
+        assert all(
+            0 < b["l0"] < 128 and math.isfinite(b["fvu"]) for b in row["by_layer"]
+        )
+        release = root / "release" / CLT_REPO
+        assert sorted(p.name for p in (release / row["path"]).iterdir()) == [
+            f"params_layer_{i}.safetensors" for i in range(N_LAYERS)]  # fmt: skip
+        cfg = yaml.safe_load((release / row["circuit_tracer"] / "config.yaml")
+                             .read_text())  # fmt: skip
+        assert cfg["model_kind"] == "cross_layer_transcoder"
+        print(
+            f"CLT target {target}: L0/layer {m['l0_per_layer']:.1f}, FVU "
+            f"{m['fvu']:.3f}, delta loss {m['delta_loss']:.4f}"
+        )
+    card = (root / "release" / CLT_REPO / "README.md").read_text()
+    assert "load_clt" in card and clt_at(root, 8.0)["path"] in card
+
+
+def test_saelens_loads_each_layer_of_a_released_clt(tc_run, tiny_models, tmp_path,
+                                                    monkeypatch):  # fmt: skip
+    """SAELens's own Gemma Scope 2 loader reads layer i of the released CLT as a
+    transcoder at that layer's MLP input: its latents on real activations are
+    saesuite's CLT's layer-i latents."""
+    client("sae_lens")
+    from sae_lens import SAE
+    from sae_lens.loading.pretrained_sae_loaders import gemma_3_sae_huggingface_loader
+
+    from saesuite.sae.clt_train import load_clt
+
+    root, _ = tc_run
+    row = clt_at(root, 8.0)
+    ours = load_clt(root / "tiny" / "saes" / row["trained_as"])
+    repo = "saesuite/saesuite-tiny-clt"
+    hub_cache(tmp_path, repo, root / "release" / CLT_REPO, monkeypatch)
+    model = load_tiny(tiny_models["gemma3"])
+    ids = torch.randint(6, 500, (2, 16), generator=torch.Generator().manual_seed(1))
+    acts = capture(model, ids, [Site(L, "mlp_in") for L in range(N_LAYERS)])
+    for i in range(N_LAYERS):
+        sae_id = f"{row['path']}/params_layer_{i}"
+        sae = SAE.from_pretrained(release=repo, sae_id=sae_id,
+                                  converter=gemma_3_sae_huggingface_loader)  # fmt: skip
+        assert sae.cfg.metadata.hook_name == f"blocks.{i}.hook_mlp_in"
+        x = acts[Site(i, "mlp_in")].reshape(-1, ours.d_in)
+        with torch.no_grad():
+            want = ours.encode_layer(x, i)
+            torch.testing.assert_close(sae.encode(x), want, rtol=1e-5, atol=1e-5)
+        assert (want > 0).any()
+
+
+def test_circuit_tracer_reads_both_clt_layouts_and_predicts_like_us(
+    circuit_tracer_run, tc_run
+):
+    """circuit-tracer's `load_clt` (its own format) and `load_gemma_scope_2_clt`
+    (Gemma Scope 2's) read the released CLT: its prediction of every MLP output from
+    real activations is saesuite's."""
+    from saesuite.sae.clt_train import load_clt
+
+    results, inputs, *_ = circuit_tracer_run
+    root, _ = tc_run
+    ours = load_clt(root / "tiny" / "saes" / clt_at(root, 8.0)["trained_as"])
+    x = torch.stack([inputs[f"layer_{L}.mlp_in"] for L in range(N_LAYERS)], dim=1)
+    with torch.no_grad():
+        want = ours(x).transpose(0, 1)  # (L, n_pos, d)
+    for _, tensors in results[3:]:
+        torch.testing.assert_close(tensors["clt"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_circuit_tracers_replacement_model_has_the_evaluations_loss(
+    circuit_tracer_run, tc_run
+):
+    """Check (a): circuit-tracer's replacement model with its error nodes removed
+    (the CLT's predictions at its own hook locations, closed loop) gives, on the
+    evaluation's loss sequences, the next-token loss saesuite's evaluation of the
+    same CLT reported, to 1e-4, from either layout."""
+    results, inputs, *_ = circuit_tracer_run
+    root, _ = tc_run
+    row = clt_at(root, 8.0)
+    ids, mask = eval_split(root)
+    assert torch.equal(ids, inputs["loss_ids"])
+    pred = mask[:, :-1] & mask[:, 1:]
+    assert int(pred.sum()) == row["metrics"]["loss_tokens"]
+    for _, tensors in results[3:]:
+        ce = tensors["replacement_ce"][pred].double().mean()
+        assert float(ce) == pytest.approx(row["metrics"]["ce_spliced"], abs=1e-4)
+    assert row["metrics"]["ce_spliced"] != pytest.approx(row["metrics"]["ce_clean"],
+                                                         abs=1e-3)  # fmt: skip
+
+
+def graph_nodes(tensors: dict, n_layers: int, n_pos: int) -> dict:
+    """Where each kind of node starts in circuit-tracer's adjacency matrix, and the
+    (layer, position, latent, activation) of each feature node."""
+    active = tensors["active_features"][tensors["selected_features"]]
+    values = tensors["activation_values"][tensors["selected_features"]]
+    n_feat = len(active)
+    return {
+        "features": [(*map(int, a), float(v)) for a, v in zip(active, values)],
+        "tokens": n_feat + n_layers * n_pos,
+        "logits": n_feat + (n_layers + 1) * n_pos,
+    }
+
+
+def check_edges(model, clt, ids, tensors) -> list[str]:
+    """Check (b): three of the graph's edges into a late feature and one into the
+    top logit, recomputed from circuit-tracer's definition by
+    helpers.frozen_direct_effects (patterns and norm denominators frozen, no
+    gradient through the MLPs) with saesuite's CLT, against the adjacency matrix
+    to 1e-3 relative: the strongest feature→feature, token→feature and
+    feature→logit edges. `clt` is saesuite's (a transcoder set: its diagonal)."""
+    from helpers import frozen_direct_effects
+
+    A = tensors["adjacency"].double()
+    n_pos, L = len(ids), clt.n_layers
+    nodes = graph_nodes(tensors, L, n_pos)
+    feats = nodes["features"]
+    d = clt.d_out
+
+    def written(grads, k):  # what feature node k writes, against the gradients
+        i, p, s, a = feats[k]
+        rows = clt.W_dec[i].detach()[s].view(L - i, d)
+        return float((grads["mlp"][i:, p] * rows).sum() * a)
+
+    # the deepest feature whose row has an edge from a feature of an earlier layer
+    def has_feature_edge(k):
+        row = A[k, : len(feats)]
+        return any(row[m] != 0 and feats[m][0] < feats[k][0] for m in range(len(feats)))
+
+    target = max((k for k in range(len(feats)) if has_feature_edge(k)),
+                 key=lambda k: (feats[k][0], feats[k][1]))  # fmt: skip
+    j, q, t, _ = feats[target]
+    w_enc = clt.W_enc[j].detach()[:, t]
+    grads = frozen_direct_effects(model, ids, lambda acts: acts[j][q] @ w_enc)
+    checked = []
+    srcs = [m for m in range(len(feats)) if feats[m][0] < j and A[target, m] != 0]
+    src = max(srcs, key=lambda m: abs(A[target, m]))
+    want = written(grads, src)
+    assert float(A[target, src]) == pytest.approx(want, rel=1e-3, abs=1e-7)
+    checked.append(f"feature {feats[src][:3]} → feature {feats[target][:3]}: "
+                   f"{float(A[target, src]):.5g} (recomputed {want:.5g})")  # fmt: skip
+    tok = nodes["tokens"]
+    p = int(A[target, tok : tok + n_pos].abs().argmax())
+    want = float(grads["embed"][p] @ grads["embedded"][p])
+    assert float(A[target, tok + p]) == pytest.approx(want, rel=1e-3, abs=1e-7)
+    got = float(A[target, tok + p])
+    checked.append(f"token {p} → feature {feats[target][:3]}: {got:.5g} "
+                   f"(recomputed {want:.5g})")  # fmt: skip
+    # the top logit, demeaned over the vocabulary, from the final hidden state
+    u = model.lm_head.weight.detach()
+    k = int(tensors["logit_token_ids"][0])
+    vec = u[k] - u.mean(0)
+    grads = frozen_direct_effects(model, ids, lambda acts: acts["final"][-1] @ vec)
+    row = A[nodes["logits"], : len(feats)]
+    src = int(row.abs().argmax())
+    want = written(grads, src)
+    assert float(row[src]) == pytest.approx(want, rel=1e-3, abs=1e-7)
+    checked.append(f"feature {feats[src][:3]} → logit {k}: {float(row[src]):.5g} "
+                   f"(recomputed {want:.5g})")  # fmt: skip
+    return checked
+
+
+def as_clt(saes) -> CrossLayerTranscoder:
+    """Per-layer transcoders as the CLT with only their own blocks (i→i)."""
+    L, first = len(saes), saes[0]
+    clt = CrossLayerTranscoder(L, first.d_in, first.d_sae, first.d_out)
+    with torch.no_grad():
+        for i, sae in enumerate(saes):
+            clt.W_enc[i].copy_(sae.W_enc)
+            clt.b_enc[i].copy_(sae.b_enc)
+            clt.threshold_raw[i].copy_(sae.threshold)
+            clt.b_dec[i].copy_(sae.b_dec)
+            clt.W_dec[i].zero_()
+            clt.W_dec[i][:, : first.d_out].copy_(sae.W_dec)
+    return clt
+
+
+def test_circuit_tracer_edges_match_their_definition(circuit_tracer_run, tc_run,
+                                                     tiny_models):  # fmt: skip
+    """Check (b), for the workflow's CLT (both layouts) and its plain transcoder
+    set: a feature→feature, a token→feature and a feature→logit edge of each graph
+    equal the frozen-Jacobian computation of the same edge (check_edges)."""
+    from saesuite.sae.clt_train import load_clt
+
+    results, inputs, *_ = circuit_tracer_run
+    root, _ = tc_run
+    model = load_tiny(tiny_models["gemma3"])
+    ids = inputs["input_ids"]
+    release = root / "release" / TC_REPO
+    index = read_json(release / "index.json")["saes"]
+    plain = []
+    for layer in range(N_LAYERS):
+        (row,) = [r for r in index if (r["layer"], r["kind"], r["value"])
+                  == (layer, "transcoder", 8.0)]  # fmt: skip
+        plain.append(load_released(root / "tiny" / "saes" / row["trained_as"]))
+    ours = load_clt(root / "tiny" / "saes" / clt_at(root, 8.0)["trained_as"])
+    for (_, tensors), clt in ((results[0], as_clt(plain)), (results[3], ours),
+                              (results[4], ours)):  # fmt: skip
+        for line in check_edges(model, clt, ids, tensors):
+            print(line)
 
 
 def test_circuit_tracer_graph_agrees_with_the_model(circuit_tracer_run):

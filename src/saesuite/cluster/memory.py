@@ -12,7 +12,13 @@ from collections.abc import Sequence
 
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.known_models import ModelShape
-from saesuite.spec.sizes import BYTES, ENCODE_BYTES, KL_BLOCK, dictionary_bytes
+from saesuite.spec.sizes import (
+    BYTES,
+    ENCODE_BYTES,
+    KL_BLOCK,
+    clt_params,
+    dictionary_bytes,
+)
 
 GPU_HEADROOM = 0.9  # of resources.gpu_mem_gb: CUDA context, allocator, the batch
 
@@ -140,3 +146,26 @@ def forward_flops(shape: ModelShape, tokens: int, layers: int | None = None) -> 
 
 # Sampling one token at a time runs far below the matmul rate: rollout jobs ask for
 # this many times the time of their FLOPs.
+
+
+def clt_bytes(batch_size: int, n_layers: int, d_in: int, d_out: int, width: int) -> int:
+    """Bytes a CLT's training takes on its device (saesuite.sae.clt_train): fp32
+    weights, gradients and two Adam moments of every tensor (`clt_params`), the
+    step's (rows, L, width) work tensors (WORK_TENSORS, as an SAE's), and the
+    batch's inputs, targets and prediction, (rows, L, d) each."""
+    L = n_layers
+    params = 4 * clt_params(L, d_in, d_out, width) * F32
+    work = WORK_TENSORS * batch_size * L * width * F32
+    batch = batch_size * L * (d_in + 2 * d_out) * F32
+    return params + work + batch
+
+
+def clt_flops(d: Dictionary, d_in: int, d_out: int, l0: float = 100.0) -> float:
+    """A CLT's training FLOPs: per token 6·L·d_in·width for the encoders (forward
+    and backward), 6·L0·d_out per decoder block i→j an active latent writes
+    (L(L+1)/2 of them per L0), and Adam's ~10 FLOPs per parameter per step are left
+    out (a share of the matmuls at batch ≥ 1024)."""
+    L = len(d.layers)
+    l0 = d.target_l0 or l0
+    per_token = 6 * L * d_in * d.width + 6 * l0 * d_out * L * (L + 1) / 2
+    return float(per_token * d.tokens)

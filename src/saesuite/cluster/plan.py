@@ -28,6 +28,8 @@ from typing import Any
 import pandas as pd
 
 from saesuite.cluster.memory import (
+    clt_bytes,
+    clt_flops,
     forward_flops,
     n_prefixes,
     sae_gpu_bytes,
@@ -36,6 +38,7 @@ from saesuite.cluster.memory import (
 )
 from saesuite.cluster.resources import (
     cache_plan,
+    clt_eval_flops,
     dashboards_estimate,
     evaluate_estimate,
     finetune_estimate,
@@ -45,15 +48,22 @@ from saesuite.cluster.resources import (
 from saesuite.spec.checks import evaluations, finetuned_specs, transfer_checks
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.known_models import known_shape
-from saesuite.spec.suite import expand_suite, has_dashboards, model_layers, sequences
+from saesuite.spec.suite import (
+    expand_spanning,
+    expand_suite,
+    has_dashboards,
+    sequences,
+)
 
 
 def preflight(config: dict[str, Any], tflops: float) -> pd.DataFrame:
     """One row per model × stage: saes, tokens, cache_bytes, flops, gpu_hours."""
     suite = expand_suite(config)
+    spanning = expand_spanning(config)
     checks = transfer_checks(config, suite)
     tuned = finetuned_specs(config, suite, checks)
-    rows = _extract_and_train_rows(config, suite)
+    rows = _extract_and_train_rows(config, suite, spanning)
+    rows += _spanning_rows(config, spanning)
     rows += _finetune_rows(config, checks, tuned)
     rows += _evaluation_rows(config, suite, tuned)
     rows += _dashboard_rows(config, suite)
@@ -78,16 +88,39 @@ def _add(
     )
 
 
-def _extract_and_train_rows(config: dict[str, Any], suite: list[Dictionary]) -> list:
+def _spanning_rows(config: dict[str, Any], spanning: list[Dictionary]) -> list:
+    """A train_clt and an evaluate_clt row per model of CLTs: every CLT's training
+    (`clt_flops`) and its replacement-model evaluation (`clt_eval_estimate`)."""
+    rows: list = []
+    for model in sorted({d.model for d in spanning}):
+        mine = [d for d in spanning if d.model == model]
+        shape = known_shape(config["models"][model]["source"])
+        flops = ev = None
+        if shape:
+            d = shape.site_width("mlp")
+            flops = sum(clt_flops(c, d, d) for c in mine)
+            ev = sum(clt_eval_flops(config, c) or 0 for c in mine)
+        tokens = sum(c.tokens for c in mine)
+        _add(rows, model, "train_clt", len(mine), tokens, None, flops)
+        _add(rows, model, "evaluate_clt", len(mine), 0, None, ev)
+    return rows
+
+
+def _extract_and_train_rows(
+    config: dict[str, Any], suite: list[Dictionary], spanning: list[Dictionary]
+) -> list:
+    """Per model the extraction (every site its dictionaries read or write, CLTs'
+    included) and the per-layer dictionaries' training."""
     train_tok = sequences(config, "train") * config["data"]["context_size"]
     rows = []
-    for model in sorted({s.model for s in suite}):
+    for model in sorted({s.model for s in suite + spanning}):
         specs: list[Dictionary] = [s for s in suite if s.model == model]
         shape = known_shape(config["models"][model]["source"])
+        every = specs + [s for s in spanning if s.model == model]
         sites = sorted(
-            {(x.layer, x.kind) for s in specs for x in (*s.reads, *s.writes)}
+            {(x.layer, x.kind) for s in every for x in (*s.reads, *s.writes)}
         )
-        last = max(model_layers(config, model))
+        last = max(layer for layer, _ in sites)
         cache = flops = None
         if shape:
             widths = {f"{L}.{k}": shape.site_width(k) for L, k in sites}
@@ -101,9 +134,9 @@ def _extract_and_train_rows(config: dict[str, Any], suite: list[Dictionary]) -> 
                 k: [s for s in specs if s.site == k] for k in {s.site for s in specs}
             }
             flops = sum(train_flops(v, shape.site_width(k)) for k, v in by_site.items())
-        _add(
-            rows, model, "train", len(specs), sum(s.tokens for s in specs), None, flops
-        )
+        if specs:
+            tokens = sum(s.tokens for s in specs)
+            _add(rows, model, "train", len(specs), tokens, None, flops)
     return rows
 
 
@@ -263,6 +296,18 @@ def gpu_memory(config: dict[str, Any]) -> tuple[list[str], list[str]]:
                 key = (model, site, width, nproc, skip, d_in)
                 found.setdefault(key, []).append(layer)
     sharded, problems = [], []
+    for d in expand_spanning(config):  # a CLT trains on one GPU, unsharded
+        shape = known_shape(config["models"][d.model]["source"])
+        if shape is None:
+            continue
+        w = shape.site_width("mlp")
+        need = clt_bytes(batch, len(d.layers), w, w, d.width)
+        if need > budget:
+            problems.append(
+                f"{d.model} {d.path}: needs {need / 1e9:.0f} GB on one GPU, "
+                f"{budget / 1e9:.0f} GB usable of resources.gpu_mem_gb; a CLT "
+                "is not sharded over GPUs: lower its width or train.batch_size"
+            )
     for (model, site, width, nproc, skip, d_in), layers in found.items():
         where = f"{model} {site} width {width} (layers {', '.join(map(str, layers))})"
         need = sae_gpu_bytes(

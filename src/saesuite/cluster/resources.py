@@ -32,6 +32,8 @@ from typing import Any
 from saesuite.cluster.memory import (
     F32,
     GPU_HEADROOM,
+    clt_bytes,
+    clt_flops,
     evaluate_work_bytes,
     forward_flops,
     n_prefixes,
@@ -40,7 +42,7 @@ from saesuite.cluster.memory import (
 )
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.known_models import ModelShape, known_shape
-from saesuite.spec.sizes import BYTES, LOGIT_BLOCK_BYTES, dictionary_bytes
+from saesuite.spec.sizes import BYTES, LOGIT_BLOCK_BYTES, clt_params, dictionary_bytes
 from saesuite.spec.suite import known_site_width, sequences
 from saesuite.spec.workflow import Workflow
 
@@ -130,6 +132,25 @@ def train_mem_mb(config: dict[str, Any], specs: list[Dictionary], d_in: int) -> 
 
 
 GENERATION_SLOWDOWN = 10
+
+
+def clt_estimate(
+    config: dict[str, Any], wf: Workflow, model: str, path: str
+) -> tuple[int, float]:
+    """Host memory (MB) and FLOPs of a train_clt job: on CPU the CLT trains there
+    (`clt_bytes`), on a GPU the host holds the bucket of every site it reads and a
+    checkpoint's copy of weights and moments; plus the bucket."""
+    (d,) = [s for s in wf.spanning if (s.model, s.path) == (model, path)]
+    d_in = known_site_width(config, model, d.reads[0].kind)
+    d_out = known_site_width(config, model, d.writes[0].kind)
+    L = len(d.layers)
+    bucket = config["activations"]["shuffle_bucket"] * L * (d_in + d_out) * F32
+    if uses_gpu(config, "train"):
+        held = 3 * clt_params(L, d_in, d_out, d.width) * F32
+    else:
+        held = clt_bytes(config["train"]["batch_size"], L, d_in, d_out, d.width)
+    mem = int((bucket + held) / 2**20 * 1.5) + BASE_MB
+    return mem, clt_flops(d, d_in, d_out)
 
 
 def extract_estimate(config: dict[str, Any], model: str, sites: list[tuple[int, str]]):
@@ -237,6 +258,43 @@ def evaluate_estimate(
         groups = max(1, math.ceil(sum(sizes) / max(free, 1e9)))
     clean = n_tok + loss_tok * (n_sites + 1)
     return mem, forward_flops(shape, groups * clean + loss_tok * len(specs))
+
+
+def clt_eval_flops(config: dict[str, Any], d: Dictionary) -> float | None:
+    """An evaluate_clt job's FLOPs: per loss token the clean, zero-ablated and
+    replacement passes and one per layer alone, per other token a forward pass, and
+    the CLT's forward (a third of its training FLOPs per token) on every token."""
+    shape = _shape(config, d.model)
+    if shape is None:
+        return None
+    ev = config["evaluate"]
+    n_tok = ev["tokens"] or sequences(config, "eval") * config["data"]["context_size"]
+    loss_tok = min(ev["loss_tokens"] or n_tok, n_tok)
+    w = shape.site_width("mlp")
+    passes = n_tok + loss_tok * (3 + len(d.layers))
+    return forward_flops(shape, passes) + clt_flops(d, w, w) / 3 * n_tok / d.tokens
+
+
+def clt_eval_estimate(
+    config: dict[str, Any], wf: Workflow, model: str, path: str
+) -> tuple[int, float | None]:
+    """(mem_mb, flops) of an evaluate_clt job: the model, the CLT (three copies:
+    loaded, moved, folded), one batch's work tensors at every site it reads and
+    writes; FLOPs `clt_eval_flops`."""
+    (d,) = [s for s in wf.spanning if (s.model, s.path) == (model, path)]
+    shape = _shape(config, model)
+    d_in = known_site_width(config, model, d.reads[0].kind)
+    d_out = known_site_width(config, model, d.writes[0].kind)
+    params = clt_params(len(d.layers), d_in, d_out, d.width) * F32
+    mem = model_mb(config, model) + int(3 * params / 2**20) + BASE_MB
+    if shape is None:
+        return mem, None
+    ev = config["evaluate"]
+    ctx = config["data"]["context_size"]
+    rows = max(ev["batch_size"], ev["loss_batch_size"]) * ctx
+    work = rows * len(d.layers) * (4 * d.width + 3 * (d_in + d_out)) * F32
+    mem += int(1.5 * (work + eval_work(config, model, shape, [])) / 2**20)
+    return mem, clt_eval_flops(config, d)
 
 
 def eval_work(
@@ -384,6 +442,10 @@ class JobResources:
             n = cache_bytes(config, w["model"], wf.model_sites(w["model"]))
             passes = 1 if stage == "manifest" else 2
             return io_request(config, stage, n * passes, READ_RATE)
+        if stage == "train" and "clt" in w:  # one cross-layer transcoder
+            return request(
+                config, stage, *clt_estimate(config, wf, w["model"], w["clt"])
+            )
         if stage == "train":
             model, layer, kind = w["model"], int(w["layer"]), w["kind"]
             specs = wf.site_specs(model, layer, kind)
@@ -399,6 +461,10 @@ class JobResources:
             c = wf.tuned[w["tuned"]]
             specs = wf.layer_specs(w["tuned"], int(w["layer"]))
             return request(config, stage, *finetune_estimate(config, c.target, specs))
+        if stage == "evaluate" and "clt" in w:  # a CLT as a replacement model
+            return request(
+                config, stage, *clt_eval_estimate(config, wf, w["model"], w["clt"])
+            )
         if stage == "evaluate":
             specs = wf.eval_passes[(w["lm"], w["data"], int(w["layer"]))]
             est = evaluate_estimate(config, w["lm"], w["data"], specs)

@@ -24,7 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from saesuite.sae.jumprelu import JumpReLUFn, LossTerms, StepFn, sparsity_penalty
+from saesuite.sae.jumprelu import (
+    JumpReLUFn,
+    LossTerms,
+    StepFn,
+    frequency_penalty,
+    pre_act_penalty,
+    sparsity_penalty,
+)
 
 
 class CLTOutput(NamedTuple):
@@ -32,6 +39,7 @@ class CLTOutput(NamedTuple):
     reconstruction: torch.Tensor  # (L,) mean ‖y_j − ŷ_j‖² per output layer
     l0: torch.Tensor  # (L,) mean active latents per token, per encoder layer
     y_hat: torch.Tensor  # (B, L, d_out), detached
+    counts: torch.Tensor  # (L, width) int64: tokens each latent fired on
 
 
 class CrossLayerTranscoder(nn.Module):
@@ -58,6 +66,9 @@ class CrossLayerTranscoder(nn.Module):
             nn.Parameter(torch.zeros(width, (L - i) * d_out, **kw)) for i in range(L)
         )
         self.b_dec = nn.Parameter(torch.zeros(L, d_out, **kw))
+        # the decoders' gradients as sparse rows (those of active latents), for
+        # `sae.row_adam.RowAdam`: a step then touches L0 rows per layer, not width
+        self.sparse_grads = False
 
     @property
     def threshold(self) -> torch.Tensor:
@@ -97,6 +108,20 @@ class CrossLayerTranscoder(nn.Module):
         pre = self.pre_acts(x)
         return pre * (pre > self.threshold)
 
+    def encode_layer(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Layer i's latents (N, width) from its input alone, x (N, d_in)."""
+        pre = x @ self.W_enc[i] + self.b_enc[i]
+        return pre * (pre > self.threshold[i])
+
+    def predict_layer(self, latents: dict[int, torch.Tensor], j: int) -> torch.Tensor:
+        """ŷ_j = b_dec,j + Σ_{i≤j} f_i W_dec,i→j from the latents of layers ≤ j
+        ({i: (N, width)}, `encode_layer`): a replacement model's MLP output j."""
+        d = self.d_out
+        y = self.b_dec[j]
+        for i in range(j + 1):
+            y = y + latents[i] @ self.W_dec[i][:, (j - i) * d : (j - i + 1) * d]
+        return y
+
     def decode_dense(self, f: torch.Tensor) -> torch.Tensor:
         """(B, L, width) → (B, L, d_out) with every latent's dense matmul: the
         reference for `decode`."""
@@ -126,6 +151,7 @@ class CrossLayerTranscoder(nn.Module):
                 offsets,
                 mode="sum",
                 per_sample_weights=f[:, i][rows, cols],
+                sparse=self.sparse_grads,
             )  # (B, (L − i)·d_out)
             parts.append(F.pad(out.view(B, L - i, self.d_out), (0, 0, i, 0)))
         return torch.stack(parts).sum(0)
@@ -165,10 +191,13 @@ class CrossLayerTranscoder(nn.Module):
         terms: tuple[LossTerms, ...],
         *,
         dense: bool = False,
+        dead: torch.Tensor | None = None,
     ) -> CLTOutput:
-        """Σ_j mean ‖y_j − ŷ_j‖² + Σ_i sparsity_i, with the straight-through
-        estimators; `terms[i]` is encoder layer i's penalty (its own target L0).
-        `dense`: decode with `decode_dense` (the reference path)."""
+        """Σ_j mean ‖y_j − ŷ_j‖² + Σ_i penalties_i, with the straight-through
+        estimators; `terms[i]` is encoder layer i's: its sparsity penalty (its own
+        target L0), the frequency penalty and the pre-activation loss of its `dead`
+        latents ((L, width) bool), as an SAE's (`LossTerms`; Matryoshka prefixes are
+        not a CLT's). `dense`: decode with `decode_dense` (the reference path)."""
         if len(terms) != self.n_layers:
             raise ValueError(f"{len(terms)} LossTerms for {self.n_layers} layers")
         pre = self.pre_acts(x)
@@ -181,10 +210,24 @@ class CrossLayerTranscoder(nn.Module):
         recon = (y - y_hat).pow(2).sum(-1).mean(0)  # (L,)
         fires = StepFn.apply(pre, theta, self.bandwidth)  # (B, L, width)
         l0 = fires.sum(-1)  # (B, L)
-        sparse = sum(
-            sparsity_penalty(l0[:, i], t.penalty, t.lambda_, t.target_l0)
-            for i, t in enumerate(terms)
-        )
+        extra = torch.zeros((), dtype=recon.dtype, device=recon.device)
+        for i, t in enumerate(terms):
+            extra = extra + sparsity_penalty(
+                l0[:, i], t.penalty, t.lambda_, t.target_l0
+            )
+            if t.frequency_coefficient > 0:
+                extra = extra + frequency_penalty(
+                    fires[:, i].mean(0), t.frequency_coefficient, t.max_frequency
+                )
+            if dead is not None and t.pre_act_coefficient > 0 and bool(dead[i].any()):
+                extra = extra + pre_act_penalty(
+                    pre[:, i], theta[i], dead[i], t.pre_act_coefficient
+                )
+        counts = (pre.detach() > theta.detach()).sum(0)
         return CLTOutput(
-            recon.sum() + sparse, recon.detach(), l0.mean(0).detach(), y_hat.detach()
+            recon.sum() + extra,
+            recon.detach(),
+            l0.mean(0).detach(),
+            y_hat.detach(),
+            counts,
         )

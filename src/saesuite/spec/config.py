@@ -18,7 +18,14 @@ from saesuite.spec.errors import ConfigError
 from saesuite.spec.hashing import stable_hash
 from saesuite.spec.prompts import load_prompts
 from saesuite.spec.sources import source_kind
-from saesuite.spec.suite import expand_suite, group_kind, model_layers, n_layers
+from saesuite.spec.suite import (
+    expand_suite,
+    group_kind,
+    group_layers,
+    group_models,
+    model_layers,
+    n_layers,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]  # src/saesuite/spec/config.py
 
@@ -223,6 +230,15 @@ def _check_group(config: dict[str, Any], gi: int, group: dict[str, Any]) -> None
     if isinstance(rng, dict) and rng["stop"] <= rng["start"]:
         raise ConfigError(f"config key 'suite.{gi}.layers': stop must exceed start")
     kind = group.get("kind", "sae")
+    if KINDS[kind].spans:
+        n = len(rng) if isinstance(rng, list) else None
+        if isinstance(rng, dict):
+            n = len(range(rng["start"], rng["stop"], rng.get("step", 1)))
+        if n is not None and n < 2:
+            raise ConfigError(
+                f"config key 'suite.{gi}.layers': a {kind} spans two or more layers "
+                f"(one layer's is a transcoder: kind: transcoder), not {rng}"
+            )
     if group.get("skip") is not None and kind != "transcoder":
         raise ConfigError(
             f"config key 'suite.{gi}.skip': a skip connection is a transcoder's; "
@@ -295,15 +311,16 @@ def _check_sizes(config: dict[str, Any]) -> None:
 
 
 def _check_layers(config: dict[str, Any]) -> None:
-    models = config["models"]
-    for key in models:
-        for layer in model_layers(config, key):
+    """Every group's layers exist in each of its models (CLT spans included)."""
+    for gi in range(len(config["suite"])):
+        for key in group_models(config, gi):
             n = n_layers(config, key)
-            if n is not None and layer >= n:
-                raise ConfigError(
-                    f"layer {layer} requested for model '{key}', which has {n} layers "
-                    f"(0..{n - 1}); check 'suite.*.layers'"
-                )
+            for layer in group_layers(config, gi, key):
+                if n is not None and layer >= n:
+                    raise ConfigError(
+                        f"layer {layer} requested for model '{key}', which has {n} "
+                        f"layers (0..{n - 1}); check 'suite.{gi}.layers'"
+                    )
 
 
 def _check_dashboards(config: dict[str, Any]) -> None:

@@ -35,6 +35,9 @@ class Kind:
     sites: tuple[str, ...] | None = None  # the suite sites it may take; None: any
     # `{site}` of its release repo and Gemma Scope 2's folder; None: the site's own
     release_site: str | None = None
+    # one dictionary over the suite group's layers, reading `reads` and writing
+    # `writes` at each of them (a cross-layer transcoder), not one per layer
+    spans: bool = False
 
     def sites_of(self, layer: int, site: str) -> tuple[tuple[Site], tuple[Site]]:
         """(reads, writes) of this kind's dictionary for suite site `site`."""
@@ -68,6 +71,19 @@ KINDS: dict[str, Kind] = {
             sites=("mlp",),
             release_site="transcoder",
         ),
+        # a cross-layer transcoder (Gemma Scope 2's CLTs): layer i's latents read
+        # layer i's MLP input and predict the MLP outputs of every layer j ≥ i of its
+        # span; SAELens loads one layer of its release as a transcoder
+        Kind(
+            "clt",
+            "cross-layer transcoder (MLP inputs → later MLP outputs)",
+            "mlp_in",
+            "mlp",
+            "jumprelu_transcoder",
+            sites=("mlp",),
+            release_site="clt",
+            spans=True,
+        ),
     )
 }
 
@@ -87,10 +103,11 @@ def paired_job(reads: list[str], writes: list[str]) -> str:
 
 
 # Every train job's name at a layer (the rules' `kind` wildcard): a site's SAEs, or
-# the paired kinds reading and writing the same sites.
+# the paired kinds reading and writing the same sites. A spanning kind's dictionary
+# is a job of its own (rule train_clt, `Dictionary.path` its wildcard).
 TRAIN_JOBS = dict(SITE_NAMES)
 for _k in KINDS.values():
-    if _k.reads is not None and _k.writes is not None:
+    if _k.reads is not None and _k.writes is not None and not _k.spans:
         _job = paired_job([_k.reads], [_k.writes])
         TRAIN_JOBS[_job] = " and ".join(filter(None, [TRAIN_JOBS.get(_job), _k.name]))
 
@@ -116,6 +133,9 @@ class Dictionary:
         k = KINDS[self.kind]
         if not self.reads or not self.writes:
             raise ValueError(f"a {self.kind} of {self.model} reads and writes no site")
+        if k.spans:
+            self._check_span(k)
+            return
         site = self.writes[0].kind
         expected = k.sites_of(self.reads[0].layer, site)
         allowed = k.sites is None or site in k.sites
@@ -126,6 +146,28 @@ class Dictionary:
                 f"{[s.name for s in self.writes]}: an SAE reconstructs the site it "
                 "reads, a transcoder predicts one layer's MLP output from its input "
                 "(mlp_in → mlp)"
+            )
+
+    def _check_span(self, k: Kind) -> None:
+        layers = [s.layer for s in self.reads]
+        want = (
+            tuple(Site(L, k.reads) for L in layers),
+            tuple(Site(L, k.writes) for L in layers),
+        )
+        if (
+            len(layers) < 2
+            or layers != sorted(set(layers))
+            or (
+                self.reads,
+                self.writes,
+            )
+            != want
+        ):
+            raise ValueError(
+                f"a {self.kind} of {self.model} reads "
+                f"{[s.name for s in self.reads]} and writes "
+                f"{[s.name for s in self.writes]}: it reads {k.reads} and writes "
+                f"{k.writes} at each of two or more increasing layers"
             )
 
     @classmethod
@@ -145,6 +187,11 @@ class Dictionary:
         if kind not in KINDS:
             raise ValueError(f"unknown dictionary kind '{kind}' ({list(KINDS)})")
         k = KINDS[kind]
+        if k.spans:
+            raise ValueError(
+                f"a {kind} spans two or more layers, not layer {layer} alone "
+                "(Dictionary.spanning)"
+            )
         if k.sites is not None and site not in k.sites:
             raise ValueError(
                 f"a {kind} of {model} at layer {layer} reads "
@@ -154,11 +201,52 @@ class Dictionary:
         reads, writes = k.sites_of(layer, site)
         return cls(model, kind, reads, writes, width, lambda_, target_l0, tokens)
 
+    @classmethod
+    def spanning(
+        cls,
+        model: str,
+        kind: str,
+        layers: list[int],
+        width: int,
+        tokens: int,
+        *,
+        lambda_: float,
+        target_l0: float | None = None,
+    ) -> Dictionary:
+        """The one dictionary of a spanning kind (a CLT) over `layers`."""
+        k = KINDS[kind]
+        if not k.spans or k.reads is None or k.writes is None:
+            raise ValueError(f"a {kind} is one dictionary per layer, not a span")
+        reads = tuple(Site(L, k.reads) for L in layers)
+        writes = tuple(Site(L, k.writes) for L in layers)
+        return cls(model, kind, reads, writes, width, lambda_, target_l0, tokens)
+
     # -- what it is ---------------------------------------------------------------
 
     @property
     def layer(self) -> int:
+        """Its layer; a spanning dictionary's first."""
         return self.reads[0].layer
+
+    @property
+    def spans(self) -> bool:
+        """Whether it is one dictionary over several layers (a CLT)."""
+        return KINDS[self.kind].spans
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The layers it reads at (one, but for a spanning dictionary)."""
+        return tuple(s.layer for s in self.reads)
+
+    @property
+    def span(self) -> str:
+        """A spanning dictionary's layers in its path: "layers_0-17" when they are
+        consecutive, else each ("layers_7_13_17_22", as Gemma Scope 2 names its
+        crosscoders)."""
+        a, b = self.layers[0], self.layers[-1]
+        if list(self.layers) == list(range(a, b + 1)):
+            return f"layers_{a}-{b}"
+        return "layers_" + "_".join(map(str, self.layers))
 
     @property
     def site(self) -> str:
@@ -203,6 +291,8 @@ class Dictionary:
         batches from one read of the cache. An SAE's site; for a paired dictionary
         the sites it reads and writes ("mlp_in_to_mlp": a layer's plain and
         skip-transcoders together)."""
+        if self.spans:
+            return self.kind
         if not self.paired:
             return self.site
         return paired_job([s.kind for s in self.reads], [s.kind for s in self.writes])
@@ -224,7 +314,14 @@ class Dictionary:
 
     @property
     def path(self) -> str:
-        return f"layer_{self.layer}/{self.family}/width_{self.width}/{self.label}"
+        """Its folder under saes/: layer_L/<family>/width_W/<label>, a spanning
+        dictionary's <kind>/<span>/width_W/<label> (as deep)."""
+        where = (
+            f"{self.kind}/{self.span}"
+            if self.spans
+            else f"layer_{self.layer}/{self.family}"
+        )
+        return f"{where}/width_{self.width}/{self.label}"
 
     def sort_key(self) -> tuple:
         return (

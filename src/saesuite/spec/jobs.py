@@ -117,6 +117,8 @@ class TrainJob(_Json):
         and written for paired dictionaries (a layer's plain and skip-transcoders,
         one job)."""
         d = self.dictionaries[0]
+        if d.spans:  # one job per spanning dictionary (a CLT)
+            return d.path.replace("/", ".")
         return f"layer_{d.layer}.{d.job}" if d.paired else self.input_site
 
     def out_dir(self, d: Dictionary) -> str:
@@ -291,6 +293,11 @@ class ReleaseJob(_Json):
     @property
     def layers(self) -> list[int]:
         return sorted({m.dictionary.layer for m in self.members})
+
+    @property
+    def spanning(self) -> bool:
+        """A repo of cross-layer dictionaries (release.clt_release writes it)."""
+        return self.members[0].dictionary.spans
 
     @property
     def n_bytes(self) -> int:

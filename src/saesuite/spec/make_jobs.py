@@ -27,7 +27,7 @@ from saesuite.spec.sections import (
     TrainConfig,
     TransferConfig,
 )
-from saesuite.spec.sizes import dictionary_bytes
+from saesuite.spec.sizes import clt_params, dictionary_bytes
 from saesuite.spec.suite import has_dashboards
 
 
@@ -59,6 +59,33 @@ def train_job(
     specs = [d for d in suite if (d.model, d.layer, d.job) == (model, layer, job)]
     if not specs:
         raise ValueError(f"no dictionaries of {model} at layer {layer}, {job}")
+    m = config["models"][model]
+    return TrainJob(
+        model=model,
+        seed=config["seed"],
+        shuffle_bucket=config["activations"]["shuffle_bucket"],
+        train=train_section(TrainConfig.from_dict(config["train"]), specs[0]),
+        identity={
+            "model": model,
+            "source": m["source"],
+            "revision": m["revision"],
+            "activations": activation_identity(config, model)["hash"],
+        },
+        dictionaries=tuple(specs),
+        root=root,
+    ).located(paths.manifest(scratch, model), paths.normalization(scratch, model))
+
+
+def spanning_train_job(
+    config: dict[str, Any], spanning: list[Dictionary], model: str, path: str
+) -> TrainJob:
+    """The train job of one spanning dictionary (a CLT) of `model`, by its path
+    (Dictionary.path): itself alone, over every site it reads and writes."""
+    specs = [d for d in spanning if (d.model, d.path) == (model, path)]
+    if not specs:
+        raise ValueError(f"no cross-layer dictionary {path} of {model}")
+    root = config["output_root"]
+    scratch = config.get("scratch_root") or root
     m = config["models"][model]
     return TrainJob(
         model=model,
@@ -182,6 +209,13 @@ def rollouts_job(config: dict[str, Any], model: str) -> RolloutsJob:
     )
 
 
+def member_bytes(d: Dictionary, site_width: int) -> int:
+    """The float32 weights of one released dictionary (what publishing sends)."""
+    if d.spans:
+        return 4 * clt_params(len(d.layers), site_width, site_width, d.width)
+    return dictionary_bytes(site_width, d.width, skip=d.skip)
+
+
 def release_job(
     config: dict[str, Any], repo: str, specs: list[Dictionary], site_width: int
 ) -> ReleaseJob:
@@ -207,7 +241,7 @@ def release_job(
             dictionary=d,
             sae_dir=paths.sae_dir(root, d),
             eval=paths.sae_eval(root, model, model, "text", d.path),
-            n_bytes=dictionary_bytes(site_width, d.width, skip=d.skip),
+            n_bytes=member_bytes(d, site_width),
             dashboard=dashboard(d),
         )
         for d in sorted(specs)

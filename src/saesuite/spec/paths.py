@@ -140,6 +140,12 @@ def site_summary(root: str, model: str, layer: int | str, kind: str) -> str:
     return f"{root}/{model}/saes/layer_{layer}/{kind}/site.json"
 
 
+def spanning_summary(root: str, model: str, sae_path: str) -> str:
+    """Rule train_clt's output: a spanning dictionary's (a CLT's) record, written
+    after its weights (`sae_path`: Dictionary.path)."""
+    return f"{root}/{model}/saes/{sae_path}/{SAE_FILES['info']}"
+
+
 def finetune_summary(root: str, key: str, layer: int | str) -> str:
     """A finetune job's summary: the SAEs of one layer it wrote under `key`
     (spec.checks.finetuned_key)."""

@@ -18,3 +18,10 @@ def dictionary_bytes(
     """W_enc and W_dec of a dictionary, and a skip-transcoder's W_skip (d_in × d_in:
     an MLP's input and output are one width); biases and thresholds are negligible."""
     return (2 * d_in * width + (d_in * d_in if skip else 0)) * BYTES[dtype]
+
+
+def clt_params(n_layers: int, d_in: int, d_out: int, width: int) -> int:
+    """A CLT's parameters: L encoders (d_in × width, b_enc, θ), the decoder blocks
+    i→j for every i ≤ j (width × d_out each, L(L+1)/2 of them) and L output biases."""
+    L = n_layers
+    return L * width * (d_in + 2) + width * d_out * L * (L + 1) // 2 + L * d_out

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from saesuite.spec.dictionary import Dictionary
+from saesuite.spec.dictionary import KINDS, Dictionary
 from saesuite.spec.errors import ConfigError
 from saesuite.spec.known_models import known_shape
 from saesuite.spec.sites import Site
@@ -70,8 +70,12 @@ def group_models(config: dict[str, Any], gi: int) -> list[str]:
 
 
 def model_layers(config: dict[str, Any], model_key: str) -> list[int]:
+    """The layers of the model's per-layer dictionaries (a CLT's layers are its own:
+    `expand_spanning`)."""
     layers: set[int] = set()
-    for gi in range(len(config["suite"])):
+    for gi, g in enumerate(config["suite"]):
+        if KINDS[group_kind(g)].spans:
+            continue
         if model_key in group_models(config, gi):
             layers.update(group_layers(config, gi, model_key))
     return sorted(layers)
@@ -86,16 +90,23 @@ def default_tokens(width: int) -> int:
     return 8 * 10**9
 
 
+def _ladder(group: dict[str, Any]) -> list[tuple[float, float | None]]:
+    """A group's rungs: (λ, target L0 or None)."""
+    sp = group["sparsity"]
+    if "lambdas" in sp:
+        return [(lam, None) for lam in sp["lambdas"]]
+    return [(sp["lambda"], l0) for l0 in sp["target_l0"]]
+
+
 def expand_suite(config: dict[str, Any]) -> list[Dictionary]:
-    """Every dictionary of the suite, deduplicated and sorted."""
+    """Every per-layer dictionary of the suite (SAEs and transcoders),
+    deduplicated and sorted; the spanning ones (CLTs) are `expand_spanning`'s."""
     out: set[Dictionary] = set()
     for gi, g in enumerate(config["suite"]):
-        sp = g["sparsity"]
-        if "lambdas" in sp:
-            ladder = [(lam, None) for lam in sp["lambdas"]]
-        else:
-            ladder = [(sp["lambda"], l0) for l0 in sp["target_l0"]]
+        ladder = _ladder(g)
         kind = group_kind(g)
+        if KINDS[kind].spans:
+            continue
         for mk in group_models(config, gi):
             for layer, site, width in itertools.product(
                 group_layers(config, gi, mk), g["sites"], g["widths"]
@@ -117,18 +128,41 @@ def expand_suite(config: dict[str, Any]) -> list[Dictionary]:
     return sorted(out)
 
 
+def expand_spanning(config: dict[str, Any]) -> list[Dictionary]:
+    """Every dictionary of a spanning kind (a CLT: one over its group's layers, per
+    model × width × rung), deduplicated and sorted."""
+    out: set[Dictionary] = set()
+    for gi, g in enumerate(config["suite"]):
+        kind = group_kind(g)
+        if not KINDS[kind].spans:
+            continue
+        for mk in group_models(config, gi):
+            layers = group_layers(config, gi, mk)
+            for width in g["widths"]:
+                tokens = g["tokens"] or default_tokens(width)
+                for lam, l0 in _ladder(g):
+                    out.add(
+                        Dictionary.spanning(
+                            mk, kind, layers, width, tokens, lambda_=lam, target_l0=l0
+                        )
+                    )
+    return sorted(out)
+
+
 def group_kind(group: dict[str, Any]) -> str:
     """The KINDS key of a suite group's dictionaries (its `kind` and `skip`)."""
-    if group.get("kind", "sae") == "sae":
-        return "sae"
-    return "skip_transcoder" if group.get("skip") == "affine" else "transcoder"
+    kind = group.get("kind", "sae")
+    if kind == "transcoder" and group.get("skip") == "affine":
+        return "skip_transcoder"
+    return kind
 
 
 def model_sites(config: dict[str, Any], model_key: str) -> list[Site]:
     """Every site the model's activation cache must hold: what its dictionaries read
     and what they write."""
-    suite = [d for d in expand_suite(config) if d.model == model_key]
-    return sorted({x for d in suite for x in (*d.reads, *d.writes)})
+    every = expand_suite(config) + expand_spanning(config)
+    mine = [d for d in every if d.model == model_key]
+    return sorted({x for d in mine for x in (*d.reads, *d.writes)})
 
 
 def sequences(config: dict[str, Any], split: str) -> int:

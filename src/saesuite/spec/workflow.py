@@ -21,6 +21,7 @@ from saesuite.spec.config import ConfigError
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.releases import folder_name, release_groups
 from saesuite.spec.suite import (
+    expand_spanning,
     expand_suite,
     has_dashboards,
     known_site_width,
@@ -36,7 +37,10 @@ class Workflow:
         # activation caches and checkpoints: large and regenerable (a shared scratch)
         self.scratch = config["scratch_root"] or self.root
         self.suite: list[Dictionary] = expand_suite(config)
-        self.trained = sorted({s.model for s in self.suite})
+        # one dictionary over many layers each (CLTs): their own train, evaluate
+        # and release jobs, beside the per-layer suite
+        self.spanning: list[Dictionary] = expand_spanning(config)
+        self.trained = sorted({s.model for s in self.suite + self.spanning})
         self.evaluations: list[Evaluation] = evaluations(config, self.suite)
         self.checks: dict[str, TransferCheck] = {
             c.name: c for c in transfer_checks(config, self.suite)
@@ -57,7 +61,8 @@ class Workflow:
     @cached_property
     def releases(self) -> dict[str, jobs.ReleaseJob]:
         out = {}
-        for repo, specs in release_groups(self.config, self.suite).items():
+        every = self.suite + self.spanning
+        for repo, specs in release_groups(self.config, every).items():
             width = known_site_width(self.config, specs[0].model, specs[0].site)
             out[folder_name(repo)] = make_jobs.release_job(
                 self.config, repo, specs, width
@@ -90,8 +95,16 @@ class Workflow:
     def model_sites(self, model: str) -> list[tuple[int, str]]:
         """The sites the model's activation cache holds: what its dictionaries read
         and what they reconstruct or predict."""
-        mine = [d for d in self.suite if d.model == model]
+        mine = [d for d in self.suite + self.spanning if d.model == model]
         return sorted({(x.layer, x.kind) for d in mine for x in (*d.reads, *d.writes)})
+
+    def spanning_summaries(self, model: str | None = None) -> list[str]:
+        """The train_clt jobs' outputs (of one model, or all)."""
+        return [
+            paths.spanning_summary(self.root, d.model, d.path)
+            for d in self.spanning
+            if model is None or d.model == model
+        ]
 
     # -- input files --------------------------------------------------------------
 
@@ -181,6 +194,8 @@ class Workflow:
 
     def release_inputs(self, name: str) -> list[str]:
         job = self.releases[name]
+        if job.spanning:  # a CLT repo: each CLT's own evaluation
+            return [m.eval for m in job.members]
         out = [paths.eval_pass(self.root, job.model, "text", L) for L in job.layers]
         out += sorted(
             {
@@ -198,6 +213,27 @@ class Workflow:
         (the rule's inputs say that), so moving the scratch does not rerun it."""
         job = make_jobs.train_job(self.config, self.suite, model, layer, kind).to_dict()
         return {k: v for k, v in job.items() if k not in jobs.TrainJob.LOCATION}
+
+    def spanning_train_params(self, model: str, path: str) -> dict[str, Any]:
+        """A CLT's train job as the rule's param, without where the activations
+        are (as train_params)."""
+        job = make_jobs.spanning_train_job(self.config, self.spanning, model, path)
+        return {
+            k: v for k, v in job.to_dict().items() if k not in jobs.TrainJob.LOCATION
+        }
+
+    def spanning_evals(self, model: str | None = None) -> list[str]:
+        """The evaluate_clt jobs' outputs: each CLT on its model's held-out text."""
+        return [
+            paths.sae_eval(self.root, d.model, d.model, "text", d.path)
+            for d in self.spanning
+            if model is None or d.model == model
+        ]
+
+    def spanning_eval_params(self, model: str, path: str) -> dict[str, Any]:
+        """A CLT's evaluate job: an EvalJob of its one member."""
+        (d,) = [s for s in self.spanning if (s.model, s.path) == (model, path)]
+        return make_jobs.eval_job(self.config, [d], model, "text", d.layer).to_dict()
 
     def eval_params(self, lm: str, data: str, layer: int) -> dict:
         specs = self.eval_passes[(lm, data, layer)]
@@ -233,7 +269,8 @@ class Workflow:
 
     def final_outputs(self) -> list[str]:
         root = self.root
-        out = self.site_summaries()
+        out = self.site_summaries() + self.spanning_summaries()
+        out += self.spanning_evals()
         # The cache itself is a target, so a deleted chunk is recomputed (only that
         # one: Snakemake skips jobs whose outputs exist, however old those after).
         out += [f for m in self.trained for f in self.chunk_files(m, "data")]
