@@ -1,9 +1,8 @@
 """A cross-layer transcoder's training step at 6, 12 and 18 layers (issue 37, item 1):
-tokens/s of the step the trainer takes (`sae.clt_train`: the decode over active
-latents with sparse decoder rows and `RowAdam`), of the decode over active latents
-with dense decoder gradients and Adam, and of the dense decoder (`decode_dense`),
-each step's forward, backward and Adam, on the same batches, at an L0 of about 20
-per layer (θ set where N(0, 1) pre-activations fire on that share of the latents).
+tokens/s of the decode over active latents (`CrossLayerTranscoder.decode`) against
+the dense decoder (`decode_dense`), each step's forward, backward and Adam, on the
+same batches, at an L0 of about 20 per layer (θ set where N(0, 1) pre-activations
+fire on that share of the latents).
 
     .venv/bin/python benchmarks/clt.py [--layers 6 12 18] [--width 2048]
 """
@@ -19,35 +18,27 @@ from common import matmul_ceiling
 
 from saesuite.sae.clt import CrossLayerTranscoder
 from saesuite.sae.jumprelu import LossTerms
-from saesuite.sae.row_adam import RowAdam, clip_grads_
 
 
-def tokens_per_s(L: int, d: int, w: int, batch: int, l0: float, steps: int, mode: str):
-    """Best tokens/s over `steps` steps of `mode`: "rows" (the trainer's), "sparse"
-    (active latents, dense decoder gradients and Adam) or "dense"."""
+def tokens_per_s(
+    L: int, d: int, w: int, batch: int, l0: float, steps: int, dense: bool
+):
     g = torch.Generator().manual_seed(0)
     m = CrossLayerTranscoder(L, d, w).initialize(g)
     theta = float(torch.special.ndtri(torch.tensor(1.0 - l0 / w, dtype=torch.float64)))
     with torch.no_grad():
         m.threshold_raw.fill_(theta)
-    m.sparse_grads = mode == "rows"
-    dec = list(m.W_dec) if m.sparse_grads else []
-    rest = [p for p in m.parameters() if all(p is not q for q in dec)]
-    opt = torch.optim.Adam(rest, lr=1e-7, betas=(0.0, 0.999), fused=True)
-    rows = RowAdam(dec, lr=1e-7)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-7)
     x = torch.randn(batch, L, d, generator=g)
     y = torch.randn(batch, L, d, generator=g)
     terms = tuple(LossTerms("target_l0", 1e-3, l0) for _ in range(L))
     seen = []
     for i in range(steps + 1):  # the first step warms up
         t = time.perf_counter()
-        out = m.training_loss(x, y, terms, dense=mode == "dense")
+        out = m.training_loss(x, y, terms, dense=dense)
         out.loss.backward()
-        clip_grads_(m.parameters(), 1.0)
         opt.step()
-        rows.step()
         opt.zero_grad(set_to_none=True)
-        rows.zero_grad()
         if i:
             seen.append(time.perf_counter() - t)
     return batch / min(seen), float(out.l0.mean())
@@ -69,16 +60,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{platform.node()}, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads; d {a.d}, width {a.width} per layer, batch {a.batch}, L0 ≈ "
           f"{a.l0:g} per layer; float32 matmul {speed / 1e9:.0f} GFLOP/s")  # fmt: skip
-    print("\n| layers | trainer's tok/s | active latents, dense Adam | dense tok/s "
-          "| trainer / dense | L0 | trainer's tok/s × layers |")  # fmt: skip
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| layers | sparse tok/s | dense tok/s | sparse / dense | L0 "
+          "| sparse tok/s × layers |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|")
     for L in a.layers:
-        shape = (L, a.d, a.width, a.batch, a.l0, a.steps)
-        ours, l0 = tokens_per_s(*shape, "rows")
-        sparse, _ = tokens_per_s(*shape, "sparse")
-        dense, _ = tokens_per_s(*shape, "dense")
-        print(f"| {L} | {ours:.0f} | {sparse:.0f} | {dense:.0f} | {ours / dense:.2f} "
-              f"| {l0:.1f} | {ours * L:.0f} |")  # fmt: skip
+        sparse, l0 = tokens_per_s(L, a.d, a.width, a.batch, a.l0, a.steps, False)
+        dense, _ = tokens_per_s(L, a.d, a.width, a.batch, a.l0, a.steps, True)
+        print(f"| {L} | {sparse:.0f} | {dense:.0f} | {sparse / dense:.2f} | {l0:.1f} "
+              f"| {sparse * L:.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -21,7 +21,13 @@ or `--log`): each job from its start to its "Finished jobid" line. The bounds:
   site (zero-ablation) and dictionary the layers after the site with the head; and
   each dictionary's encoder and decoder, 4·d·w per token;
 - dashboards: the forward to the layer, every dictionary's encoder, and its logit
-  effects (width × vocabulary × d × 2).
+  effects (width × vocabulary × d × 2);
+- train_clt: per step the L encoder matmuls 2·B·L·d·w and, over each layer's L0
+  active latents (their mean over the logged steps), the decoder writes into the
+  layers after and their three backward products, 2·B·4·d·Σ_i L0_i·(L − i);
+- evaluate_clt: the forward over the reconstruction tokens and the CLT's encoders
+  and active decoders on them; over the loss tokens the clean, zero-ablated and
+  replacement passes with the head, and per layer the layers after it and the head.
 
 Goals (independent of the host): train within 1.5× its bound, evaluate within 1.3×,
 and the rules outside the compute stages under 10 % of the wall time.
@@ -50,8 +56,10 @@ from saesuite.spec.sites import Site
 COMPUTE = (
     "extract",
     "train",
+    "train_clt",
     "finetune",
     "evaluate",
+    "evaluate_clt",
     "dashboards",
     "transfer_rollouts",
 )
@@ -105,6 +113,40 @@ def train_bound(sae_dir: Path) -> float:
     return flops + (steps * 4 * batch * d * d if skip else 0)
 
 
+def _clt_decode(l0_by_layer: list[float], d: int) -> float:
+    """MACs per token of a CLT's decoder over its active latents: Σ_i L0_i·(L − i)·d."""
+    L = len(l0_by_layer)
+    return sum(l0 * (L - i) * d for i, l0 in enumerate(l0_by_layer))
+
+
+def clt_bound(sae_dir: Path) -> float:
+    """FLOPs of one CLT's training steps (the module docstring)."""
+    info = json.loads((sae_dir / "sae.json").read_text())
+    log = [
+        json.loads(x) for x in (sae_dir / "train_log.jsonl").read_text().splitlines()
+    ]
+    L, d, w = len(info["layers"]), info["d_in"], info["width"]
+    batch, steps = info["train"]["batch_size"], info["steps"]
+    mean = torch.tensor([r["l0_by_layer"] for r in log]).mean(0).tolist()
+    return steps * (2 * batch * L * d * w + 2 * batch * 4 * _clt_decode(mean, d))
+
+
+def clt_eval_bound(ev_json: Path, shape: ModelShape) -> float:
+    """FLOPs of one evaluate_clt job from its JSON (the module docstring)."""
+    ev = json.loads(ev_json.read_text())
+    m, layers = ev["metrics"], ev["identity"]["layers"]
+    body, head = body_params(shape), shape.vocab * shape.d_model
+    n = shape.n_layers
+    d, w = shape.d_model, ev["identity"]["width"]
+    l0 = [b["l0"] for b in m["by_layer"]]
+    flops = 2 * body * (layers[-1] + 1) / n * m["tokens"]
+    flops += m["tokens"] * (2 * len(layers) * d * w + 2 * _clt_decode(l0, d))
+    loss = m["loss_tokens"]
+    flops += 3 * 2 * (body + head) * loss  # clean, zero-ablated, replacement
+    flops += sum(2 * (body * (n - j) / n + head) * loss for j in layers)
+    return flops
+
+
 def evaluate_bound(summary: Path, shape: ModelShape) -> float:
     """FLOPs of one evaluate job from its summary (eval_passes/<data>/layer_L.json)."""
     entries = json.loads(summary.read_text())["saes"]
@@ -139,9 +181,16 @@ def bounds(root: Path, config: dict) -> dict[str, float]:
     out["extract"] = (
         2 * body_params(shape) * (deepest + 1) / shape.n_layers * manifest["n_tokens"]
     )
+    out |= {"train_clt": 0.0, "evaluate_clt": 0.0}
     for sae_json in results.glob("*/saes/**/sae.json"):
-        stage = "finetune" if "finetuned_from" in sae_json.read_text() else "train"
+        text = sae_json.read_text()
+        if '"layers"' in text:  # a CLT's record
+            out["train_clt"] += clt_bound(sae_json.parent)
+            continue
+        stage = "finetune" if "finetuned_from" in text else "train"
         out[stage] += train_bound(sae_json.parent)
+    for ev in results.glob("*/eval/*/text/clt/**/*.json"):
+        out["evaluate_clt"] += clt_eval_bound(ev, shape)
     for summary in results.glob("*/eval_passes/*/layer_*.json"):
         out["evaluate"] += evaluate_bound(summary, shape)
     for summary in results.glob("*/dashboards/layer_*.json"):

@@ -18,8 +18,9 @@ from saesuite.spec.known_models import KNOWN
 def test_default_plan_matches_hand_computation():
     cfg = load_config(REPO_ROOT / "config" / "config.yaml")
     df = preflight(cfg, tflops=0.1).set_index("stage")
-    # 4 layers × (res, mlp, att) and the transcoders' mlp_in at layers 9 and 15, fp32
-    per_token = (4 * (640 + 640 + 1024) + 2 * 640) * 4 + 5
+    # 4 layers × (res, att) and, for the CLT over all 18 layers, every layer's mlp
+    # and mlp_in (the SAEs' mlp and the transcoders' mlp_in among them), fp32
+    per_token = (4 * (640 + 1024) + 36 * 640) * 4 + 5
     assert df.loc["extract", "cache_bytes"] == 131072 * per_token
     # 24 SAEs and 8 transcoders (2 layers × plain/affine × 2 targets, 640 → 640)
     d_in_sum = 8 * 640 + 8 * 640 + 8 * 1024 + 8 * 640
@@ -97,12 +98,13 @@ def test_cli_plan(tmp_path, capsys):
     out = tmp_path / "plan.csv"
     main(["plan", "--tflops", "0.1", "--csv", str(out)])
     printed = capsys.readouterr().out
-    assert "| gemma-3-270m | train | 32 |" in printed and "5.5 GB" in printed
+    assert "| gemma-3-270m | train | 32 |" in printed and "15.6 GB" in printed
+    assert "| gemma-3-270m | train_clt | 1 | 131 k |" in printed
     df = pd.read_csv(out)
     # extract, train, evaluate, rollouts, PT SAEs on chat; the default run's
     # fine-tuning (transfer.finetune_share 0.1) with its two evaluations; and its
-    # dashboards at layer 9 (dashboards.layers)
-    assert len(df) == 9
+    # dashboards at layer 9 (dashboards.layers); the CLT's training and evaluation
+    assert len(df) == 11
     dash = df.set_index("stage").loc["dashboards"]
     assert dash["saes"] == 10 and dash["tokens"] == 16384  # res, att, mlp, 2 kinds × 2
     effects = 10 * 2 * 640 * 262_144 * 4096  # every latent through the unembedding
@@ -161,9 +163,10 @@ def test_data_reuse_shows_epochs_and_the_cache_that_repeats_nothing():
     raw = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
     lines = data_reuse(load_config(raw))
     assert lines[0] == (
-        "gemma-3-270m: 131 k unique tokens cached; 32 SAEs × 300 k tokens (2.29 epochs)"
+        "gemma-3-270m: 131 k unique tokens cached; 1 SAE × 131 k tokens (1 epoch), "
+        "32 SAEs × 300 k tokens (2.29 epochs)"
     )
-    per_token = (4 * (640 + 640 + 1024) + 2 * 640) * 4 + 5  # as the extract row
+    per_token = (4 * (640 + 1024) + 36 * 640) * 4 + 5  # as the extract row
     size = 300032 * per_token / 1e9
     assert lines[1] == (
         "  no token repeated (data.train_tokens: unique): 300 k tokens, "
@@ -173,7 +176,8 @@ def test_data_reuse_shows_epochs_and_the_cache_that_repeats_nothing():
     cfg = load_config(raw)
     assert cfg["data"]["train_tokens"] == 300032
     assert data_reuse(cfg) == [
-        "gemma-3-270m: 300 k unique tokens cached; 32 SAEs × 300 k tokens (1 epoch)"
+        "gemma-3-270m: 300 k unique tokens cached; 1 SAE × 131 k tokens (0.437 "
+        "epochs), 32 SAEs × 300 k tokens (1 epoch)"
     ]
     extract = preflight(cfg, 0.1).set_index("stage").loc["extract"]
     assert extract["cache_bytes"] == 300032 * per_token

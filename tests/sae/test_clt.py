@@ -132,38 +132,3 @@ def test_folding_the_scalars_gives_the_trained_map_on_raw_activations():
         assert torch.equal(folded.encode(x) > 0, fires) and fires.any()
     with pytest.raises(ValueError, match="2 input and 3 output scales for 3 layers"):
         clt.fold_normalization(c[:2], dd)
-
-
-def test_sparse_decoder_rows_with_row_adam_step_as_dense_adam():
-    """A CLT whose decoders take sparse row gradients, stepped by RowAdam (exact for
-    β1 = 0: untouched rows only decay their second moment), moves every parameter
-    as dense gradients and torch's Adam(β1 = 0) do, clipping included, over steps
-    that touch different rows."""
-    from saesuite.sae.row_adam import RowAdam, clip_grads_
-
-    def run(sparse: bool) -> CrossLayerTranscoder:
-        m = clt()
-        m.sparse_grads = sparse
-        dec = list(m.W_dec) if sparse else []
-        rest = [p for p in m.parameters() if all(p is not q for q in dec)]
-        opt = torch.optim.Adam(rest, lr=1e-2, betas=(0.0, 0.999), eps=1e-8)
-        rows = RowAdam(dec, lr=1e-2, beta2=0.999, eps=1e-8)
-        terms = (LossTerms(penalty="target_l0", lambda_=0.1, target_l0=3.0),) * L
-        for step in range(8):
-            x, y = inputs(seed=10 + step)
-            opt.zero_grad(set_to_none=True)
-            rows.zero_grad()
-            m.training_loss(x, y, terms).loss.backward()
-            if sparse:
-                assert all(w.grad.is_sparse for w in m.W_dec)
-                clip_grads_(m.parameters(), 0.5)
-            else:
-                torch.nn.utils.clip_grad_norm_(m.parameters(), 0.5)
-            opt.step()
-            rows.step()
-        return m
-
-    dense, sparse = run(False), run(True)
-    for (name, a), b in zip(dense.named_parameters(), sparse.parameters(), strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=name)
-    assert not torch.equal(dense.W_dec[0], clt().W_dec[0])  # it moved

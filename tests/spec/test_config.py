@@ -32,8 +32,9 @@ def test_default_config_validates_and_fills_defaults():
             (15, "skip_transcoder"),
         ]
     )
-    # the transcoders read the MLP's input at their layers: two more cached sites
-    assert len(model_sites(cfg, "gemma-3-270m")) == 12 + 2
+    # res and att at 4 layers; the CLT reads and writes every layer's MLP input and
+    # output, the SAEs' and transcoders' among them
+    assert len(model_sites(cfg, "gemma-3-270m")) == 4 * 2 + 18 * 2
     assert n_chunks(cfg) == 4
 
 

@@ -346,8 +346,9 @@ def data_reuse(config: dict[str, Any]) -> list[str]:
     """Per model: the unique training tokens its cache holds and, per SAE budget, how
     many SAEs train on it and how many passes over the cache (epochs) each makes;
     where any SAE repeats tokens, the tokens and bytes of a cache in which none does
-    (data.train_tokens: unique). Gemma Scope trained every SAE on fresh activations."""
-    suite = expand_suite(config)
+    (data.train_tokens: unique), every site of the cache counted (a CLT's too).
+    Gemma Scope trained every SAE on fresh activations."""
+    suite = expand_suite(config) + expand_spanning(config)
     unique = sequences(config, "train") * config["data"]["context_size"]
     lines = []
     for model in sorted({s.model for s in suite}):

@@ -66,9 +66,6 @@ class CrossLayerTranscoder(nn.Module):
             nn.Parameter(torch.zeros(width, (L - i) * d_out, **kw)) for i in range(L)
         )
         self.b_dec = nn.Parameter(torch.zeros(L, d_out, **kw))
-        # the decoders' gradients as sparse rows (those of active latents), for
-        # `sae.row_adam.RowAdam`: a step then touches L0 rows per layer, not width
-        self.sparse_grads = False
 
     @property
     def threshold(self) -> torch.Tensor:
@@ -151,7 +148,6 @@ class CrossLayerTranscoder(nn.Module):
                 offsets,
                 mode="sum",
                 per_sample_weights=f[:, i][rows, cols],
-                sparse=self.sparse_grads,
             )  # (B, (L − i)·d_out)
             parts.append(F.pad(out.view(B, L - i, self.d_out), (0, 0, i, 0)))
         return torch.stack(parts).sum(0)

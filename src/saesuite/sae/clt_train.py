@@ -36,7 +36,6 @@ from saesuite.sae.clt import CrossLayerTranscoder
 from saesuite.sae.jumprelu import LossTerms
 from saesuite.sae.launch import PREEMPTED_EXIT
 from saesuite.sae.member import FUSED_ADAM_DEVICES, make_schedule, sae_seed
-from saesuite.sae.row_adam import RowAdam, clip_grads_
 from saesuite.spec import paths
 from saesuite.spec.dictionary import Dictionary
 from saesuite.spec.io import atomic_path, read_json, versions, write_json
@@ -88,22 +87,17 @@ class CLTState:
         cfg = job.train
         seed = sae_seed(job.seed, self.spec.kind, self.spec.path)
         self.clt = build(self.spec, d_in, d_out, cfg, seed).to(device)
-        # With β1 = 0 the decoders take sparse row gradients and an exact row-wise
-        # Adam (`sae.row_adam`): the same numbers as dense Adam, without writing
-        # every one of their L(L+1)/2 blocks each step (BENCHMARKS.md, "A
-        # cross-layer transcoder's step by layers")
-        sparse = cfg.adam_beta1 == 0
-        self.clt.sparse_grads = sparse
-        decoders = list(self.clt.W_dec) if sparse else []
-        rest = [p for p in self.clt.parameters() if all(p is not q for q in decoders)]
+        # One Adam over every tensor, the decoders' dense gradients included: a
+        # row-sparse exact Adam measured 3.5× slower at 18 layers, since nearly every
+        # latent fires in a batch (BENCHMARKS.md, "A cross-layer transcoder's step
+        # by layers")
         self.opt = torch.optim.Adam(
-            rest,
+            self.clt.parameters(),
             lr=cfg.lr,
             betas=(cfg.adam_beta1, cfg.adam_beta2),
             eps=cfg.adam_eps,
             fused=torch.device(device).type in FUSED_ADAM_DEVICES,
         )
-        self.rows = RowAdam(decoders, cfg.lr, cfg.adam_beta2, cfg.adam_eps)
         self.schedule = make_schedule(self.spec.tokens, cfg)
         L, w = self.clt.n_layers, self.spec.width
         self.since_fired = torch.zeros(L, w, dtype=torch.int64)
@@ -114,7 +108,6 @@ class CLTState:
             "step": step,
             "clt": self.clt.state_dict(),
             "opt": self.opt.state_dict(),
-            "rows": self.rows.state_dict(),
             "since_fired": self.since_fired,
             "torch_rng": torch.get_rng_state(),
         }
@@ -122,7 +115,6 @@ class CLTState:
     def load(self, state: dict[str, Any]) -> int:
         self.clt.load_state_dict(state["clt"])
         self.opt.load_state_dict(state["opt"])
-        self.rows.load_state_dict(state["rows"])
         self.since_fired = state["since_fired"]
         torch.set_rng_state(state["torch_rng"])
         return int(state["step"])
@@ -141,7 +133,6 @@ def clt_step(
     lr = sched.lr_at(step)
     for group in s.opt.param_groups:
         group["lr"] = lr
-    s.rows.lr = lr
     if step == 0 and cfg.b_dec_init == "mean":
         with torch.no_grad():
             s.clt.b_dec.copy_(y.mean(0))
@@ -159,12 +150,10 @@ def clt_step(
         dead = (s.since_fired >= cfg.pre_act_window_tokens).to(x.device)
     out = s.clt.training_loss(x, y, (term,) * s.clt.n_layers, dead=dead)
     s.opt.zero_grad(set_to_none=True)
-    s.rows.zero_grad()
     out.loss.backward()
     if cfg.max_grad_norm:
-        clip_grads_(s.clt.parameters(), cfg.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(s.clt.parameters(), cfg.max_grad_norm)
     s.opt.step()
-    s.rows.step()
     with torch.no_grad():  # θ must stay positive
         s.clt.threshold_raw.clamp_(min=1e-6)
     counts = out.counts.cpu()
