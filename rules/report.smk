@@ -9,6 +9,7 @@ rule report_figures:
         layers=lambda w: WF.model_eval_layers(w.model),
         sites=lambda w: WF.site_summaries(w.model),
         dashboards=lambda w: WF.dashboard_layers(w.model),
+        clt=lambda w: WF.spanning_evals(w.model),
     output:
         figures=report(
             directory(paths.report_dirs(ROOT, "{model}")["figures"]),

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from circuit_tracer import attribute
+from circuit_tracer.graph import compute_graph_scores
 from nnsight import save
 from safetensors.torch import load_file, save_file
 
@@ -84,6 +85,14 @@ def main(inputs: str, out_dir: str, model_dir: str, *sets: str) -> None:
                     "n_pos": graph.n_pos,
                     "logit_token_ids": [int(t) for t in graph.logit_token_ids],
                     "seconds": seconds,
+                    # circuit-tracer's own: the share of the logits' influence that
+                    # reaches them not through error nodes, and of each node's input
+                    "scores": dict(
+                        zip(
+                            ("replacement", "completeness"),
+                            map(float, compute_graph_scores(graph)),
+                        )
+                    ),
                 }
             )
         )

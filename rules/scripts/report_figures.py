@@ -13,4 +13,5 @@ with job_log(sm.log[0], sm.threads):
         sm.output.figures,
         sm.output.tables,
         list(sm.input.dashboards),
+        list(sm.input.clt),
     )

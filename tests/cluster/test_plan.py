@@ -99,7 +99,7 @@ def test_cli_plan(tmp_path, capsys):
     main(["plan", "--tflops", "0.1", "--csv", str(out)])
     printed = capsys.readouterr().out
     assert "| gemma-3-270m | train | 32 |" in printed and "15.6 GB" in printed
-    assert "| gemma-3-270m | train_clt | 1 | 131 k |" in printed
+    assert "| gemma-3-270m | train_clt | 2 | 262 k |" in printed  # CLT, crosscoder
     df = pd.read_csv(out)
     # extract, train, evaluate, rollouts, PT SAEs on chat; the default run's
     # fine-tuning (transfer.finetune_share 0.1) with its two evaluations; and its
@@ -163,7 +163,7 @@ def test_data_reuse_shows_epochs_and_the_cache_that_repeats_nothing():
     raw = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
     lines = data_reuse(load_config(raw))
     assert lines[0] == (
-        "gemma-3-270m: 131 k unique tokens cached; 1 SAE × 131 k tokens (1 epoch), "
+        "gemma-3-270m: 131 k unique tokens cached; 2 SAEs × 131 k tokens (1 epoch), "
         "32 SAEs × 300 k tokens (2.29 epochs)"
     )
     per_token = (4 * (640 + 1024) + 36 * 640) * 4 + 5  # as the extract row
@@ -176,7 +176,7 @@ def test_data_reuse_shows_epochs_and_the_cache_that_repeats_nothing():
     cfg = load_config(raw)
     assert cfg["data"]["train_tokens"] == 300032
     assert data_reuse(cfg) == [
-        "gemma-3-270m: 300 k unique tokens cached; 1 SAE × 131 k tokens (0.437 "
+        "gemma-3-270m: 300 k unique tokens cached; 2 SAEs × 131 k tokens (0.437 "
         "epochs), 32 SAEs × 300 k tokens (1 epoch)"
     ]
     extract = preflight(cfg, 0.1).set_index("stage").loc["extract"]

@@ -72,20 +72,21 @@ def fixed_point(model, clt, ids, ins, outs, keep):
     """Logits with every MLP output replaced by a fixed tensor Y, after Y ← CLT(MLP
     inputs of the pass that splices Y) L times (Y's layers < k are exact after k)."""
     B, T = ids.shape
-    y = torch.zeros(B, T, L, clt.d_out)
-    for _ in range(L + 1):
+    y = torch.zeros(B, T, clt.n_layers, clt.d_out)
+    for _ in range(clt.n_layers + 1):
         captured = {}
 
         def put(site, act, y=y):
-            if site.kind == "mlp_in":
+            if site in ins:  # what the pass holds here, before it is written
                 captured[site] = act
+            if site not in outs:
                 return None
-            return torch.where(keep[..., None], y[:, :, site.layer], act)
+            return torch.where(keep[..., None], y[:, :, outs.index(site)], act)
 
-        logits = logits_with(model, ids, ins + outs, put)
+        logits = logits_with(model, ids, list(dict.fromkeys(ins + outs)), put)
         x = torch.stack([captured[s] for s in ins], dim=2)
         with torch.no_grad():
-            y = clt(x.reshape(B * T, L, -1)).view(B, T, L, -1)
+            y = clt(x.reshape(B * T, clt.n_layers, -1)).view(B, T, clt.n_layers, -1)
     return logits
 
 
@@ -143,3 +144,32 @@ def test_a_clt_that_writes_nothing_is_zero_ablation(setup):
     m = clt_passes(model, empty, ids, mask, ins, outs, loss_sequences=2).metrics()
     assert m["ce_spliced"] == pytest.approx(m["ce_zero_ablation"], abs=1e-6)
     assert m["loss_recovered"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_a_crosscoder_replaces_its_residual_streams_as_their_fixed_point(setup):
+    """A weakly causal crosscoder over layers 1 and 3 reads each layer's residual
+    stream before writing it: the replacement pass equals the fixed point of
+    splicing fixed reconstructions there, and one layer alone its open-loop one."""
+    model, ids, mask, *_ = setup
+    sites = [Site(1, "res"), Site(3, "res")]
+    acts = capture(model, ids, sites)
+    x = torch.stack([acts[s] for s in sites], dim=2).reshape(-1, 2, 64)
+    g = torch.Generator().manual_seed(3)
+    xc = CrossLayerTranscoder(2, 64, 32).initialize(g)
+    with torch.no_grad():
+        xc.threshold_raw.copy_(xc.pre_acts(x).quantile(0.9, dim=0).clamp(min=1e-3))
+        for w in xc.W_dec:
+            w.mul_(x.norm(dim=-1).mean() / 3)
+        xc.b_dec.copy_(x.mean(0))
+    got = replacement_pass(model, xc.eval(), ids, sites, sites, mask)
+    want = fixed_point(model, xc, ids, sites, sites, mask)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    m = clt_passes(model, xc, ids, mask, sites, sites, loss_sequences=2).metrics()
+    pred = mask[:2, :-1] & mask[:2, 1:]
+    clean = logits_with(model, ids[:2], [], lambda s, a: None)
+    with torch.no_grad():
+        y = xc(x).view(*ids.shape, 2, 64)
+    alone = logits_with(model, ids[:2], [sites[1]], lambda s, a: torch.where(
+        mask[:2, :, None], y[:2, :, 1], a))  # fmt: skip
+    want = (ce(alone, ids[:2], pred) - ce(clean, ids[:2], pred)) / pred.sum()
+    assert m["by_layer"][1]["delta_loss_alone"] == pytest.approx(float(want), abs=2e-5)

@@ -52,19 +52,23 @@ def store(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     for j in range(L):
         y = sum(acts[f"layer_{i}.mlp_in"] @ maps[i, j] for i in range(j + 1))
         acts[f"layer_{j}.mlp"] = y / (j + 1)
+    for i in range(L):  # residual streams for a crosscoder: a sum of the inputs
+        acts[f"layer_{i}.res"] = sum(acts[f"layer_{k}.mlp_in"] for k in range(i + 1))
     mask = torch.ones(N, dtype=torch.bool)
     mask[::64] = False
     write_chunk(f"{root}/chunk_00000.safetensors", f"{root}/chunk_00000.json",
                 {**acts, "input_ids": torch.zeros(N, dtype=torch.int32), "mask": mask},
                 {"chunk": 0})  # fmt: skip
     write_manifest([f"{root}/chunk_00000.json"], root / "manifest.json", {"model": "s"})
-    write_normalization(root / "manifest.json", sites("mlp_in") + sites("mlp"),
+    write_normalization(root / "manifest.json",
+                        sites("mlp_in") + sites("mlp") + sites("res"),
                         root / "norm.json")  # fmt: skip
     return root, acts
 
 
-def job(store_root: Path, out: Path, tokens: int = 128 * 200, **train) -> TrainJob:
-    clt = Dictionary.spanning("s", "clt", list(range(L)), 64, tokens, lambda_=0.01,
+def job(store_root: Path, out: Path, tokens: int = 128 * 200, kind: str = "clt",
+        **train) -> TrainJob:  # fmt: skip
+    clt = Dictionary.spanning("s", kind, list(range(L)), 64, tokens, lambda_=0.01,
                               target_l0=4)  # fmt: skip
     return TrainJob(
         model="s", root=str(out), seed=3, shuffle_bucket=2048,
@@ -140,3 +144,18 @@ def test_a_per_layer_dictionary_is_refused(store, tmp_path):
     tc = Dictionary.of("s", "transcoder", 0, "mlp", 64, 1000, lambda_=0.01)
     with pytest.raises(ValueError, match="not a cross-layer dictionary"):
         train_clt(replace(job(root, tmp_path), dictionaries=(tc,)))
+
+
+def test_a_crosscoder_trains_on_each_residual_stream_read_once(store, tmp_path):
+    """A weakly causal crosscoder over the three residual streams: each site read
+    once (reads and writes are the same sites), and its released weights, raw in and
+    raw out, reconstruct every layer's stream from its own and earlier latents."""
+    root, acts = store
+    j = job(root, tmp_path, kind="crosscoder")
+    info = train_clt(j)
+    assert info["reads"] == info["writes"] == sites("res")
+    x = torch.stack([acts[s][:256] for s in sites("res")], dim=1)
+    with torch.no_grad():
+        got = load_clt(Path(j.out_dir(j.dictionaries[0])))(x)
+    fvu = (x - got).pow(2).sum((0, 2)) / (x - x.mean(0)).pow(2).sum((0, 2))
+    assert (fvu < 0.3).all(), fvu

@@ -324,7 +324,7 @@ def test_transcoder_groups_are_planned_and_nonsense_is_refused():
     for bad, key, match in (
         ({"kind": "transcoder", "sites": ["res"]}, "sites", r"must be \[mlp\]"),
         ({"skip": "affine"}, "skip", "kind: transcoder"),
-        ({"kind": "crosscoder"}, "kind", "crosscoder"),
+        ({"kind": "acausal"}, "kind", "acausal"),
     ):
         raw = copy.deepcopy(cfg)
         raw["suite"] = [{**base, **bad}]

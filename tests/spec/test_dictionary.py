@@ -39,8 +39,8 @@ def test_each_kind_reads_and_writes_the_sites_of_its_rule():
 
 
 def test_a_dictionary_its_kind_does_not_relate_cannot_be_made():
-    with pytest.raises(ValueError, match="unknown dictionary kind 'crosscoder'"):
-        Dictionary.of("m", "crosscoder", 1, "mlp", 64, 1000, lambda_=1.0)
+    with pytest.raises(ValueError, match="unknown dictionary kind 'acausal'"):
+        Dictionary.of("m", "acausal", 1, "mlp", 64, 1000, lambda_=1.0)
     with pytest.raises(ValueError, match="a clt spans two or more layers"):
         Dictionary.of("m", "clt", 1, "mlp", 64, 1000, lambda_=1.0)
     with pytest.raises(ValueError, match=r"must be one of \['mlp'\], not 'res'"):
@@ -75,6 +75,13 @@ def test_a_clt_is_one_dictionary_over_its_layers():
         c.replace(writes=tuple(Site(i, "res") for i in range(4)))
     with pytest.raises(ValueError, match="one dictionary per layer"):
         Dictionary.spanning("m", "transcoder", [0, 1], 64, 1000, lambda_=1.0)
+    # a weakly causal crosscoder: the same shape over the residual streams
+    x = Dictionary.spanning("m", "crosscoder", [5, 9, 12, 15], 64, 1000,
+                            lambda_=1.0, target_l0=8)  # fmt: skip
+    assert x.reads == x.writes == tuple(Site(L, "res") for L in (5, 9, 12, 15))
+    assert (x.family, x.job, x.release_site, x.paired) == (
+        "crosscoder", "crosscoder", "crosscoder", False)  # fmt: skip
+    assert x.path == "crosscoder/layers_5_9_12_15/width_64/l0_8"
 
 
 def test_json_round_trips_and_names_each_quantity_once(default_suite):

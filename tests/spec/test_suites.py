@@ -12,7 +12,7 @@ from helpers import job_counts
 
 from saesuite.cluster.resources import JobResources
 from saesuite.spec.config import REPO_ROOT, load_config
-from saesuite.spec.suite import expand_suite
+from saesuite.spec.suite import expand_spanning, expand_suite
 from saesuite.spec.workflow import Workflow
 
 SUITES = REPO_ROOT / "config" / "suites"
@@ -36,11 +36,28 @@ EXPECTED = {
         (18 * 3 * 2 * 2 + 4 * 3 * 4 * 3 - 24) + 2 * (18 * 2 * 2 + 4 * 4 * 3 - 8),
         18 * 3 + 18,
     ),
+    # the same for gemma-3-1b's 26 layers (subset layers 7, 13, 17, 22)
+    "gemma-scope-2-1b": (
+        (26 * 3 * 2 + 4 * 3 * 2) + 2 * (26 * 2 + 4 * 2),
+        (26 * 3 * 2 * 2 + 4 * 3 * 4 * 3 - 24) + 2 * (26 * 2 * 2 + 4 * 4 * 3 - 8),
+        26 * 3 + 26,
+    ),
     # every MLP layer at 2^14 × 6 λ, one train job per layer
     "gemma-2-2b-transcoders": (26, 26 * 6, 26),
 }
 # Transcoders among them: (plain, affine)
-TRANSCODERS = {"gemma-scope-2-270m": (112, 112), "gemma-2-2b-transcoders": (156, 0)}
+TRANSCODERS = {
+    "gemma-scope-2-270m": (112, 112),
+    "gemma-scope-2-1b": (144, 144),
+    "gemma-2-2b-transcoders": (156, 0),
+}
+# Gemma Scope 2's spanning dictionaries: (its CLTs' layers and per-layer widths, its
+# crosscoders' layers), each at 2 widths × 3 L0 bands (15, 45, 120)
+SPANNING = {
+    "gemma-scope-2-270m": (range(18), (910, 14560), (5, 9, 12, 15)),
+    "gemma-scope-2-1b": (range(26), (630, 10080), (7, 13, 17, 22)),
+}
+CLTS = {k: (12, 0) for k in SPANNING}  # (spanning dictionaries, unused)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -59,8 +76,21 @@ def test_suite_counts_and_budgets(name):
         (s.input_site.kind, s.output_site.kind) == ("mlp_in", "mlp")
         for s in suite if s.kind != "sae"
     )  # fmt: skip
-    for s in suite:  # Gemma Scope's budgets: 4B at 16.4K, 16B at 1M, 8B otherwise
+    spanning = expand_spanning(cfg)
+    want = []
+    if name in SPANNING:
+        every, widths, subset = SPANNING[name]
+        want = sorted(
+            [("clt", tuple(every), w, t) for w in widths for t in (15, 45, 120)]
+            + [("crosscoder", subset, w, t) for w in (2**14, 2**16)
+               for t in (15, 45, 120)]
+        )  # fmt: skip
+    assert sorted((d.kind, d.layers, d.width, d.target_l0) for d in spanning) == want
+    for s in suite:  # Gemma Scope's budgets: 4B at 16.4K, 16B at 1M, else 8B
         assert s.tokens == {2**14: 4e9, 2**20: 16e9}.get(s.width, 8e9)
+    for d in spanning:  # the same budgets, by the latents of every layer together
+        total = d.width * len(d.layers)
+        assert d.tokens == (4e9 if total <= 2**14 else 16e9 if total >= 2**20 else 8e9)
 
 
 def check_resources(jobs: list[tuple[str, dict]], has_1m: bool) -> None:
@@ -68,7 +98,8 @@ def check_resources(jobs: list[tuple[str, dict]], has_1m: bool) -> None:
     GPUs (the suites set resources.gpu), 8 of them for a site with 2^20 latents."""
     for rule, r in jobs:
         assert int(r["mem_mb"]) > 0 and 10 <= int(r["runtime"]) <= 2880, (rule, r)
-        gpu = rule in ("extract", "train", "evaluate", "transfer_rollouts")
+        gpu = rule in ("extract", "train", "train_clt", "evaluate", "evaluate_clt",
+                       "transfer_rollouts")  # fmt: skip
         assert ("gres" in r) == gpu, (rule, r)
         if gpu:
             n = int(str(r["gres"]).removeprefix("gpu:"))
@@ -102,15 +133,21 @@ def test_the_plan_of_each_suite_has_its_jobs_and_their_resources(name):
     jobs += [("transfer_rollouts", res("transfer_rollouts", {"model": c.target}))
              for c in wf.checks.values()]  # fmt: skip
     jobs += [("release", res("release", {"release": r})) for r in wf.releases]
+    for d in wf.spanning:  # one train and one evaluate job per CLT
+        w = {"model": d.model, "clt": d.path}
+        jobs += [("train_clt", res("train", w)), ("evaluate_clt", res("evaluate", w))]
+    assert len(wf.spanning) == CLTS.get(name, (0, 0))[0]
     check_resources(jobs, any(s.width >= 2**20 for s in wf.suite))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["gemma-scope-union", "gemma-scope-2-270m"])
+@pytest.mark.parametrize(
+    "name", ["gemma-scope-union", "gemma-scope-2-270m", "gemma-scope-2-1b"]
+)
 def test_snakemake_plans_the_suite_as_the_package_does(tmp_path, name):
     """The real dry-run of the whole Gemma Scope 1 union and of Gemma Scope 2's
-    270m suite (its transcoders too): the job counts of the package's plan, and every
-    job's resources as Snakemake prints them."""
+    270m and 1b suites (their transcoders and CLTs too): the job counts of the
+    package's plan, and every job's resources as Snakemake prints them."""
     import subprocess
     import sys
 
@@ -130,6 +167,8 @@ def test_snakemake_plans_the_suite_as_the_package_does(tmp_path, name):
         == len({f for e in wf.evaluations for f in wf.eval_layers(e)})
     )
     assert counts["release"] == len(wf.releases)
+    n = CLTS.get(name, (0, 0))[0]
+    assert counts.get("train_clt", 0) == counts.get("evaluate_clt", 0) == n
     jobs = re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$",
                       res.stdout, re.MULTILINE)  # fmt: skip
     jobs = [j for j in jobs if j[0] != "all"]  # a local target: no resources

@@ -51,6 +51,7 @@ pytestmark = pytest.mark.slow
 N_LAYERS = 4  # the tiny models' (helpers.tiny_hf_config)
 TC_REPO = "saesuite--saesuite-tiny-transcoder"
 CLT_REPO = "saesuite--saesuite-tiny-clt"
+XC_REPO = "saesuite--saesuite-tiny-crosscoder"
 
 
 def transcoder_config(model_dir: Path) -> dict:
@@ -58,7 +59,9 @@ def transcoder_config(model_dir: Path) -> dict:
     base = {**cfg["suite"][0], "layers": [1], "sites": ["mlp"]}
     every = {**base, "layers": list(range(N_LAYERS)), "kind": "transcoder"}
     clt = {**every, "layers": "all", "kind": "clt"}
-    cfg["suite"] = [base, every, {**every, "skip": "affine"}, clt]
+    crosscoder = {**base, "layers": [1, 3], "sites": ["res"], "widths": [64],
+                  "kind": "crosscoder"}  # fmt: skip
+    cfg["suite"] = [base, every, {**every, "skip": "affine"}, clt, crosscoder]
     cfg["transfer"] = {"format_shift": False}
     cfg["dashboards"] = {"enabled": True, "top_k": 5, "window": 3, "samples": 3,
                          "logit_tokens": 5}  # fmt: skip
@@ -83,12 +86,13 @@ def test_transcoders_train_and_evaluate_beside_the_mlps_saes(tc_run):
     the MLP's SAEs."""
     root, counts = tc_run
     assert counts["train"] == 1 + N_LAYERS and counts["evaluate"] == N_LAYERS
-    assert counts["release"] == 3 and counts["dashboards"] == N_LAYERS
-    assert counts["train_clt"] == 2 and counts["evaluate_clt"] == 2
+    assert counts["release"] == 4 and counts["dashboards"] == N_LAYERS
+    # two CLTs and two crosscoders, a job each
+    assert counts["train_clt"] == 4 and counts["evaluate_clt"] == 4
     manifest = read_json(root / "tiny" / "activations" / "manifest.json")
     tensors = set(manifest["chunks"][0]["tensors"])
-    assert tensors - {"input_ids", "mask"} == {f"layer_{L}.{s}" for L in range(N_LAYERS)
-                       for s in ("mlp", "mlp_in")}  # fmt: skip
+    mlps = {f"layer_{L}.{s}" for L in range(N_LAYERS) for s in ("mlp", "mlp_in")}
+    assert tensors - {"input_ids", "mask"} == mlps | {"layer_1.res", "layer_3.res"}
     metrics = {}
     for family, layers in (("mlp", [1]), ("transcoder", range(N_LAYERS)),
                            ("skip_transcoder", range(N_LAYERS))):  # fmt: skip
@@ -117,7 +121,7 @@ def test_transcoders_are_released_with_circuit_tracer_sets(tc_run):
     params.safetensors in layer order."""
     root, _ = tc_run
     assert sorted(p.name for p in (root / "release").iterdir()) == [
-        CLT_REPO, "saesuite--saesuite-tiny-mlp", TC_REPO]  # fmt: skip
+        CLT_REPO, XC_REPO, "saesuite--saesuite-tiny-mlp", TC_REPO]  # fmt: skip
     release = root / "release" / TC_REPO
     meta = read_json(release / "index.json")
     index = meta["saes"]
@@ -217,7 +221,7 @@ def circuit_tracer_run(tc_run, tiny_models, tmp_path_factory, tokenizer):
 
 def clt_at(root: Path, target: float) -> dict:
     """The released CLT of target L0 `target` (its index.json row)."""
-    rows = read_json(root / "release" / CLT_REPO / "index.json")["clts"]
+    rows = read_json(root / "release" / CLT_REPO / "index.json")["dictionaries"]
     (row,) = [r for r in rows if r["value"] == target]
     return row
 
@@ -298,8 +302,15 @@ def test_clts_train_on_the_cache_and_evaluate_as_a_replacement_model(tc_run):
             0 < b["l0"] < 128 and math.isfinite(b["fvu"]) for b in row["by_layer"]
         )
         release = root / "release" / CLT_REPO
-        assert sorted(p.name for p in (release / row["path"]).iterdir()) == [
-            f"params_layer_{i}.safetensors" for i in range(N_LAYERS)]  # fmt: skip
+        files = [f"params_layer_{i}.safetensors" for i in range(N_LAYERS)]
+        listed = sorted(p.name for p in (release / row["path"]).iterdir())
+        assert listed == ["config.json", *files]
+        cfg = read_json(release / row["path"] / "config.json")
+        hooks = (cfg["hf_hook_point_in"], cfg["hf_hook_point_out"], cfg["type"])
+        assert hooks == ("model.layers.{all}.pre_feedforward_layernorm.output",
+                         "model.layers.{all}.post_feedforward_layernorm.output",
+                         "clt")  # fmt: skip
+        assert cfg["width"] == 128 * N_LAYERS and cfg["l0"] == target
         cfg = yaml.safe_load((release / row["circuit_tracer"] / "config.yaml")
                              .read_text())  # fmt: skip
         assert cfg["model_kind"] == "cross_layer_transcoder"
@@ -309,6 +320,76 @@ def test_clts_train_on_the_cache_and_evaluate_as_a_replacement_model(tc_run):
         )
     card = (root / "release" / CLT_REPO / "README.md").read_text()
     assert "load_clt" in card and clt_at(root, 8.0)["path"] in card
+    # the report: each CLT by layer beside the transcoders nearest its layer L0, and
+    # against the full transcoder sets at the rung nearest its L0 per layer
+    import pandas as pd
+
+    from saesuite.report.clt import clt_frames
+
+    report = paths.report_dirs(str(root), "tiny")
+    tables, figures = Path(report["tables"]), Path(report["figures"])
+    table = pd.read_csv(paths.eval_table(str(root), "tiny")["csv"])
+    evals = [
+        read_json(
+            paths.sae_eval(
+                str(root), "tiny", "tiny", "text", f"clt/layers_0-3/width_128/l0_{t}"
+            )
+        )
+        for t in (8, 16)
+    ]
+    layers, totals = clt_frames(table, evals)
+    for _, r in layers.iterrows():
+        tc = table[(table["site"] == "transcoder") & (table["layer"] == r["layer"])]
+        assert (
+            r["transcoder L0"] == tc.loc[(tc["l0"] - r["CLT L0"]).abs().idxmin(), "l0"]
+        )
+    assert totals["transcoder set total L0"].notna().all()
+    html = (tables / "clt.html").read_text()
+    assert all(f"clt/layers_0-3/width_128/l0_{t}" in html for t in (8, 16))
+    assert (tables / "clt_layers.html").is_file()
+    assert sorted(p.name for p in (figures / "clt").glob("*.png")) == [
+        "by_layer_layers_0-3_width_128_l0_16.png",
+        "by_layer_layers_0-3_width_128_l0_8.png",
+    ]
+
+
+def test_crosscoders_are_released_in_gemma_scope_2s_layout(tc_run):
+    """A weakly causal crosscoder over layers 1 and 3: Gemma Scope 2's folder
+    crosscoder/layer_1_3_width_<all latents>_l0_<K>/ with params_layer_k per input
+    layer k (w_enc, b_enc, threshold, its b_dec, w_dec over both layers with the
+    earlier ones zero) and config.json (hook points, width, type), read back here
+    and equal to saesuite's crosscoder; its evaluation replaces both streams."""
+    from saesuite.sae.clt_train import load_clt
+
+    root, _ = tc_run
+    release = root / "release" / XC_REPO
+    rows = read_json(release / "index.json")["dictionaries"]
+    assert sorted(r["value"] for r in rows) == [8.0, 16.0]
+    for r in rows:
+        assert r["path"].startswith("crosscoder/layer_1_3_width_128_")
+        assert r["circuit_tracer"] is None and r["layers"] == [1, 3]
+        m = r["metrics"]
+        assert math.isfinite(m["delta_loss"]) and 0 < m["l0"] < 128
+        cfg = read_json(release / r["path"] / "config.json")
+        assert cfg.pop("model_name").endswith("gemma3")  # the tiny model's folder
+        assert cfg == {
+            "hf_hook_point_in": "model.layers.{1,3}.output",
+            "hf_hook_point_out": "model.layers.{1,3}.output",
+            "width": 128, "architecture": "jump_relu", "l0": r["value"],
+            "affine_connection": False, "type": "crosscoder",
+        }  # fmt: skip
+        ours = load_clt(root / "tiny" / "saes" / r["trained_as"])
+        for k in range(2):
+            t = load_file(release / r["path"] / f"params_layer_{k}.safetensors")
+            assert t["w_dec"].shape == (64, 2, 64)
+            torch.testing.assert_close(t["w_enc"], ours.W_enc[k].detach())
+            torch.testing.assert_close(t["threshold"], ours.threshold[k].detach())
+            torch.testing.assert_close(t["b_dec"], ours.b_dec[k].detach())
+            blocks = ours.W_dec[k].detach().view(64, 2 - k, 64)
+            torch.testing.assert_close(t["w_dec"][:, k:], blocks)
+            assert (t["w_dec"][:, :k] == 0).all()
+    card = (release / "README.md").read_text()
+    assert "Weakly causal crosscoders" in card and rows[0]["path"] in card
 
 
 def test_saelens_loads_each_layer_of_a_released_clt(tc_run, tiny_models, tmp_path,
@@ -486,10 +567,17 @@ def test_circuit_tracer_edges_match_their_definition(circuit_tracer_run, tc_run,
                   == (layer, "transcoder", 8.0)]  # fmt: skip
         plain.append(load_released(root / "tiny" / "saes" / row["trained_as"]))
     ours = load_clt(root / "tiny" / "saes" / clt_at(root, 8.0)["trained_as"])
-    for (_, tensors), clt in ((results[0], as_clt(plain)), (results[3], ours),
-                              (results[4], ours)):  # fmt: skip
+    for (info, tensors), clt in ((results[0], as_clt(plain)), (results[3], ours),
+                                 (results[4], ours)):  # fmt: skip
         for line in check_edges(model, clt, ids, tensors):
             print(line)
+    for info, _ in results:  # check (c)'s numbers, circuit-tracer's own scores
+        s = info["scores"]
+        assert 0 <= s["replacement"] <= 1 and 0 <= s["completeness"] <= 1, info
+        print(
+            f"{info['set']}: {info['n_features']} features, replacement "
+            f"{s['replacement']:.4f}, completeness {s['completeness']:.4f}"
+        )
 
 
 def test_circuit_tracer_graph_agrees_with_the_model(circuit_tracer_run):

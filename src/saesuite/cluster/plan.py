@@ -97,8 +97,11 @@ def _spanning_rows(config: dict[str, Any], spanning: list[Dictionary]) -> list:
         shape = known_shape(config["models"][model]["source"])
         flops = ev = None
         if shape:
-            d = shape.site_width("mlp")
-            flops = sum(clt_flops(c, d, d) for c in mine)
+            flops = sum(
+                clt_flops(c, shape.site_width(c.reads[0].kind),
+                          shape.site_width(c.writes[0].kind))
+                for c in mine
+            )  # fmt: skip
             ev = sum(clt_eval_flops(config, c) or 0 for c in mine)
         tokens = sum(c.tokens for c in mine)
         _add(rows, model, "train_clt", len(mine), tokens, None, flops)
@@ -296,12 +299,12 @@ def gpu_memory(config: dict[str, Any]) -> tuple[list[str], list[str]]:
                 key = (model, site, width, nproc, skip, d_in)
                 found.setdefault(key, []).append(layer)
     sharded, problems = [], []
-    for d in expand_spanning(config):  # a CLT trains on one GPU, unsharded
+    for d in expand_spanning(config):  # a CLT or crosscoder: one GPU, unsharded
         shape = known_shape(config["models"][d.model]["source"])
         if shape is None:
             continue
-        w = shape.site_width("mlp")
-        need = clt_bytes(batch, len(d.layers), w, w, d.width)
+        d_in, d_out = (shape.site_width(x[0].kind) for x in (d.reads, d.writes))
+        need = clt_bytes(batch, len(d.layers), d_in, d_out, d.width)
         if need > budget:
             problems.append(
                 f"{d.model} {d.path}: needs {need / 1e9:.0f} GB on one GPU, "

@@ -144,7 +144,8 @@ def clt_estimate(
     d_in = known_site_width(config, model, d.reads[0].kind)
     d_out = known_site_width(config, model, d.writes[0].kind)
     L = len(d.layers)
-    bucket = config["activations"]["shuffle_bucket"] * L * (d_in + d_out) * F32
+    # clt_train.clt_bucket: the rows of one site's bucket spread over all its sites
+    bucket = config["activations"]["shuffle_bucket"] * (d_in + d_out) // 2 * F32
     if uses_gpu(config, "train"):
         held = 3 * clt_params(L, d_in, d_out, d.width) * F32
     else:
@@ -270,9 +271,11 @@ def clt_eval_flops(config: dict[str, Any], d: Dictionary) -> float | None:
     ev = config["evaluate"]
     n_tok = ev["tokens"] or sequences(config, "eval") * config["data"]["context_size"]
     loss_tok = min(ev["loss_tokens"] or n_tok, n_tok)
-    w = shape.site_width("mlp")
+    d_in, d_out = (shape.site_width(x[0].kind) for x in (d.reads, d.writes))
     passes = n_tok + loss_tok * (3 + len(d.layers))
-    return forward_flops(shape, passes) + clt_flops(d, w, w) / 3 * n_tok / d.tokens
+    return (
+        forward_flops(shape, passes) + clt_flops(d, d_in, d_out) / 3 * n_tok / d.tokens
+    )
 
 
 def clt_eval_estimate(

@@ -1,4 +1,6 @@
-"""A cross-layer transcoder evaluated as a replacement model (rule `evaluate_clt`).
+"""A cross-layer transcoder or crosscoder evaluated as a replacement model (rule
+`evaluate_clt`); a crosscoder replaces the residual streams of its layers as a CLT
+replaces MLP outputs, each layer's encoder reading the stream before it is written.
 
 Three passes per batch of loss sequences, each against the clean pass:
 
@@ -30,7 +32,7 @@ from tqdm import tqdm
 from saesuite.data.logs import progress_interval
 from saesuite.data.models import load_model
 from saesuite.data.sites import capture, layer_outputs, logits_from, site_hooks
-from saesuite.data.tokens import load_tokens
+from saesuite.eval.evaluate import evaluation_tokens
 from saesuite.eval.passes import NextToken
 from saesuite.sae.clt import CrossLayerTranscoder
 from saesuite.sae.clt_train import clt_outliers, load_clt
@@ -152,19 +154,26 @@ def replacement_pass(
     """Logits with every spanned MLP output replaced by the CLT's prediction from
     the pass's own MLP inputs (closed loop), on the tokens of `keep` (B, T)."""
     latents: dict[int, torch.Tensor] = {}
-    index = {s: i for i, s in enumerate(ins)} | {s: i for i, s in enumerate(outs)}
+    reads = {s: i for i, s in enumerate(ins)}
+    writes = {s: j for j, s in enumerate(outs)}
     B, T = ids.shape
 
     def replace(site: Site, act: torch.Tensor) -> torch.Tensor | None:
-        i = index[site]
-        if site.kind == ins[0].kind:  # an input: encode, leave it as it is
+        if site in reads:  # encode what the pass holds here (before a write here)
+            i = reads[site]
             latents[i] = clt.encode_layer(act.reshape(B * T, -1).float(), i)
+        if site not in writes:
             return None
-        y = clt.predict_layer(latents, i).view(B, T, -1).to(act.dtype)
+        y = clt.predict_layer(latents, writes[site]).view(B, T, -1).to(act.dtype)
         return torch.where(keep[..., None], y, act)
 
-    with torch.no_grad(), site_hooks(model, ins + outs, replace=replace):
+    with torch.no_grad(), site_hooks(model, _every(ins, outs), replace=replace):
         return model(input_ids=ids, use_cache=False).logits
+
+
+def _every(ins: list[Site], outs: list[Site]) -> list[Site]:
+    """Each site once: a crosscoder reads and writes the same ones."""
+    return list(dict.fromkeys(ins + outs))
 
 
 def _loss_passes(
@@ -240,12 +249,13 @@ def clt_passes(
         kept: dict[int, Any] = {}
         if loss:
             captured: dict[Site, torch.Tensor] = {}
-            with torch.no_grad(), site_hooks(model, ins + outs, captured=captured), \
+            with torch.no_grad(), site_hooks(model, _every(ins, outs),
+                                             captured=captured), \
                     layer_outputs(model, before, kept):  # fmt: skip
                 clean = NextToken(model(input_ids=x_ids, use_cache=False).logits, x_ids)
             p, neg_entropy = clean.as_reference()
         else:
-            captured = capture(model, x_ids, ins + outs)
+            captured = capture(model, x_ids, _every(ins, outs))
         x, y = _stack(captured, ins), _stack(captured, outs)
         keep = _keep(m, x, y, multiple)
         acc.outliers += int((m & ~keep).sum())
@@ -269,11 +279,8 @@ def evaluate_clt(
     (member,) = job.members
     d = member.dictionary
     ev = job.evaluate
-    ids, mask = load_tokens(data_path)
-    ctx = ids.shape[1]
-    n_seq = len(ids) if ev.tokens is None else max(1, ev.tokens // ctx)
-    n_loss = n_seq if ev.loss_tokens is None else max(1, ev.loss_tokens // ctx)
-    ids, mask = ids[:n_seq], mask[:n_seq]
+    ids, mask, n_loss = evaluation_tokens(data_path, ev)
+    n_seq = len(ids)
     model = load_model(job.model_cfg, cache_root)
     device = next(model.parameters()).device
     clt = load_clt(member.dir).to(device)

@@ -91,6 +91,18 @@ def device_sae_budget(
     return max(0.0, GPU_HEADROOM * total - torch.cuda.memory_allocated(device) - work)
 
 
+def evaluation_tokens(
+    data_path: str | Path, ev: EvaluateConfig
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(ids, mask, loss sequences) of an evaluation: the first `evaluate.tokens` of
+    the data in whole sequences, the loss metrics on the first `loss_tokens`."""
+    ids, mask = load_tokens(data_path)
+    ctx = ids.shape[1]
+    n_seq = len(ids) if ev.tokens is None else max(1, ev.tokens // ctx)
+    n_loss = n_seq if ev.loss_tokens is None else max(1, ev.loss_tokens // ctx)
+    return ids[:n_seq], mask[:n_seq], n_loss
+
+
 def evaluate_layer(
     job: EvalJob,
     *,
@@ -109,15 +121,13 @@ def evaluate_layer(
     model (`job.group_bytes` overrides the budget); each group repeats the clean
     passes, which gives the same metrics as one group."""
     ev = job.evaluate
-    ids, mask = load_tokens(data_path)
-    ctx = ids.shape[1]
-    n_seq = len(ids) if ev.tokens is None else max(1, ev.tokens // ctx)
-    n_loss = n_seq if ev.loss_tokens is None else max(1, ev.loss_tokens // ctx)
-    ids, mask = ids[:n_seq], mask[:n_seq]
+    ids, mask, n_loss = evaluation_tokens(data_path, ev)
+    n_seq = len(ids)
     shapes = [released_shape(s.dir) for s in job.members]
     model = load_model(job.model_cfg, cache_root)
     _check_widths(job, shapes, model)
     device = next(model.parameters()).device
+    ctx = ids.shape[1]
     budget = job.group_bytes or device_sae_budget(model, ev, ctx, list(job.members))
     groups = fit_groups([released_bytes(s.dir) for s in job.members], budget)
     acc: dict[str, Accumulator] = {}

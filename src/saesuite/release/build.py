@@ -227,15 +227,7 @@ def build_release(
         with atomic_path(tmp / "README.md") as f:
             card = model_card(repo, layout, index, meta, overrides, sorted(sets))
             f.write_text(card, encoding="utf-8")
-        files = {
-            str(f.relative_to(tmp)): {
-                "sha256": sha256_file(f),
-                "bytes": f.stat().st_size,
-            }
-            for f in sorted(tmp.rglob("*"))
-            if f.is_file()
-        }
-        manifest = {
+        manifest = write_manifest(tmp, {
             "repo_id": repo,
             "layout": layout,
             "config_hash": meta["config_hash"],
@@ -243,13 +235,27 @@ def build_release(
             "versions": meta["versions"],
             "data": meta["data"],
             "seed": meta["seed"],
-            "files": files,
-        }
-        write_json(tmp / paths.RELEASE_MANIFEST, manifest)
+        })  # fmt: skip
         swap_in(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    return manifest
+
+
+def write_manifest(folder: Path, provenance: dict[str, Any]) -> dict[str, Any]:
+    """The release folder's manifest, written last: `provenance` and the sha256 and
+    size of every file in `folder`."""
+    files = {
+        str(f.relative_to(folder)): {
+            "sha256": sha256_file(f),
+            "bytes": f.stat().st_size,
+        }
+        for f in sorted(folder.rglob("*"))
+        if f.is_file()
+    }
+    manifest = {**provenance, "files": files}
+    write_json(folder / paths.RELEASE_MANIFEST, manifest)
     return manifest
 
 

@@ -10,7 +10,8 @@
   and width with transcoders: its MLP-output SAEs, transcoders and skip-transcoders
   on one Pareto plot (the MLP's output is what all three reconstruct);
 - `tables/<name>.html`: the evaluation table, and with dashboards the middle layer's
-  latents (saesuite.report.dashboards).
+  latents (saesuite.report.dashboards);
+- with CLTs, `figures/clt/` and `tables/clt*.html` (saesuite.report.clt).
 
 Every function takes the evaluation table (`tables.eval_frame`) or the files it
 names, and returns figures; `write_report` writes them atomically.
@@ -36,6 +37,7 @@ from saesuite.eval.plots import (
     subplots,
 )
 from saesuite.eval.tables import html_table
+from saesuite.report.clt import write_clt_report
 from saesuite.report.dashboards import dashboards_table
 from saesuite.spec import paths
 from saesuite.spec.dictionary import FAMILY_TITLES
@@ -355,10 +357,13 @@ def write_report(
     figures_dir: str | Path,
     tables_dir: str | Path,
     dashboard_layers: list[str | Path] = (),
+    clt_evals: list[str | Path] = (),
 ) -> list[str]:
     """Write one model's figures (PNG + SVG) and tables; return the figure keys.
     With `dashboard_layers` (the dashboards jobs' summaries), also the table of the
-    middle layer's latents, linked to their dashboards."""
+    middle layer's latents, linked to their dashboards; with `clt_evals` (the
+    evaluate_clt jobs' JSON), the CLTs beside the per-layer transcoders
+    (saesuite.report.clt)."""
     df = pd.read_csv(table_csv)
     df = df[(df["trained_on"] == model) & (df["evaluated_on"] == model)]
     df = df[df["data"] == "text"]
@@ -408,4 +413,5 @@ def write_report(
         middle = by_layer[representative_layer(list(by_layer))]
         with atomic_path(Path(tables_dir) / "latents.html") as tmp:
             tmp.write_text(dashboards_table(middle, model), encoding="utf-8")
+    keys += write_clt_report(df, list(clt_evals), model, figures_dir, tables_dir)
     return sorted(keys)

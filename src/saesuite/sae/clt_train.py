@@ -1,7 +1,10 @@
-"""Training one cross-layer transcoder (rule `train_clt`): row-aligned batches of every
-layer's MLP input and output from the activation cache, each site divided by its own
-scalar, through `CrossLayerTranscoder.training_loss` with the train section's
-schedule, Adam, clipping and penalties, as an SAE's job runs them (`sae.member`).
+"""Training one cross-layer transcoder or crosscoder (rule `train_clt`): row-aligned
+batches of every site it reads and writes from the activation cache (a CLT: each
+layer's MLP input and output; a crosscoder: each layer's residual stream, read once),
+each site divided by its own scalar, through `CrossLayerTranscoder.training_loss`
+with the train section's schedule, Adam, clipping and penalties, as an SAE's job runs
+them (`sae.member`). A weakly causal crosscoder is the same module over residual
+sites: its k-th layer's latents write its k-th and later layers.
 
     python -m saesuite.sae.clt_train --job job.json
 
@@ -60,6 +63,13 @@ def clt_outliers(x: torch.Tensor, y: torch.Tensor, multiple: float) -> torch.Ten
         norms = t.norm(dim=-1)  # (B, L)
         out |= (norms > multiple * norms.median(dim=0).values).any(dim=1)
     return out
+
+
+def clt_bucket(shuffle_bucket: int, n_sites: int) -> int:
+    """Rows of a CLT's shuffle bucket: `activations.shuffle_bucket` holds one site's
+    rows; a CLT's rows hold all of its sites, so the bucket takes as many bytes as
+    an SAE job's (262,144 rows of gemma-3-270m's 36 MLP sites would be 24 GB)."""
+    return max(1, shuffle_bucket // n_sites)
 
 
 def build(d: Dictionary, d_in: int, d_out: int, cfg: TrainConfig, seed: int):
@@ -188,16 +198,19 @@ def train_clt(
         raise ValueError(f"{spec.path} is a {spec.kind}, not a cross-layer dictionary")
     device = str(pick_device(cfg.device))
     scale = read_json(job.normalization)["scale"]
-    names = [x.name for x in (*spec.reads, *spec.writes)]
+    # each site once (a crosscoder reads and writes the same ones), in column order
+    names = list(dict.fromkeys(x.name for x in (*spec.reads, *spec.writes)))
     reader = ActivationReader.of_sites(
         job.manifest,
         [(n, scale[n]) for n in names],
         cfg.batch_size,
-        job.shuffle_bucket,
+        clt_bucket(job.shuffle_bucket, len(names)),
         job.seed,
     )
-    L = len(spec.layers)
-    s = CLTState(job, reader.widths[0], reader.widths[L], device)
+    col = {n: i for i, n in enumerate(names)}
+    ins = [col[x.name] for x in spec.reads]
+    outs = [col[x.name] for x in spec.writes]
+    s = CLTState(job, reader.widths[ins[0]], reader.widths[outs[0]], device)
     fingerprint = job.fingerprint()
     ckpt = Path(job.checkpoint)
     start = 0
@@ -235,8 +248,8 @@ def train_clt(
         with open(log_path, "a") as f:
             for step in range(start, total):
                 parts = reader.split(reader.batch(step))
-                x = torch.stack(parts[:L], dim=1).to(device)
-                y = torch.stack(parts[L:], dim=1).to(device)
+                x = torch.stack([parts[i] for i in ins], dim=1).to(device)
+                y = torch.stack([parts[i] for i in outs], dim=1).to(device)
                 stats = clt_step(s, x, y, step, cfg)
                 if not math.isfinite(stats["loss"]):
                     raise RuntimeError(
@@ -262,7 +275,7 @@ def train_clt(
         bar.close()
         for q, h in handlers.items():
             signal.signal(q, h)
-    for w in health_warnings(spec.width * L, stats.get("dead", 0)):
+    for w in health_warnings(spec.width * len(ins), stats.get("dead", 0)):
         log.warning("%s: %s at the end of training", spec.path, w)
     info = write_clt_outputs(s, job, scale, reader.n_valid, stats)
     remove_checkpoint(ckpt)

@@ -34,11 +34,13 @@ CODE_VERSIONS: dict[str, int] = {
     # 3: without the outlier tokens a dictionary trained without; 2: each latent's
     # histogram over its own range
     "dashboards": 4,
-    # 3: the card says how to apply dictionaries trained without their outlier
-    # tokens; 2: circuit-tracer set configs, transcoders in the card and plot
-    "release": 4,
+    # 5: CLT and crosscoder repos with Gemma Scope 2's config.json, named by all
+    # their layers' latents; 4: the card's sink note model-neutral; 3: the card says
+    # how to apply dictionaries trained without their outlier tokens; 2:
+    # circuit-tracer set configs, transcoders in the card and plot
+    "release": 5,
     "publish": 1,
-    # 7: training FVU spikes flagged; 6: held-out L0 by target; 5: own SAEs from the
-    # shared jobs
-    "report_figures": 7,
+    # 8: CLTs beside the per-layer transcoders; 7: training FVU spikes flagged; 6:
+    # held-out L0 by target; 5: own SAEs from the shared jobs
+    "report_figures": 8,
 }

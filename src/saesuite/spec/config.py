@@ -244,12 +244,11 @@ def _check_group(config: dict[str, Any], gi: int, group: dict[str, Any]) -> None
             f"config key 'suite.{gi}.skip': a skip connection is a transcoder's; "
             f"set suite.{gi}.kind: transcoder, or drop skip"
         )
-    allowed = KINDS[group_kind(group)].sites
-    if allowed is not None and not set(group["sites"]) <= set(allowed):
+    k = KINDS[group_kind(group)]
+    if k.sites is not None and not set(group["sites"]) <= set(k.sites):
         raise ConfigError(
-            f"config key 'suite.{gi}.sites': a {kind} reads an MLP's input "
-            f"and predicts its output: sites must be [{', '.join(allowed)}], not "
-            f"{group['sites']}"
+            f"config key 'suite.{gi}.sites': a {kind} ({k.title}) takes sites "
+            f"that must be [{', '.join(k.sites)}], not {group['sites']}"
         )
     for l0 in group["sparsity"].get("target_l0") or []:
         width = min(group["widths"])

@@ -84,6 +84,20 @@ KINDS: dict[str, Kind] = {
             release_site="clt",
             spans=True,
         ),
+        # a weakly causal crosscoder (Gemma Scope 2's crosscoders; Anthropic's
+        # definition): the latents of its k-th layer read that layer's residual
+        # stream and reconstruct the residual streams of its layers k, k+1, …; the
+        # same sparse decoder as a CLT's, over residual sites
+        Kind(
+            "crosscoder",
+            "weakly causal crosscoder (residual streams of its layers)",
+            "res",
+            "res",
+            "jumprelu",
+            sites=("res",),
+            release_site="crosscoder",
+            spans=True,
+        ),
     )
 }
 
@@ -281,8 +295,8 @@ class Dictionary:
     @property
     def family(self) -> str:
         """Its folder at its layer and its rows' `site` in the tables: an SAE's site,
-        or the kind of a paired dictionary (its train job: `job`)."""
-        return self.kind if self.paired else self.site
+        or the kind of a paired or spanning dictionary (its train job: `job`)."""
+        return self.kind if self.paired or self.spans else self.site
 
     @property
     def job(self) -> str:

@@ -32,14 +32,15 @@ from saesuite.spec.suite import has_dashboards
 
 
 def train_section(train: TrainConfig, d: Dictionary) -> TrainConfig:
-    """The train section dictionary `d`'s job runs with: a paired dictionary's
-    encoder starts at `transcoder_encoder_init_scale` where that is set, since it
-    reads another site than its decoder writes and the SAE's reason for a small
-    encoder (W_enc = W_decᵀ overshooting) does not carry over. The key itself is
+    """The train section dictionary `d`'s job runs with: a paired or spanning
+    dictionary's encoder starts at `transcoder_encoder_init_scale` where that is
+    set, since it reads another site than its decoder writes (or, spanning, is drawn
+    apart from its decoder) and the SAE's reason for a small encoder (W_enc = W_decᵀ
+    overshooting) does not carry over. The key itself is
     dropped, so a job's parameters hold only what shapes its dictionaries and the SAE
     jobs' stay as they were without it."""
     scale = train.transcoder_encoder_init_scale
-    if d.paired and scale is not None:
+    if (d.paired or d.spans) and scale is not None:
         train = train.replace(encoder_init_scale=scale)
     return train.replace(transcoder_encoder_init_scale=None)
 
@@ -54,36 +55,27 @@ def train_job(
     """The train job of one site's SAEs, or of one layer's paired dictionaries that
     read and write the same sites (`job`: Dictionary.job). Only what shapes the
     dictionaries goes in."""
-    root = config["output_root"]
-    scratch = config.get("scratch_root") or root
     specs = [d for d in suite if (d.model, d.layer, d.job) == (model, layer, job)]
     if not specs:
         raise ValueError(f"no dictionaries of {model} at layer {layer}, {job}")
-    m = config["models"][model]
-    return TrainJob(
-        model=model,
-        seed=config["seed"],
-        shuffle_bucket=config["activations"]["shuffle_bucket"],
-        train=train_section(TrainConfig.from_dict(config["train"]), specs[0]),
-        identity={
-            "model": model,
-            "source": m["source"],
-            "revision": m["revision"],
-            "activations": activation_identity(config, model)["hash"],
-        },
-        dictionaries=tuple(specs),
-        root=root,
-    ).located(paths.manifest(scratch, model), paths.normalization(scratch, model))
+    return _cache_train_job(config, model, specs)
 
 
 def spanning_train_job(
     config: dict[str, Any], spanning: list[Dictionary], model: str, path: str
 ) -> TrainJob:
-    """The train job of one spanning dictionary (a CLT) of `model`, by its path
-    (Dictionary.path): itself alone, over every site it reads and writes."""
+    """The train job of one spanning dictionary (a CLT, a crosscoder) of `model`, by
+    its path (Dictionary.path): itself alone, over every site it reads and writes."""
     specs = [d for d in spanning if (d.model, d.path) == (model, path)]
     if not specs:
         raise ValueError(f"no cross-layer dictionary {path} of {model}")
+    return _cache_train_job(config, model, specs)
+
+
+def _cache_train_job(
+    config: dict[str, Any], model: str, specs: list[Dictionary]
+) -> TrainJob:
+    """The train job of `specs` from `model`'s activation cache."""
     root = config["output_root"]
     scratch = config.get("scratch_root") or root
     m = config["models"][model]

@@ -138,8 +138,8 @@ def expand_spanning(config: dict[str, Any]) -> list[Dictionary]:
             continue
         for mk in group_models(config, gi):
             layers = group_layers(config, gi, mk)
-            for width in g["widths"]:
-                tokens = g["tokens"] or default_tokens(width)
+            for width in g["widths"]:  # per layer; Gemma Scope's budget by all
+                tokens = g["tokens"] or default_tokens(width * len(layers))
                 for lam, l0 in _ladder(g):
                     out.add(
                         Dictionary.spanning(
