@@ -474,7 +474,8 @@ def hub_cache(tmp_path, repo: str, folder, monkeypatch):
 
 def frozen_direct_effects(model, ids: torch.Tensor, target) -> dict[str, Any]:
     """The gradients attribution edges are made of, as circuit-tracer documents them
-    and computed here from the model itself: one backward pass of `target` through
+    and computed here from the model itself (a Gemma 3: its RMSNorm and eager
+    attention are the ones frozen): one backward pass of `target` through
     the model with every attention pattern and every RMSNorm denominator frozen (as
     constants of the clean pass) and no gradient through the MLPs, read at each
     layer's MLP output ("mlp", (L, T, d)) and at the embedding output ("embed",
